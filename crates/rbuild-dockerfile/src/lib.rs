@@ -1,0 +1,1 @@
+//! Dockerfile parser with BuildKit's syntax and variable expansion (no IO)

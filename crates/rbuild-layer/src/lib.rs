@@ -1,0 +1,1 @@
+//! Layer tarballs: deterministic writer, safe apply, overlay upperdir diff

@@ -1,0 +1,1 @@
+//! GitLab CI pipeline model, planner and runner

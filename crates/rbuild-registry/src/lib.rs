@@ -1,0 +1,1 @@
+//! OCI distribution client: push, pull, auth, conformant against a real registry

@@ -1,0 +1,1 @@
+//! Run a process in a root filesystem: namespaces and an overlay mount

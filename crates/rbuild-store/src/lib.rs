@@ -1,0 +1,1 @@
+//! The rbuild on-disk store: an OCI image layout with tags, locks, cache index and unpacked layers

@@ -1,0 +1,2 @@
+//! Test fixtures for rbuild's tests: a registry process, a fake Kubernetes API server and a
+//! base-image maker. Dev-dependency only; never published.

@@ -1,0 +1,1 @@
+//! The rbuild engine: build OCI images from Dockerfiles without a daemon

@@ -1,0 +1,1 @@
+//! Integration tests across crates, driving the `rbuild` binary and real tools.
