@@ -1,2 +1,5 @@
 //! Test fixtures for rbuild's tests: a registry process, a fake Kubernetes API server and a
 //! base-image maker. Dev-dependency only; never published.
+
+pub mod kube;
+pub mod registry;
