@@ -1,1 +1,8 @@
-//! Integration tests across crates, driving the `rbuild` binary and real tools.
+//! Integration tests across crates: the `rbuild` binary end to end, its output read back by
+//! tools we did not write (skopeo, umoci).
+//!
+//! RUN steps need root, kernel overlayfs and namespaces; the tests that build say so and skip
+//! when the machine cannot (`RBUILD_REQUIRE_SANDBOX=1`, set by CI, turns a skip into a failure).
+
+mod build_image;
+mod support;

@@ -1,3 +1,87 @@
-//! The `rbuild` command line.
+//! The `rbuild` command line: build, store, run and ship OCI images without a daemon.
 
-fn main() {}
+mod commands;
+mod progress;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Daemonless OCI image builder and registry client.
+#[derive(Debug, Parser)]
+#[command(name = "rbuild", version, about)]
+struct Cli {
+    /// The store directory [default: $RBUILD_ROOT, else $XDG_DATA_HOME/rbuild, else ~/.local/share/rbuild].
+    #[arg(long, global = true, value_name = "DIR")]
+    root: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Build an image from a Dockerfile.
+    Build(commands::build::Args),
+    /// List the images in the store.
+    Images(commands::images::Args),
+    /// Print an image's digest, manifest and config as JSON.
+    Inspect(commands::inspect::Args),
+    /// Write an image to a directory or archive.
+    Save(commands::save::Args),
+    /// Run a command in an image.
+    Run(commands::run::Args),
+    /// Remove image tags.
+    Rmi(commands::rmi::Args),
+    /// Remove blobs, unpacked layers and cache entries that no image refers to.
+    Prune(commands::prune::Args),
+    /// Parse a Dockerfile and print it.
+    Parse(commands::parse::Args),
+}
+
+/// Where the store lives when `--root` is not given.
+fn default_root() -> PathBuf {
+    if let Some(r) = std::env::var_os("RBUILD_ROOT").filter(|v| !v.is_empty()) {
+        return PathBuf::from(r);
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("rbuild");
+    }
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".local/share/rbuild")
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let root = cli.root.clone().unwrap_or_else(default_root);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Build(a) => commands::build::run(&root, a).await,
+            Command::Images(a) => commands::images::run(&root, a),
+            Command::Inspect(a) => commands::inspect::run(&root, a),
+            Command::Save(a) => commands::save::run(&root, a),
+            Command::Run(a) => commands::run::run(&root, a),
+            Command::Rmi(a) => commands::rmi::run(&root, a),
+            Command::Prune(a) => commands::prune::run(&root, a),
+            Command::Parse(a) => commands::parse::run(a),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,5 +1,6 @@
 //! Test fixtures for rbuild's tests: a registry process, a fake Kubernetes API server and a
 //! base-image maker. Dev-dependency only; never published.
 
+pub mod busybox;
 pub mod kube;
 pub mod registry;

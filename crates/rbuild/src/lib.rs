@@ -1,1 +1,50 @@
-//! The rbuild engine: build OCI images from Dockerfiles without a daemon
+//! rbuild: build OCI images from Dockerfiles without a daemon.
+//!
+//! The engine parses a Dockerfile, computes a cache key for every step before running anything,
+//! runs RUN steps in Linux namespaces on an overlay mount, turns each step's changes into a
+//! content-addressed layer and stores the image in a local OCI layout ([`Store`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use rbuild::{BuildEvent, BuildOptions, Builder, Store};
+//!
+//! let store = Store::open(std::path::Path::new("/var/lib/rbuild"))?;
+//! let builder = Builder::new(store).progress(|event: BuildEvent| {
+//!     if let BuildEvent::StepStarted { index, total, text, cached, .. } = event {
+//!         eprintln!("[{index}/{total}] {}{text}", if cached { "CACHED " } else { "" });
+//!     }
+//! });
+//! let out = builder
+//!     .build(BuildOptions::new("./app").tag("localhost/app:dev".parse()?))
+//!     .await?;
+//! println!("{}", out.digest);
+//! # Ok(()) }
+//! ```
+//!
+//! Building needs root (kernel overlayfs and namespaces); everything else works unprivileged.
+
+mod build;
+pub mod config;
+pub mod container;
+pub mod context;
+pub mod copy;
+mod error;
+mod events;
+pub mod export;
+pub mod image;
+mod options;
+pub mod step;
+pub mod view;
+
+pub use build::{BuildOutput, Builder};
+pub use error::{BoxError, Error, Result};
+pub use events::{BuildEvent, NoProgress, Progress};
+pub use options::{BuildOptions, DockerfileSource};
+
+pub use rbuild_dockerfile as dockerfile;
+pub use rbuild_layer as layer;
+pub use rbuild_oci as oci;
+pub use rbuild_oci::{Digest, Reference};
+pub use rbuild_sandbox as sandbox;
+pub use rbuild_store as store;
+pub use rbuild_store::Store;

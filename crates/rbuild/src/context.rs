@@ -1,0 +1,389 @@
+//! The build context: the files a Dockerfile can COPY, after `.dockerignore`.
+//!
+//! The context is walked once per build. File contents are hashed only when the file's
+//! identity (size, mtime, ctime, inode) is not in the persistent hash cache, so a rebuild with
+//! nothing changed stats files and reads none (ARCHITECTURE.md, "cache keys").
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use rbuild_dockerfile::Ignore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// The kind of a context entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link with its target.
+    Symlink(PathBuf),
+}
+
+/// A file, directory or link of the context.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Absolute path on the host.
+    pub path: PathBuf,
+    /// Kind.
+    pub kind: EntryKind,
+    /// Permission bits (with setuid/setgid/sticky).
+    pub mode: u32,
+    /// Size in bytes (files).
+    pub size: u64,
+    /// Modification time (seconds, nanoseconds).
+    pub mtime: (i64, i64),
+    /// Content sha256 (files; filled by [`Context::hash_files`]).
+    pub sha256: Option<String>,
+    identity: Identity,
+}
+
+/// What the hash cache keys a file's content on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+struct Identity {
+    size: u64,
+    mtime_ns: i128,
+    ctime_ns: i128,
+    ino: u64,
+}
+
+/// The persistent file-hash cache of one context directory.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct HashCache {
+    files: HashMap<String, (Identity, String)>,
+}
+
+/// A walked build context.
+#[derive(Debug)]
+pub struct Context {
+    root: PathBuf,
+    /// Included entries by slash-separated path relative to the root (no leading `/`).
+    entries: BTreeMap<String, Entry>,
+    ignore: Ignore,
+}
+
+/// Why a context could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    /// Walking the directory failed.
+    #[error("failed to read the build context at {}", path.display())]
+    Walk {
+        /// The path that failed.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// `.dockerignore` is invalid.
+    #[error("invalid .dockerignore: {0}")]
+    Ignore(String),
+    /// Hashing a file failed.
+    #[error("failed to read {}", path.display())]
+    Hash {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Context {
+    /// Walks `root`, leaving out what `.dockerignore` excludes.
+    ///
+    /// # Errors
+    ///
+    /// [`ContextError`] when the directory cannot be read or `.dockerignore` is invalid.
+    pub fn walk(root: &Path) -> Result<Self, ContextError> {
+        let root = root.canonicalize().map_err(|source| ContextError::Walk {
+            path: root.to_owned(),
+            source,
+        })?;
+        let ignore = match fs::read_to_string(root.join(".dockerignore")) {
+            Ok(text) => Ignore::parse(&text).map_err(|e| ContextError::Ignore(e.to_string()))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Ignore::parse("").map_err(|e| ContextError::Ignore(e.to_string()))?
+            }
+            Err(source) => {
+                return Err(ContextError::Walk {
+                    path: root.join(".dockerignore"),
+                    source,
+                });
+            }
+        };
+        let mut entries = BTreeMap::new();
+        let mut it = walkdir::WalkDir::new(&root)
+            .follow_links(false)
+            .sort_by_file_name()
+            .into_iter();
+        while let Some(item) = it.next() {
+            let item = item.map_err(|e| ContextError::Walk {
+                path: e.path().unwrap_or(&root).to_owned(),
+                source: e.into_io_error().unwrap_or_else(|| io::Error::other("walk error")),
+            })?;
+            if item.depth() == 0 {
+                continue;
+            }
+            let Ok(rel) = item.path().strip_prefix(&root) else {
+                continue;
+            };
+            let rel = rel.to_string_lossy().into_owned();
+            let is_dir = item.file_type().is_dir();
+            if ignore.is_excluded(&rel) {
+                // A directory can be skipped whole unless an exception pattern may re-include
+                // something below it (moby's patternmatcher has the same shortcut).
+                if is_dir && !ignore.may_have_exceptions_under(&rel) {
+                    it.skip_current_dir();
+                }
+                continue;
+            }
+            let md = item.metadata().map_err(|e| ContextError::Walk {
+                path: item.path().to_owned(),
+                source: e.into_io_error().unwrap_or_else(|| io::Error::other("stat error")),
+            })?;
+            let kind = if md.file_type().is_symlink() {
+                let target = fs::read_link(item.path()).map_err(|source| ContextError::Walk {
+                    path: item.path().to_owned(),
+                    source,
+                })?;
+                EntryKind::Symlink(target)
+            } else if is_dir {
+                EntryKind::Dir
+            } else if md.file_type().is_file() {
+                EntryKind::File
+            } else {
+                // Sockets, fifos and devices are not part of a build context (docker skips them too).
+                continue;
+            };
+            entries.insert(
+                rel,
+                Entry {
+                    path: item.path().to_owned(),
+                    kind,
+                    mode: md.permissions().mode() & 0o7777,
+                    size: md.len(),
+                    mtime: (md.mtime(), md.mtime_nsec()),
+                    sha256: None,
+                    identity: Identity {
+                        size: md.len(),
+                        mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
+                        ctime_ns: i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec()),
+                        ino: md.ino(),
+                    },
+                },
+            );
+        }
+        Ok(Self {
+            root,
+            entries,
+            ignore,
+        })
+    }
+
+    /// The canonical root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Included entries, sorted by relative path.
+    pub fn entries(&self) -> &BTreeMap<String, Entry> {
+        &self.entries
+    }
+
+    /// Whether `.dockerignore` excludes `rel`.
+    pub fn is_excluded(&self, rel: &str) -> bool {
+        self.ignore.is_excluded(rel)
+    }
+
+    /// Fills in the content hash of the files under the given relative paths (a path names
+    /// itself and everything below it), reusing `cache` where the file's identity is unchanged
+    /// and reading the rest in parallel. Returns how many files were read.
+    ///
+    /// # Errors
+    ///
+    /// [`ContextError::Hash`] when a file cannot be read.
+    pub fn hash_files(&mut self, prefixes: &[String], cache: &mut HashCache) -> Result<usize, ContextError> {
+        let wanted: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(rel, e)| {
+                e.kind == EntryKind::File
+                    && e.sha256.is_none()
+                    && prefixes.iter().any(|p| p.is_empty() || *rel == p || rel.starts_with(&format!("{p}/")))
+            })
+            .map(|(rel, _)| rel.clone())
+            .collect();
+        let mut to_read = Vec::new();
+        for rel in &wanted {
+            let entry = &self.entries[rel];
+            match cache.files.get(rel) {
+                Some((id, hash)) if *id == entry.identity => {
+                    let hash = hash.clone();
+                    if let Some(e) = self.entries.get_mut(rel) {
+                        e.sha256 = Some(hash);
+                    }
+                }
+                _ => to_read.push((rel.clone(), entry.path.clone(), entry.identity)),
+            }
+        }
+        let hashed: Vec<(String, Identity, String)> = to_read
+            .par_iter()
+            .map(|(rel, path, id)| {
+                hash_file(path)
+                    .map(|h| (rel.clone(), *id, h))
+                    .map_err(|source| ContextError::Hash {
+                        path: path.clone(),
+                        source,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        let read = hashed.len();
+        for (rel, id, hash) in hashed {
+            if let Some(e) = self.entries.get_mut(&rel) {
+                e.sha256 = Some(hash.clone());
+            }
+            cache.files.insert(rel, (id, hash));
+        }
+        Ok(read)
+    }
+}
+
+impl HashCache {
+    /// Drops entries for files that are no longer in `context`.
+    pub fn retain_present(&mut self, context: &Context) {
+        self.files.retain(|rel, _| context.entries.contains_key(rel));
+    }
+}
+
+fn hash_file(path: &Path) -> io::Result<String> {
+    let mut f = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Matches `name` against a shell pattern as Go's `filepath.Match` does: `*` and `?` do not
+/// match `/`, `[...]` is a class (`[!...]`/`[^...]` negated), `\` escapes.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn m(p: &[char], n: &[char]) -> bool {
+        match p.first() {
+            None => n.is_empty(),
+            Some('*') => (0..=n.len())
+                .take_while(|&i| i == 0 || n[i - 1] != '/')
+                .any(|i| m(&p[1..], &n[i..])),
+            Some('?') => !n.is_empty() && n[0] != '/' && m(&p[1..], &n[1..]),
+            Some('[') => {
+                let Some(&c) = n.first() else { return false };
+                let mut i = 1;
+                let negate = matches!(p.get(1), Some('!' | '^'));
+                if negate {
+                    i += 1;
+                }
+                let mut matched = false;
+                let mut first = true;
+                while i < p.len() && (p[i] != ']' || first) {
+                    first = false;
+                    let lo = p[i];
+                    if p.get(i + 1) == Some(&'-') && p.get(i + 2).is_some_and(|&x| x != ']') {
+                        if lo <= c && c <= p[i + 2] {
+                            matched = true;
+                        }
+                        i += 3;
+                    } else {
+                        if lo == c {
+                            matched = true;
+                        }
+                        i += 1;
+                    }
+                }
+                if i >= p.len() {
+                    return false; // unterminated class: Go reports ErrBadPattern, i.e. no match
+                }
+                matched != negate && c != '/' && m(&p[i + 1..], &n[1..])
+            }
+            Some('\\') if p.len() > 1 => n.first() == Some(&p[1]) && m(&p[2..], &n[1..]),
+            Some(&c) => n.first() == Some(&c) && m(&p[1..], &n[1..]),
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    m(&p, &n)
+}
+
+/// Whether `s` contains glob metacharacters.
+pub fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Cleans a context-relative source path: strips `./` and leading `/`, resolves `..` within the
+/// root. Returns `None` when the path climbs out of the context.
+pub fn clean_rel(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_like_go() {
+        assert!(glob_match("*.txt", "a.txt"));
+        assert!(!glob_match("*.txt", "d/a.txt"));
+        assert!(glob_match("d/*.txt", "d/a.txt"));
+        assert!(glob_match("f?o", "foo"));
+        assert!(glob_match("[a-c]x", "bx"));
+        assert!(!glob_match("[!a-c]x", "bx"));
+        assert!(glob_match("\\*", "*"));
+    }
+
+    #[test]
+    fn clean_rel_stays_inside() {
+        assert_eq!(clean_rel("./a/../b/").as_deref(), Some("b"));
+        assert_eq!(clean_rel("/x/y").as_deref(), Some("x/y"));
+        assert_eq!(clean_rel(".").as_deref(), Some(""));
+        assert_eq!(clean_rel("../etc"), None);
+    }
+
+    #[test]
+    fn walks_hashes_and_reuses_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        fs::write(dir.path().join("sub/a.txt"), "a").unwrap();
+        fs::write(dir.path().join("b.log"), "b").unwrap();
+        fs::write(dir.path().join(".dockerignore"), "*.log\n").unwrap();
+        let mut ctx = Context::walk(dir.path()).unwrap();
+        assert!(ctx.entries().contains_key("sub/a.txt"));
+        assert!(!ctx.entries().contains_key("b.log"));
+        let mut cache = HashCache::default();
+        assert_eq!(ctx.hash_files(&[String::new()], &mut cache).unwrap(), 2);
+        let mut again = Context::walk(dir.path()).unwrap();
+        assert_eq!(again.hash_files(&[String::new()], &mut cache).unwrap(), 0);
+        assert_eq!(
+            again.entries()["sub/a.txt"].sha256.as_deref(),
+            Some("ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb")
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! COPY: which context files land where, with which owner and mode — decided (and hashed for
+//! the cache key) before anything is copied — and then copying them into a new layer directory.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{PermissionsExt, lchown, symlink};
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::{UtimensatFlags, utimensat};
+use nix::sys::time::TimeSpec;
+use sha2::{Digest as _, Sha256};
+
+use crate::context::{Context, EntryKind, HashCache, clean_rel, glob_match, has_glob};
+use crate::view::LayerView;
+
+/// One path a COPY writes.
+#[derive(Debug, Clone)]
+pub struct CopyItem {
+    /// Destination, relative to `/`, no leading slash.
+    pub dest: String,
+    /// Source on the host.
+    pub src: PathBuf,
+    /// Kind (with link target).
+    pub kind: EntryKind,
+    /// Mode after `--chmod`.
+    pub mode: u32,
+    /// Owner after `--chown`.
+    pub uid: u32,
+    /// Group after `--chown`.
+    pub gid: u32,
+    /// Source mtime (docker keeps it).
+    pub mtime: (i64, i64),
+    /// Content hash (files).
+    pub sha256: Option<String>,
+}
+
+/// Everything a COPY will write, and the digest of it.
+#[derive(Debug, Clone)]
+pub struct CopyPlan {
+    /// Items, sorted by destination.
+    pub items: Vec<CopyItem>,
+    /// Owner for directories the COPY has to create.
+    pub owner: (u32, u32),
+    /// sha256 over (dest, kind, mode, uid, gid, link target, content) of every item.
+    pub digest: String,
+}
+
+/// The inputs of a COPY after expansion.
+pub struct CopyRequest<'a> {
+    /// Sources as written.
+    pub sources: &'a [String],
+    /// Destination as written.
+    pub dest: &'a str,
+    /// WORKDIR in force.
+    pub workdir: &'a str,
+    /// Resolved `--chown`.
+    pub chown: Option<(u32, u32)>,
+    /// Parsed `--chmod`.
+    pub chmod: Option<u32>,
+    /// The instruction keyword, for messages.
+    pub keyword: &'a str,
+}
+
+/// Resolves a COPY against the context; hashes the files it ships (through the hash cache).
+///
+/// # Errors
+///
+/// A message naming the source that is missing, excluded by `.dockerignore`, or outside the
+/// context, or a destination that cannot take several sources.
+pub fn plan(
+    ctx: &mut Context,
+    cache: &mut HashCache,
+    view: &LayerView,
+    req: &CopyRequest<'_>,
+) -> Result<CopyPlan, String> {
+    let kw = req.keyword;
+    // Expand sources: (relative path in the context, is the path itself a directory?).
+    let mut matched: Vec<String> = Vec::new();
+    for src in req.sources {
+        let rel = clean_rel(src).ok_or_else(|| {
+            format!("{kw} source `{src}` is outside the build context (sources are relative to the context directory)")
+        })?;
+        if has_glob(&rel) {
+            let hits: Vec<String> = ctx
+                .entries()
+                .keys()
+                .filter(|k| glob_match(&rel, k))
+                .cloned()
+                .collect();
+            if hits.is_empty() {
+                return Err(format!("{kw} source `{src}`: no file in the build context matches this pattern"));
+            }
+            matched.extend(hits);
+        } else if rel.is_empty() || ctx.entries().contains_key(&rel) {
+            matched.push(rel);
+        } else if ctx.is_excluded(&rel) {
+            return Err(format!("{kw} source `{src}` is excluded by .dockerignore"));
+        } else {
+            return Err(format!("{kw} source `{src}` not found in the build context"));
+        }
+    }
+    let dest_abs = if req.dest.starts_with('/') {
+        req.dest.to_owned()
+    } else {
+        format!("{}/{}", req.workdir.trim_end_matches('/'), req.dest)
+    };
+    let dest_rel = clean_rel(&dest_abs).unwrap_or_default();
+    let dest_is_dir = req.dest.ends_with('/')
+        || req.dest == "."
+        || matched.len() > 1
+        || view
+            .find(&dest_rel)
+            .is_some_and(|p| fs::metadata(&p).is_ok_and(|m| m.is_dir()));
+    if req.sources.len() > 1 && !req.dest.ends_with('/') && !dest_is_dir {
+        return Err(format!(
+            "when using {kw} with more than one source file, the destination must be a directory and end with a /"
+        ));
+    }
+    ctx.hash_files(&matched, cache).map_err(|e| e.to_string())?;
+    let owner = req.chown.unwrap_or((0, 0));
+    let join = |a: &str, b: &str| -> String {
+        match (a.is_empty(), b.is_empty()) {
+            (true, _) => b.to_owned(),
+            (_, true) => a.to_owned(),
+            _ => format!("{a}/{b}"),
+        }
+    };
+    let mut items = Vec::new();
+    let mut seen = BTreeSet::new();
+    for rel in &matched {
+        let is_dir = rel.is_empty() || ctx.entries()[rel].kind == EntryKind::Dir;
+        if is_dir {
+            let prefix = if rel.is_empty() { String::new() } else { format!("{rel}/") };
+            for (k, e) in ctx.entries().range(prefix.clone()..) {
+                let Some(suffix) = k.strip_prefix(&prefix) else { break };
+                let dest = join(&dest_rel, suffix);
+                if seen.insert(dest.clone()) {
+                    items.push(item(dest, e, req));
+                }
+            }
+        } else {
+            let e = &ctx.entries()[rel];
+            let name = rel.rsplit('/').next().unwrap_or(rel);
+            let dest = if dest_is_dir { join(&dest_rel, name) } else { dest_rel.clone() };
+            if seen.insert(dest.clone()) {
+                items.push(item(dest, e, req));
+            }
+        }
+    }
+    items.sort_by(|a, b| a.dest.cmp(&b.dest));
+    let mut h = Sha256::new();
+    h.update(format!("dest={dest_rel}\n"));
+    for it in &items {
+        let (kind, link) = match &it.kind {
+            EntryKind::File => ("f", String::new()),
+            EntryKind::Dir => ("d", String::new()),
+            EntryKind::Symlink(t) => ("l", t.to_string_lossy().into_owned()),
+        };
+        h.update(format!(
+            "{}\0{kind}\0{:o}\0{}\0{}\0{link}\0{}\n",
+            it.dest,
+            it.mode,
+            it.uid,
+            it.gid,
+            it.sha256.as_deref().unwrap_or("")
+        ));
+    }
+    Ok(CopyPlan {
+        items,
+        owner,
+        digest: hex::encode(h.finalize()),
+    })
+}
+
+fn item(dest: String, e: &crate::context::Entry, req: &CopyRequest<'_>) -> CopyItem {
+    let (uid, gid) = req.chown.unwrap_or((0, 0));
+    let mode = match (&e.kind, req.chmod) {
+        (EntryKind::Symlink(_), _) => 0o777,
+        (_, Some(m)) => m,
+        (_, None) => e.mode,
+    };
+    CopyItem {
+        dest,
+        src: e.path.clone(),
+        kind: e.kind.clone(),
+        mode,
+        uid,
+        gid,
+        mtime: e.mtime,
+        sha256: e.sha256.clone(),
+    }
+}
+
+/// Writes the plan's files into `upper` (a fresh layer directory). Parent directories that the
+/// image already has are recreated with the image's owner, mode and mtime so the layer does not
+/// change them; new ones get mode 0755 and the COPY's owner.
+///
+/// # Errors
+///
+/// IO errors, with the path.
+pub fn execute(plan: &CopyPlan, upper: &Path, view: &LayerView) -> io::Result<()> {
+    let mut dirs_to_stamp: Vec<(PathBuf, (i64, i64))> = Vec::new();
+    for it in &plan.items {
+        let target = upper.join(&it.dest);
+        if let Some(parent) = Path::new(&it.dest).parent() {
+            ensure_parents(upper, parent, view, plan.owner, &mut dirs_to_stamp)?;
+        }
+        match &it.kind {
+            EntryKind::Dir => {
+                match fs::create_dir(&target) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(with_path(e, &target)),
+                }
+                lchown(&target, Some(it.uid), Some(it.gid)).map_err(|e| with_path(e, &target))?;
+                fs::set_permissions(&target, fs::Permissions::from_mode(it.mode)).map_err(|e| with_path(e, &target))?;
+                dirs_to_stamp.push((target, it.mtime));
+            }
+            EntryKind::File => {
+                fs::copy(&it.src, &target).map_err(|e| with_path(e, &it.src))?;
+                lchown(&target, Some(it.uid), Some(it.gid)).map_err(|e| with_path(e, &target))?;
+                // chown clears setuid bits: set the mode after it.
+                fs::set_permissions(&target, fs::Permissions::from_mode(it.mode)).map_err(|e| with_path(e, &target))?;
+                set_mtime(&target, it.mtime)?;
+            }
+            EntryKind::Symlink(t) => {
+                symlink(t, &target).map_err(|e| with_path(e, &target))?;
+                lchown(&target, Some(it.uid), Some(it.gid)).map_err(|e| with_path(e, &target))?;
+                set_mtime(&target, it.mtime)?;
+            }
+        }
+    }
+    // Directory times last: creating entries inside a directory changes its mtime.
+    for (d, t) in dirs_to_stamp.iter().rev() {
+        set_mtime(d, *t)?;
+    }
+    Ok(())
+}
+
+/// Creates the directories of `rel` under `upper`, each a copy of the image's directory
+/// (owner, mode, mtime) if it has one, else a new 0755 directory owned by `owner`.
+pub fn ensure_parents(
+    upper: &Path,
+    rel: &Path,
+    view: &LayerView,
+    owner: (u32, u32),
+    stamps: &mut Vec<(PathBuf, (i64, i64))>,
+) -> io::Result<()> {
+    let mut cur = upper.to_path_buf();
+    let mut rel_so_far = PathBuf::new();
+    for c in rel.components() {
+        cur.push(c);
+        rel_so_far.push(c);
+        if fs::symlink_metadata(&cur).is_ok() {
+            continue;
+        }
+        fs::create_dir(&cur).map_err(|e| with_path(e, &cur))?;
+        let existing = view
+            .find(&rel_so_far.to_string_lossy())
+            .and_then(|p| fs::symlink_metadata(p).ok())
+            .filter(fs::Metadata::is_dir);
+        if let Some(md) = existing {
+            use std::os::unix::fs::MetadataExt;
+            lchown(&cur, Some(md.uid()), Some(md.gid())).map_err(|e| with_path(e, &cur))?;
+            fs::set_permissions(&cur, fs::Permissions::from_mode(md.mode() & 0o7777)).map_err(|e| with_path(e, &cur))?;
+            stamps.push((cur.clone(), (md.mtime(), md.mtime_nsec())));
+        } else {
+            lchown(&cur, Some(owner.0), Some(owner.1)).map_err(|e| with_path(e, &cur))?;
+            fs::set_permissions(&cur, fs::Permissions::from_mode(0o755)).map_err(|e| with_path(e, &cur))?;
+        }
+    }
+    Ok(())
+}
+
+fn set_mtime(path: &Path, (s, ns): (i64, i64)) -> io::Result<()> {
+    let t = TimeSpec::new(s, ns);
+    utimensat(None, path, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(|e| with_path(io::Error::from(e), path))
+}
+
+fn with_path(e: io::Error, path: &Path) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}

@@ -1,0 +1,72 @@
+//! Progress of a build as a stream of events; the caller decides how to show them.
+
+use std::time::Duration;
+
+use rbuild_oci::Digest;
+
+/// Something that happened during a build.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum BuildEvent {
+    /// A step begins (or is found in the cache: then `cached` is true and no output follows).
+    StepStarted {
+        /// Stage index (0-based) in the Dockerfile.
+        stage: usize,
+        /// The stage's name, if it has one.
+        stage_name: Option<String>,
+        /// Step number within the stage, 1-based (`FROM` is 1).
+        index: usize,
+        /// Steps in the stage.
+        total: usize,
+        /// The instruction after variable expansion, as docker prints it.
+        text: String,
+        /// Whether the step's result comes from the cache.
+        cached: bool,
+    },
+    /// Output of a RUN step, as it arrives.
+    StepOutput {
+        /// Stage index.
+        stage: usize,
+        /// Step number.
+        index: usize,
+        /// Raw bytes (stdout and stderr merged).
+        bytes: Vec<u8>,
+    },
+    /// A step finished.
+    StepFinished {
+        /// Stage index.
+        stage: usize,
+        /// Step number.
+        index: usize,
+        /// Wall time of the step.
+        elapsed: Duration,
+    },
+    /// A warning about the Dockerfile or the build (undefined variable, deprecated instruction, …).
+    Warning(String),
+    /// The image was written to the store.
+    ImageWritten {
+        /// Manifest digest.
+        digest: Digest,
+        /// Tags given to it.
+        tags: Vec<String>,
+    },
+}
+
+/// A receiver of build events. Implemented for every `Fn(BuildEvent) + Send + Sync`.
+pub trait Progress: Send + Sync {
+    /// Handles one event.
+    fn event(&self, event: BuildEvent);
+}
+
+impl<F: Fn(BuildEvent) + Send + Sync> Progress for F {
+    fn event(&self, event: BuildEvent) {
+        self(event);
+    }
+}
+
+/// A progress sink that drops every event.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn event(&self, _: BuildEvent) {}
+}

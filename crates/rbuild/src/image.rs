@@ -1,0 +1,215 @@
+//! Images in the store: loading a base image, writing a built one, making sure every layer has
+//! its unpacked directory.
+
+use oci_spec::image::{Descriptor, DescriptorBuilder, MediaType};
+use rbuild_oci::{Digest, Reference, canonical_json, media_type, oci_spec};
+use rbuild_store::Store;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::config::ImageConfig;
+use crate::error::{Error, Result};
+use crate::view::LayerView;
+
+/// A layer of an image: its blob and the digest of its uncompressed tar.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// Blob digest (compressed).
+    pub digest: Digest,
+    /// Digest of the uncompressed tar.
+    pub diff_id: Digest,
+    /// Blob size.
+    pub size: u64,
+    /// Blob media type.
+    pub media_type: String,
+}
+
+/// An image loaded from the store.
+#[derive(Debug, Clone)]
+pub struct LoadedImage {
+    /// Manifest digest.
+    pub digest: Digest,
+    /// The manifest as stored.
+    pub manifest: serde_json::Value,
+    /// The parsed config.
+    pub config: ImageConfig,
+    /// The layers, bottom first.
+    pub layers: Vec<LayerRecord>,
+}
+
+/// Finds an image by reference: a tag in the store, or a manifest digest (`sha256:…` alone or
+/// `name@sha256:…`).
+///
+/// # Errors
+///
+/// [`Error::ImageNotFound`] when nothing matches; [`Error::Operation`] when the store fails.
+pub fn resolve(store: &Store, reference: &str) -> Result<Descriptor> {
+    if let Ok(digest) = reference.parse::<Digest>() {
+        return descriptor_for_blob(store, &digest, reference);
+    }
+    let r: Reference = reference.parse().map_err(|e: rbuild_oci::ReferenceError| Error::ImageNotFound {
+        reference: reference.to_owned(),
+        hint: Some(e.to_string()),
+    })?;
+    if let Some(d) = store
+        .resolve(&r)
+        .map_err(Error::op(format!("look up {r} in the store")))?
+    {
+        return Ok(d);
+    }
+    if let Some(d) = r.digest() {
+        return descriptor_for_blob(store, d, reference);
+    }
+    Err(Error::ImageNotFound {
+        reference: r.to_string(),
+        hint: None,
+    })
+}
+
+fn descriptor_for_blob(store: &Store, digest: &Digest, reference: &str) -> Result<Descriptor> {
+    if !store.has_blob(digest) {
+        return Err(Error::ImageNotFound {
+            reference: reference.to_owned(),
+            hint: None,
+        });
+    }
+    let bytes = store
+        .read_blob(digest)
+        .map_err(Error::op(format!("read manifest {digest}")))?;
+    let mt = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["mediaType"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| media_type::OCI_MANIFEST.to_owned());
+    Ok(descriptor(&mt, digest, bytes.len() as u64))
+}
+
+/// Builds an OCI descriptor.
+pub fn descriptor(mt: &str, digest: &Digest, size: u64) -> Descriptor {
+    DescriptorBuilder::default()
+        .media_type(MediaType::from(mt))
+        .digest(oci_spec::image::Digest::from(digest))
+        .size(size)
+        .build()
+        .unwrap_or_else(|_| unreachable!("descriptor with all required fields"))
+}
+
+/// Loads the manifest, config and layer list of an image.
+///
+/// # Errors
+///
+/// [`Error::Operation`] when a blob is missing or malformed.
+pub fn load(store: &Store, manifest_digest: &Digest) -> Result<LoadedImage> {
+    let bytes = store
+        .read_blob(manifest_digest)
+        .map_err(Error::op(format!("read manifest {manifest_digest}")))?;
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(Error::op(format!("parse manifest {manifest_digest}")))?;
+    let config_digest: Digest = manifest["config"]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .map_err(Error::op(format!("read the config digest of manifest {manifest_digest}")))?;
+    let config_bytes = store
+        .read_blob(&config_digest)
+        .map_err(Error::op(format!("read image config {config_digest}")))?;
+    let config: ImageConfig =
+        serde_json::from_slice(&config_bytes).map_err(Error::op(format!("parse image config {config_digest}")))?;
+    let blobs = manifest["layers"].as_array().cloned().unwrap_or_default();
+    if blobs.len() != config.rootfs.diff_ids.len() {
+        return Err(Error::Operation {
+            op: format!("load image {manifest_digest}"),
+            source: format!(
+                "manifest has {} layers but the config lists {} diff_ids",
+                blobs.len(),
+                config.rootfs.diff_ids.len()
+            )
+            .into(),
+        });
+    }
+    let mut layers = Vec::with_capacity(blobs.len());
+    for (b, diff_id) in blobs.iter().zip(&config.rootfs.diff_ids) {
+        layers.push(LayerRecord {
+            digest: b["digest"]
+                .as_str()
+                .unwrap_or_default()
+                .parse()
+                .map_err(Error::op(format!("read layer digests of {manifest_digest}")))?,
+            diff_id: diff_id
+                .parse()
+                .map_err(Error::op(format!("read diff_ids of {manifest_digest}")))?,
+            size: b["size"].as_u64().unwrap_or(0),
+            media_type: b["mediaType"].as_str().unwrap_or(media_type::OCI_LAYER_GZIP).to_owned(),
+        });
+    }
+    Ok(LoadedImage {
+        digest: manifest_digest.clone(),
+        manifest,
+        config,
+        layers,
+    })
+}
+
+/// Makes sure every layer has its unpacked directory (unpacking blobs where needed) and returns
+/// the view over them, top-most first.
+///
+/// # Errors
+///
+/// [`Error::Operation`] when a blob cannot be read or unpacked.
+pub fn ensure_unpacked(store: &Store, layers: &[LayerRecord]) -> Result<LayerView> {
+    let mut dirs = Vec::with_capacity(layers.len());
+    for layer in layers.iter().rev() {
+        if !store.has_layer_dir(&layer.diff_id) {
+            unpack(store, layer)?;
+        }
+        dirs.push(store.layer_dir(&layer.diff_id));
+    }
+    Ok(LayerView::new(dirs))
+}
+
+fn unpack(store: &Store, layer: &LayerRecord) -> Result<()> {
+    let op = || format!("unpack layer {}", layer.digest);
+    let blob = store.open_blob(&layer.digest).map_err(Error::op(op()))?;
+    let staging = store.staging().map_err(Error::op(op()))?;
+    rbuild_layer::unpack_layer(std::io::BufReader::new(blob), &staging.upper()).map_err(Error::op(op()))?;
+    store
+        .commit_layer_dir(staging, &layer.diff_id)
+        .map_err(Error::op(op()))?;
+    Ok(())
+}
+
+/// Writes `config` and a manifest over `layers` into the store; returns the manifest descriptor.
+///
+/// # Errors
+///
+/// [`Error::Operation`] when the store fails.
+pub fn write(
+    store: &Store,
+    config: &ImageConfig,
+    layers: &[LayerRecord],
+    annotations: &std::collections::BTreeMap<String, String>,
+) -> Result<Descriptor> {
+    let config_bytes = canonical_json(config).map_err(Error::op("serialise the image config"))?;
+    let config_digest = store
+        .put_blob(&config_bytes)
+        .map_err(Error::op("write the image config"))?;
+    let mut manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": media_type::OCI_MANIFEST,
+        "config": {
+            "mediaType": media_type::OCI_CONFIG,
+            "digest": config_digest.to_string(),
+            "size": config_bytes.len(),
+        },
+        "layers": layers.iter().map(|l| json!({
+            "mediaType": l.media_type,
+            "digest": l.digest.to_string(),
+            "size": l.size,
+        })).collect::<Vec<_>>(),
+    });
+    if !annotations.is_empty() {
+        manifest["annotations"] = json!(annotations);
+    }
+    let bytes = canonical_json(&manifest).map_err(Error::op("serialise the manifest"))?;
+    let digest = store.put_blob(&bytes).map_err(Error::op("write the manifest"))?;
+    Ok(descriptor(media_type::OCI_MANIFEST, &digest, bytes.len() as u64))
+}

@@ -1,0 +1,128 @@
+//! What to build and how.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use rbuild_oci::Reference;
+
+/// Where the Dockerfile comes from.
+#[derive(Debug, Clone)]
+pub enum DockerfileSource {
+    /// `CONTEXT/Dockerfile`.
+    Default,
+    /// A file path (relative paths are taken from the current directory, like docker's `-f`).
+    Path(PathBuf),
+    /// Dockerfile text given directly, with a name for messages.
+    Text {
+        /// Shown in error messages in place of a file name.
+        name: String,
+        /// The Dockerfile.
+        text: String,
+    },
+}
+
+/// Options of one build. Built with chained setters:
+///
+/// ```
+/// use rbuild::BuildOptions;
+///
+/// let opts = BuildOptions::new("./app")
+///     .tag("localhost/app:1".parse().unwrap())
+///     .build_arg("VERSION", "1.2.3")
+///     .no_cache(false);
+/// assert_eq!(opts.tags.len(), 1);
+/// ```
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The build context directory.
+    pub context: PathBuf,
+    /// The Dockerfile.
+    pub dockerfile: DockerfileSource,
+    /// Tags for the result.
+    pub tags: Vec<Reference>,
+    /// `--build-arg` values.
+    pub build_args: BTreeMap<String, String>,
+    /// Ignore the step cache.
+    pub no_cache: bool,
+    /// The stage to build (default: the last one).
+    pub target: Option<String>,
+    /// `SOURCE_DATE_EPOCH`: image and history times, and clamp of file times in new layers.
+    pub source_date_epoch: Option<i64>,
+    /// Labels added to the image config.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl BuildOptions {
+    /// Options for building `context` with its `Dockerfile`.
+    pub fn new(context: impl Into<PathBuf>) -> Self {
+        Self {
+            context: context.into(),
+            dockerfile: DockerfileSource::Default,
+            tags: Vec::new(),
+            build_args: BTreeMap::new(),
+            no_cache: false,
+            target: None,
+            source_date_epoch: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// Uses the Dockerfile at `path`.
+    #[must_use]
+    pub fn dockerfile(mut self, path: impl Into<PathBuf>) -> Self {
+        self.dockerfile = DockerfileSource::Path(path.into());
+        self
+    }
+
+    /// Uses Dockerfile text given directly.
+    #[must_use]
+    pub fn dockerfile_text(mut self, name: impl Into<String>, text: impl Into<String>) -> Self {
+        self.dockerfile = DockerfileSource::Text {
+            name: name.into(),
+            text: text.into(),
+        };
+        self
+    }
+
+    /// Adds a tag.
+    #[must_use]
+    pub fn tag(mut self, reference: Reference) -> Self {
+        self.tags.push(reference);
+        self
+    }
+
+    /// Sets a build argument.
+    #[must_use]
+    pub fn build_arg(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.build_args.insert(key.into(), value.into());
+        self
+    }
+
+    /// Ignores (or not) the step cache.
+    #[must_use]
+    pub fn no_cache(mut self, yes: bool) -> Self {
+        self.no_cache = yes;
+        self
+    }
+
+    /// Builds the named stage instead of the last one.
+    #[must_use]
+    pub fn target(mut self, stage: impl Into<String>) -> Self {
+        self.target = Some(stage.into());
+        self
+    }
+
+    /// Sets `SOURCE_DATE_EPOCH`.
+    #[must_use]
+    pub fn source_date_epoch(mut self, epoch: i64) -> Self {
+        self.source_date_epoch = Some(epoch);
+        self
+    }
+
+    /// Adds a label to the image.
+    #[must_use]
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+}

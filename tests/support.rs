@@ -1,0 +1,137 @@
+//! Helpers shared by the integration tests.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `rbuild` binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_rbuild"))
+}
+
+/// Runs `rbuild --root ROOT ARGS…`.
+pub fn rbuild(root: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("--root")
+        .arg(root)
+        .args(args)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .expect("spawn rbuild")
+}
+
+/// stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+#[track_caller]
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "rbuild failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
+}
+
+/// The last line of stdout: the digest a build prints.
+pub fn last_line(s: &str) -> String {
+    s.lines().last().unwrap_or_default().trim().to_owned()
+}
+
+/// Whether this machine can run RUN steps (root + overlay). When not, prints why; fails instead
+/// when `RBUILD_REQUIRE_SANDBOX` is set (CI).
+pub fn can_build() -> bool {
+    let root = nix_is_root();
+    let overlay = fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("overlay"));
+    let busybox = rbuild_testkit::busybox::available();
+    if root && overlay && busybox {
+        return true;
+    }
+    let why = format!("skipped: needs root ({root}), overlayfs ({overlay}) and /bin/busybox from busybox-static ({busybox})");
+    assert!(std::env::var_os("RBUILD_REQUIRE_SANDBOX").is_none(), "{why}");
+    eprintln!("{why}");
+    false
+}
+
+fn nix_is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Whether an external tool is on PATH; prints a skip reason (or fails under CI) when not.
+pub fn have_tool(name: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        let why = format!("skipped: `{name}` is not installed");
+        assert!(std::env::var_os("RBUILD_REQUIRE_SANDBOX").is_none(), "{why}");
+        eprintln!("{why}");
+    }
+    found
+}
+
+/// Builds the busybox base image into `root` as `localhost/busybox:test`; returns its digest.
+pub fn build_base(root: &Path, work: &Path) -> String {
+    let ctx = work.join("base-ctx");
+    rbuild_testkit::busybox::write_context(&ctx).expect("write the base context");
+    let out = ok(&rbuild(
+        root,
+        &["build", "--progress", "plain", "-t", "localhost/busybox:test", ctx.to_str().unwrap()],
+    ));
+    last_line(&out)
+}
+
+/// Runs a command, asserting success; returns stdout.
+#[track_caller]
+pub fn sh(cmd: &mut Command) -> String {
+    let o = cmd.output().expect("spawn");
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Files below `dir` (relative paths), sorted.
+pub fn list_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = walkdir(dir)
+        .into_iter()
+        .map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            out.push(p.clone());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                out.extend(walkdir(&p));
+            }
+        }
+    }
+    out
+}
