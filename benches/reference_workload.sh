@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+#! Reference workload, rbuild next to buildah 1.28 in the same run.
+#!
+#! Measures, as medians of N runs (default 5) each: a cold build (base image present, empty step
+#! cache), a no-change rebuild, and a rebuild after one context file changed; and the peak RSS of
+#! each tool. The workload: a busybox base; a context of 2,000 files of 100–4,000 bytes in 20
+#! directories plus one 50 MiB random file; RUN mkdir/echo, COPY . /src,
+#! RUN find /src -type f | wc -l > /app/count, ENV, WORKDIR, CMD.
+#!
+#! Run (as root):   benches/reference_workload.sh [RUNS]
+#! Needs: buildah, runc, busybox-static, GNU time (/usr/bin/time).
+set -euo pipefail
+runs=${1:-5}
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+cargo build --release -q -p rbuild-cli
+bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/rbuild
+work=$(mktemp -d /var/tmp/rbuild-bench.XXXXXX)
+cleanup() {
+  for r in "$work"/buildah-*; do [ -d "$r/root" ] && buildah --root "$r/root" --runroot "$r/run" rm -a >/dev/null 2>&1 || true; done
+  umount -R "$work"/buildah-*/root/overlay 2>/dev/null || true
+  rm -rf "$work" 2>/dev/null || true
+}
+trap cleanup EXIT
+
+# --- the workload
+base_ctx=$work/base
+cp -r examples/busybox "$base_ctx"
+cp /bin/busybox "$base_ctx/busybox"
+ctx=$work/ctx
+python3 - "$ctx" <<'PY'
+import os, random, sys
+root = sys.argv[1]
+rng = random.Random(42)
+for d in range(20):
+    os.makedirs(f"{root}/dir{d:02}", exist_ok=True)
+    for f in range(100):
+        size = rng.randint(100, 4000)
+        with open(f"{root}/dir{d:02}/file{f:03}.txt", "wb") as fh:
+            fh.write(bytes(rng.getrandbits(8) for _ in range(size)))
+with open(f"{root}/big.bin", "wb") as fh:
+    fh.write(os.urandom(50 * 1024 * 1024))
+PY
+cat > "$work/Dockerfile" <<'DF'
+FROM localhost/busybox:latest
+RUN mkdir -p /app && echo built > /app/built
+COPY . /src
+RUN find /src -type f | wc -l > /app/count
+ENV APP=/app
+WORKDIR /app
+CMD ["cat", "/app/count"]
+DF
+
+timed() { # timed OUTFILE cmd... ; appends "seconds maxrss_kb"
+  local out=$1; shift
+  /usr/bin/time -f '%e %M' -o "$work/t" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
+  cat "$work/t" >> "$out"
+}
+rb() { "$bin" --root "$1" "${@:2}"; }
+bh() { local r=$1; shift; buildah --root "$r/root" --runroot "$r/run" --storage-driver overlay "$@"; }
+bh_bud() { local r=$1; shift; bh "$r" bud --layers --tls-verify=false --runtime /usr/sbin/runc -q "$@"; }
+
+for i in $(seq 1 "$runs"); do
+  echo "run $i/$runs" >&2
+  # rbuild
+  r=$work/rbuild-$i; mkdir -p "$r"
+  rb "$r" build --progress plain -t localhost/busybox:latest "$base_ctx" >/dev/null
+  timed "$work/rbuild.cold" rb "$r" build --progress plain -t app:1 -f "$work/Dockerfile" "$ctx"
+  timed "$work/rbuild.nochange" rb "$r" build --progress plain -t app:1 -f "$work/Dockerfile" "$ctx"
+  echo "change $i" >> "$ctx/dir00/file000.txt"
+  timed "$work/rbuild.onefile" rb "$r" build --progress plain -t app:1 -f "$work/Dockerfile" "$ctx"
+  # buildah
+  b=$work/buildah-$i; mkdir -p "$b"
+  bh_bud "$b" -t localhost/busybox:latest "$base_ctx" >/dev/null
+  timed "$work/buildah.cold" bh_bud "$b" -t app:1 -f "$work/Dockerfile" "$ctx"
+  timed "$work/buildah.nochange" bh_bud "$b" -t app:1 -f "$work/Dockerfile" "$ctx"
+  echo "change b$i" >> "$ctx/dir00/file000.txt"
+  timed "$work/buildah.onefile" bh_bud "$b" -t app:1 -f "$work/Dockerfile" "$ctx"
+  bh "$b" rm -a >/dev/null 2>&1 || true
+done
+
+python3 - "$work" <<'PY'
+import statistics, sys
+w = sys.argv[1]
+def load(name):
+    rows = [l.split() for l in open(f"{w}/{name}") if l.strip()]
+    return statistics.median(float(r[0]) for r in rows), max(int(r[1]) for r in rows) / 1024
+print(f"{'scenario':<12} {'rbuild s':>9} {'buildah s':>10} {'ratio':>7} {'rbuild MiB':>11} {'buildah MiB':>12}")
+for s in ["cold", "nochange", "onefile"]:
+    rt, rm = load(f"rbuild.{s}"); bt, bm = load(f"buildah.{s}")
+    print(f"{s:<12} {rt:>9.2f} {bt:>10.2f} {rt/bt if bt else float('nan'):>7.2f} {rm:>11.1f} {bm:>12.1f}")
+print("ratio = rbuild / buildah (lower is better); times are medians, RSS is the peak of the runs")
+PY
