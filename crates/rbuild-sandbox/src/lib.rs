@@ -1,1 +1,59 @@
-//! Run a process in a root filesystem: namespaces and an overlay mount
+//! Run a process in a root filesystem: namespaces and an overlay mount.
+//!
+//! [`run`] executes one command (a Dockerfile `RUN` step, or `rbuild run IMAGE -- cmd`) in
+//! new mount, pid, uts and ipc namespaces (and a new network namespace with
+//! [`Network::None`]), on an overlay of the image's unpacked layers with a fresh upper
+//! directory. When it returns, the upper directory holds exactly the command's changes (the
+//! mountpoints for `/proc`, `/dev`, `/sys`, `/etc/hosts`, `/etc/hostname` and
+//! `/etc/resolv.conf` never reach it), ready to become a layer: a deleted lower file is a
+//! character device 0/0, an opaque directory carries `trusted.overlay.opaque=y`.
+//!
+//! The command is pid 1 of its pid namespace, sees `/proc`, a tmpfs `/dev` with the usual
+//! devices, a read-only `/sys`, and runs as the user resolved from the image's own
+//! `/etc/passwd` and `/etc/group`, with exactly the environment given. Every mount lives in
+//! the sandbox's mount namespace, so nothing on the host changes.
+//!
+//! Synchronous and blocking: async callers use `tokio::task::spawn_blocking`. Root is
+//! required for now (kernel overlayfs and namespaces); [`check_support`] says what is missing.
+//!
+//! ```no_run
+//! use rbuild_sandbox::{Network, RunSpec, Stdio};
+//!
+//! # fn main() -> Result<(), rbuild_sandbox::Error> {
+//! rbuild_sandbox::check_support()?;
+//! let spec = RunSpec::default()
+//!     // top-most first, like overlayfs's lowerdir=
+//!     .lower_dirs(vec![
+//!         "/var/lib/rbuild/layers/sha256-2c1b…".into(),
+//!         "/var/lib/rbuild/layers/sha256-a3ed…".into(),
+//!     ])
+//!     .upper_dir("/var/lib/rbuild/tmp/run-1/upper")
+//!     .work_dir("/var/lib/rbuild/tmp/run-1/work")
+//!     .args(["/bin/sh", "-c", "apk add --no-cache curl"])
+//!     .env(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
+//!     .cwd("/src")
+//!     .user("app")
+//!     .network(Network::Host)
+//!     .stdio(Stdio::Capture);
+//! let outcome = rbuild_sandbox::run(&spec, &mut |chunk| {
+//!     eprint!("{}", String::from_utf8_lossy(chunk));
+//! })?;
+//! if !outcome.success() {
+//!     eprintln!("RUN failed with status {}", outcome.status);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod plan;
+mod run;
+mod spec;
+mod support;
+mod sys;
+mod user;
+
+pub use error::{Error, Result};
+pub use run::run;
+pub use spec::{BindMount, Network, OUTPUT_TAIL_LIMIT, Outcome, RunSpec, Stdio};
+pub use support::check_support;

@@ -1,0 +1,175 @@
+//! Running a [`RunSpec`]: prepare, launch, stream the output, wait, report.
+
+use std::fs::File;
+use std::io::{self, Read};
+
+use crate::error::{Error, Result};
+use crate::plan::{self, Plan};
+use crate::spec::{OUTPUT_TAIL_LIMIT, Outcome, RunSpec};
+use crate::sys::{self, Failure, Step};
+
+/// Runs `spec.args` in a sandbox built from `spec` and waits for it to exit.
+///
+/// With [`Stdio::Capture`](crate::Stdio::Capture), `on_output` receives the merged
+/// stdout/stderr chunks as they arrive (for progress display) and the last
+/// [`OUTPUT_TAIL_LIMIT`] bytes are kept in [`Outcome::output_tail`]. The process's exit status
+/// is in the outcome, not an error: a RUN step that fails is the caller's to report. A command
+/// that cannot be found gives status 127 and `exec: "foo": executable file not found in $PATH`
+/// in the output, like docker.
+///
+/// Blocking: call it through `tokio::task::spawn_blocking` from async code. Requires root (see
+/// [`check_support`](crate::check_support)).
+///
+/// # Errors
+///
+/// [`Error::NoCommand`] or [`Error::InvalidSpec`] for an unusable spec,
+/// [`Error::OverlayDir`] when a lower/upper/work directory or bind source is missing,
+/// [`Error::UnknownUser`]/[`Error::UnknownGroup`] when the user is not in the image,
+/// [`Error::Setup`] when a namespace, mount or credential step fails in the child (typically
+/// not root, or no overlay support), and [`Error::Spawn`], [`Error::ReadOutput`],
+/// [`Error::Wait`], [`Error::PrepareScratch`] for failures of this process.
+pub fn run(spec: &RunSpec, on_output: &mut dyn FnMut(&[u8])) -> Result<Outcome> {
+    let mut plan = plan::prepare(spec)?;
+    let mut buffers = std::mem::take(&mut plan.buffers);
+    let launched = sys::launch(&plan, &mut buffers).map_err(|source| Error::Spawn { source })?;
+    drop(buffers);
+    let mut tail = Vec::new();
+    let mut read_result = Ok(());
+    if let Some(output) = launched.output {
+        read_result = stream(File::from(output), on_output, &mut tail);
+    }
+    // Wait even if reading failed: the child must be reaped (it dies with its namespace).
+    let status = sys::wait(launched.pid).map_err(|source| Error::Wait { source })?;
+    read_result.map_err(|source| Error::ReadOutput { source })?;
+    let mut record = Vec::new();
+    File::from(launched.failure)
+        .read_to_end(&mut record)
+        .map_err(|source| Error::ReadOutput { source })?;
+    if !record.is_empty() {
+        return Err(match Failure::decode(&record) {
+            Some(failure) => failure_error(&plan, spec, failure),
+            None => Error::Setup {
+                step: "report the setup result".to_owned(),
+                source: io::Error::new(io::ErrorKind::InvalidData, "malformed failure record"),
+            },
+        });
+    }
+    Ok(Outcome {
+        status,
+        output_tail: tail,
+    })
+}
+
+/// Reads the output pipe to EOF (all writers gone: the namespace is dead), feeding the
+/// callback and keeping the tail.
+fn stream(mut output: File, on_output: &mut dyn FnMut(&[u8]), tail: &mut Vec<u8>) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match output.read(&mut buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        on_output(&buf[..n]);
+        push_tail(tail, &buf[..n]);
+    }
+}
+
+/// Appends to a buffer that keeps only the last [`OUTPUT_TAIL_LIMIT`] bytes.
+fn push_tail(tail: &mut Vec<u8>, chunk: &[u8]) {
+    tail.extend_from_slice(chunk);
+    if tail.len() > OUTPUT_TAIL_LIMIT {
+        let excess = tail.len() - OUTPUT_TAIL_LIMIT;
+        tail.drain(..excess);
+    }
+}
+
+/// Turns a child's failure record into an error naming the step and its paths.
+fn failure_error(plan: &Plan, spec: &RunSpec, failure: Failure) -> Error {
+    let index = failure.index as usize;
+    let bind = plan.binds.get(index);
+    let bind_desc = |verb: &str| match bind {
+        Some(b) => format!(
+            "{verb} {} at /{}",
+            b.source.to_string_lossy(),
+            b.target.to_string_lossy()
+        ),
+        None => format!("{verb} #{index}"),
+    };
+    let step = match failure.step {
+        Step::ResolveUser => {
+            let (user, group) = crate::user::split_spec(spec.user.as_deref());
+            let user = String::from_utf8_lossy(&user).into_owned();
+            return match failure.errno {
+                sys::USER_ERROR_UNKNOWN_GROUP => Error::UnknownGroup {
+                    group: String::from_utf8_lossy(&group.unwrap_or_default()).into_owned(),
+                },
+                sys::USER_ERROR_TOO_MANY_GROUPS => Error::TooManyGroups { user },
+                _ => Error::UnknownUser { user },
+            };
+        }
+        Step::Stdio => "connect stdin/stdout/stderr".to_owned(),
+        Step::Unshare => "create the mount, pid, uts, ipc (and network) namespaces".to_owned(),
+        Step::ForkInit => "fork pid 1 of the new pid namespace".to_owned(),
+        Step::MakePrivate => "make / a private mount".to_owned(),
+        Step::SetHostname => format!("set the hostname {:?}", spec.hostname),
+        Step::Loopback => "bring up the loopback interface".to_owned(),
+        Step::EnterScratch => format!("enter {}", plan.scratch.path().display()),
+        Step::MountOverlay => format!(
+            "mount the overlay (upper {}, work {}, {} lower dirs)",
+            spec.upper_dir.display(),
+            spec.work_dir.display(),
+            spec.lower_dirs.len()
+        ),
+        Step::OpenRootfs => "open the overlay root".to_owned(),
+        Step::MountProc => "mount /proc".to_owned(),
+        Step::MountDev => "mount a tmpfs on /dev".to_owned(),
+        Step::MakeDevice => format!(
+            "bind-mount /dev/{}",
+            sys::DEVICES
+                .get(index)
+                .map_or_else(|| "?".into(), |d| d.to_string_lossy())
+        ),
+        Step::MountDevpts => "mount /dev/pts".to_owned(),
+        Step::MountShm => "mount /dev/shm".to_owned(),
+        Step::DevSymlink => "create the /dev symlinks".to_owned(),
+        Step::MountSys => "mount /sys read-only".to_owned(),
+        Step::OpenBindTarget => bind_desc("resolve the mountpoint to bind-mount"),
+        Step::Bind => bind_desc("bind-mount"),
+        Step::RemountReadonly => bind_desc("make read-only the bind mount of"),
+        Step::PivotRoot => "pivot_root into the overlay".to_owned(),
+        Step::DetachOldRoot => "detach the old root".to_owned(),
+        Step::MakeCwd => format!(
+            "create the working directory {}",
+            plan.cwd_prefixes
+                .get(index)
+                .map_or_else(|| spec.cwd.clone(), |p| p.to_string_lossy().into_owned())
+        ),
+        Step::EnterCwd => format!("enter the working directory {}", spec.cwd),
+        Step::ReadPasswd => "read the image's /etc/passwd".to_owned(),
+        Step::ReadGroup => "read the image's /etc/group".to_owned(),
+        Step::SetGroups => "set the supplementary groups".to_owned(),
+        Step::SetGid => "set the group id".to_owned(),
+        Step::SetUid => "set the user id".to_owned(),
+        Step::WaitInit => "wait for pid 1 of the sandbox".to_owned(),
+    };
+    Error::Setup {
+        step,
+        source: io::Error::from_raw_os_error(failure.errno),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_keeps_the_last_bytes() {
+        let mut tail = Vec::new();
+        push_tail(&mut tail, &vec![b'a'; OUTPUT_TAIL_LIMIT - 1]);
+        push_tail(&mut tail, b"bcd");
+        assert_eq!(tail.len(), OUTPUT_TAIL_LIMIT);
+        assert!(tail.ends_with(b"abcd"));
+    }
+}
