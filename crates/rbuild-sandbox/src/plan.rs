@@ -177,7 +177,11 @@ pub(crate) fn exec_candidates(prog: &str, env: &[String]) -> (Vec<String>, bool)
 /// parent directories, all root-owned 0755 (files 0644) like docker's mountpoints.
 fn skeleton_entry(skeleton: &Path, rel: &str, file: bool) -> Result<()> {
     let path = skeleton.join(rel);
-    let dir = if file { path.parent() } else { Some(path.as_path()) };
+    let dir = if file {
+        path.parent()
+    } else {
+        Some(path.as_path())
+    };
     if let Some(dir) = dir {
         fs::DirBuilder::new()
             .recursive(true)

@@ -62,7 +62,11 @@ pub fn run(spec: &RunSpec, on_output: &mut dyn FnMut(&[u8])) -> Result<Outcome> 
 
 /// Reads the output pipe to EOF (all writers gone: the namespace is dead), feeding the
 /// callback and keeping the tail.
-fn stream(mut output: File, on_output: &mut dyn FnMut(&[u8]), tail: &mut Vec<u8>) -> io::Result<()> {
+fn stream(
+    mut output: File,
+    on_output: &mut dyn FnMut(&[u8]),
+    tail: &mut Vec<u8>,
+) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = match output.read(&mut buf) {

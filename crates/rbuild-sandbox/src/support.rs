@@ -17,12 +17,11 @@ pub fn check_support() -> Result<()> {
             remedy: "run rbuild as root (sudo); rootless builds are not supported yet",
         });
     }
-    let filesystems = std::fs::read_to_string("/proc/filesystems").map_err(|e| {
-        Error::Unsupported {
+    let filesystems =
+        std::fs::read_to_string("/proc/filesystems").map_err(|e| Error::Unsupported {
             what: format!("cannot read /proc/filesystems ({e})"),
             remedy: "mount /proc",
-        }
-    })?;
+        })?;
     if !has_overlay(&filesystems) {
         return Err(Error::Unsupported {
             what: "the kernel does not support overlayfs".to_owned(),

@@ -229,7 +229,9 @@ fn status_code(status: c_int) -> i32 {
 }
 
 fn errno() -> i32 {
-    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Turns a `-1` return into a [`Failure`] of `step`.
@@ -314,7 +316,11 @@ fn open_in_root(dirfd: RawFd, path: &CStr, flags: c_int) -> Result<RawFd, i32> {
             std::mem::size_of::<libc::open_how>(),
         )
     };
-    if fd < 0 { Err(errno()) } else { Ok(fd as RawFd) }
+    if fd < 0 {
+        Err(errno())
+    } else {
+        Ok(fd as RawFd)
+    }
 }
 
 fn close(fd: RawFd) {
@@ -381,13 +387,12 @@ fn middle(
                 flags |= libc::CLONE_NEWNET;
             }
             check(libc::unshare(flags), Step::Unshare, 0)?;
-            let me = libc::getpid();
             let pid = check(libc::fork(), Step::ForkInit, 0)?;
             if pid == 0 {
+                // No getppid() check here: the parent is outside the new pid namespace, so
+                // getppid() is 0 either way. The middle process only dies early when killed,
+                // and then only after its own PDEATHSIG fired, i.e. the caller is gone.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                if libc::getppid() != me {
-                    exit(1);
-                }
                 let Err(failure) = init(plan, buffers, arrays);
                 report(failure_w, failure);
                 exit(1);
@@ -852,7 +857,13 @@ fn exec(plan: &Plan, arrays: &ExecArrays) -> ! {
     for candidate in &plan.exec_candidates {
         // SAFETY: NUL-terminated path and NULL-terminated arrays of NUL-terminated strings,
         // all prepared before fork.
-        unsafe { libc::execve(candidate.as_ptr(), arrays.argv.as_ptr(), arrays.envp.as_ptr()) };
+        unsafe {
+            libc::execve(
+                candidate.as_ptr(),
+                arrays.argv.as_ptr(),
+                arrays.envp.as_ptr(),
+            )
+        };
         last = errno();
         match last {
             libc::ENOENT | libc::ENOTDIR => {}

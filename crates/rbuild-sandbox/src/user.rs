@@ -83,8 +83,9 @@ pub(crate) fn resolve(
         None => {
             if let (Some(name), Some(group_file)) = (name, group_file) {
                 for fields in lines(group_file) {
-                    let member = field(fields, 3)
-                        .is_some_and(|members| members.split(|&b| b == b',').any(|m| trim(m) == name));
+                    let member = field(fields, 3).is_some_and(|members| {
+                        members.split(|&b| b == b',').any(|m| trim(m) == name)
+                    });
                     let Some(id) = field(fields, 2).and_then(parse_id) else {
                         continue;
                     };
