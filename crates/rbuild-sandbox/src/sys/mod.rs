@@ -1,0 +1,441 @@
+//! The privileged part: fork, namespaces, mounts, `pivot_root`, credentials and exec.
+//!
+//! Every kernel call that needs root lives here, so that a rootless variant (user namespaces)
+//! replaces one module. The process tree of a run is:
+//!
+//! ```text
+//! caller (multi-threaded) ── fork ──► middle: unshare(mnt,pid,uts,ipc[,net]) ── fork ──► init
+//!   reads output, waits                 waits, exits with init's status          pid 1: mounts,
+//!                                                                                pivot_root, exec
+//! ```
+//!
+//! Like `unshare -f`, the middle process exists because `unshare(CLONE_NEWPID)` only moves the
+//! *children* of the caller into the new pid namespace; the command then runs as pid 1 (as with
+//! docker/runc), and when it exits the kernel kills and reaps everything left in the namespace.
+//! All mounts are made in the new mount namespace after making `/` recursively private, so they
+//! vanish with it and nothing propagates to the host.
+//!
+//! After `fork` only async-signal-safe calls are made: raw syscalls on C strings and buffers
+//! from [`Plan`], no allocation, no locks. A setup failure is written to a close-on-exec pipe as
+//! a fixed-size [`Failure`] record; a successful exec closes the pipe empty.
+#![allow(unsafe_code)] // fork/unshare/mount/pivot_root/execve are FFI calls; each block says why it is sound
+
+use std::convert::Infallible;
+use std::ffi::c_int;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::plan::{Buffers, ExecArrays, Plan};
+
+mod mounts;
+mod process;
+
+pub(crate) use mounts::DEVICES;
+use mounts::mount;
+
+/// A setup step of the child, reported to the parent on failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Step {
+    Stdio = 1,
+    Unshare,
+    ForkInit,
+    MakePrivate,
+    SetHostname,
+    Loopback,
+    EnterScratch,
+    MountOverlay,
+    OpenRootfs,
+    MountProc,
+    MountDev,
+    MakeDevice,
+    MountDevpts,
+    MountShm,
+    DevSymlink,
+    MountSys,
+    OpenBindTarget,
+    Bind,
+    RemountReadonly,
+    PivotRoot,
+    DetachOldRoot,
+    MakeCwd,
+    EnterCwd,
+    ReadPasswd,
+    ReadGroup,
+    ResolveUser,
+    SetGroups,
+    SetGid,
+    SetUid,
+    WaitInit,
+}
+
+impl Step {
+    const ALL: [Step; 30] = [
+        Step::Stdio,
+        Step::Unshare,
+        Step::ForkInit,
+        Step::MakePrivate,
+        Step::SetHostname,
+        Step::Loopback,
+        Step::EnterScratch,
+        Step::MountOverlay,
+        Step::OpenRootfs,
+        Step::MountProc,
+        Step::MountDev,
+        Step::MakeDevice,
+        Step::MountDevpts,
+        Step::MountShm,
+        Step::DevSymlink,
+        Step::MountSys,
+        Step::OpenBindTarget,
+        Step::Bind,
+        Step::RemountReadonly,
+        Step::PivotRoot,
+        Step::DetachOldRoot,
+        Step::MakeCwd,
+        Step::EnterCwd,
+        Step::ReadPasswd,
+        Step::ReadGroup,
+        Step::ResolveUser,
+        Step::SetGroups,
+        Step::SetGid,
+        Step::SetUid,
+        Step::WaitInit,
+    ];
+
+    fn from_u32(n: u32) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| *s as u32 == n)
+    }
+}
+
+/// What failed in the child: the step, an index (device, bind mount, cwd component) and the
+/// errno (for [`Step::ResolveUser`], a [`UserError`] code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub step: Step,
+    pub index: u32,
+    pub errno: i32,
+}
+
+impl Failure {
+    const SIZE: usize = 12;
+
+    fn encode(self) -> [u8; Self::SIZE] {
+        let mut out = [0; Self::SIZE];
+        out[..4].copy_from_slice(&(self.step as u32).to_ne_bytes());
+        out[4..8].copy_from_slice(&self.index.to_ne_bytes());
+        out[8..].copy_from_slice(&self.errno.to_ne_bytes());
+        out
+    }
+
+    /// Decodes a record read from the failure pipe; `None` when it is not one.
+    pub fn decode(bytes: &[u8]) -> Option<Failure> {
+        let word = |i: usize| -> Option<[u8; 4]> { bytes.get(i..i + 4)?.try_into().ok() };
+        if bytes.len() != Self::SIZE {
+            return None;
+        }
+        Some(Failure {
+            step: Step::from_u32(u32::from_ne_bytes(word(0)?))?,
+            index: u32::from_ne_bytes(word(4)?),
+            errno: i32::from_ne_bytes(word(8)?),
+        })
+    }
+}
+
+pub(crate) const USER_ERROR_UNKNOWN_USER: i32 = 1;
+pub(crate) const USER_ERROR_UNKNOWN_GROUP: i32 = 2;
+pub(crate) const USER_ERROR_TOO_MANY_GROUPS: i32 = 3;
+
+/// A started sandbox: the middle process and the parent's pipe ends.
+pub(crate) struct Launched {
+    pub pid: libc::pid_t,
+    /// Merged stdout/stderr (with capture).
+    pub output: Option<OwnedFd>,
+    /// Receives a [`Failure`] record, or EOF when the command was executed.
+    pub failure: OwnedFd,
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Forks the sandbox. Pipes are close-on-exec so that processes spawned concurrently by other
+/// threads do not hold them open (which would delay EOF).
+pub(crate) fn launch(plan: &Plan, buffers: &mut Buffers) -> io::Result<Launched> {
+    let (failure_r, failure_w) = pipe()?;
+    let output = if plan.capture { Some(pipe()?) } else { None };
+    let arrays = plan.exec_arrays();
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    let out_w = output.as_ref().map(|(_, w)| w.as_raw_fd());
+    let failure_w_raw = failure_w.as_raw_fd();
+    // SAFETY: the child only runs `middle`, which makes async-signal-safe syscalls on data
+    // prepared above and never returns (it ends in `_exit`), so no Rust state that another
+    // thread might have locked is touched.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => middle(plan, buffers, &arrays, failure_w_raw, out_w, parent),
+        pid => Ok(Launched {
+            pid,
+            output: output.map(|(r, _w)| r),
+            failure: failure_r,
+        }),
+    }
+}
+
+/// Waits for the middle process; returns its exit code (it already maps signals to 128+N).
+pub(crate) fn wait(pid: libc::pid_t) -> io::Result<i32> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out pointer; `pid` is our child.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+            return Ok(status_code(status));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
+/// The shell's convention: exit code, or 128 + signal number.
+fn status_code(status: c_int) -> i32 {
+    if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    }
+}
+
+pub(super) fn errno() -> i32 {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// Turns a `-1` return into a [`Failure`] of `step`.
+pub(super) fn check(ret: c_int, step: Step, index: u32) -> Result<c_int, Failure> {
+    if ret == -1 {
+        Err(Failure {
+            step,
+            index,
+            errno: errno(),
+        })
+    } else {
+        Ok(ret)
+    }
+}
+
+fn report(fd: RawFd, failure: Failure) {
+    let record = failure.encode();
+    // SAFETY: writing a stack buffer to a pipe; 12 bytes < PIPE_BUF, so the write is atomic.
+    unsafe { libc::write(fd, record.as_ptr().cast(), record.len()) };
+}
+
+pub(super) fn close(fd: RawFd) {
+    // SAFETY: `fd` was opened by this child and is closed once.
+    unsafe { libc::close(fd) };
+}
+
+pub(super) fn exit(code: i32) -> ! {
+    // SAFETY: _exit is async-signal-safe and skips atexit handlers and Rust destructors,
+    // which belong to the parent's copy of the process state.
+    unsafe { libc::_exit(code) }
+}
+
+/// The middle process: signals, stdio, namespaces, then forks init and forwards its status.
+fn middle(
+    plan: &Plan,
+    buffers: &mut Buffers,
+    arrays: &ExecArrays,
+    failure_w: RawFd,
+    out_w: Option<RawFd>,
+    parent: libc::pid_t,
+) -> ! {
+    let result = (|| -> Result<i32, Failure> {
+        // SAFETY (this block): prctl/getppid/sigprocmask/sigaction/dup2/open/unshare/fork are
+        // async-signal-safe syscalls on values owned by this single-threaded child.
+        unsafe {
+            // Die with the caller (a killed build must not leave sandboxes behind); the
+            // getppid check closes the race with a parent that died before prctl.
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                exit(1);
+            }
+            // Signal state is inherited through exec: the Rust runtime ignores SIGPIPE and
+            // tokio blocks nothing, but a caller may; give the command a clean slate like
+            // std::process::Command does.
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            for sig in 1..libc::SIGRTMIN() {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            if let Some(out) = out_w {
+                let null = check(
+                    libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY),
+                    Step::Stdio,
+                    0,
+                )?;
+                check(libc::dup2(null, 0), Step::Stdio, 0)?;
+                check(libc::dup2(out, 1), Step::Stdio, 1)?;
+                check(libc::dup2(out, 2), Step::Stdio, 2)?;
+                close(null);
+                close(out);
+            }
+            let mut flags =
+                libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+            if plan.network_none {
+                flags |= libc::CLONE_NEWNET;
+            }
+            check(libc::unshare(flags), Step::Unshare, 0)?;
+            let pid = check(libc::fork(), Step::ForkInit, 0)?;
+            if pid == 0 {
+                // No getppid() check here: the parent is outside the new pid namespace, so
+                // getppid() is 0 either way. The middle process only dies early when killed,
+                // and then only after its own PDEATHSIG fired, i.e. the caller is gone.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                let Err(failure) = init(plan, buffers, arrays);
+                report(failure_w, failure);
+                exit(1);
+            }
+            // Only init writes output from now on; our copies would not delay EOF (we exit
+            // with init) but there is no reason to keep them.
+            if out_w.is_some() {
+                close(1);
+                close(2);
+            }
+            let mut status = 0;
+            loop {
+                if libc::waitpid(pid, &mut status, 0) == pid {
+                    return Ok(status_code(status));
+                }
+                if errno() != libc::EINTR {
+                    return Err(Failure {
+                        step: Step::WaitInit,
+                        index: 0,
+                        errno: errno(),
+                    });
+                }
+            }
+        }
+    })();
+    match result {
+        Ok(code) => exit(code),
+        Err(failure) => {
+            report(failure_w, failure);
+            exit(1)
+        }
+    }
+}
+
+/// Pid 1 of the sandbox: builds the rootfs, switches to it, drops to the user and executes
+/// the command. Returns only on failure.
+fn init(plan: &Plan, buffers: &mut Buffers, arrays: &ExecArrays) -> Result<Infallible, Failure> {
+    // SAFETY: umask cannot fail; modes below are then exactly what is asked.
+    unsafe { libc::umask(0) };
+    // Private first: otherwise the mounts below would propagate to the host's shared `/`
+    // (mount_namespaces(7) "MS_SHARED"), and pivot_root refuses shared parents.
+    check(
+        mount(
+            c"none".as_ptr(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        ),
+        Step::MakePrivate,
+        0,
+    )?;
+    let hostname = plan.hostname.as_bytes();
+    // SAFETY: pointer and length describe `plan.hostname`.
+    check(
+        unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) },
+        Step::SetHostname,
+        0,
+    )?;
+    if plan.network_none {
+        mounts::loopback_up()?;
+    }
+    // The overlay options use paths relative to the scratch directory (see plan.rs).
+    // SAFETY: NUL-terminated path.
+    check(
+        unsafe { libc::chdir(plan.scratch_c.as_ptr()) },
+        Step::EnterScratch,
+        0,
+    )?;
+    check(
+        mount(
+            c"overlay".as_ptr(),
+            c"root".as_ptr(),
+            c"overlay".as_ptr(),
+            0,
+            plan.overlay_options.as_ptr(),
+        ),
+        Step::MountOverlay,
+        0,
+    )?;
+    // SAFETY: NUL-terminated path; the descriptor is ours.
+    let root = check(
+        unsafe { libc::open(c"root".as_ptr(), libc::O_DIRECTORY | libc::O_CLOEXEC) },
+        Step::OpenRootfs,
+        0,
+    )?;
+    mounts::mount_kernel_filesystems(root)?;
+    mounts::bind_mounts(root, plan)?;
+    mounts::pivot(root)?;
+    process::enter_cwd(plan)?;
+    process::set_user(plan, buffers)?;
+    process::exec(plan, arrays)
+}
+
+/// Forks a child that tries the namespaces a sandbox needs and exits with the errno.
+pub(crate) fn probe_namespaces() -> io::Result<Result<(), i32>> {
+    let flags = libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+    // SAFETY: the child only calls unshare and _exit, both async-signal-safe.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            // SAFETY: see above.
+            let ret = unsafe { libc::unshare(flags) };
+            exit(if ret == 0 { 0 } else { errno().clamp(1, 255) })
+        }
+        pid => match wait(pid)? {
+            0 => Ok(Ok(())),
+            errno => Ok(Err(errno)),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_records_round_trip() {
+        for step in Step::ALL {
+            let f = Failure {
+                step,
+                index: 7,
+                errno: libc::EPERM,
+            };
+            assert_eq!(Failure::decode(&f.encode()), Some(f));
+        }
+        assert_eq!(Failure::decode(&[0; 12]), None);
+        assert_eq!(Failure::decode(&[1; 5]), None);
+    }
+
+    #[test]
+    fn status_codes_follow_the_shell() {
+        assert_eq!(status_code(3 << 8), 3);
+        assert_eq!(status_code(libc::SIGKILL), 128 + 9);
+    }
+}

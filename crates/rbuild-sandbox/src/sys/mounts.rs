@@ -1,0 +1,375 @@
+//! The sandbox's mounts: kernel filesystems, bind mounts, `pivot_root`, and the loopback
+//! interface of a new network namespace. Runs in pid 1 of the sandbox, after `fork`.
+#![allow(unsafe_code)] // mount/openat2/pivot_root are FFI calls; each block says why it is sound
+
+use std::ffi::{CStr, c_char, c_int};
+use std::os::fd::RawFd;
+
+use super::{Failure, Step, check, close, errno};
+use crate::plan::Plan;
+
+/// Host devices bind-mounted into the sandbox's `/dev` (the OCI runtime spec's default
+/// devices, minus `console`). The index of a [`Step::MakeDevice`] failure points here.
+pub(crate) const DEVICES: [&CStr; 6] = [c"null", c"zero", c"full", c"random", c"urandom", c"tty"];
+const HOST_DEVICES: [&CStr; 6] = [
+    c"/dev/null",
+    c"/dev/zero",
+    c"/dev/full",
+    c"/dev/random",
+    c"/dev/urandom",
+    c"/dev/tty",
+];
+/// `/dev/fd`, `/dev/stdin`… symlinks, as in the OCI runtime spec ("Default Devices").
+const DEV_SYMLINKS: [(&CStr, &CStr); 5] = [
+    (c"/proc/self/fd", c"fd"),
+    (c"/proc/self/fd/0", c"stdin"),
+    (c"/proc/self/fd/1", c"stdout"),
+    (c"/proc/self/fd/2", c"stderr"),
+    (c"pts/ptmx", c"ptmx"),
+];
+
+/// `/proc/self/fd/<fd><suffix>` in a stack buffer: mounting through the magic link of a
+/// descriptor opened with `RESOLVE_IN_ROOT` is how runc keeps mount targets inside the rootfs
+/// (CVE-2019-19921 class of symlink races).
+struct FdPath {
+    buf: [u8; 128],
+}
+
+impl FdPath {
+    fn new(fd: RawFd, suffix: &CStr) -> FdPath {
+        let mut buf = [0u8; 128];
+        let prefix = b"/proc/self/fd/";
+        buf[..prefix.len()].copy_from_slice(prefix);
+        let mut len = prefix.len();
+        let mut digits = [0u8; 10];
+        let mut n = fd.unsigned_abs();
+        let mut count = 0;
+        loop {
+            digits[count] = b'0' + (n % 10) as u8;
+            count += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for d in digits[..count].iter().rev() {
+            buf[len] = *d;
+            len += 1;
+        }
+        let suffix = suffix.to_bytes();
+        let room = buf.len() - len - 1;
+        let take = suffix.len().min(room);
+        buf[len..len + take].copy_from_slice(&suffix[..take]);
+        FdPath { buf }
+    }
+
+    fn as_ptr(&self) -> *const c_char {
+        self.buf.as_ptr().cast()
+    }
+}
+
+/// `openat2(dirfd, path, flags, RESOLVE_IN_ROOT)`: `path` resolved as if `dirfd` were `/`, so
+/// an image's absolute or `..` symlinks cannot point a mount at the host.
+fn open_in_root(dirfd: RawFd, path: &CStr, flags: c_int) -> Result<RawFd, i32> {
+    // SAFETY: open_how is a plain C struct; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `path` is NUL-terminated and `how` is a valid open_how of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dirfd,
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        Err(errno())
+    } else {
+        Ok(fd as RawFd)
+    }
+}
+
+pub(super) fn mount(
+    source: *const c_char,
+    target: *const c_char,
+    fstype: *const c_char,
+    flags: libc::c_ulong,
+    data: *const c_char,
+) -> c_int {
+    // SAFETY: every pointer is null or a NUL-terminated string that outlives the call.
+    unsafe { libc::mount(source, target, fstype, flags, data.cast()) }
+}
+
+/// The bind mounts of the plan (`/etc/hosts`… then the build mounts), each target resolved
+/// inside the rootfs.
+pub(super) fn bind_mounts(root: RawFd, plan: &Plan) -> Result<(), Failure> {
+    for (i, bind) in plan.binds.iter().enumerate() {
+        let index = i as u32;
+        let fail = |step, errno| Failure { step, index, errno };
+        let target = match open_in_root(root, &bind.target, libc::O_PATH) {
+            Ok(fd) => fd,
+            Err(libc::ENOENT) if bind.optional => continue,
+            Err(errno) => return Err(fail(Step::OpenBindTarget, errno)),
+        };
+        let path = FdPath::new(target, c"");
+        check(
+            mount(
+                bind.source.as_ptr(),
+                path.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ),
+            Step::Bind,
+            index,
+        )?;
+        close(target);
+        if bind.readonly {
+            // MS_RDONLY is ignored on the initial bind (mount(2) "Creating a bind mount");
+            // remount the new mount, reached by resolving the target again.
+            let top = open_in_root(root, &bind.target, libc::O_PATH)
+                .map_err(|errno| fail(Step::RemountReadonly, errno))?;
+            let path = FdPath::new(top, c"");
+            check(
+                mount(
+                    std::ptr::null(),
+                    path.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    std::ptr::null(),
+                ),
+                Step::RemountReadonly,
+                index,
+            )?;
+            close(top);
+        }
+    }
+    Ok(())
+}
+
+/// Brings up `lo` in a new network namespace (it starts down), with `SIOCSIFFLAGS` like
+/// `ip link set lo up`.
+pub(super) fn loopback_up() -> Result<(), Failure> {
+    let fail = || Failure {
+        step: Step::Loopback,
+        index: 0,
+        errno: errno(),
+    };
+    // SAFETY: socket/ioctl on a zeroed ifreq whose name is "lo"; the descriptor is ours.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err(fail());
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        ifr.ifr_name[0] = b'l' as c_char;
+        ifr.ifr_name[1] = b'o' as c_char;
+        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            return Err(fail());
+        }
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock, libc::SIOCSIFFLAGS, &ifr) < 0 {
+            return Err(fail());
+        }
+        close(sock);
+    }
+    Ok(())
+}
+
+/// `/proc` (of the new pid namespace: this is pid 1 in it), a tmpfs `/dev` with the default
+/// devices, `/dev/pts`, `/dev/shm`, and a read-only `/sys`, as in the OCI runtime spec's
+/// default mounts.
+pub(super) fn mount_kernel_filesystems(root: RawFd) -> Result<(), Failure> {
+    let open = |path: &CStr, flags, step| {
+        open_in_root(root, path, flags | libc::O_DIRECTORY).map_err(|errno| Failure {
+            step,
+            index: 0,
+            errno,
+        })
+    };
+    let nosuid_nodev_noexec = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+
+    let proc = open(c"proc", libc::O_PATH, Step::MountProc)?;
+    check(
+        mount(
+            c"proc".as_ptr(),
+            FdPath::new(proc, c"").as_ptr(),
+            c"proc".as_ptr(),
+            nosuid_nodev_noexec,
+            std::ptr::null(),
+        ),
+        Step::MountProc,
+        0,
+    )?;
+    close(proc);
+
+    let dev = open(c"dev", libc::O_PATH, Step::MountDev)?;
+    check(
+        mount(
+            c"tmpfs".as_ptr(),
+            FdPath::new(dev, c"").as_ptr(),
+            c"tmpfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_STRICTATIME,
+            c"mode=755,size=65536k".as_ptr(),
+        ),
+        Step::MountDev,
+        0,
+    )?;
+    close(dev);
+    // Reopen: the new descriptor is the tmpfs root, which we just created and fully control.
+    let dev = open(c"dev", libc::O_PATH, Step::MountDev)?;
+    for (i, (name, host)) in DEVICES.iter().zip(HOST_DEVICES).enumerate() {
+        let index = i as u32;
+        // SAFETY: NUL-terminated name relative to our descriptor; mode is a plain integer.
+        let fd = check(
+            unsafe {
+                libc::openat(
+                    dev,
+                    name.as_ptr(),
+                    libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o666,
+                )
+            },
+            Step::MakeDevice,
+            index,
+        )?;
+        close(fd);
+        let mut suffix = [0u8; 16];
+        suffix[0] = b'/';
+        suffix[1..=name.to_bytes().len()].copy_from_slice(name.to_bytes());
+        let suffix = CStr::from_bytes_until_nul(&suffix).unwrap_or(c"");
+        check(
+            mount(
+                host.as_ptr(),
+                FdPath::new(dev, suffix).as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            ),
+            Step::MakeDevice,
+            index,
+        )?;
+    }
+    // SAFETY: NUL-terminated names relative to our descriptor.
+    check(
+        unsafe { libc::mkdirat(dev, c"pts".as_ptr(), 0o755) },
+        Step::MountDevpts,
+        0,
+    )?;
+    check(
+        mount(
+            c"devpts".as_ptr(),
+            FdPath::new(dev, c"/pts").as_ptr(),
+            c"devpts".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            c"newinstance,ptmxmode=0666,mode=0620,gid=5".as_ptr(),
+        ),
+        Step::MountDevpts,
+        0,
+    )?;
+    // SAFETY: as above.
+    check(
+        unsafe { libc::mkdirat(dev, c"shm".as_ptr(), 0o1777) },
+        Step::MountShm,
+        0,
+    )?;
+    check(
+        mount(
+            c"shm".as_ptr(),
+            FdPath::new(dev, c"/shm").as_ptr(),
+            c"tmpfs".as_ptr(),
+            nosuid_nodev_noexec,
+            c"mode=1777,size=65536k".as_ptr(),
+        ),
+        Step::MountShm,
+        0,
+    )?;
+    for (i, (target, name)) in DEV_SYMLINKS.iter().enumerate() {
+        // SAFETY: NUL-terminated strings; the link is created under our descriptor.
+        check(
+            unsafe { libc::symlinkat(target.as_ptr(), dev, name.as_ptr()) },
+            Step::DevSymlink,
+            i as u32,
+        )?;
+    }
+    close(dev);
+
+    let sys = open(c"sys", libc::O_PATH, Step::MountSys)?;
+    check(
+        mount(
+            c"sysfs".as_ptr(),
+            FdPath::new(sys, c"").as_ptr(),
+            c"sysfs".as_ptr(),
+            nosuid_nodev_noexec | libc::MS_RDONLY,
+            std::ptr::null(),
+        ),
+        Step::MountSys,
+        0,
+    )?;
+    close(sys);
+    Ok(())
+}
+
+/// `pivot_root(".", ".")` then lazily unmount the old root stacked on top, as runc does
+/// (`libcontainer/rootfs_linux.go` `pivotRoot`): no `put_old` directory is needed, so nothing
+/// is created in the rootfs.
+pub(super) fn pivot(root: RawFd) -> Result<(), Failure> {
+    // SAFETY: plain syscalls on NUL-terminated literals and descriptors we own.
+    unsafe {
+        let old = check(
+            libc::open(
+                c"/".as_ptr(),
+                libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC,
+            ),
+            Step::PivotRoot,
+            0,
+        )?;
+        check(libc::fchdir(root), Step::PivotRoot, 1)?;
+        check(
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as c_int,
+            Step::PivotRoot,
+            2,
+        )?;
+        check(libc::fchdir(old), Step::DetachOldRoot, 0)?;
+        check(
+            mount(
+                std::ptr::null(),
+                c".".as_ptr(),
+                std::ptr::null(),
+                libc::MS_SLAVE | libc::MS_REC,
+                std::ptr::null(),
+            ),
+            Step::DetachOldRoot,
+            1,
+        )?;
+        check(
+            libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
+            Step::DetachOldRoot,
+            2,
+        )?;
+        check(libc::chdir(c"/".as_ptr()), Step::DetachOldRoot, 3)?;
+        close(old);
+        close(root);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fd_paths_are_nul_terminated() {
+        let p = FdPath::new(123, c"/null");
+        let s = CStr::from_bytes_until_nul(&p.buf).unwrap();
+        assert_eq!(s, c"/proc/self/fd/123/null");
+        let p = FdPath::new(0, c"");
+        assert_eq!(
+            CStr::from_bytes_until_nul(&p.buf).unwrap(),
+            c"/proc/self/fd/0"
+        );
+    }
+}
