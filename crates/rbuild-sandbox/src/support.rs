@@ -1,5 +1,7 @@
 //! [`check_support`]: can this process run sandboxes?
 
+use std::sync::OnceLock;
+
 use crate::error::{Error, Result};
 use crate::sys;
 
@@ -11,6 +13,18 @@ use crate::sys;
 ///
 /// [`Error::Unsupported`] naming what is missing and what to do about it.
 pub fn check_support() -> Result<()> {
+    // The engine asks before every RUN step; once the answer is yes it stays yes for this
+    // process (root does not go away), so skip the probe fork.
+    static SUPPORTED: OnceLock<()> = OnceLock::new();
+    if SUPPORTED.get().is_some() {
+        return Ok(());
+    }
+    probe()?;
+    let _ = SUPPORTED.set(());
+    Ok(())
+}
+
+fn probe() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Err(Error::Unsupported {
             what: "running sandboxes needs root (effective uid 0)".to_owned(),

@@ -406,3 +406,25 @@ fn missing_lower_dir_is_an_error_naming_it() {
         "{err}"
     );
 }
+
+#[test]
+fn setup_failure_names_the_step_and_keeps_the_cause() {
+    let Some(f) = fixture() else { return };
+    // overlayfs needs upperdir and workdir on one filesystem ("workdir and upperdir must
+    // reside under the same mount"): put the work dir on another one.
+    let Ok(other) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("skipped: no /dev/shm to put the work dir on another filesystem");
+        return;
+    };
+    if fs::metadata(other.path()).unwrap().dev() == fs::metadata(&f.upper).unwrap().dev() {
+        eprintln!("skipped: /dev/shm is on the same filesystem as the upper dir");
+        return;
+    }
+    let err = rbuild_sandbox::run(&f.spec("true").work_dir(other.path()), &mut |_| {}).unwrap_err();
+    let Error::Setup { step, source } = &err else {
+        panic!("expected a setup error, got {err:?}");
+    };
+    assert!(step.starts_with("mount the overlay"), "{step}");
+    assert!(source.raw_os_error().is_some(), "{source}");
+    assert!(rbuild_sandbox::check_support().is_ok());
+}
