@@ -40,6 +40,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// `oci-layout` is not valid JSON of the expected shape.
+    #[error("cannot parse OCI layout marker {path}")]
+    ParseLayout {
+        /// The `oci-layout` file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
     /// `oci-layout` names a version this store does not understand.
     #[error("{path} declares image layout version `{version}`, expected 1.0.0")]
     LayoutVersion {
@@ -136,14 +145,14 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
-    /// A descriptor in `index.json` or the caller's descriptor has a digest we cannot use.
-    #[error("descriptor for {reference} has an unsupported digest")]
-    DescriptorDigest {
-        /// The reference it was tagged as.
-        reference: String,
-        /// The cause.
-        #[source]
-        source: rbuild_oci::DigestError,
+    /// The descriptor to tag does not name a sha256 blob present in the store: every tag
+    /// must point at content, or other readers of the layout fail on it.
+    #[error("cannot tag {reference}: manifest {digest} is not in the store; write it first")]
+    TagMissingManifest {
+        /// The reference.
+        reference: Reference,
+        /// The descriptor's digest as written.
+        digest: String,
     },
     /// Tagging needs a tag; a reference that only pins a digest cannot name an image.
     #[error("cannot tag {reference}: the reference has no tag")]

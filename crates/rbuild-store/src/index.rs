@@ -101,12 +101,20 @@ impl Store {
     ///
     /// # Errors
     ///
-    /// [`Error::TagWithoutTag`] when `r` only has a digest; errors reading, parsing or writing
+    /// [`Error::TagWithoutTag`] when `r` only has a digest, [`Error::TagMissingManifest`] when
+    /// the descriptor's blob is not in the store; errors reading, parsing or writing
     /// `index.json`.
     pub fn tag(&self, r: &Reference, manifest: Descriptor) -> Result<()> {
         let name = ref_name(r).ok_or_else(|| Error::TagWithoutTag {
             reference: r.clone(),
         })?;
+        let present = Digest::try_from(manifest.digest()).is_ok_and(|d| self.has_blob(&d));
+        if !present {
+            return Err(Error::TagMissingManifest {
+                reference: r.clone(),
+                digest: manifest.digest().to_string(),
+            });
+        }
         let mut desc = manifest;
         let mut annotations = desc.annotations().clone().unwrap_or_default();
         annotations.insert(REF_NAME_ANNOTATION.to_owned(), name.clone());
@@ -257,14 +265,6 @@ impl Store {
     }
 }
 
-/// Converts an oci-spec digest to ours, naming the reference in the error.
-pub(crate) fn digest_of(d: &Descriptor, reference: &str) -> Result<Digest> {
-    Digest::try_from(d.digest()).map_err(|source| Error::DescriptorDigest {
-        reference: reference.to_owned(),
-        source,
-    })
-}
-
 /// The tag names of `index`, in order.
 #[cfg(test)]
 fn ref_names(index: &ImageIndex) -> Vec<String> {
@@ -374,6 +374,18 @@ mod tests {
             store.tag(&r, one),
             Err(Error::TagWithoutTag { .. })
         ));
+    }
+
+    #[test]
+    fn tag_of_a_missing_manifest_is_refused() {
+        let (_d, store) = store();
+        let r: Reference = "app".parse().unwrap();
+        let absent = Digest::sha256_of(b"never written");
+        let err = store
+            .tag(&r, Descriptor::new(MediaType::ImageManifest, 13, &absent))
+            .unwrap_err();
+        assert!(matches!(err, Error::TagMissingManifest { .. }), "{err:?}");
+        assert_eq!(store.images().unwrap().len(), 0);
     }
 
     #[test]

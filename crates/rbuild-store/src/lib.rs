@@ -109,7 +109,7 @@ const KNOWN_ENTRIES: &[&str] = &[
 
 /// An opened store root. Cheap to share by reference across threads: every operation opens its
 /// own files, and cross-process safety comes from `flock(2)` and atomic renames.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
 }
@@ -342,9 +342,9 @@ fn check_layout(path: &Path, bytes: &[u8]) -> Result<()> {
         #[serde(rename = "imageLayoutVersion")]
         version: String,
     }
-    let layout: Layout = serde_json::from_slice(bytes).map_err(|e| Error::ReadLayout {
+    let layout: Layout = serde_json::from_slice(bytes).map_err(|source| Error::ParseLayout {
         path: path.to_owned(),
-        source: io::Error::new(io::ErrorKind::InvalidData, e),
+        source,
     })?;
     if layout.version == "1.0.0" {
         Ok(())
@@ -389,6 +389,21 @@ mod tests {
         // Reopening keeps the contents.
         fs::write(root.join("index.json"), EMPTY_INDEX).unwrap();
         Store::open(&root).unwrap();
+    }
+
+    #[test]
+    fn concurrent_opens_of_a_new_root_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("new");
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| Store::open(&root))).collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+        });
+        assert_eq!(fs::read(root.join("oci-layout")).unwrap(), OCI_LAYOUT);
+        assert_eq!(fs::read(root.join("index.json")).unwrap(), EMPTY_INDEX);
+        assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
     }
 
     #[test]

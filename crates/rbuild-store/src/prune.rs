@@ -12,7 +12,6 @@ use rbuild_oci::Digest;
 use rbuild_oci::media_type;
 use rbuild_oci::oci_spec::image::Descriptor;
 
-use crate::index::digest_of;
 use crate::{Error, Result, Store, atomic};
 
 /// What [`Store::prune`] removes besides unreachable content.
@@ -43,6 +42,10 @@ pub struct PruneReport {
     pub temps: u64,
     /// Bytes of regular files freed (a hard-linked file counts once per link).
     pub bytes_freed: u64,
+}
+
+fn sha256_of(desc: &Descriptor) -> Option<Digest> {
+    Digest::try_from(desc.digest()).ok()
 }
 
 #[derive(Default)]
@@ -114,7 +117,11 @@ impl Store {
     }
 
     fn mark(&self, desc: &Descriptor, marks: &mut Marks) -> Result<()> {
-        let digest = digest_of(desc, desc.media_type().as_ref())?;
+        // Only sha256 blobs are swept (blobs/sha256), so content under another algorithm needs
+        // no mark and is never deleted.
+        let Some(digest) = sha256_of(desc) else {
+            return Ok(());
+        };
         if !marks.blobs.insert(digest.clone()) || !self.has_blob(&digest) {
             return Ok(());
         }
@@ -126,14 +133,22 @@ impl Store {
             }
         } else if media_type::is_manifest(mt) {
             let manifest = self.read_manifest(&digest)?;
-            let config = digest_of(manifest.config(), &digest.to_string())?;
             for layer in manifest.layers() {
-                marks.blobs.insert(digest_of(layer, &digest.to_string())?);
+                if let Some(d) = sha256_of(layer) {
+                    marks.blobs.insert(d);
+                }
             }
+            let Some(config) = sha256_of(manifest.config()) else {
+                return Ok(());
+            };
             marks.blobs.insert(config.clone());
-            if self.has_blob(&config) {
-                let cfg = self.read_config(&config)?;
-                for id in cfg.rootfs().diff_ids() {
+            let config_mt = manifest.config().media_type().as_ref();
+            let image_config =
+                config_mt == media_type::OCI_CONFIG || config_mt == media_type::DOCKER_CONFIG;
+            // Artifacts (image-spec 1.1 `artifactType`, e.g. an empty `{}` config) have no
+            // layers to unpack; only image configs name diff ids.
+            if image_config && self.has_blob(&config) {
+                for id in self.read_diff_ids(&config)? {
                     // A diff id we cannot parse names no layer directory we could have made.
                     if let Ok(d) = id.parse::<Digest>() {
                         marks.layer_dirs.insert(d);
@@ -142,6 +157,29 @@ impl Store {
             }
         }
         Ok(())
+    }
+
+    /// `rootfs.diff_ids` of an image config. Parsed leniently on purpose: oci-spec's
+    /// `ImageConfiguration` requires `architecture` and `os`, and GC must not stop at a config
+    /// another tool wrote sparsely.
+    fn read_diff_ids(&self, config: &Digest) -> Result<Vec<String>> {
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct RootFs {
+            diff_ids: Vec<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Config {
+            #[serde(default)]
+            rootfs: RootFs,
+        }
+        let bytes = self.read_blob(config)?;
+        let parsed: Config = serde_json::from_slice(&bytes).map_err(|source| Error::ParseBlob {
+            what: "config",
+            digest: config.clone(),
+            source,
+        })?;
+        Ok(parsed.rootfs.diff_ids)
     }
 
     /// The entries of `dir` whose names are sha256 hex digests. Other names are left alone:
@@ -159,5 +197,132 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rbuild_oci::oci_spec::image::MediaType;
+    use rbuild_oci::{Reference, canonical_json};
+    use serde_json::json;
+
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    fn put_json(store: &Store, v: &serde_json::Value) -> (Digest, u64) {
+        let bytes = canonical_json(v).unwrap();
+        (store.put_blob(&bytes).unwrap(), bytes.len() as u64)
+    }
+
+    #[test]
+    fn docker_manifest_lists_are_followed() {
+        let (_d, store) = store();
+        let layer = store.put_blob(b"gzip bytes").unwrap();
+        let diff_id = Digest::sha256_of(b"tar bytes");
+        let (config, config_size) = put_json(
+            &store,
+            &json!({"rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]}}),
+        );
+        let (manifest, manifest_size) = put_json(
+            &store,
+            &json!({
+                "schemaVersion": 2,
+                "mediaType": media_type::DOCKER_MANIFEST,
+                "config": {"mediaType": media_type::DOCKER_CONFIG, "digest": config.to_string(), "size": config_size},
+                "layers": [{"mediaType": media_type::DOCKER_LAYER_GZIP, "digest": layer.to_string(), "size": 10}],
+            }),
+        );
+        let (list, list_size) = put_json(
+            &store,
+            &json!({
+                "schemaVersion": 2,
+                "mediaType": media_type::DOCKER_MANIFEST_LIST,
+                "manifests": [{"mediaType": media_type::DOCKER_MANIFEST, "digest": manifest.to_string(), "size": manifest_size}],
+            }),
+        );
+        let staging = store.staging().unwrap();
+        store.commit_layer_dir(staging, &diff_id).unwrap();
+        let r: Reference = "docker-style".parse().unwrap();
+        let desc = Descriptor::new(
+            MediaType::from(media_type::DOCKER_MANIFEST_LIST),
+            list_size,
+            &list,
+        );
+        store.tag(&r, desc).unwrap();
+
+        let report = store.prune(PruneOptions::default()).unwrap();
+        assert_eq!(report, PruneReport::default());
+        for d in [&layer, &config, &manifest, &list] {
+            assert!(store.has_blob(d));
+        }
+        assert!(store.has_layer_dir(&diff_id));
+
+        // Untagged, all of it goes.
+        store.untag(&r).unwrap();
+        let report = store.prune(PruneOptions::default()).unwrap();
+        assert_eq!((report.blobs, report.layer_dirs), (4, 1));
+    }
+
+    #[test]
+    fn artifact_with_empty_config_is_kept_without_parsing_the_config() {
+        let (_d, store) = store();
+        let empty = store.put_blob(b"{}").unwrap();
+        let payload = store.put_blob(b"sbom").unwrap();
+        let (manifest, size) = put_json(
+            &store,
+            &json!({
+                "schemaVersion": 2,
+                "mediaType": media_type::OCI_MANIFEST,
+                "artifactType": "application/spdx+json",
+                "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": empty.to_string(), "size": 2},
+                "layers": [{"mediaType": "application/spdx+json", "digest": payload.to_string(), "size": 4}],
+            }),
+        );
+        let r: Reference = "sbom:1".parse().unwrap();
+        store
+            .tag(
+                &r,
+                Descriptor::new(MediaType::ImageManifest, size, &manifest),
+            )
+            .unwrap();
+        assert_eq!(
+            store.prune(PruneOptions::default()).unwrap(),
+            PruneReport::default()
+        );
+        assert!(store.has_blob(&empty) && store.has_blob(&payload));
+    }
+
+    #[test]
+    fn unparsable_reachable_manifest_aborts_before_deleting() {
+        let (_d, store) = store();
+        let orphan = store.put_blob(b"orphan").unwrap();
+        let bogus = store.put_blob(b"not a manifest").unwrap();
+        let r: Reference = "broken".parse().unwrap();
+        store
+            .tag(&r, Descriptor::new(MediaType::ImageManifest, 14, &bogus))
+            .unwrap();
+        let err = store.prune(PruneOptions::default()).unwrap_err();
+        assert!(
+            matches!(err, Error::ParseBlob { what: "manifest", ref digest, .. } if *digest == bogus),
+            "{err:?}"
+        );
+        assert!(store.has_blob(&orphan));
+    }
+
+    #[test]
+    fn foreign_files_in_store_dirs_are_left_alone() {
+        let (_d, store) = store();
+        let foreign = store.blob_dir().join("README");
+        fs::write(&foreign, b"not ours").unwrap();
+        fs::create_dir(store.layers_dir().join("notes")).unwrap();
+        let report = store.prune(PruneOptions::default()).unwrap();
+        assert_eq!(report, PruneReport::default());
+        assert!(foreign.exists());
+        assert!(store.layers_dir().join("notes").exists());
     }
 }
