@@ -363,3 +363,60 @@ fn concurrent_processes_lose_no_tag() {
         assert!(store.resolve(&r).unwrap().is_some(), "{r} lost");
     }
 }
+
+/// The whole life of a RUN layer with the real kernel overlay: a committed layer dir as
+/// lowerdir, a staging upper/work pair, a file added and one deleted, the upper committed as a
+/// new layer (whiteout included), and prune removing it again, including overlay's own
+/// `work/work` directory (mode 000).
+#[test]
+fn staging_serves_as_overlay_upper_and_commits_with_whiteouts() {
+    if !nix_is_root() {
+        println!("skipping: kernel overlay needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let base = write_image(&store, &[("old", "to be deleted"), ("keep", "kept")]);
+    let lower = store.layer_dir(&base.diff_id);
+    let staging = store.staging().unwrap();
+    let merged = dir.path().join("merged");
+    fs::create_dir(&merged).unwrap();
+    let script = format!(
+        "mount -t overlay overlay -o lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off {} \
+         && echo new > {m}/new && rm {m}/old && cat {m}/keep",
+        lower.display(),
+        staging.upper().display(),
+        staging.work().display(),
+        merged.display(),
+        m = merged.display(),
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("permission denied") || err.contains("not supported"),
+            "overlay failed unexpectedly: {err}"
+        );
+        println!("skipping: overlay unavailable here: {err}");
+        return;
+    }
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kept");
+    let whiteout = fs::symlink_metadata(staging.upper().join("old")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &whiteout.file_type()
+    ));
+    // overlayfs leaves work/work with mode 000: the staging drop must still clean it.
+    let staging_path = staging.path().to_owned();
+    let diff_id = Digest::sha256_of(b"pretend diff of the RUN step");
+    let layer = store.commit_layer_dir(staging, &diff_id).unwrap();
+    assert!(!staging_path.exists());
+    assert_eq!(fs::read_to_string(layer.join("new")).unwrap(), "new\n");
+
+    let report = store.prune(PruneOptions::default()).unwrap();
+    assert!(report.layer_dirs >= 1);
+    assert!(!store.has_layer_dir(&diff_id));
+    assert_eq!(fs::read_dir(store.root().join("tmp")).unwrap().count(), 0);
+}
