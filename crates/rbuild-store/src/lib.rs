@@ -33,6 +33,9 @@
 //!   for itself);
 //! - [`Store::tag`] and [`Store::untag`] serialise on a separate `index.lock`, so they may be
 //!   called while holding the shared lock.
+//! - temp entries under `<root>/tmp` are named `<kind>-<pid>-<random>`; [`Store::open`] (when
+//!   nobody holds the root lock) and [`Store::prune`] delete those whose pid is not running. A
+//!   process in another pid namespace must therefore hold the shared lock while it writes.
 //!
 //! # Example
 //!
