@@ -1,1 +1,57 @@
-//! GitLab CI pipeline model, planner and runner
+//! GitLab CI pipeline model, planner and runner.
+//!
+//! Reads a `.gitlab-ci.yml` (anchors, `extends`, `include: local`, `!reference`), computes the
+//! predefined `CI_*` variables from git, plans which jobs run for a branch or tag (and why the
+//! others do not), and runs the plan stage by stage through a [`JobRunner`]. This crate knows
+//! nothing about images or Kubernetes: the CLI supplies an executor that runs a job inside its
+//! image and puts `docker`/`deploy` commands on the job's `PATH`.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use rbuild_pipeline::{
+//!     Event, GitInfo, GitRef, Pipeline, PipelineContext, PlanOptions, RunOptions, Runner, ShellRunner,
+//!     Variable, Variables, plan,
+//! };
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let project = Path::new(".");
+//! let pipeline = Pipeline::from_file(&project.join(".gitlab-ci.yml"), project)?;
+//! for warning in &pipeline.warnings {
+//!     eprintln!("warning: {warning}");
+//! }
+//! let git = GitInfo::discover(project)?.with_ref(GitRef::Branch("master".into()));
+//! let cx = PipelineContext::new(git, project);
+//! let mut secrets = Variables::new();
+//! secrets.push(Variable::secret("GOOGLE_REGISTRY_TOKEN", "s3cr3t-token"));
+//! let plan = plan(&pipeline, &cx, &PlanOptions::default().variables(secrets))?;
+//! print!("{plan}");
+//!
+//! let runner = Runner::new(ShellRunner::new(), RunOptions::new(project).concurrency(2));
+//! let report = runner.run(&plan, |event: &Event| println!("{event}")).await?;
+//! print!("{}", report.summary_table());
+//! std::process::exit(if report.success() { 0 } else { 1 });
+//! # }
+//! ```
+
+mod error;
+pub mod expr;
+mod model;
+mod plan;
+mod predefined;
+mod run;
+pub mod slug;
+pub mod variables;
+mod yaml;
+
+pub use error::{Error, Result};
+pub use model::{
+    AllowFailure, Artifacts, DEFAULT_STAGES, Environment, Image, Job, Need, Pipeline, RefFilter,
+    Rule, Warning, When,
+};
+pub use plan::{Plan, PlanOptions, PlannedEnvironment, PlannedJob, PlannedStage, SkippedJob, plan};
+pub use predefined::{GitInfo, GitRef, PipelineContext, job_variables};
+pub use run::{
+    Event, JobContext, JobOutcome, JobOutput, JobReport, JobRunner, JobStatus, Masker, RunOptions,
+    RunReport, Runner, ShellRunner, Stream,
+};
+pub use variables::{Variable, Variables};

@@ -1,0 +1,489 @@
+//! The planner: which jobs run, in which stage, with which environment, and why the others
+//! do not. Pure: no IO, no processes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::error::{Error, Result};
+use crate::expr::parse_pattern;
+use crate::model::{AllowFailure, Artifacts, Job, Pipeline, RefFilter, Rule, When};
+use crate::predefined::{GitRef, PipelineContext, job_variables};
+use crate::variables::{Variables, expand};
+
+/// Options of a plan (the CLI's selection flags).
+#[derive(Debug, Clone, Default)]
+pub struct PlanOptions {
+    /// `--job NAME`: run only these jobs (manual ones included).
+    pub jobs: Vec<String>,
+    /// `--manual`: run manual jobs too.
+    pub manual: bool,
+    /// Secret/pipeline variables (`--var`, `--var-file`, the environment): highest precedence,
+    /// masked in output.
+    pub variables: Variables,
+}
+
+impl PlanOptions {
+    /// Selects jobs by name (`--job`).
+    #[must_use]
+    pub fn jobs(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.jobs = names.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Includes manual jobs (`--manual`).
+    #[must_use]
+    pub fn manual(mut self, yes: bool) -> Self {
+        self.manual = yes;
+        self
+    }
+
+    /// Sets the secret variables.
+    #[must_use]
+    pub fn variables(mut self, vars: Variables) -> Self {
+        self.variables = vars;
+        self
+    }
+}
+
+/// The result of planning.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Stages that have at least one job to run, in order.
+    pub stages: Vec<PlannedStage>,
+    /// Jobs that do not run, with the reason, in file order.
+    pub skipped: Vec<SkippedJob>,
+}
+
+/// A stage and its jobs.
+#[derive(Debug, Clone)]
+pub struct PlannedStage {
+    /// Stage name.
+    pub name: String,
+    /// Jobs to run, in file order.
+    pub jobs: Vec<PlannedJob>,
+}
+
+/// A job that is part of the plan, with everything an executor needs.
+#[derive(Debug, Clone)]
+pub struct PlannedJob {
+    /// Job name.
+    pub name: String,
+    /// Stage name.
+    pub stage: String,
+    /// `CI_JOB_ID`.
+    pub id: u64,
+    /// The image after variable expansion.
+    pub image: Option<String>,
+    /// `image:entrypoint`.
+    pub entrypoint: Option<Vec<String>>,
+    /// `before_script` lines (unexpanded: the shell expands them).
+    pub before_script: Vec<String>,
+    /// `script` lines.
+    pub script: Vec<String>,
+    /// `after_script` lines.
+    pub after_script: Vec<String>,
+    /// All variable layers (predefined, global, job, rules, secret), with their masked flags.
+    pub variables: Variables,
+    /// The job's environment: `variables` expanded.
+    pub env: BTreeMap<String, String>,
+    /// Effective `when` (from the matching rule or the job).
+    pub when: When,
+    /// Effective `allow_failure` (manual jobs default to allowed, as in GitLab).
+    pub allow_failure: AllowFailure,
+    /// `environment:` after expansion, with its slug.
+    pub environment: Option<PlannedEnvironment>,
+    /// Artifacts this job saves.
+    pub artifacts: Option<Artifacts>,
+    /// Jobs whose artifacts this job receives (from `needs`, `dependencies`, or all earlier
+    /// stages), in order.
+    pub artifacts_from: Vec<String>,
+    /// Why it runs.
+    pub reason: String,
+}
+
+/// An expanded `environment:`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlannedEnvironment {
+    /// `CI_ENVIRONMENT_NAME`.
+    pub name: String,
+    /// `CI_ENVIRONMENT_SLUG`.
+    pub slug: String,
+    /// `CI_ENVIRONMENT_URL`.
+    pub url: Option<String>,
+}
+
+/// A job left out, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SkippedJob {
+    /// Job name.
+    pub name: String,
+    /// Stage name.
+    pub stage: String,
+    /// Why it does not run.
+    pub reason: String,
+}
+
+impl Plan {
+    /// All planned jobs in stage order.
+    pub fn jobs(&self) -> impl Iterator<Item = &PlannedJob> {
+        self.stages.iter().flat_map(|s| s.jobs.iter())
+    }
+
+    /// The planned job with this name.
+    pub fn job(&self, name: &str) -> Option<&PlannedJob> {
+        self.jobs().find(|j| j.name == name)
+    }
+
+    /// Names of planned jobs, in stage order.
+    pub fn job_names(&self) -> Vec<&str> {
+        self.jobs().map(|j| j.name.as_str()).collect()
+    }
+}
+
+impl fmt::Display for Plan {
+    /// `rbuild pipeline plan` output: stages → jobs with the reason, then skipped jobs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for stage in &self.stages {
+            writeln!(f, "{}:", stage.name)?;
+            for j in &stage.jobs {
+                let when = if j.when == When::OnSuccess {
+                    String::new()
+                } else {
+                    format!(" [{}]", j.when)
+                };
+                let env = j
+                    .environment
+                    .as_ref()
+                    .map(|e| format!(" → {}", e.name))
+                    .unwrap_or_default();
+                writeln!(f, "  {}{when}{env}: {}", j.name, j.reason)?;
+            }
+        }
+        if !self.skipped.is_empty() {
+            writeln!(f, "skipped:")?;
+            for s in &self.skipped {
+                writeln!(f, "  {} ({}): {}", s.name, s.stage, s.reason)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Plans `pipeline` for the ref and variables of `cx`.
+///
+/// Selection follows GitLab: `rules` (first matching rule wins, none matching = not added),
+/// else `only`/`except` (default `only: [branches, tags]`), then `when: manual` jobs only on
+/// request, then `needs` of jobs that do not run.
+///
+/// # Errors
+///
+/// [`Error::UnknownJob`] for a `--job` name not in the pipeline, [`Error::CircularVariable`] for
+/// variables that refer to each other in a cycle.
+pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Result<Plan> {
+    for name in &opts.jobs {
+        if pipeline.job(name).is_none() {
+            return Err(Error::UnknownJob { name: name.clone() });
+        }
+    }
+    let mut base = cx.variables();
+    base.extend(&pipeline.variables);
+
+    let mut skipped = Vec::new();
+    let mut workflow_block = None;
+    if let Some(rules) = &pipeline.workflow_rules {
+        let mut with_secrets = base.clone();
+        with_secrets.extend(&opts.variables);
+        let values = with_secrets.expand_all()?;
+        match first_match(rules, &values) {
+            Some((_, rule)) if rule.when != Some(When::Never) => base.extend(&rule.variables),
+            Some((i, _)) => {
+                workflow_block = Some(format!(
+                    "workflow:rules: rule {} matched with when: never",
+                    i + 1
+                ))
+            }
+            None => {
+                workflow_block =
+                    Some("workflow:rules: no rule matched, so no pipeline is created".into())
+            }
+        }
+    }
+
+    let mut planned: Vec<PlannedJob> = Vec::new();
+    let mut not_selected = BTreeSet::new();
+    let stage_index = |s: &str| {
+        pipeline
+            .stages
+            .iter()
+            .position(|x| x == s)
+            .unwrap_or(usize::MAX)
+    };
+    let mut ordered: Vec<(usize, &Job)> = pipeline.jobs.iter().enumerate().collect();
+    ordered.sort_by_key(|(i, j)| (stage_index(&j.stage), *i));
+
+    for (index, job) in ordered {
+        let skip = |reason: String| SkippedJob {
+            name: job.name.clone(),
+            stage: job.stage.clone(),
+            reason,
+        };
+        if let Some(reason) = &workflow_block {
+            skipped.push(skip(reason.clone()));
+            continue;
+        }
+        let mut vars = base.clone();
+        vars.extend(&job.variables);
+        let mut with_secrets = vars.clone();
+        with_secrets.extend(&opts.variables);
+        let values = with_secrets.expand_all()?;
+
+        let (mut when, reason, rule_vars, rule_allow) = match &job.rules {
+            Some(rules) => match first_match(rules, &values) {
+                None => {
+                    skipped.push(skip("rules: no rule matched".into()));
+                    continue;
+                }
+                Some((i, rule)) => {
+                    let when = rule.when.unwrap_or(job.when);
+                    let what = rule.condition.as_ref().map_or_else(
+                        || "has no `if`".to_owned(),
+                        |(t, _)| format!("`if: {t}` matched"),
+                    );
+                    if when == When::Never {
+                        skipped.push(skip(format!(
+                            "rules: rule {} {what} with when: never",
+                            i + 1
+                        )));
+                        continue;
+                    }
+                    (
+                        when,
+                        format!("rules: rule {} {what}", i + 1),
+                        rule.variables.clone(),
+                        rule.allow_failure,
+                    )
+                }
+            },
+            None => match only_except(job, cx, &values) {
+                Ok(reason) => (job.when, reason, Variables::new(), None),
+                Err(reason) => {
+                    skipped.push(skip(reason));
+                    continue;
+                }
+            },
+        };
+        let selected = opts.jobs.contains(&job.name);
+        if !opts.jobs.is_empty() && !selected {
+            not_selected.insert(job.name.clone());
+            skipped.push(skip("not selected with --job".into()));
+            continue;
+        }
+        if when == When::Manual && !opts.manual && !selected {
+            skipped.push(skip("manual job: run it with --manual or --job".into()));
+            continue;
+        }
+        if let Some(needs) = &job.needs {
+            let missing = needs.iter().find(|n| {
+                !n.optional
+                    && !not_selected.contains(&n.job)
+                    && !planned.iter().any(|p| p.name == n.job)
+            });
+            if let Some(n) = missing {
+                skipped.push(skip(format!("needs `{}`, which does not run", n.job)));
+                continue;
+            }
+        }
+        if when == When::Delayed {
+            when = When::OnSuccess;
+        }
+
+        vars.extend(&rule_vars);
+        vars.extend(&opts.variables);
+        // The environment name may use any variable; the slug is then derived from the result.
+        let pre_env = vars.expand_all()?;
+        let environment = job.environment.as_ref().map(|e| {
+            let name = expand(&e.name, &pre_env);
+            let url = e.url.as_ref().map(|u| expand(u, &pre_env));
+            PlannedEnvironment {
+                slug: crate::slug::environment_slug(&name),
+                name,
+                url,
+            }
+        });
+        let id = cx
+            .pipeline_id
+            .saturating_mul(1000)
+            .saturating_add(index as u64 + 1);
+        let mut all = job_variables(
+            &job.name,
+            &job.stage,
+            id,
+            environment
+                .as_ref()
+                .map(|e| (e.name.as_str(), e.url.as_deref())),
+        );
+        // Job-level predefined variables sit just above the pipeline-level ones: user
+        // variables may override them, as in GitLab.
+        let mut layered = cx.variables();
+        layered.extend(&all);
+        layered.extend(&vars);
+        all = layered;
+        let env = all.expand_all()?;
+        let image = job.image.as_ref().map(|i| expand(&i.name, &env));
+        let artifacts_from = artifact_sources(job, &planned);
+        let allow_failure = match (rule_allow, &job.allow_failure) {
+            (Some(true), _) => AllowFailure::Yes,
+            (Some(false), _) => AllowFailure::No,
+            (None, Some(a)) => a.clone(),
+            // GitLab: manual jobs default to `allow_failure: true` (they do not block).
+            (None, None) if when == When::Manual => AllowFailure::Yes,
+            (None, None) => AllowFailure::No,
+        };
+        planned.push(PlannedJob {
+            name: job.name.clone(),
+            stage: job.stage.clone(),
+            id,
+            image,
+            entrypoint: job.image.as_ref().and_then(|i| i.entrypoint.clone()),
+            before_script: job.before_script.clone(),
+            script: job.script.clone(),
+            after_script: job.after_script.clone(),
+            variables: all,
+            env,
+            when,
+            allow_failure,
+            environment,
+            artifacts: job.artifacts.clone(),
+            artifacts_from,
+            reason,
+        });
+    }
+
+    let mut stages: Vec<PlannedStage> = Vec::new();
+    for job in planned {
+        match stages.last_mut() {
+            Some(s) if s.name == job.stage => s.jobs.push(job),
+            _ => stages.push(PlannedStage {
+                name: job.stage.clone(),
+                jobs: vec![job],
+            }),
+        }
+    }
+    // Report skipped jobs in file order, like the pipeline file reads.
+    skipped.sort_by_key(|s| pipeline.jobs.iter().position(|j| j.name == s.name));
+    Ok(Plan { stages, skipped })
+}
+
+fn first_match<'r>(
+    rules: &'r [Rule],
+    values: &BTreeMap<String, String>,
+) -> Option<(usize, &'r Rule)> {
+    let lookup = |n: &str| values.get(n).cloned();
+    rules
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.condition.as_ref().is_none_or(|(_, e)| e.eval(&lookup)))
+}
+
+/// `Ok(reason it runs)` or `Err(reason it is skipped)`.
+fn only_except(
+    job: &Job,
+    cx: &PipelineContext,
+    values: &BTreeMap<String, String>,
+) -> std::result::Result<String, String> {
+    let default_only = RefFilter {
+        refs: vec!["branches".into(), "tags".into()],
+        variables: Vec::new(),
+    };
+    let (only, implicit) = match &job.only {
+        Some(o) => (o, false),
+        None => (&default_only, true),
+    };
+    let git_ref = &cx.git.git_ref;
+    let kind = match git_ref {
+        GitRef::Branch(_) => "branch",
+        GitRef::Tag(_) => "tag",
+    };
+    let ref_name = git_ref.name();
+    let matched = if only.refs.is_empty() {
+        Some("any ref".to_owned())
+    } else {
+        only.refs
+            .iter()
+            .find(|p| ref_matches(p, git_ref, &cx.source))
+            .cloned()
+    };
+    let Some(pattern) = matched else {
+        let list = only
+            .refs
+            .iter()
+            .map(|r| format!("`{r}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(format!("only: {list} does not match {kind} {ref_name}"));
+    };
+    let lookup = |n: &str| values.get(n).cloned();
+    if !only.variables.is_empty() && !only.variables.iter().any(|(_, e)| e.eval(&lookup)) {
+        return Err("only:variables: no expression is true".into());
+    }
+    if let Some(except) = &job.except {
+        if let Some(p) = except
+            .refs
+            .iter()
+            .find(|p| ref_matches(p, git_ref, &cx.source))
+        {
+            return Err(format!("except: `{p}` matches {kind} {ref_name}"));
+        }
+        if let Some((t, _)) = except.variables.iter().find(|(_, e)| e.eval(&lookup)) {
+            return Err(format!("except:variables: `{t}` is true"));
+        }
+    }
+    Ok(if implicit {
+        format!("no only/except: runs for every branch and tag ({kind} {ref_name})")
+    } else {
+        format!("only: `{pattern}` matches {kind} {ref_name}")
+    })
+}
+
+/// One `only`/`except` ref pattern against the pipeline's ref
+/// (`Gitlab::Ci::Build::Policy::Refs`: keywords, `/regex/`, else the exact name).
+fn ref_matches(pattern: &str, git_ref: &GitRef, source: &str) -> bool {
+    match pattern {
+        "branches" => matches!(git_ref, GitRef::Branch(_)),
+        "tags" => matches!(git_ref, GitRef::Tag(_)),
+        "pushes" => source == "push",
+        "api"
+        | "web"
+        | "schedules"
+        | "triggers"
+        | "pipelines"
+        | "external"
+        | "chat"
+        | "merge_requests"
+        | "external_pull_requests" => source == pattern.trim_end_matches('s') || source == pattern,
+        p if p.starts_with('/') && p.len() > 1 => {
+            parse_pattern(p).is_ok_and(|re| re.is_match(git_ref.name()))
+        }
+        // `name@group/project` restricts to a project; locally the project part always matches.
+        p => p.split('@').next() == Some(git_ref.name()),
+    }
+}
+
+fn artifact_sources(job: &Job, planned: &[PlannedJob]) -> Vec<String> {
+    let runs = |name: &str| planned.iter().any(|p| p.name == name);
+    if let Some(needs) = &job.needs {
+        return needs
+            .iter()
+            .filter(|n| n.artifacts && runs(&n.job))
+            .map(|n| n.job.clone())
+            .collect();
+    }
+    if let Some(deps) = &job.dependencies {
+        return deps.iter().filter(|d| runs(d)).cloned().collect();
+    }
+    planned
+        .iter()
+        .filter(|p| p.stage != job.stage)
+        .map(|p| p.name.clone())
+        .collect()
+}

@@ -1,0 +1,430 @@
+//! Reading `.gitlab-ci.yml` into one resolved YAML mapping.
+//!
+//! The order follows GitLab's config pipeline (`Gitlab::Ci::Config`): parse each file (YAML
+//! anchors, aliases and `<<` merge keys are resolved here, per file: anchors never cross
+//! includes), merge `include: local` files under the main one, resolve `!reference` tags, then
+//! `extends`.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use serde_yaml::{Mapping, Value};
+
+use crate::error::{Error, Result};
+
+/// Upstream limit for `!reference` nesting and `extends` depth (`MAX_NESTING_LEVELS` = 10,
+/// `Config::Extendable::Entry::MAX_NESTING_LEVELS` = 10 + the job itself).
+const MAX_NESTING: usize = 10;
+
+/// A source file that contributed to the configuration, kept for line lookups.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    pub path: PathBuf,
+    pub text: String,
+}
+
+/// The merged configuration and its sources (main file first).
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub root: Mapping,
+    pub sources: Vec<Source>,
+    /// Messages about `include:` kinds that were ignored.
+    pub ignored_includes: Vec<String>,
+}
+
+impl Loaded {
+    /// File and 1-based line where a top-level key (a job) is defined; line 0 if not found.
+    pub fn locate(&self, key: &str) -> (PathBuf, usize) {
+        for s in &self.sources {
+            if let Some(line) = find_key_line(&s.text, key) {
+                return (s.path.clone(), line);
+            }
+        }
+        (
+            self.sources
+                .first()
+                .map(|s| s.path.clone())
+                .unwrap_or_default(),
+            0,
+        )
+    }
+
+    /// An [`Error::Invalid`] located at a top-level key.
+    pub fn invalid(&self, key: &str, message: String) -> Error {
+        let (path, line) = self.locate(key);
+        Error::Invalid {
+            path,
+            line,
+            message,
+        }
+    }
+}
+
+/// Finds the line of a top-level `key:` (plain or quoted) in YAML text.
+pub(crate) fn find_key_line(text: &str, key: &str) -> Option<usize> {
+    let candidates = [
+        format!("{key}:"),
+        format!("\"{key}\":"),
+        format!("'{key}':"),
+    ];
+    text.lines()
+        .position(|l| candidates.iter().any(|c| l.starts_with(c.as_str())))
+        .map(|i| i + 1)
+}
+
+/// Parses one YAML text into a mapping with anchors and `<<` merges applied.
+pub(crate) fn parse(text: &str, path: &Path) -> Result<Mapping> {
+    let mut value: Value = serde_yaml::from_str(text).map_err(|source| {
+        let (line, column) = source.location().map_or((0, 0), |l| (l.line(), l.column()));
+        Error::ParseYaml {
+            path: path.to_owned(),
+            line,
+            column,
+            source,
+        }
+    })?;
+    value.apply_merge().map_err(|source| {
+        let (line, column) = source.location().map_or((0, 0), |l| (l.line(), l.column()));
+        Error::ParseYaml {
+            path: path.to_owned(),
+            line,
+            column,
+            source,
+        }
+    })?;
+    match value {
+        Value::Mapping(m) => Ok(m),
+        Value::Null => Ok(Mapping::new()),
+        _ => Err(Error::Invalid {
+            path: path.to_owned(),
+            line: 1,
+            message: "the pipeline file must be a mapping of keywords and jobs".into(),
+        }),
+    }
+}
+
+/// Loads `text` (the content of `path`) with its local includes resolved against `project_dir`.
+pub(crate) fn load(text: &str, path: &Path, project_dir: &Path) -> Result<Loaded> {
+    let mut loaded = Loaded {
+        root: Mapping::new(),
+        sources: Vec::new(),
+        ignored_includes: Vec::new(),
+    };
+    let mut visiting = BTreeSet::new();
+    let root = load_file(text, path, project_dir, &mut loaded, &mut visiting, 0)?;
+    loaded.root = root;
+    // Reorder so the main file is searched first for line numbers.
+    if let Some(pos) = loaded.sources.iter().position(|s| s.path == path) {
+        let main = loaded.sources.remove(pos);
+        loaded.sources.insert(0, main);
+    }
+    resolve_references(&mut loaded)?;
+    resolve_extends(&mut loaded)?;
+    Ok(loaded)
+}
+
+fn load_file(
+    text: &str,
+    path: &Path,
+    project_dir: &Path,
+    loaded: &mut Loaded,
+    visiting: &mut BTreeSet<PathBuf>,
+    depth: usize,
+) -> Result<Mapping> {
+    loaded.sources.push(Source {
+        path: path.to_owned(),
+        text: text.to_owned(),
+    });
+    let mut own = parse(text, path)?;
+    let Some(include) = own.remove("include") else {
+        return Ok(own);
+    };
+    let invalid = |message: String| Error::Invalid {
+        path: path.to_owned(),
+        line: find_key_line(text, "include").unwrap_or(0),
+        message,
+    };
+    if depth >= 150 {
+        return Err(invalid("more than 150 nested includes".into()));
+    }
+    let entries = match include {
+        Value::Sequence(s) => s,
+        other => vec![other],
+    };
+    let mut merged = Mapping::new();
+    for entry in entries {
+        let local = match &entry {
+            Value::String(s) if s.starts_with("http://") || s.starts_with("https://") => {
+                loaded
+                    .ignored_includes
+                    .push(format!("include of remote file {s} is not supported"));
+                continue;
+            }
+            Value::String(s) => s.clone(),
+            Value::Mapping(m) => match m.get("local").and_then(Value::as_str) {
+                Some(s) => s.to_owned(),
+                None => {
+                    let kind = m
+                        .keys()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    loaded.ignored_includes.push(format!(
+                        "include with `{kind}` is not supported (only `local`)"
+                    ));
+                    continue;
+                }
+            },
+            _ => {
+                return Err(invalid(
+                    "`include` entries are paths or `{local: path}`".into(),
+                ));
+            }
+        };
+        // GitLab resolves local includes from the repository root; a leading `/` is optional.
+        let file = project_dir.join(local.trim_start_matches('/'));
+        if !visiting.insert(file.clone()) {
+            return Err(invalid(format!("include of {local} forms a cycle")));
+        }
+        let sub_text = std::fs::read_to_string(&file).map_err(|source| Error::ReadFile {
+            path: file.clone(),
+            source,
+        })?;
+        let sub = load_file(&sub_text, &file, project_dir, loaded, visiting, depth + 1)?;
+        visiting.remove(&file);
+        deep_merge(&mut merged, sub);
+    }
+    // The including file wins over what it includes (GitLab: "deep merge, the main file takes
+    // precedence").
+    deep_merge(&mut merged, own);
+    Ok(merged)
+}
+
+/// Merges `over` into `base`: mappings key by key (recursively), everything else replaced.
+/// This is GitLab's `deep_merge` for `include` and `extends` (arrays are not concatenated).
+pub(crate) fn deep_merge(base: &mut Mapping, over: Mapping) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(Value::Mapping(b)), Value::Mapping(o)) => deep_merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+fn resolve_references(loaded: &mut Loaded) -> Result<()> {
+    let snapshot = loaded.root.clone();
+    let keys: Vec<Value> = loaded.root.keys().cloned().collect();
+    for key in keys {
+        let name = key.as_str().unwrap_or_default().to_owned();
+        if let Some(v) = loaded.root.get_mut(&key) {
+            resolve_value(v, &snapshot, 0)
+                .map_err(|m| loaded.invalid(&name, format!("{name}: {m}")))?;
+        }
+    }
+    Ok(())
+}
+
+fn resolve_value(v: &mut Value, root: &Mapping, depth: usize) -> std::result::Result<(), String> {
+    match v {
+        Value::Tagged(t) if t.tag == "reference" => {
+            if depth >= MAX_NESTING {
+                return Err(format!(
+                    "!reference nested deeper than {MAX_NESTING} levels"
+                ));
+            }
+            let path: Vec<String> = match &t.value {
+                Value::Sequence(s) => s
+                    .iter()
+                    .map(|p| p.as_str().map(str::to_owned))
+                    .collect::<Option<_>>(),
+                _ => None,
+            }
+            .ok_or("!reference takes a list of keys, like !reference [.setup, script]")?;
+            let mut target = path
+                .first()
+                .and_then(|first| root.get(first.as_str()))
+                .ok_or_else(|| format!("!reference {path:?}: no such job or template"))?;
+            for key in path.iter().skip(1) {
+                target = target
+                    .get(key.as_str())
+                    .ok_or_else(|| format!("!reference {path:?}: no key `{key}`"))?;
+            }
+            let mut resolved = target.clone();
+            resolve_value(&mut resolved, root, depth + 1)?;
+            *v = resolved;
+            Ok(())
+        }
+        Value::Tagged(t) => resolve_value(&mut t.value, root, depth),
+        Value::Sequence(s) => s.iter_mut().try_for_each(|x| resolve_value(x, root, depth)),
+        Value::Mapping(m) => m
+            .values_mut()
+            .try_for_each(|x| resolve_value(x, root, depth)),
+        _ => Ok(()),
+    }
+}
+
+fn resolve_extends(loaded: &mut Loaded) -> Result<()> {
+    let names: Vec<String> = loaded
+        .root
+        .keys()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect();
+    let mut resolved = Mapping::new();
+    for name in &names {
+        let mut chain = Vec::new();
+        let v = extended(name, loaded, &mut chain)?;
+        resolved.insert(Value::String(name.clone()), v);
+    }
+    for (k, v) in resolved {
+        loaded.root.insert(k, v);
+    }
+    Ok(())
+}
+
+fn extended(name: &str, loaded: &Loaded, chain: &mut Vec<String>) -> Result<Value> {
+    let Some(value) = loaded.root.get(name) else {
+        let from = chain.last().cloned().unwrap_or_default();
+        return Err(loaded.invalid(&from, format!("{from}: unknown key in `extends`: {name}")));
+    };
+    let Value::Mapping(job) = value else {
+        return Ok(value.clone());
+    };
+    let Some(ext) = job.get("extends") else {
+        return Ok(value.clone());
+    };
+    if chain.iter().any(|c| c == name) {
+        let root = chain.first().cloned().unwrap_or_default();
+        return Err(loaded.invalid(
+            &root,
+            format!("{root}: circular dependency in `extends` through {name}"),
+        ));
+    }
+    if chain.len() > MAX_NESTING {
+        return Err(loaded.invalid(
+            name,
+            format!("{name}: `extends` nested deeper than {MAX_NESTING} levels"),
+        ));
+    }
+    let parents: Vec<String> = match ext {
+        Value::String(s) => vec![s.clone()],
+        Value::Sequence(s) => s
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => {
+            return Err(loaded.invalid(
+                name,
+                format!("{name}: `extends` takes a name or a list of names"),
+            ));
+        }
+    };
+    chain.push(name.to_owned());
+    let mut merged = Mapping::new();
+    for parent in parents {
+        if let Value::Mapping(p) = extended(&parent, loaded, chain)? {
+            deep_merge(&mut merged, p);
+        }
+    }
+    chain.pop();
+    let mut own = job.clone();
+    own.remove("extends");
+    deep_merge(&mut merged, own);
+    Ok(Value::Mapping(merged))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<Loaded> {
+        load(text, Path::new(".gitlab-ci.yml"), Path::new("."))
+    }
+
+    #[test]
+    fn anchors_and_merge_keys() {
+        let l = load_text(
+            ".base: &base\n  image: alpine\n  variables: {A: '1'}\njob:\n  <<: *base\n  script: [echo]\n",
+        )
+        .unwrap();
+        assert_eq!(l.root["job"]["image"], "alpine");
+        assert_eq!(l.root["job"]["variables"]["A"], "1");
+    }
+
+    #[test]
+    fn reference_tags_resolve_nested() {
+        let l = load_text(
+            ".a:\n  script: [one]\n.b:\n  script: [!reference [.a, script], two]\njob:\n  script:\n    - !reference [.b, script]\n    - three\n",
+        )
+        .unwrap();
+        let s = serde_yaml::to_string(&l.root["job"]["script"]).unwrap();
+        assert_eq!(s, "- - - one\n  - two\n- three\n");
+    }
+
+    #[test]
+    fn reference_to_missing_key_is_an_error_with_line() {
+        let err = load_text("a: 1\njob:\n  script: !reference [.nope, script]\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(".gitlab-ci.yml:2: job: !reference"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn extends_deep_merges_and_replaces_arrays() {
+        let l = load_text(
+            ".t1:\n  variables: {A: a, B: b}\n  script: [t1]\n  only: [master]\n.t2:\n  extends: .t1\n  variables: {B: b2}\njob:\n  extends: [.t2]\n  variables: {C: c}\n  script: [own]\n",
+        )
+        .unwrap();
+        let job = &l.root["job"];
+        assert_eq!(job["variables"]["A"], "a");
+        assert_eq!(job["variables"]["B"], "b2");
+        assert_eq!(job["variables"]["C"], "c");
+        assert_eq!(serde_yaml::to_string(&job["script"]).unwrap(), "- own\n");
+        assert_eq!(serde_yaml::to_string(&job["only"]).unwrap(), "- master\n");
+        assert!(job.get("extends").is_none());
+    }
+
+    #[test]
+    fn extends_cycle_and_unknown_are_errors() {
+        assert!(load_text("a:\n  extends: b\nb:\n  extends: a\n").is_err());
+        let err = load_text("x: 1\njob:\n  extends: .missing\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".gitlab-ci.yml:2: job: unknown key in `extends`: .missing"
+        );
+    }
+
+    #[test]
+    fn invalid_yaml_reports_line() {
+        let err = load_text("job:\n  script: [a\n  stage: b\n").unwrap_err();
+        match err {
+            Error::ParseYaml { line, .. } => assert!(line >= 2, "line {line}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn local_include_merges_under_main_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("ci")).unwrap();
+        std::fs::write(
+            dir.path().join("ci/common.yml"),
+            "variables: {A: from-include, B: from-include}\n.tmpl:\n  script: [echo included]\n",
+        )
+        .unwrap();
+        let main = "include:\n  - local: /ci/common.yml\n  - remote: https://example.com/x.yml\nvariables: {B: main}\njob:\n  extends: .tmpl\n";
+        let l = load(main, &dir.path().join(".gitlab-ci.yml"), dir.path()).unwrap();
+        assert_eq!(l.root["variables"]["A"], "from-include");
+        assert_eq!(l.root["variables"]["B"], "main");
+        assert_eq!(
+            serde_yaml::to_string(&l.root["job"]["script"]).unwrap(),
+            "- echo included\n"
+        );
+        assert_eq!(l.ignored_includes.len(), 1);
+    }
+}
