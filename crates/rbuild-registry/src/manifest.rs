@@ -1,0 +1,506 @@
+//! Manifests (raw bytes kept), platforms, tags, catalog and referrers.
+
+use std::fmt;
+use std::str::FromStr;
+
+use http::StatusCode;
+use rbuild_oci::oci_spec::image::ImageIndex;
+use rbuild_oci::{Digest, Reference, media_type};
+
+use crate::client::{Attempt, Client, Ctx};
+use crate::error::{Error, Result};
+use crate::request::{self, Access};
+use crate::response;
+
+/// A manifest as the registry stores it: the exact bytes (the digest is over them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Manifest {
+    /// The raw JSON bytes.
+    pub bytes: Vec<u8>,
+    /// The media type (from `Content-Type`, else the document's `mediaType`).
+    pub media_type: String,
+    /// sha256 of `bytes`.
+    pub digest: Digest,
+}
+
+/// What `HEAD` on a manifest says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestHead {
+    /// `Docker-Content-Digest`.
+    pub digest: Digest,
+    /// `Content-Length`.
+    pub size: u64,
+    /// `Content-Type`.
+    pub media_type: String,
+}
+
+/// A platform `os/arch[/variant]`, as `--platform` takes it (containerd `platforms` grammar,
+/// without the OS-version part).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    /// e.g. `linux`.
+    pub os: String,
+    /// e.g. `amd64`, `arm64`.
+    pub architecture: String,
+    /// e.g. `v8` for arm64, `v7` for arm.
+    pub variant: Option<String>,
+}
+
+impl Platform {
+    /// The platform this binary runs on (Go's names for Rust's arch names).
+    pub fn host() -> Self {
+        let architecture = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            other => other,
+        };
+        Self {
+            os: std::env::consts::OS.to_owned(),
+            architecture: architecture.to_owned(),
+            variant: None,
+        }
+    }
+
+    /// Whether an index entry with these fields fits. A missing variant on either side
+    /// matches; `arm64` treats an absent variant as `v8` (containerd normalisation).
+    pub fn matches(&self, os: &str, architecture: &str, variant: Option<&str>) -> bool {
+        if self.os != os || self.architecture != architecture {
+            return false;
+        }
+        match (self.variant.as_deref(), variant) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
+    }
+}
+
+/// A platform string that is not `os/arch[/variant]`.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid platform `{0}` (expected os/arch[/variant], e.g. linux/amd64)")]
+pub struct PlatformError(pub String);
+
+impl FromStr for Platform {
+    type Err = PlatformError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let ok =
+            |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        match parts.as_slice() {
+            [os, arch] if ok(os) && ok(arch) => Ok(Self {
+                os: os.to_ascii_lowercase(),
+                architecture: arch.to_ascii_lowercase(),
+                variant: None,
+            }),
+            [os, arch, v] if ok(os) && ok(arch) && ok(v) => Ok(Self {
+                os: os.to_ascii_lowercase(),
+                architecture: arch.to_ascii_lowercase(),
+                variant: Some(v.to_ascii_lowercase()),
+            }),
+            _ => Err(PlatformError(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.os, self.architecture)?;
+        if let Some(v) = &self.variant {
+            write!(f, "/{v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Picks the manifest for `platform` out of an index's bytes: `(digest, media type)`.
+/// Entries without a platform (attestations, `unknown/unknown`) never match.
+///
+/// # Errors
+///
+/// `Err(reason)` when the bytes are not an image index.
+pub fn select_platform(
+    index: &[u8],
+    platform: &Platform,
+) -> Result<Option<(Digest, String)>, String> {
+    let index: ImageIndex =
+        serde_json::from_slice(index).map_err(|e| format!("bad image index: {e}"))?;
+    for m in index.manifests() {
+        let Some(p) = m.platform() else { continue };
+        let arch = p.architecture().to_string();
+        let os = p.os().to_string();
+        if platform.matches(&os, &arch, p.variant().as_deref()) {
+            let digest = Digest::try_from(m.digest()).map_err(|e| e.to_string())?;
+            return Ok(Some((digest, m.media_type().to_string())));
+        }
+    }
+    Ok(None)
+}
+
+/// The media type a manifest document declares in its `mediaType` field.
+fn declared_media_type(bytes: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct M {
+        #[serde(rename = "mediaType")]
+        media_type: Option<String>,
+    }
+    serde_json::from_slice::<M>(bytes).ok()?.media_type
+}
+
+impl Client {
+    /// `HEAD` the manifest: `None` when the tag or digest does not exist.
+    ///
+    /// # Errors
+    ///
+    /// Auth, transport and status errors; a registry that answers without a valid
+    /// `Docker-Content-Digest`.
+    pub async fn head_manifest(&self, reference: &Reference) -> Result<Option<ManifestHead>> {
+        let ctx = Ctx::new("inspect", reference);
+        let ep = self.endpoint(reference);
+        let tag = reference.tag_or_digest();
+        let resp = self
+            .send(&ctx, Access::Pull, &[], true, &mut || {
+                Ok(Attempt::bare(ep.head_manifest(&tag)))
+            })
+            .await?;
+        match resp.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            s if s.is_success() => {
+                let h = resp.headers();
+                let digest = response::content_digest(h)
+                    .or_else(|| reference.digest().cloned())
+                    .ok_or_else(|| ctx.protocol("manifest HEAD without Docker-Content-Digest"))?;
+                Ok(Some(ManifestHead {
+                    digest,
+                    size: response::content_length(h).unwrap_or(0),
+                    media_type: response::content_type(h).unwrap_or_default(),
+                }))
+            }
+            _ => Err(ctx.status_error(resp, &format!("manifest {tag}")).await),
+        }
+    }
+
+    /// The digest `reference` points at now (a HEAD, no body): what a deployer pins.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] when the tag does not exist; auth, transport and status errors.
+    pub async fn resolve_digest(&self, reference: &Reference) -> Result<Digest> {
+        match self.head_manifest(reference).await? {
+            Some(h) => Ok(h.digest),
+            None => Err(Error::NotFound {
+                operation: "inspect",
+                target: reference.name(),
+                what: format!("manifest {}", reference.tag_or_digest()),
+            }),
+        }
+    }
+
+    /// `GET` the manifest, keeping its bytes. When `reference` pins a digest, the bytes are
+    /// checked against it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], [`Error::DigestMismatch`], auth, transport and status errors.
+    pub async fn get_manifest(&self, reference: &Reference) -> Result<Manifest> {
+        let ctx = Ctx::new("pull", reference);
+        let ep = self.endpoint(reference);
+        let tag = reference.tag_or_digest();
+        let resp = self
+            .send(&ctx, Access::Pull, &[], true, &mut || {
+                Ok(Attempt::bare(ep.get_manifest(&tag)))
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(ctx.status_error(resp, &format!("manifest {tag}")).await);
+        }
+        let header_type = response::content_type(resp.headers());
+        let bytes = resp.bytes().await.map_err(|e| ctx.http(e))?.to_vec();
+        let digest = Digest::sha256_of(&bytes);
+        if let Some(expected) = reference.digest()
+            && expected != &digest
+        {
+            return Err(Error::DigestMismatch {
+                operation: ctx.operation,
+                target: ctx.target(),
+                expected: expected.clone(),
+                actual: digest,
+            });
+        }
+        let media_type = header_type
+            .filter(|t| media_type::is_manifest(t) || media_type::is_index(t))
+            .or_else(|| declared_media_type(&bytes))
+            .ok_or_else(|| ctx.protocol("manifest without a media type"))?;
+        Ok(Manifest {
+            bytes,
+            media_type,
+            digest,
+        })
+    }
+
+    /// `PUT` the manifest bytes as they are under `reference`'s tag (or digest). Returns the
+    /// digest (computed locally; the registry's `Docker-Content-Digest` must agree).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DigestMismatch`] when the registry reports another digest; auth, transport and
+    /// status errors (e.g. 400 `MANIFEST_BLOB_UNKNOWN`).
+    pub async fn put_manifest(
+        &self,
+        reference: &Reference,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<Digest> {
+        let ctx = Ctx::new("push to", reference);
+        let ep = self.endpoint(reference);
+        let tag = reference.tag_or_digest();
+        let body = bytes::Bytes::copy_from_slice(bytes);
+        let resp = self
+            .send(&ctx, Access::Push, &[], true, &mut || {
+                Ok(Attempt {
+                    request: ep.put_manifest(&tag, media_type, body.len()),
+                    body: Some(reqwest::Body::from(body.clone())),
+                })
+            })
+            .await?;
+        if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
+            return Err(ctx.status_error(resp, &format!("manifest {tag}")).await);
+        }
+        let digest = Digest::sha256_of(bytes);
+        if let Some(theirs) = response::content_digest(resp.headers())
+            && theirs != digest
+        {
+            return Err(Error::DigestMismatch {
+                operation: ctx.operation,
+                target: ctx.target(),
+                expected: digest,
+                actual: theirs,
+            });
+        }
+        Ok(digest)
+    }
+
+    /// Deletes a manifest. Registries delete by digest only (distribution spec end-9), so a
+    /// tag is first resolved with a HEAD.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`], auth (deletion may need a `delete` scope), transport and status
+    /// errors (405 when deletion is disabled).
+    pub async fn delete_manifest(&self, reference: &Reference) -> Result<Digest> {
+        let digest = match reference.digest() {
+            Some(d) => d.clone(),
+            None => self.resolve_digest(reference).await?,
+        };
+        let ctx = Ctx::new("delete", reference);
+        let ep = self.endpoint(reference);
+        let target = digest.to_string();
+        let resp = self
+            .send(
+                &ctx,
+                Access::Delete,
+                &[Access::Push.scope(reference.repository())],
+                true,
+                &mut || Ok(Attempt::bare(ep.delete_manifest(&target))),
+            )
+            .await?;
+        if resp.status().is_success() {
+            Ok(digest)
+        } else {
+            Err(ctx.status_error(resp, &format!("manifest {target}")).await)
+        }
+    }
+
+    /// All tags of `repo`'s repository, following `Link` pagination with pages of `page_size`
+    /// (`n`) when given. Registry 2.8 ignores `n` on tags and returns everything unsorted.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] for an unknown repository; auth, transport and status errors.
+    pub async fn tags(&self, repo: &Reference, page_size: Option<usize>) -> Result<Vec<String>> {
+        let ctx = Ctx::new("list tags of", repo);
+        let ep = self.endpoint(repo);
+        self.paginate(&ctx, ep.tags(page_size, None), "tags").await
+    }
+
+    /// One page of tags: `n` tags after `last` (spec end-8b), and whether a `Link` says there
+    /// are more.
+    ///
+    /// # Errors
+    ///
+    /// As [`tags`](Self::tags).
+    pub async fn tags_page(
+        &self,
+        repo: &Reference,
+        n: Option<usize>,
+        last: Option<&str>,
+    ) -> Result<(Vec<String>, bool)> {
+        let ctx = Ctx::new("list tags of", repo);
+        let ep = self.endpoint(repo);
+        let req = ep.tags(n, last);
+        let (items, next) = self.list_page(&ctx, req, "tags").await?;
+        Ok((items, next.is_some()))
+    }
+
+    /// Repository names of the registry (`/v2/_catalog`, paginated).
+    ///
+    /// # Errors
+    ///
+    /// Auth (catalog needs `registry:catalog:*`), transport and status errors.
+    pub async fn catalog(&self, registry: &str, page_size: Option<usize>) -> Result<Vec<String>> {
+        let ctx = Ctx {
+            operation: "list repositories of",
+            registry: registry.to_owned(),
+            repository: String::new(),
+        };
+        let base = self.base_url(registry);
+        self.paginate(
+            &ctx,
+            request::catalog(&base, page_size, None),
+            "repositories",
+        )
+        .await
+    }
+
+    async fn paginate(
+        &self,
+        ctx: &Ctx,
+        first: http::Request<()>,
+        field: &str,
+    ) -> Result<Vec<String>> {
+        let mut all = Vec::new();
+        let mut next = Some(first);
+        let mut pages = 0;
+        while let Some(req) = next.take() {
+            let (items, link) = self.list_page(ctx, req, field).await?;
+            all.extend(items);
+            pages += 1;
+            // A registry that keeps answering the same Link would loop forever.
+            if pages > 10_000 {
+                return Err(ctx.protocol("more than 10000 pages"));
+            }
+            next = link.map(request::get);
+        }
+        Ok(all)
+    }
+
+    async fn list_page(
+        &self,
+        ctx: &Ctx,
+        req: http::Request<()>,
+        field: &str,
+    ) -> Result<(Vec<String>, Option<url::Url>)> {
+        let url =
+            url::Url::parse(&req.uri().to_string()).map_err(|e| ctx.protocol(e.to_string()))?;
+        let scope = if ctx.repository.is_empty() {
+            vec!["registry:catalog:*".to_owned()]
+        } else {
+            Vec::new()
+        };
+        let resp = self
+            .send(ctx, Access::Pull, &scope, true, &mut || {
+                let mut r = http::Request::new(());
+                *r.method_mut() = req.method().clone();
+                *r.uri_mut() = req.uri().clone();
+                *r.headers_mut() = req.headers().clone();
+                Ok(Attempt::bare(r))
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Err(ctx.status_error(resp, field).await);
+        }
+        let link = response::next_link(resp.headers(), &url);
+        let body = resp.bytes().await.map_err(|e| ctx.http(e))?;
+        let v: serde_json::Value = serde_json::from_slice(&body)
+            .map_err(|e| ctx.protocol(format!("bad {field} list: {e}")))?;
+        let items = v
+            .get(field)
+            .and_then(|t| t.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok((items, link))
+    }
+
+    /// Manifests that refer to `digest` (their `subject`), as an image index. Uses the
+    /// referrers API, and falls back to the `sha256-<hex>` tag schema (distribution spec 1.1,
+    /// "Referrers Tag Schema") when the registry does not implement it (404).
+    ///
+    /// # Errors
+    ///
+    /// Auth, transport and status errors.
+    pub async fn referrers(
+        &self,
+        repo: &Reference,
+        digest: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<ImageIndex> {
+        let ctx = Ctx::new("list referrers of", repo);
+        let ep = self.endpoint(repo);
+        let resp = self
+            .send(&ctx, Access::Pull, &[], true, &mut || {
+                Ok(Attempt::bare(ep.referrers(digest, artifact_type)))
+            })
+            .await?;
+        let parse = |bytes: &[u8]| -> Result<ImageIndex> {
+            serde_json::from_slice(bytes)
+                .map_err(|e| ctx.protocol(format!("bad referrers index: {e}")))
+        };
+        if resp.status().is_success() {
+            let body = resp.bytes().await.map_err(|e| ctx.http(e))?;
+            return parse(&body);
+        }
+        if resp.status() != StatusCode::NOT_FOUND {
+            return Err(ctx.status_error(resp, "referrers").await);
+        }
+        let fallback = repo.with_tag(&format!("sha256-{}", digest.hex()));
+        match self.get_manifest(&fallback).await {
+            Ok(m) => parse(&m.bytes),
+            Err(e) if e.is_not_found() => parse(br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_platforms() {
+        let p: Platform = "linux/arm64/v8".parse().unwrap();
+        assert_eq!(p.to_string(), "linux/arm64/v8");
+        assert_eq!("linux/amd64".parse::<Platform>().unwrap().variant, None);
+        assert!("linux".parse::<Platform>().is_err());
+        assert!("linux//x".parse::<Platform>().is_err());
+        assert!(p.matches("linux", "arm64", None));
+        assert!(!p.matches("linux", "arm64", Some("v7")));
+        assert!(!p.matches("windows", "arm64", None));
+    }
+
+    #[test]
+    fn selects_platform_from_index_skipping_attestations() {
+        let d1 = Digest::sha256_of(b"amd");
+        let d2 = Digest::sha256_of(b"arm");
+        let d3 = Digest::sha256_of(b"att");
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[
+            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d3}","size":1,"platform":{{"architecture":"unknown","os":"unknown"}}}},
+            {{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{d1}","size":1,"platform":{{"architecture":"amd64","os":"linux"}}}},
+            {{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","digest":"{d2}","size":1,"platform":{{"architecture":"arm64","os":"linux","variant":"v8"}}}}]}}"#
+        );
+        let amd = select_platform(index.as_bytes(), &"linux/amd64".parse().unwrap()).unwrap();
+        assert_eq!(amd, Some((d1, media_type::OCI_MANIFEST.to_owned())));
+        let arm = select_platform(index.as_bytes(), &"linux/arm64".parse().unwrap()).unwrap();
+        assert_eq!(arm, Some((d2, media_type::DOCKER_MANIFEST.to_owned())));
+        assert_eq!(
+            select_platform(index.as_bytes(), &"linux/s390x".parse().unwrap()).unwrap(),
+            None
+        );
+        assert!(select_platform(b"{}", &Platform::host()).is_err());
+    }
+}

@@ -1,0 +1,305 @@
+//! Pushing an image: blobs the registry lacks (skip, mount or upload, in parallel), then the
+//! manifest unless the registry already has the same digest under the tag.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::{StreamExt as _, TryStreamExt as _};
+use rbuild_oci::{Digest, Reference};
+
+use crate::blob::{BlobSource, MountOutcome};
+use crate::client::Client;
+use crate::error::Result;
+
+/// A blob an image refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRef {
+    /// Its digest.
+    pub digest: Digest,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its media type (informational).
+    pub media_type: String,
+}
+
+/// An image to push, independent of where its blobs live.
+#[derive(Debug, Clone)]
+pub struct ImageToPush {
+    /// The manifest exactly as it will be stored (its digest is over these bytes).
+    pub manifest_bytes: Vec<u8>,
+    /// The manifest's media type (OCI or Docker v2s2).
+    pub manifest_media_type: String,
+    /// The config blob.
+    pub config: BlobRef,
+    /// The layers, in manifest order.
+    pub layers: Vec<BlobRef>,
+    /// Repositories on the target registry that may hold these blobs (e.g. where the base
+    /// image was pulled from): missing blobs are mounted from them before uploading.
+    pub mount_from: Vec<Reference>,
+}
+
+/// What happened to one blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlobStatus {
+    /// The registry had it (a HEAD said so).
+    AlreadyExists,
+    /// Mounted from this repository.
+    MountedFrom(String),
+    /// Uploaded.
+    Pushed,
+}
+
+/// Progress of a push, for the CLI's bars or log lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushEvent {
+    /// A blob is about to be checked.
+    Preparing {
+        /// The blob.
+        digest: Digest,
+        /// Whether it is the config (docker shows no line for it).
+        config: bool,
+    },
+    /// Bytes of a blob sent so far.
+    Progress {
+        /// The blob.
+        digest: Digest,
+        /// Bytes sent.
+        done: u64,
+        /// Blob size.
+        total: u64,
+    },
+    /// A blob is done.
+    Blob {
+        /// The blob.
+        digest: Digest,
+        /// Whether it is the config.
+        config: bool,
+        /// What happened.
+        status: BlobStatus,
+    },
+    /// The manifest was uploaded (`false`: the registry already had it under the tag).
+    Manifest {
+        /// The manifest digest.
+        digest: Digest,
+        /// Whether a PUT was sent.
+        pushed: bool,
+    },
+    /// The last event: docker's `<tag>: digest: sha256:… size: N`.
+    Done {
+        /// The tag (or digest) pushed.
+        tag: String,
+        /// The manifest digest.
+        digest: Digest,
+        /// The manifest size.
+        size: u64,
+    },
+}
+
+impl PushEvent {
+    /// The line `docker push` prints for this event, if any: `<12 hex>: Layer already exists`,
+    /// `Mounted from <repo>`, `Pushed`, `Pushing`, and the final digest line.
+    pub fn docker_line(&self) -> Option<String> {
+        match self {
+            Self::Preparing {
+                digest,
+                config: false,
+            } => Some(format!("{}: Preparing", digest.short())),
+            Self::Blob {
+                digest,
+                config: false,
+                status,
+            } => Some(match status {
+                BlobStatus::AlreadyExists => format!("{}: Layer already exists", digest.short()),
+                BlobStatus::MountedFrom(repo) => format!("{}: Mounted from {repo}", digest.short()),
+                BlobStatus::Pushed => format!("{}: Pushed", digest.short()),
+            }),
+            Self::Done { tag, digest, size } => {
+                Some(format!("{tag}: digest: {digest} size: {size}"))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The result of a push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushResult {
+    /// The manifest digest.
+    pub digest: Digest,
+    /// The manifest size.
+    pub size: u64,
+    /// Whether the manifest was PUT (false when the tag already pointed at it).
+    pub manifest_pushed: bool,
+    /// What happened to each blob (config first, then layers).
+    pub blobs: Vec<(Digest, BlobStatus)>,
+}
+
+/// Events callback: called from the pushing task, possibly for several blobs interleaved.
+pub type Events<'a, E> = &'a (dyn Fn(E) + Send + Sync);
+
+impl Client {
+    /// Pushes `image` to `target`: for each blob HEAD → exists: skip; else mount from
+    /// [`ImageToPush::mount_from`]; else upload from `source` (bounded parallelism). Then HEAD
+    /// the manifest and PUT it only when the tag points elsewhere.
+    ///
+    /// # Errors
+    ///
+    /// The first blob or manifest error, naming the registry and repository.
+    pub async fn push_image(
+        &self,
+        target: &Reference,
+        image: &ImageToPush,
+        source: &dyn BlobSource,
+        events: Events<'_, PushEvent>,
+    ) -> Result<PushResult> {
+        let mut blobs: Vec<(&BlobRef, bool)> = vec![(&image.config, true)];
+        for l in &image.layers {
+            if !blobs.iter().any(|(b, _)| b.digest == l.digest) {
+                blobs.push((l, false));
+            }
+        }
+        for (b, config) in &blobs {
+            events(PushEvent::Preparing {
+                digest: b.digest.clone(),
+                config: *config,
+            });
+        }
+        let statuses: Vec<(Digest, BlobStatus)> =
+            futures::stream::iter(blobs.iter().map(|(b, config)| async move {
+                let status = self
+                    .push_blob(target, b, &image.mount_from, source, events)
+                    .await?;
+                events(PushEvent::Blob {
+                    digest: b.digest.clone(),
+                    config: *config,
+                    status: status.clone(),
+                });
+                Ok::<_, crate::Error>((b.digest.clone(), status))
+            }))
+            .buffered(self.options.parallel)
+            .try_collect()
+            .await?;
+
+        let digest = Digest::sha256_of(&image.manifest_bytes);
+        let size = image.manifest_bytes.len() as u64;
+        let existing = self.head_manifest(target).await?;
+        let pushed = existing.is_none_or(|h| h.digest != digest);
+        if pushed {
+            self.put_manifest(target, &image.manifest_bytes, &image.manifest_media_type)
+                .await?;
+        }
+        events(PushEvent::Manifest {
+            digest: digest.clone(),
+            pushed,
+        });
+        events(PushEvent::Done {
+            tag: target.tag_or_digest(),
+            digest: digest.clone(),
+            size,
+        });
+        Ok(PushResult {
+            digest,
+            size,
+            manifest_pushed: pushed,
+            blobs: statuses,
+        })
+    }
+
+    async fn push_blob(
+        &self,
+        target: &Reference,
+        blob: &BlobRef,
+        mount_from: &[Reference],
+        source: &dyn BlobSource,
+        events: Events<'_, PushEvent>,
+    ) -> Result<BlobStatus> {
+        if self.blob_exists(target, &blob.digest).await?.is_some() {
+            return Ok(BlobStatus::AlreadyExists);
+        }
+        let mut session = None;
+        for from in mount_from
+            .iter()
+            .filter(|r| r.registry() == target.registry() && r.repository() != target.repository())
+        {
+            match self
+                .mount_blob(target, &blob.digest, from.repository())
+                .await?
+            {
+                MountOutcome::Mounted => {
+                    return Ok(BlobStatus::MountedFrom(from.repository().to_owned()));
+                }
+                // The registry could not mount and opened a session: upload into it
+                // (distribution spec: 202 "falls back to a regular upload").
+                MountOutcome::Session(url) => {
+                    session = Some(url);
+                    break;
+                }
+            }
+        }
+        let progress = AtomicU64::new(0);
+        let upload = self.upload_blob(target, &blob.digest, source, session, &progress);
+        tokio::pin!(upload);
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        let emit = |done| {
+            events(PushEvent::Progress {
+                digest: blob.digest.clone(),
+                done,
+                total: blob.size,
+            })
+        };
+        loop {
+            tokio::select! {
+                r = &mut upload => {
+                    r?;
+                    emit(blob.size);
+                    return Ok(BlobStatus::Pushed);
+                }
+                _ = tick.tick() => emit(progress.load(Ordering::Relaxed)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_lines() {
+        let d = Digest::sha256_of(b"layer");
+        let short = d.short().to_owned();
+        let line = |status| {
+            PushEvent::Blob {
+                digest: d.clone(),
+                config: false,
+                status,
+            }
+            .docker_line()
+            .unwrap()
+        };
+        assert_eq!(
+            line(BlobStatus::AlreadyExists),
+            format!("{short}: Layer already exists")
+        );
+        assert_eq!(
+            line(BlobStatus::MountedFrom("base".into())),
+            format!("{short}: Mounted from base")
+        );
+        assert_eq!(line(BlobStatus::Pushed), format!("{short}: Pushed"));
+        let cfg = PushEvent::Blob {
+            digest: d.clone(),
+            config: true,
+            status: BlobStatus::Pushed,
+        };
+        assert_eq!(cfg.docker_line(), None);
+        let done = PushEvent::Done {
+            tag: "v1".into(),
+            digest: d.clone(),
+            size: 528,
+        };
+        assert_eq!(
+            done.docker_line().unwrap(),
+            format!("v1: digest: {d} size: 528")
+        );
+    }
+}
