@@ -35,6 +35,7 @@
 
 mod error;
 pub mod expr;
+mod load;
 mod model;
 mod plan;
 mod predefined;

@@ -1,0 +1,639 @@
+//! Turning the resolved YAML mapping into a typed [`Pipeline`], with GitLab's validation
+//! messages and the list of keywords we ignore.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_yaml::{Mapping, Value};
+
+use crate::error::{Error, Result};
+use crate::expr::Expr;
+use crate::model::{
+    AllowFailure, Artifacts, DEFAULT_STAGES, Environment, Image, Job, Need, Pipeline, RefFilter,
+    Rule, Warning, When,
+};
+use crate::variables::{Variable, Variables};
+use crate::yaml::Loaded;
+
+/// Top-level keys that are keywords, not jobs (`Gitlab::Ci::Config::Entry::Root`).
+const GLOBAL_KEYWORDS: [&str; 11] = [
+    "image",
+    "services",
+    "stages",
+    "types",
+    "before_script",
+    "after_script",
+    "variables",
+    "cache",
+    "include",
+    "default",
+    "workflow",
+];
+const JOB_KEYWORDS: [&str; 15] = [
+    "stage",
+    "script",
+    "before_script",
+    "after_script",
+    "image",
+    "variables",
+    "only",
+    "except",
+    "rules",
+    "environment",
+    "needs",
+    "dependencies",
+    "artifacts",
+    "allow_failure",
+    "when",
+];
+
+struct Ctx<'a> {
+    loaded: &'a Loaded,
+    unsupported: BTreeMap<String, Vec<String>>,
+}
+
+impl Ctx<'_> {
+    fn unsupported(&mut self, keyword: &str, place: &str) {
+        self.unsupported
+            .entry(keyword.to_owned())
+            .or_default()
+            .push(place.to_owned());
+    }
+    fn err(&self, key: &str, message: String) -> Error {
+        self.loaded.invalid(key, message)
+    }
+}
+
+pub(crate) fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
+    let root = &loaded.root;
+    let mut cx = Ctx {
+        loaded,
+        unsupported: BTreeMap::new(),
+    };
+    let mut stages = vec![".pre".to_owned()];
+    match root.get("stages") {
+        Some(Value::Sequence(s)) => {
+            for st in s {
+                let name = scalar(st)
+                    .ok_or_else(|| cx.err("stages", "`stages` entries are names".into()))?;
+                if !stages.contains(&name) {
+                    stages.push(name);
+                }
+            }
+        }
+        None => stages.extend(DEFAULT_STAGES.iter().map(|s| (*s).to_owned())),
+        Some(_) => return Err(cx.err("stages", "`stages` must be a list of stage names".into())),
+    }
+    stages.push(".post".into());
+
+    let variables = match root.get("variables") {
+        Some(v) => {
+            parse_variables(v).map_err(|m| cx.err("variables", format!("variables: {m}")))?
+        }
+        None => Variables::new(),
+    };
+
+    // Defaults: `default:` wins over the deprecated top-level `image`/`before_script`/`after_script`.
+    let default = root
+        .get("default")
+        .and_then(Value::as_mapping)
+        .cloned()
+        .unwrap_or_default();
+    for key in default.keys().filter_map(Value::as_str) {
+        if !["image", "before_script", "after_script"].contains(&key) {
+            cx.unsupported(&format!("default:{key}"), "(global)");
+        }
+    }
+    let pick = |key: &str| default.get(key).or_else(|| root.get(key));
+    let default_image = pick("image")
+        .map(|v| parse_image(v).map_err(|m| cx.err("image", m)))
+        .transpose()?;
+    let default_before = pick("before_script")
+        .map(|v| script(v).map_err(|m| cx.err("before_script", m)))
+        .transpose()?;
+    let default_after = pick("after_script")
+        .map(|v| script(v).map_err(|m| cx.err("after_script", m)))
+        .transpose()?;
+
+    let workflow_rules = match root.get("workflow").and_then(Value::as_mapping) {
+        Some(w) => {
+            for key in w.keys().filter_map(Value::as_str).filter(|k| *k != "rules") {
+                cx.unsupported(&format!("workflow:{key}"), "(global)");
+            }
+            w.get("rules")
+                .map(|r| parse_rules(r, "workflow", &mut cx))
+                .transpose()?
+        }
+        None => None,
+    };
+
+    let mut jobs = Vec::new();
+    for (key, value) in root {
+        let Some(name) = key.as_str() else {
+            return Err(cx.err("", format!("top-level key {key:?} is not a string")));
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        if GLOBAL_KEYWORDS.contains(&name) {
+            if ["services", "cache", "types"].contains(&name) {
+                cx.unsupported(name, "(global)");
+            }
+            continue;
+        }
+        let Value::Mapping(map) = value else {
+            return Err(cx.err(
+                name,
+                format!("job {name:?}: a job must be a mapping of keywords"),
+            ));
+        };
+        let mut job = parse_job(name, map, &mut cx)?;
+        if !stages.contains(&job.stage) {
+            let list = stages[1..stages.len() - 1].join(", ");
+            return Err(cx.err(
+                name,
+                format!(
+                    "job {name:?}: chosen stage `{}` does not exist; available stages are {list}",
+                    job.stage
+                ),
+            ));
+        }
+        if job.image.is_none() {
+            job.image.clone_from(&default_image);
+        }
+        if !map.contains_key("before_script") {
+            job.before_script = default_before.clone().unwrap_or_default();
+        }
+        if !map.contains_key("after_script") {
+            job.after_script = default_after.clone().unwrap_or_default();
+        }
+        jobs.push(job);
+    }
+    if jobs.is_empty() {
+        return Err(Error::Invalid {
+            path: path.to_owned(),
+            line: 0,
+            message:
+                "the pipeline has no visible jobs (a job is a top-level key not starting with `.`)"
+                    .into(),
+        });
+    }
+
+    let mut warnings: Vec<Warning> = loaded
+        .ignored_includes
+        .iter()
+        .cloned()
+        .map(Warning::Other)
+        .collect();
+    if !cx.unsupported.is_empty() {
+        warnings.insert(0, Warning::UnsupportedKeywords(cx.unsupported));
+    }
+    Ok(Pipeline {
+        path: path.to_owned(),
+        stages,
+        variables,
+        workflow_rules,
+        jobs,
+        warnings,
+    })
+}
+
+fn parse_job(name: &str, map: &Mapping, cx: &mut Ctx<'_>) -> Result<Job> {
+    for key in map.keys().filter_map(Value::as_str) {
+        if !JOB_KEYWORDS.contains(&key) {
+            cx.unsupported(key, name);
+        }
+    }
+    let line = cx.loaded.locate(name).1;
+    let e = |cx: &Ctx<'_>, m: String| cx.err(name, format!("job {name:?}: {m}"));
+    let Some(script_value) = map.get("script") else {
+        return Err(e(cx, "a job needs a `script`".into()));
+    };
+    let script_lines = script(script_value).map_err(|m| e(cx, format!("script: {m}")))?;
+    let opt_script = |key: &str| {
+        map.get(key)
+            .map(script)
+            .transpose()
+            .map(Option::unwrap_or_default)
+    };
+    let before_script =
+        opt_script("before_script").map_err(|m| e(cx, format!("before_script: {m}")))?;
+    let after_script =
+        opt_script("after_script").map_err(|m| e(cx, format!("after_script: {m}")))?;
+    let stage = match map.get("stage") {
+        Some(v) => scalar(v).ok_or_else(|| e(cx, "`stage` must be a name".into()))?,
+        None => "test".to_owned(),
+    };
+    let image = map
+        .get("image")
+        .map(parse_image)
+        .transpose()
+        .map_err(|m| e(cx, m))?;
+    let variables = match map.get("variables") {
+        Some(v) => parse_variables(v).map_err(|m| e(cx, format!("variables: {m}")))?,
+        None => Variables::new(),
+    };
+    let only = map
+        .get("only")
+        .map(|v| parse_filter(v, name, "only", cx))
+        .transpose()?;
+    let except = map
+        .get("except")
+        .map(|v| parse_filter(v, name, "except", cx))
+        .transpose()?;
+    let rules = map
+        .get("rules")
+        .map(|v| parse_rules(v, name, cx))
+        .transpose()?;
+    if rules.is_some() && (only.is_some() || except.is_some()) {
+        return Err(e(
+            cx,
+            "`rules` cannot be used with `only` or `except`".into(),
+        ));
+    }
+    let environment = match map.get("environment") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(Environment {
+            name: s.clone(),
+            url: None,
+        }),
+        Some(Value::Mapping(m)) => {
+            for key in m
+                .keys()
+                .filter_map(Value::as_str)
+                .filter(|k| !["name", "url"].contains(k))
+            {
+                cx.unsupported(&format!("environment:{key}"), name);
+            }
+            let env_name = m
+                .get("name")
+                .and_then(scalar)
+                .ok_or_else(|| e(cx, "`environment` needs a `name`".into()))?;
+            Some(Environment {
+                name: env_name,
+                url: m.get("url").and_then(scalar),
+            })
+        }
+        Some(_) => return Err(e(cx, "`environment` must be a name or a mapping".into())),
+    };
+    let needs = match map.get("needs") {
+        None => None,
+        Some(Value::Sequence(s)) => Some(
+            s.iter()
+                .map(|n| match n {
+                    Value::Mapping(m) => Some(Need {
+                        job: m.get("job").and_then(scalar)?,
+                        artifacts: m.get("artifacts").and_then(Value::as_bool).unwrap_or(true),
+                        optional: m.get("optional").and_then(Value::as_bool).unwrap_or(false),
+                    }),
+                    other => scalar(other).map(|job| Need {
+                        job,
+                        artifacts: true,
+                        optional: false,
+                    }),
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| e(cx, "`needs` entries are job names or `{job: name}`".into()))?,
+        ),
+        Some(_) => return Err(e(cx, "`needs` must be a list".into())),
+    };
+    let dependencies = map
+        .get("dependencies")
+        .map(|v| names(v).ok_or_else(|| e(cx, "`dependencies` must be a list of job names".into())))
+        .transpose()?;
+    let artifacts = match map.get("artifacts") {
+        None => None,
+        Some(Value::Mapping(m)) => {
+            for key in m
+                .keys()
+                .filter_map(Value::as_str)
+                .filter(|k| !["paths", "when", "expire_in", "name"].contains(k))
+            {
+                cx.unsupported(&format!("artifacts:{key}"), name);
+            }
+            let paths = match m.get("paths") {
+                Some(v) => names(v)
+                    .ok_or_else(|| e(cx, "`artifacts:paths` must be a list of paths".into()))?,
+                None => Vec::new(),
+            };
+            let when = match m.get("when").and_then(Value::as_str) {
+                None => When::OnSuccess,
+                Some(w) => When::parse(w)
+                    .filter(|w| matches!(w, When::OnSuccess | When::OnFailure | When::Always))
+                    .ok_or_else(|| e(cx, format!("`artifacts:when` cannot be `{w}`")))?,
+            };
+            Some(Artifacts { paths, when })
+        }
+        Some(_) => return Err(e(cx, "`artifacts` must be a mapping".into())),
+    };
+    let allow_failure = match map.get("allow_failure") {
+        None => None,
+        Some(Value::Bool(b)) => Some(if *b {
+            AllowFailure::Yes
+        } else {
+            AllowFailure::No
+        }),
+        Some(Value::Mapping(m)) => {
+            let codes = match m.get("exit_codes") {
+                Some(Value::Sequence(s)) => s
+                    .iter()
+                    .map(|c| c.as_i64().and_then(|c| i32::try_from(c).ok()))
+                    .collect(),
+                Some(c) => c
+                    .as_i64()
+                    .and_then(|c| i32::try_from(c).ok())
+                    .map(|c| vec![c]),
+                None => None,
+            };
+            Some(AllowFailure::ExitCodes(codes.ok_or_else(|| {
+                e(cx, "`allow_failure:exit_codes` must be exit codes".into())
+            })?))
+        }
+        Some(_) => {
+            return Err(e(
+                cx,
+                "`allow_failure` must be true, false or `{exit_codes: [...]}`".into(),
+            ));
+        }
+    };
+    let when = match map.get("when") {
+        None => When::OnSuccess,
+        Some(v) => v
+            .as_str()
+            .and_then(When::parse)
+            .filter(|w| *w != When::Never)
+            .ok_or_else(|| e(cx, format!("unknown `when` value {v:?}")))?,
+    };
+    if when == When::Delayed {
+        cx.unsupported("when:delayed (runs without delay)", name);
+    }
+    Ok(Job {
+        name: name.to_owned(),
+        stage,
+        image,
+        before_script,
+        script: script_lines,
+        after_script,
+        variables,
+        only,
+        except,
+        rules,
+        environment,
+        needs,
+        dependencies,
+        artifacts,
+        allow_failure,
+        when,
+        line,
+    })
+}
+
+fn parse_rules(v: &Value, owner: &str, cx: &mut Ctx<'_>) -> Result<Vec<Rule>> {
+    let e = |cx: &Ctx<'_>, m: String| cx.err(owner, format!("{owner}: rules: {m}"));
+    let Value::Sequence(list) = v else {
+        return Err(e(cx, "`rules` must be a list".into()));
+    };
+    let mut rules = Vec::new();
+    for item in list {
+        let Value::Mapping(m) = item else {
+            return Err(e(cx, "each rule is a mapping (`- if: ...`)".into()));
+        };
+        let mut rule = Rule::default();
+        for (k, val) in m {
+            match k.as_str().unwrap_or_default() {
+                "if" => {
+                    let text = scalar(val).ok_or_else(|| e(cx, "`if` must be a string".into()))?;
+                    let expr = Expr::parse(&text).map_err(|err| e(cx, err.to_string()))?;
+                    rule.condition = Some((text, expr));
+                }
+                "when" => {
+                    rule.when = Some(
+                        val.as_str()
+                            .and_then(When::parse)
+                            .ok_or_else(|| e(cx, format!("unknown `when` {val:?}")))?,
+                    )
+                }
+                "variables" => rule.variables = parse_variables(val).map_err(|m| e(cx, m))?,
+                "allow_failure" => rule.allow_failure = val.as_bool(),
+                other => cx.unsupported(&format!("rules:{other}"), owner),
+            }
+        }
+        rules.push(rule);
+    }
+    Ok(rules)
+}
+
+fn parse_filter(v: &Value, job: &str, key: &str, cx: &mut Ctx<'_>) -> Result<RefFilter> {
+    let e = |cx: &Ctx<'_>, m: String| cx.err(job, format!("job {job:?}: {key}: {m}"));
+    match v {
+        Value::Mapping(m) => {
+            let mut f = RefFilter::default();
+            for (k, val) in m {
+                match k.as_str().unwrap_or_default() {
+                    "refs" => {
+                        f.refs = names(val).ok_or_else(|| e(cx, "`refs` must be a list".into()))?
+                    }
+                    "variables" => {
+                        for text in names(val).ok_or_else(|| {
+                            e(cx, "`variables` must be a list of expressions".into())
+                        })? {
+                            let expr = Expr::parse(&text).map_err(|err| e(cx, err.to_string()))?;
+                            f.variables.push((text, expr));
+                        }
+                    }
+                    other => cx.unsupported(&format!("{key}:{other}"), job),
+                }
+            }
+            Ok(f)
+        }
+        other => Ok(RefFilter {
+            refs: names(other)
+                .ok_or_else(|| e(cx, "expected a list of refs or a mapping".into()))?,
+            variables: Vec::new(),
+        }),
+    }
+}
+
+fn parse_image(v: &Value) -> std::result::Result<Image, String> {
+    match v {
+        Value::Mapping(m) => Ok(Image {
+            name: m
+                .get("name")
+                .and_then(scalar)
+                .ok_or("`image` needs a `name`")?,
+            entrypoint: m
+                .get("entrypoint")
+                .map(|e| names(e).ok_or("`image:entrypoint` must be a list"))
+                .transpose()?,
+        }),
+        other => Ok(Image {
+            name: scalar(other).ok_or("`image` must be a name or a mapping")?,
+            entrypoint: None,
+        }),
+    }
+}
+
+/// Parses a `variables:` mapping (values are scalars or `{value, expand, description}`).
+fn parse_variables(v: &Value) -> std::result::Result<Variables, String> {
+    let mut vars = Variables::new();
+    let map = match v {
+        Value::Mapping(m) => m,
+        Value::Null => return Ok(vars),
+        _ => return Err("`variables` must be a mapping of names to values".into()),
+    };
+    for (k, val) in map {
+        let name = scalar(k).ok_or("variable names are strings")?;
+        let var = match val {
+            Value::Mapping(m) => {
+                let value = m
+                    .get("value")
+                    .map_or(Some(String::new()), scalar)
+                    .ok_or(format!("{name}: `value` must be a scalar"))?;
+                let expand = m.get("expand").and_then(Value::as_bool).unwrap_or(true);
+                Variable::new(name, value).with_expand(expand)
+            }
+            Value::Null => Variable::new(name, ""),
+            other => Variable::new(
+                name.clone(),
+                scalar(other).ok_or(format!("{name}: value must be a string or number"))?,
+            ),
+        };
+        vars.push(var);
+    }
+    Ok(vars)
+}
+
+/// A script: a string or a list of strings, nested lists (from `!reference`) flattened.
+fn script(v: &Value) -> std::result::Result<Vec<String>, String> {
+    fn walk(v: &Value, out: &mut Vec<String>, depth: usize) -> std::result::Result<(), String> {
+        match v {
+            Value::Sequence(s) if depth < 10 => s.iter().try_for_each(|x| walk(x, out, depth + 1)),
+            Value::Sequence(_) => Err("script lists nested deeper than 10 levels".into()),
+            other => {
+                out.push(scalar(other).ok_or("script lines must be strings")?);
+                Ok(())
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut out, 0)?;
+    Ok(out)
+}
+
+/// A list of scalars (a single scalar counts as a one-element list).
+fn names(v: &Value) -> Option<Vec<String>> {
+    match v {
+        Value::Sequence(s) => s.iter().map(scalar).collect(),
+        other => scalar(other).map(|s| vec![s]),
+    }
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Pipeline> {
+        Pipeline::parse(text, Path::new(".gitlab-ci.yml"), Path::new("."))
+    }
+
+    #[test]
+    fn defaults_and_job_overrides() {
+        let p = parse(
+            "image: alpine:3\nbefore_script: [global-before]\ndefault:\n  after_script: [default-after]\nbuild:\n  stage: build\n  script: echo hi\ntest:\n  image: {name: busybox, entrypoint: ['']}\n  before_script: []\n  script: [a, b]\n",
+        )
+        .unwrap();
+        assert_eq!(p.stages, [".pre", "build", "test", "deploy", ".post"]);
+        let build = p.job("build").unwrap();
+        assert_eq!(build.image.as_ref().unwrap().name, "alpine:3");
+        assert_eq!(build.before_script, ["global-before"]);
+        assert_eq!(build.after_script, ["default-after"]);
+        assert_eq!(build.script, ["echo hi"]);
+        let test = p.job("test").unwrap();
+        assert_eq!(test.stage, "test");
+        assert_eq!(
+            test.image.as_ref().unwrap().entrypoint,
+            Some(vec![String::new()])
+        );
+        assert!(test.before_script.is_empty());
+    }
+
+    #[test]
+    fn unknown_stage_is_an_error_with_the_line() {
+        let err = parse("stages: [build]\n\njob:\n  stage: deploy\n  script: [x]\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".gitlab-ci.yml:3: job \"job\": chosen stage `deploy` does not exist; available stages are build"
+        );
+    }
+
+    #[test]
+    fn unsupported_keywords_give_one_warning() {
+        let p = parse("services: [x]\na:\n  script: [x]\n  cache: {}\n  retry: 2\nb:\n  script: [x]\n  cache: {}\n").unwrap();
+        assert_eq!(p.warnings.len(), 1);
+        assert_eq!(
+            p.warnings[0].to_string(),
+            "unsupported keywords are ignored: `cache` (a, b), `retry` (a), `services` ((global))"
+        );
+    }
+
+    #[test]
+    fn variables_forms() {
+        let p = parse(
+            "variables:\n  N: 3\n  RAW: {value: '$X', expand: false}\n  E:\njob:\n  script: [x]\n",
+        )
+        .unwrap();
+        let v: Vec<_> = p
+            .variables
+            .iter()
+            .map(|v| (v.name.as_str(), v.value.as_str(), v.expand))
+            .collect();
+        assert_eq!(v, [("N", "3", true), ("RAW", "$X", false), ("E", "", true)]);
+    }
+
+    #[test]
+    fn job_keywords_parse() {
+        let p = parse(
+            "deploy:\n  stage: deploy\n  script: [d]\n  environment: {name: review/$CI_COMMIT_REF_SLUG, url: 'https://x'}\n  needs: [build, {job: lint, artifacts: false, optional: true}]\n  dependencies: [build]\n  artifacts: {paths: [out/], when: always}\n  allow_failure: {exit_codes: [3, 4]}\n  when: manual\n  only: {refs: [master, /^release-.*$/], variables: ['$DEPLOY == \"1\"']}\n",
+        )
+        .unwrap();
+        let j = p.job("deploy").unwrap();
+        assert_eq!(
+            j.environment.as_ref().unwrap().name,
+            "review/$CI_COMMIT_REF_SLUG"
+        );
+        assert_eq!(
+            j.needs.as_ref().unwrap()[1],
+            Need {
+                job: "lint".into(),
+                artifacts: false,
+                optional: true
+            }
+        );
+        assert_eq!(j.artifacts.as_ref().unwrap().when, When::Always);
+        let allow = j.allow_failure.as_ref().unwrap();
+        assert!(allow.allows(Some(3)) && !allow.allows(Some(1)));
+        assert_eq!(j.when, When::Manual);
+        assert_eq!(j.only.as_ref().unwrap().refs, ["master", "/^release-.*$/"]);
+        assert_eq!(j.only.as_ref().unwrap().variables.len(), 1);
+        assert_eq!(j.line, 1);
+    }
+
+    #[test]
+    fn rules_with_only_is_rejected_and_missing_script_too() {
+        assert!(parse("j:\n  script: [x]\n  only: [a]\n  rules: [{when: always}]\n").is_err());
+        let err = parse("variables: {}\nj:\n  stage: test\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".gitlab-ci.yml:2: job \"j\": a job needs a `script`"
+        );
+    }
+}
