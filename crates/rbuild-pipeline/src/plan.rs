@@ -154,7 +154,7 @@ impl fmt::Display for Plan {
                 let env = j
                     .environment
                     .as_ref()
-                    .map(|e| format!(" → {}", e.name))
+                    .map(|e| format!(" → env {} ({})", e.name, e.slug))
                     .unwrap_or_default();
                 writeln!(f, "  {}{when}{env}: {}", j.name, j.reason)?;
             }
@@ -303,12 +303,14 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
         let pre_env = vars.expand_all()?;
         let environment = job.environment.as_ref().map(|e| {
             let name = expand(&e.name, &pre_env);
-            let url = e.url.as_ref().map(|u| expand(u, &pre_env));
-            PlannedEnvironment {
-                slug: crate::slug::environment_slug(&name),
-                name,
-                url,
-            }
+            let slug = crate::slug::environment_slug(&name);
+            // The URL may use the environment's own name and slug (the usual review-app form
+            // `https://$CI_ENVIRONMENT_SLUG.example.com`).
+            let mut with_env = pre_env.clone();
+            with_env.insert("CI_ENVIRONMENT_NAME".into(), name.clone());
+            with_env.insert("CI_ENVIRONMENT_SLUG".into(), slug.clone());
+            let url = e.url.as_ref().map(|u| expand(u, &with_env));
+            PlannedEnvironment { name, slug, url }
         });
         let id = cx
             .pipeline_id
@@ -438,10 +440,14 @@ fn only_except(
             return Err(format!("except:variables: `{t}` is true"));
         }
     }
-    Ok(if implicit {
-        format!("no only/except: runs for every branch and tag ({kind} {ref_name})")
+    let only_text = if implicit {
+        format!("no only: runs for every branch and tag ({kind} {ref_name})")
     } else {
         format!("only: `{pattern}` matches {kind} {ref_name}")
+    };
+    Ok(match &job.except {
+        Some(_) => format!("{only_text}; except: no match"),
+        None => only_text,
     })
 }
 
@@ -481,9 +487,12 @@ fn artifact_sources(job: &Job, planned: &[PlannedJob]) -> Vec<String> {
     if let Some(deps) = &job.dependencies {
         return deps.iter().filter(|d| runs(d)).cloned().collect();
     }
+    // GitLab's default: artifacts of all jobs of earlier stages (only those that keep any).
     planned
         .iter()
-        .filter(|p| p.stage != job.stage)
+        .filter(|p| {
+            p.stage != job.stage && p.artifacts.as_ref().is_some_and(|a| !a.paths.is_empty())
+        })
         .map(|p| p.name.clone())
         .collect()
 }
