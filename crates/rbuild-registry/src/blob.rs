@@ -230,15 +230,15 @@ impl Client {
             let fut = self.send(ctx, Access::Push, &[], false, &mut make);
             with_progress(fut, &counter, progress).await?
         };
-        if let Some(Err(e)) = outcome.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        let read = outcome.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(Err(e)) = read {
             return Err(io_error(ctx, digest, e));
         }
         if resp.status() != StatusCode::ACCEPTED {
             return Err(ctx.status_error(resp, "upload session").await);
         }
         let next = response::location(resp.headers(), &location).unwrap_or(location);
-        let actual = outcome.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match actual {
+        match read {
             Some(Ok(actual)) if &actual == digest => {}
             Some(Ok(actual)) => return Err(mismatch(ctx, digest, actual)),
             _ => return Err(ctx.protocol("the blob body was not fully sent")),
