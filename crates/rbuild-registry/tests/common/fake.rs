@@ -116,6 +116,9 @@ fn serve(stream: TcpStream, handler: &Handler, reqs: &Mutex<Vec<Req>>) {
         };
         let resp = handler(&req);
         reqs.lock().unwrap().push(req.clone());
+        if resp.status == 0 {
+            return; // status 0: drop the connection without answering
+        }
         let reason = match resp.status {
             200 => "OK",
             201 => "Created",
