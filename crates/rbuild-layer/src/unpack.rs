@@ -593,12 +593,20 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Meta>
         ),
     };
     let h = entry.header();
+    let old = h.as_old();
     let mut meta = Meta {
-        mode: h.mode().map_err(|_| bad("mode"))? & 0o7777,
-        uid: u32::try_from(h.uid().map_err(|_| bad("uid"))?).map_err(|_| bad("uid"))?,
-        gid: u32::try_from(h.gid().map_err(|_| bad("gid"))?).map_err(|_| bad("gid"))?,
+        mode: numeric(&old.mode, h.mode().map(u64::from)).ok_or_else(|| bad("mode"))? as u32
+            & 0o7777,
+        uid: numeric(&old.uid, h.uid())
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| bad("uid"))?,
+        gid: numeric(&old.gid, h.gid())
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| bad("gid"))?,
         mtime: TimeSpec::new(
-            i64::try_from(h.mtime().map_err(|_| bad("mtime"))?).map_err(|_| bad("mtime"))?,
+            numeric(&old.mtime, h.mtime())
+                .and_then(|v| i64::try_from(v).ok())
+                .ok_or_else(|| bad("mtime"))?,
             0,
         ),
         xattrs: Vec::new(),
@@ -629,6 +637,15 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Meta>
         }
     }
     Ok(meta)
+}
+
+/// A numeric header field; an empty one (all NUL or spaces) reads as 0, as Go's
+/// `archive/tar` and GNU tar read it.
+fn numeric(raw: &[u8], parsed: io::Result<u64>) -> Option<u64> {
+    if raw.iter().all(|&b| b == 0 || b == b' ') {
+        return Some(0);
+    }
+    parsed.ok()
 }
 
 fn parse_num(v: &[u8]) -> Option<u32> {
