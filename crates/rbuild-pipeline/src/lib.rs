@@ -55,4 +55,4 @@ pub use run::{
     Event, JobContext, JobOutcome, JobOutput, JobReport, JobRunner, JobStatus, Masker, RunOptions,
     RunReport, Runner, ShellRunner, Stream,
 };
-pub use variables::{Variable, Variables};
+pub use variables::{Variable, Variables, parse_var_file};

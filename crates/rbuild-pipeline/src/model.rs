@@ -1,13 +1,13 @@
 //! The typed pipeline: stages, jobs and the keywords we support.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 use crate::expr::Expr;
 use crate::load::build;
-use crate::variables::Variables;
+use crate::variables::{Variable, Variables, expand_with};
 use crate::yaml;
 
 /// GitLab's default stages when the file has no `stages:` (`.pre` and `.post` always exist).
@@ -251,5 +251,77 @@ impl Pipeline {
     /// The job with this name.
     pub fn job(&self, name: &str) -> Option<&Job> {
         self.jobs.iter().find(|j| j.name == name)
+    }
+
+    /// Variable names the file uses (`$NAME`, `${NAME}` in variables, scripts, images,
+    /// environments, rules and `only`/`except` expressions) but does not define, leaving out
+    /// the names rbuild predefines: what the user has to supply as secret variables (the
+    /// seed's `GOOGLE_REGISTRY_TOKEN`, `GOOGLE_PROJECT_ID`, and `CI_REGISTRY`, which only a
+    /// GitLab server with a registry would define).
+    pub fn undefined_variables(&self) -> BTreeSet<String> {
+        let mut used = BTreeSet::new();
+        let mut scan = |text: &str| {
+            expand_with(text, |n| {
+                used.insert(n.to_owned());
+                None
+            });
+        };
+        let scan_vars = |vars: &Variables, scan: &mut dyn FnMut(&str)| {
+            vars.iter()
+                .filter(|v| v.expand)
+                .for_each(|v| scan(&v.value));
+        };
+        scan_vars(&self.variables, &mut scan);
+        for rule in self.workflow_rules.iter().flatten() {
+            rule.condition.iter().for_each(|(t, _)| scan(t));
+            scan_vars(&rule.variables, &mut scan);
+        }
+        for job in &self.jobs {
+            scan_vars(&job.variables, &mut scan);
+            job.before_script
+                .iter()
+                .chain(&job.script)
+                .chain(&job.after_script)
+                .for_each(|l| scan(l));
+            if let Some(i) = &job.image {
+                scan(&i.name);
+            }
+            if let Some(e) = &job.environment {
+                scan(&e.name);
+                e.url.iter().for_each(|u| scan(u));
+            }
+            for rule in job.rules.iter().flatten() {
+                rule.condition.iter().for_each(|(t, _)| scan(t));
+                scan_vars(&rule.variables, &mut scan);
+            }
+            for f in job.only.iter().chain(&job.except) {
+                f.variables.iter().for_each(|(t, _)| scan(t));
+            }
+        }
+        let defined = |n: &str| {
+            self.variables.get(n).is_some()
+                || self.jobs.iter().any(|j| j.variables.get(n).is_some())
+                || crate::predefined::is_predefined(n)
+        };
+        used.into_iter().filter(|n| !defined(n)).collect()
+    }
+
+    /// Secret variables taken from the environment: every [undefined
+    /// variable](Pipeline::undefined_variables) that `lookup` (e.g. `std::env::var`) knows.
+    /// Shell-level names such as `HOME` or `PATH` are never taken: scripts see them anyway.
+    pub fn secrets_from(&self, lookup: impl Fn(&str) -> Option<String>) -> Variables {
+        const SHELL: [&str; 8] = [
+            "HOME", "PATH", "PWD", "USER", "SHELL", "TERM", "LANG", "HOSTNAME",
+        ];
+        let mut vars = Variables::new();
+        for name in self.undefined_variables() {
+            if SHELL.contains(&name.as_str()) {
+                continue;
+            }
+            if let Some(value) = lookup(&name) {
+                vars.push(Variable::secret(name, value));
+            }
+        }
+        vars
     }
 }

@@ -257,6 +257,47 @@ pub fn job_variables(
     v
 }
 
+/// Every name this module can set, for telling predefined names from user-supplied ones.
+const PREDEFINED: [&str; 32] = [
+    "CI",
+    "CI_COMMIT_SHA",
+    "CI_COMMIT_SHORT_SHA",
+    "CI_COMMIT_REF_NAME",
+    "CI_COMMIT_REF_SLUG",
+    "CI_COMMIT_BRANCH",
+    "CI_COMMIT_TAG",
+    "CI_DEFAULT_BRANCH",
+    "CI_PROJECT_NAME",
+    "CI_PROJECT_DIR",
+    "CI_PROJECT_PATH",
+    "CI_PROJECT_PATH_SLUG",
+    "CI_PIPELINE_ID",
+    "CI_PIPELINE_SOURCE",
+    "CI_JOB_TOKEN",
+    "CI_JOB_NAME",
+    "CI_JOB_STAGE",
+    "CI_JOB_ID",
+    "CI_JOB_STATUS",
+    "CI_ENVIRONMENT_NAME",
+    "CI_ENVIRONMENT_SLUG",
+    "CI_ENVIRONMENT_URL",
+    "CI_SERVER",
+    "CI_BUILD_REF",
+    "CI_BUILD_REF_NAME",
+    "CI_BUILD_REF_SLUG",
+    "CI_BUILD_TAG",
+    "CI_BUILD_TOKEN",
+    "CI_BUILD_NAME",
+    "CI_BUILD_STAGE",
+    "CI_BUILD_ID",
+    "GITLAB_CI",
+];
+
+/// Whether rbuild sets `name` itself (so the user need not supply it).
+pub(crate) fn is_predefined(name: &str) -> bool {
+    PREDEFINED.contains(&name)
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

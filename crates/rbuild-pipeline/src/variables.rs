@@ -138,6 +138,60 @@ impl Variables {
     }
 }
 
+/// Parses a variables file (`--var-file`): `KEY=VALUE` lines, `#` comments and blank lines
+/// ignored, an optional `export ` prefix, values optionally in single quotes (literal) or
+/// double quotes (`\n`, `\"` and `\\` unescaped), as dotenv files write them. Every variable is
+/// a secret (masked).
+///
+/// # Errors
+///
+/// A message naming the 1-based line that is not `KEY=VALUE` with a valid name.
+pub fn parse_var_file(text: &str) -> std::result::Result<Variables, String> {
+    let mut vars = Variables::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((key, value)) = line.split_once('=') else {
+            return Err(format!("line {}: expected KEY=VALUE", i + 1));
+        };
+        let key = key.trim();
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("line {}: invalid variable name {key:?}", i + 1));
+        }
+        let value = value.trim();
+        let value = if let Some(v) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
+            v.to_owned()
+        } else if let Some(v) = value.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
+            unescape_double_quoted(v)
+        } else {
+            value.to_owned()
+        };
+        // A file's values are data, not templates: no `$` expansion.
+        vars.push(Variable::secret(key, value).with_expand(false));
+    }
+    Ok(vars)
+}
+
+fn unescape_double_quoted(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
 fn resolve(
     name: &str,
     raw: &HashMap<&str, &Variable>,
@@ -302,6 +356,31 @@ mod tests {
         assert_eq!(v.get("TOKEN"), Some("other"));
         assert_eq!(v.masked_values(), vec!["other".to_owned()]);
         assert_eq!(v.len(), 1);
+    }
+
+    #[test]
+    fn var_file_forms() {
+        let v =
+            parse_var_file("# comment\n\nexport A=1\nB = 'x $y'\nC=\"l1\\nl2 \\\"q\\\"\"\nD=\n")
+                .unwrap();
+        let got: Vec<_> = v
+            .iter()
+            .map(|v| (v.name.as_str(), v.value.as_str(), v.masked, v.expand))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("A", "1", true, false),
+                ("B", "x $y", true, false),
+                ("C", "l1\nl2 \"q\"", true, false),
+                ("D", "", true, false)
+            ]
+        );
+        assert_eq!(
+            parse_var_file("ok=1\nnot a pair\n").unwrap_err(),
+            "line 2: expected KEY=VALUE"
+        );
+        assert!(parse_var_file("BAD-NAME=1").is_err());
     }
 
     #[test]

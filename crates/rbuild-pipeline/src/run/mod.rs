@@ -518,7 +518,7 @@ impl<R: JobRunner> Runner<R> {
         });
         let out = JobOutput::new(
             job.name.clone(),
-            Masker::new(job.variables.masked_values()),
+            Masker::new(secret_values(job)),
             sink.clone(),
         );
         let artifacts_root = work.join("artifacts");
@@ -604,6 +604,22 @@ impl<R: JobRunner> Runner<R> {
             exit_code: outcome.exit_code,
         })
     }
+}
+
+/// Raw and expanded values of the job's masked variables (they differ when a secret's value
+/// contains `$`).
+fn secret_values(job: &PlannedJob) -> Vec<String> {
+    let mut values = job.variables.masked_values();
+    for v in job.variables.iter().filter(|v| v.masked) {
+        if let Some(expanded) = job
+            .env
+            .get(&v.name)
+            .filter(|e| !e.is_empty() && **e != v.value)
+        {
+            values.push(expanded.clone());
+        }
+    }
+    values
 }
 
 fn artifact_dir_name(job: &str) -> String {
