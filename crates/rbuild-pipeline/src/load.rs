@@ -169,6 +169,7 @@ pub(crate) fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
         }
         jobs.push(job);
     }
+    check_references(&jobs, &stages, &cx)?;
     if jobs.is_empty() {
         return Err(Error::Invalid {
             path: path.to_owned(),
@@ -196,6 +197,52 @@ pub(crate) fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
         jobs,
         warnings,
     })
+}
+
+/// GitLab rejects `needs`/`dependencies` naming a job that does not exist or does not come
+/// earlier (`needs` may also name a job of the same stage since GitLab 14.2).
+fn check_references(jobs: &[Job], stages: &[String], cx: &Ctx<'_>) -> Result<()> {
+    let stage_of = |name: &str| {
+        jobs.iter()
+            .find(|j| j.name == name)
+            .and_then(|j| stages.iter().position(|s| *s == j.stage))
+    };
+    for job in jobs {
+        let own = stages.iter().position(|s| *s == job.stage).unwrap_or(0);
+        for need in job.needs.iter().flatten() {
+            match stage_of(&need.job) {
+                None if need.optional => {}
+                None => {
+                    return Err(cx.err(
+                        &job.name,
+                        format!("job {:?}: undefined need: {}", job.name, need.job),
+                    ));
+                }
+                Some(s) if s > own => {
+                    return Err(cx.err(
+                        &job.name,
+                        format!(
+                            "job {:?}: need {} is in a later stage ({})",
+                            job.name, need.job, stages[s]
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        for dep in job.dependencies.iter().flatten() {
+            if stage_of(dep).is_none_or(|s| s >= own) {
+                return Err(cx.err(
+                    &job.name,
+                    format!(
+                        "job {:?}: dependency {dep} is not defined in an earlier stage",
+                        job.name
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn parse_job(name: &str, map: &Mapping, cx: &mut Ctx<'_>) -> Result<Job> {
@@ -602,7 +649,7 @@ mod tests {
     #[test]
     fn job_keywords_parse() {
         let p = parse(
-            "deploy:\n  stage: deploy\n  script: [d]\n  environment: {name: review/$CI_COMMIT_REF_SLUG, url: 'https://x'}\n  needs: [build, {job: lint, artifacts: false, optional: true}]\n  dependencies: [build]\n  artifacts: {paths: [out/], when: always}\n  allow_failure: {exit_codes: [3, 4]}\n  when: manual\n  only: {refs: [master, /^release-.*$/], variables: ['$DEPLOY == \"1\"']}\n",
+            "deploy:\n  stage: deploy\n  script: [d]\n  environment: {name: review/$CI_COMMIT_REF_SLUG, url: 'https://x'}\n  needs: [build, {job: lint, artifacts: false, optional: true}]\n  dependencies: [build]\n  artifacts: {paths: [out/], when: always}\n  allow_failure: {exit_codes: [3, 4]}\n  when: manual\n  only: {refs: [master, /^release-.*$/], variables: ['$DEPLOY == \"1\"']}\nbuild:\n  stage: build\n  script: [b]\n",
         )
         .unwrap();
         let j = p.job("deploy").unwrap();
@@ -625,6 +672,31 @@ mod tests {
         assert_eq!(j.only.as_ref().unwrap().refs, ["master", "/^release-.*$/"]);
         assert_eq!(j.only.as_ref().unwrap().variables.len(), 1);
         assert_eq!(j.line, 1);
+    }
+
+    #[test]
+    fn needs_and_dependencies_must_point_backwards() {
+        let err = parse("a:\n  script: [x]\n  needs: [nope]\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".gitlab-ci.yml:1: job \"a\": undefined need: nope"
+        );
+        assert!(parse("a:\n  script: [x]\n  needs: [{job: nope, optional: true}]\n").is_ok());
+        let later =
+            "a:\n  stage: build\n  script: [x]\n  needs: [b]\nb:\n  stage: test\n  script: [x]\n";
+        assert!(
+            parse(later)
+                .unwrap_err()
+                .to_string()
+                .contains("later stage")
+        );
+        let same = "a:\n  script: [x]\n  dependencies: [b]\nb:\n  script: [x]\n";
+        assert!(
+            parse(same)
+                .unwrap_err()
+                .to_string()
+                .contains("earlier stage")
+        );
     }
 
     #[test]
