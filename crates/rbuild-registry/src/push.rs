@@ -216,11 +216,16 @@ impl Client {
         if self.blob_exists(target, &blob.digest).await?.is_some() {
             return Ok(BlobStatus::AlreadyExists);
         }
-        let mut session = None;
-        for from in mount_from
+        let candidates: Vec<&Reference> = mount_from
             .iter()
             .filter(|r| r.registry() == target.registry() && r.repository() != target.repository())
-        {
+            .collect();
+        let mut session: Option<url::Url> = None;
+        for from in candidates {
+            if let Some(open) = session.take() {
+                // The previous candidate did not have it: drop its session, try the next.
+                let _ = self.cancel_upload(target, &open).await;
+            }
             match self
                 .mount_blob(target, &blob.digest, from.repository())
                 .await?
@@ -228,12 +233,9 @@ impl Client {
                 MountOutcome::Mounted => {
                     return Ok(BlobStatus::MountedFrom(from.repository().to_owned()));
                 }
-                // The registry could not mount and opened a session: upload into it
-                // (distribution spec: 202 "falls back to a regular upload").
-                MountOutcome::Session(url) => {
-                    session = Some(url);
-                    break;
-                }
+                // The registry could not mount and opened a session: the last one is uploaded
+                // into (distribution spec: 202 "falls back to a regular upload").
+                MountOutcome::Session(url) => session = Some(url),
             }
         }
         let progress = AtomicU64::new(0);
