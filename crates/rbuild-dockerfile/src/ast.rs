@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Warning};
 use crate::lex::Lexer;
+pub(crate) use crate::line_parsers::new_node_from_line;
 
 /// A heredoc attached to a RUN, COPY or ADD line (`<<EOF`, `<<-EOF`, `3<<"EOF"`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -255,11 +256,26 @@ fn directive_match(line: &str) -> Option<(&str, &str)> {
     Some((name, value))
 }
 
-/// The result of the line reader.
-pub(crate) struct Ast {
+/// The untyped result of the line reader (BuildKit's `parser.Result`), for tools that want
+/// BuildKit's parser behaviour without the instruction rules (an unknown keyword is kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ast {
+    /// One node per instruction, in file order.
     pub nodes: Vec<Node>,
+    /// Parser directives.
     pub directives: Directives,
+    /// Empty continuation line warnings.
     pub warnings: Vec<Warning>,
+}
+
+impl Ast {
+    /// BuildKit's dump of the whole file: `(node)` per line.
+    pub fn dump(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| format!("({})\n", n.dump()))
+            .collect()
+    }
 }
 
 fn trim_newline(s: &str) -> &str {
@@ -297,7 +313,12 @@ fn process_line(d: &mut DirectiveState, raw: &str, strip_left: bool) -> Result<S
 }
 
 /// Reads `src` into nodes, as BuildKit's `parser.Parse`.
-pub(crate) fn parse_ast(src: &str) -> Result<Ast, Error> {
+///
+/// # Errors
+///
+/// A repeated or invalid directive, a JSON array with non-strings, an unterminated heredoc, a
+/// file without instructions.
+pub fn parse_ast(src: &str) -> Result<Ast, Error> {
     let src = src.strip_prefix('\u{FEFF}').unwrap_or(src);
     let mut d = DirectiveState::default();
     let mut lines = src.split_inclusive('\n');
@@ -384,344 +405,6 @@ fn set_lines(node: &mut Node, start: usize, end: usize) {
             set_lines(n, start, end);
         }
     }
-}
-
-/// Splits the keyword, the flags and the rest, then runs the keyword's line parser.
-pub(crate) fn new_node_from_line(line: &str, escape: char) -> Result<Node, ErrorKind> {
-    let (cmd, flags, rest) = split_command(line);
-    let syntax = ErrorKind::Syntax;
-    let (args, json) = match cmd.as_str() {
-        "add" | "copy" | "volume" => parse_maybe_json_to_list(&rest).map_err(syntax)?,
-        "arg" => (values(parse_words(&rest, escape)), false),
-        "cmd" | "entrypoint" | "run" | "shell" => parse_maybe_json(&rest).map_err(syntax)?,
-        "env" => (parse_name_val(&rest, "ENV", escape).map_err(syntax)?, false),
-        "label" => (
-            parse_name_val(&rest, "LABEL", escape).map_err(syntax)?,
-            false,
-        ),
-        "expose" | "from" => (values(split_whitespace(&rest)), false),
-        "healthcheck" => parse_health_config(&rest).map_err(syntax)?,
-        "maintainer" | "stopsignal" | "user" | "workdir" => {
-            (values((!rest.is_empty()).then_some(rest.clone())), false)
-        }
-        "onbuild" => {
-            if rest.is_empty() {
-                (Vec::new(), false)
-            } else {
-                let child = new_node_from_line(&rest, escape)?;
-                (vec![NodeArg::Sub(Box::new(child))], false)
-            }
-        }
-        // BuildKit's parseIgnore: an unknown keyword keeps one empty argument; the typed layer
-        // rejects it.
-        _ => (vec![NodeArg::Value(String::new())], false),
-    };
-    Ok(Node {
-        value: cmd,
-        flags,
-        args,
-        json,
-        original: line.to_string(),
-        start_line: 0,
-        end_line: 0,
-        heredocs: Vec::new(),
-    })
-}
-
-fn values(v: impl IntoIterator<Item = String>) -> Vec<NodeArg> {
-    v.into_iter().map(NodeArg::Value).collect()
-}
-
-fn is_token_ws(c: char) -> bool {
-    // BuildKit `reWhitespace` / `tokenWhitespace`: [\t\v\f\r ]+
-    matches!(c, '\t' | '\x0b' | '\x0c' | '\r' | ' ')
-}
-
-fn split_whitespace(rest: &str) -> Vec<String> {
-    if rest.is_empty() {
-        return Vec::new();
-    }
-    rest.split(is_token_ws)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-fn split_command(line: &str) -> (String, Vec<String>, String) {
-    let trimmed = line.trim();
-    let (cmd, rest) = match trimmed.find(is_token_ws) {
-        Some(i) => (
-            &trimmed[..i],
-            Some(trimmed[i..].trim_start_matches(is_token_ws)),
-        ),
-        None => (trimmed, None),
-    };
-    let (rest, flags) = match rest {
-        Some(r) => extract_builder_flags(r),
-        None => (String::new(), Vec::new()),
-    };
-    (cmd.to_lowercase(), flags, rest.trim().to_string())
-}
-
-/// BuildKit `extractBuilderFlags`: leading words that start with `--`, quotes removed, `\`
-/// escaping the next character; `--` alone ends the flags. Returns the rest and the flags.
-fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
-    #[derive(PartialEq)]
-    enum Phase {
-        Spaces,
-        Word,
-        Quote,
-    }
-    let chars: Vec<(usize, char)> = line.char_indices().collect();
-    let mut words = Vec::new();
-    let mut phase = Phase::Spaces;
-    let mut word = String::new();
-    let mut quote = '\0';
-    let mut blank_ok = false;
-    let mut pos = 0;
-    while pos <= chars.len() {
-        let at_end = pos == chars.len();
-        let ch = chars.get(pos).map_or('\0', |&(_, c)| c);
-        if phase == Phase::Spaces {
-            if at_end {
-                break;
-            }
-            if ch.is_whitespace() {
-                pos += 1;
-                continue;
-            }
-            if ch != '-' || chars.get(pos + 1).map(|&(_, c)| c) != Some('-') {
-                return (line[chars[pos].0..].to_string(), words);
-            }
-            phase = Phase::Word;
-        }
-        if at_end {
-            if word != "--" && (blank_ok || !word.is_empty()) {
-                words.push(word);
-            }
-            break;
-        }
-        if phase == Phase::Word {
-            if ch.is_whitespace() {
-                phase = Phase::Spaces;
-                if word == "--" {
-                    return (line[chars[pos].0..].to_string(), words);
-                }
-                if blank_ok || !word.is_empty() {
-                    words.push(std::mem::take(&mut word));
-                }
-                word.clear();
-                blank_ok = false;
-                pos += 1;
-                continue;
-            }
-            if ch == '\'' || ch == '"' {
-                quote = ch;
-                blank_ok = true;
-                phase = Phase::Quote;
-                pos += 1;
-                continue;
-            }
-            let mut c = ch;
-            if ch == '\\' {
-                if pos + 1 == chars.len() {
-                    pos += 1;
-                    continue;
-                }
-                pos += 1;
-                c = chars[pos].1;
-            }
-            word.push(c);
-            pos += 1;
-            continue;
-        }
-        // Phase::Quote
-        if ch == quote {
-            phase = Phase::Word;
-            pos += 1;
-            continue;
-        }
-        let mut c = ch;
-        if ch == '\\' {
-            if pos + 1 == chars.len() {
-                phase = Phase::Word;
-                pos += 1;
-                continue;
-            }
-            pos += 1;
-            c = chars[pos].1;
-        }
-        word.push(c);
-        pos += 1;
-    }
-    (String::new(), words)
-}
-
-/// BuildKit `parseWords`: whitespace-separated words, quotes and escapes kept for the later
-/// expansion step.
-fn parse_words(rest: &str, escape: char) -> Vec<String> {
-    #[derive(PartialEq)]
-    enum Phase {
-        Spaces,
-        Word,
-        Quote,
-    }
-    let chars: Vec<char> = rest.chars().collect();
-    let mut words = Vec::new();
-    let mut phase = Phase::Spaces;
-    let mut quote = '\0';
-    let mut blank_ok = false;
-    let mut sb = String::new();
-    let mut pos = 0;
-    while pos <= chars.len() {
-        let at_end = pos == chars.len();
-        let mut ch = chars.get(pos).copied().unwrap_or('\0');
-        if phase == Phase::Spaces {
-            if at_end {
-                break;
-            }
-            if ch.is_whitespace() {
-                pos += 1;
-                continue;
-            }
-            phase = Phase::Word;
-        }
-        if at_end {
-            if blank_ok || !sb.is_empty() {
-                words.push(sb);
-            }
-            break;
-        }
-        if phase == Phase::Word {
-            if ch.is_whitespace() {
-                phase = Phase::Spaces;
-                if blank_ok || !sb.is_empty() {
-                    words.push(std::mem::take(&mut sb));
-                }
-                blank_ok = false;
-                pos += 1;
-                continue;
-            }
-            if ch == '\'' || ch == '"' {
-                quote = ch;
-                blank_ok = true;
-                phase = Phase::Quote;
-            }
-            if ch == escape {
-                if pos + 1 == chars.len() {
-                    pos += 1;
-                    continue;
-                }
-                sb.push(ch);
-                pos += 1;
-                ch = chars[pos];
-            }
-            sb.push(ch);
-            pos += 1;
-            continue;
-        }
-        // Phase::Quote: the closing quote is kept; escapes work except inside single quotes.
-        if ch == quote {
-            phase = Phase::Word;
-        }
-        if ch == escape && quote != '\'' {
-            if pos + 1 == chars.len() {
-                phase = Phase::Word;
-                pos += 1;
-                continue;
-            }
-            pos += 1;
-            sb.push(ch);
-            ch = chars[pos];
-        }
-        sb.push(ch);
-        pos += 1;
-    }
-    words
-}
-
-/// ENV and LABEL: `k=v …`, or the legacy `k v` form when the first word has no `=`.
-fn parse_name_val(rest: &str, key: &str, escape: char) -> Result<Vec<NodeArg>, String> {
-    let words = parse_words(rest, escape);
-    let Some(first) = words.first() else {
-        return Ok(Vec::new());
-    };
-    if !first.contains('=') {
-        let Some(i) = rest.find(is_token_ws) else {
-            return Err(format!("{key} must have two arguments"));
-        };
-        let value = rest[i..].trim_start_matches(is_token_ws);
-        return Ok(values([
-            rest[..i].to_string(),
-            value.to_string(),
-            String::new(),
-        ]));
-    }
-    let mut out = Vec::new();
-    for w in &words {
-        let Some((k, v)) = w.split_once('=') else {
-            return Err(format!(
-                "Syntax error - can't find = in {}. Must be of the form: name=value",
-                go_quote(w)
-            ));
-        };
-        out.extend(values([k.to_string(), v.to_string(), "=".to_string()]));
-    }
-    Ok(out)
-}
-
-enum JsonError {
-    NotJson,
-    NotStrings,
-}
-
-const NOT_STRINGS: &str = "when using JSON array syntax, arrays must be comprised of strings only";
-
-fn parse_json(rest: &str) -> Result<Vec<String>, JsonError> {
-    let rest = rest.trim_start();
-    if !rest.starts_with('[') {
-        return Err(JsonError::NotJson);
-    }
-    let items: Vec<serde_json::Value> =
-        serde_json::from_str(rest).map_err(|_| JsonError::NotJson)?;
-    items
-        .into_iter()
-        .map(|v| match v {
-            serde_json::Value::String(s) => Ok(s),
-            _ => Err(JsonError::NotStrings),
-        })
-        .collect()
-}
-
-fn parse_maybe_json(rest: &str) -> Result<(Vec<NodeArg>, bool), String> {
-    if rest.is_empty() {
-        return Ok((Vec::new(), false));
-    }
-    match parse_json(rest) {
-        Ok(v) => Ok((values(v), true)),
-        Err(JsonError::NotStrings) => Err(NOT_STRINGS.into()),
-        Err(JsonError::NotJson) => Ok((values([rest.to_string()]), false)),
-    }
-}
-
-fn parse_maybe_json_to_list(rest: &str) -> Result<(Vec<NodeArg>, bool), String> {
-    match parse_json(rest) {
-        Ok(v) => Ok((values(v), true)),
-        Err(JsonError::NotStrings) => Err(NOT_STRINGS.into()),
-        Err(JsonError::NotJson) => Ok((values(split_whitespace(rest)), false)),
-    }
-}
-
-fn parse_health_config(rest: &str) -> Result<(Vec<NodeArg>, bool), String> {
-    let sep = rest.find(char::is_whitespace).unwrap_or(rest.len());
-    if sep == 0 {
-        return Ok((Vec::new(), false));
-    }
-    let next = rest[sep..].trim_start();
-    let (mut cmd, json) = parse_maybe_json(next)?;
-    let mut out = vec![NodeArg::Value(rest[..sep].to_string())];
-    out.append(&mut cmd);
-    Ok((out, json))
 }
 
 /// BuildKit `heredocsFromLine`: the line is split into shell words (quotes and escapes kept,
@@ -872,14 +555,5 @@ mod tests {
             go_quote("a\"b\\c\n\u{1}é\u{a0}"),
             "\"a\\\"b\\\\c\\n\\x01é\\u00a0\""
         );
-    }
-
-    #[test]
-    fn flags_extraction() {
-        let (rest, flags) = extract_builder_flags("--a=1 --b='x y' -- --c d");
-        assert_eq!(flags, ["--a=1", "--b=x y"]);
-        assert_eq!(rest, " --c d");
-        let (rest, flags) = extract_builder_flags("--mount=type=cache");
-        assert_eq!((rest.as_str(), flags.len()), ("", 1));
     }
 }

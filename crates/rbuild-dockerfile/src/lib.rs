@@ -50,15 +50,17 @@ mod ast;
 mod error;
 mod expand;
 mod flags;
+mod healthcheck;
 mod ignore;
 mod instructions;
 mod lex;
+mod line_parsers;
 mod mount;
 mod pattern;
 
 use serde::Serialize;
 
-pub use ast::{Directives, Heredoc, Node, NodeArg, parse_heredoc};
+pub use ast::{Ast, Directives, Heredoc, Node, NodeArg, parse_ast, parse_heredoc};
 pub use error::{Error, ErrorKind, Warning};
 pub use expand::ExpandReport;
 pub use ignore::{Ignore, IgnoreError, IgnorePattern};

@@ -147,3 +147,22 @@ fn real_style_files_parse() {
     }
     assert!(n >= 5, "only {n} real-style files");
 }
+
+/// `testdata/buildkit-ast/<case>/{Dockerfile,result}`: BuildKit parser-level cases (no
+/// instruction rules, so an unknown keyword or a bare HEALTHCHECK is kept), compared with the
+/// dump alone, like BuildKit's own `parser/testfiles`.
+#[test]
+fn buildkit_ast_dumps() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/buildkit-ast");
+    let mut failures = Vec::new();
+    let mut n = 0;
+    for e in std::fs::read_dir(root).unwrap() {
+        let dir = e.unwrap().path();
+        let src = std::fs::read_to_string(dir.join("Dockerfile")).unwrap();
+        let dump = rbuild_dockerfile::parse_ast(&src).unwrap().dump();
+        check(&dir.join("result"), &dump, &mut failures);
+        n += 1;
+    }
+    assert!(n >= 4);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
