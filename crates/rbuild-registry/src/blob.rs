@@ -73,7 +73,16 @@ impl Client {
     ///
     /// Auth, transport and unexpected status errors.
     pub async fn blob_exists(&self, repo: &Reference, digest: &Digest) -> Result<Option<u64>> {
-        let ctx = Ctx::new("check blob in", repo);
+        self.blob_exists_as("check blob in", repo, digest).await
+    }
+
+    pub(crate) async fn blob_exists_as(
+        &self,
+        operation: &'static str,
+        repo: &Reference,
+        digest: &Digest,
+    ) -> Result<Option<u64>> {
+        let ctx = Ctx::new(operation, repo);
         let ep = self.endpoint(repo);
         let resp = self
             .send(&ctx, Access::Pull, &[], true, &mut || {
@@ -98,7 +107,7 @@ impl Client {
         digest: &Digest,
         from: &str,
     ) -> Result<MountOutcome> {
-        let ctx = Ctx::new("mount blob into", target);
+        let ctx = Ctx::new("push to", target);
         let ep = self.endpoint(target);
         // Mounting needs pull on the source repository too (docker `blobs.Mount`).
         let extra = [Access::Pull.scope(from)];
@@ -159,8 +168,8 @@ impl Client {
         let mut attempt = 0;
         loop {
             progress.store(0, Ordering::Relaxed);
-            let location = match session.take() {
-                Some(l) => l,
+            let (location, min_chunk) = match session.take() {
+                Some(l) => (l, None),
                 None => self.start_upload(&ctx, target).await?,
             };
             let result = match self.options.chunk_size {
@@ -169,6 +178,9 @@ impl Client {
                         .await
                 }
                 Some(size) => {
+                    // Honour the registry's minimum chunk (all chunks but the last must be at
+                    // least `OCI-Chunk-Min-Length`, distribution spec 1.1 "chunked upload").
+                    let size = size.max(min_chunk.unwrap_or(0));
                     self.upload_chunked(&ctx, digest, source, location.clone(), size, progress)
                         .await
                 }
@@ -189,7 +201,8 @@ impl Client {
         }
     }
 
-    async fn start_upload(&self, ctx: &Ctx, target: &Reference) -> Result<Url> {
+    /// Opens an upload session: its location and the registry's minimum chunk size.
+    async fn start_upload(&self, ctx: &Ctx, target: &Reference) -> Result<(Url, Option<u64>)> {
         let ep = self.endpoint(target);
         let resp = self
             .send(ctx, Access::Push, &[], true, &mut || {
@@ -199,8 +212,10 @@ impl Client {
         if resp.status() != StatusCode::ACCEPTED {
             return Err(ctx.status_error(resp, "upload session").await);
         }
-        response::location(resp.headers(), ep.base())
-            .ok_or_else(|| ctx.protocol("upload session without Location"))
+        let min_chunk = response::chunk_min_length(resp.headers());
+        let location = response::location(resp.headers(), ep.base())
+            .ok_or_else(|| ctx.protocol("upload session without Location"))?;
+        Ok((location, min_chunk))
     }
 
     async fn upload_streamed(

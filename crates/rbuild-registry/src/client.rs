@@ -260,6 +260,9 @@ impl Client {
             .danger_accept_invalid_certs(!options.tls_verify)
             .redirect(reqwest::redirect::Policy::limited(10))
             .connect_timeout(Duration::from_secs(30))
+            // An inactivity limit per read, not a total: a 1 GiB layer may take minutes, a
+            // registry that stops sending for this long is gone (retried like a reset).
+            .read_timeout(Duration::from_secs(120))
             .build()
             .map_err(Error::ClientBuild)?;
         Ok(Self {

@@ -156,7 +156,15 @@ impl Client {
     /// Auth, transport and status errors; a registry that answers without a valid
     /// `Docker-Content-Digest`.
     pub async fn head_manifest(&self, reference: &Reference) -> Result<Option<ManifestHead>> {
-        let ctx = Ctx::new("inspect", reference);
+        self.head_manifest_as("inspect", reference).await
+    }
+
+    pub(crate) async fn head_manifest_as(
+        &self,
+        operation: &'static str,
+        reference: &Reference,
+    ) -> Result<Option<ManifestHead>> {
+        let ctx = Ctx::new(operation, reference);
         let ep = self.endpoint(reference);
         let tag = reference.tag_or_digest();
         let resp = self

@@ -182,7 +182,7 @@ impl Client {
 
         let digest = Digest::sha256_of(&image.manifest_bytes);
         let size = image.manifest_bytes.len() as u64;
-        let existing = self.head_manifest(target).await?;
+        let existing = self.head_manifest_as("push to", target).await?;
         let pushed = existing.is_none_or(|h| h.digest != digest);
         if pushed {
             self.put_manifest(target, &image.manifest_bytes, &image.manifest_media_type)
@@ -213,7 +213,11 @@ impl Client {
         source: &dyn BlobSource,
         events: Events<'_, PushEvent>,
     ) -> Result<BlobStatus> {
-        if self.blob_exists(target, &blob.digest).await?.is_some() {
+        if self
+            .blob_exists_as("push to", target, &blob.digest)
+            .await?
+            .is_some()
+        {
             return Ok(BlobStatus::AlreadyExists);
         }
         let candidates: Vec<&Reference> = mount_from

@@ -34,6 +34,8 @@ struct Knobs {
     lose_second_chunk: AtomicBool,
     /// Answer 202 (open a session) to every mount.
     mount_202: bool,
+    /// Announce `OCI-Chunk-Min-Length` on new sessions.
+    min_chunk: Option<usize>,
 }
 
 /// A minimal spec-following registry: blobs, upload sessions (streamed and chunked with
@@ -103,9 +105,13 @@ impl Mini {
                 }
                 let id = self.next.fetch_add(1, Ordering::SeqCst).to_string();
                 uploads.insert(id.clone(), Vec::new());
-                Resp::new(202)
+                let mut resp = Resp::new(202)
                     .header("Location", &location(&id))
-                    .header("Range", "0-0")
+                    .header("Range", "0-0");
+                if let Some(min) = self.knobs.min_chunk {
+                    resp = resp.header("OCI-Chunk-Min-Length", &min.to_string());
+                }
+                resp
             }
             "PATCH" => {
                 let n = self.patches.fetch_add(1, Ordering::SeqCst);
@@ -531,4 +537,142 @@ async fn credentials_are_not_forwarded_on_redirect_to_another_host() {
         at_cdn[0].header("authorization").is_none(),
         "credentials leaked to the redirect target"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_honour_oci_chunk_min_length() {
+    let (m, server) = mini(Knobs {
+        min_chunk: Some(50_000),
+        ..Knobs::default()
+    });
+    let (image, blobs) = make_image(16, 1, 120_000);
+    let client = Client::new(options().chunk_size(Some(4096))).unwrap();
+    let target = reference(&server.host(), "app:1");
+    client
+        .push_image(&target, &image, &blobs, &quiet)
+        .await
+        .unwrap();
+    let layer = &image.layers[0].digest;
+    assert_eq!(
+        m.blobs.lock().unwrap().get(&layer.to_string()),
+        blobs.get(layer).as_ref()
+    );
+    let sizes: Vec<usize> = server
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| r.body.len())
+        .collect();
+    // The config is one small chunk; the layer's chunks are 50 000 bytes but the last.
+    assert!(
+        sizes.iter().filter(|s| **s == 50_000).count() >= 2,
+        "{sizes:?}"
+    );
+    assert!(
+        sizes
+            .iter()
+            .all(|s| *s >= 4096 || *s == image.config.size as usize),
+        "{sizes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_api_and_tag_schema_fallback() {
+    let subject = Digest::sha256_of(b"subject");
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": Digest::sha256_of(b"sig").to_string(),
+            "size": 3,
+            "artifactType": "application/vnd.example.sig"
+        }]
+    })
+    .to_string();
+    let with_api = {
+        let index = index.clone();
+        FakeServer::start(move |r| {
+            if r.path().contains("/referrers/") {
+                Resp::new(200)
+                    .header("Content-Type", "application/vnd.oci.image.index.v1+json")
+                    .body(index.clone())
+            } else {
+                Resp::new(404)
+            }
+        })
+    };
+    let tag = format!("/v2/app/manifests/sha256-{}", subject.hex());
+    let without_api = FakeServer::start(move |r| {
+        if r.path() == tag {
+            Resp::new(200)
+                .header("Content-Type", "application/vnd.oci.image.index.v1+json")
+                .body(index.clone())
+        } else {
+            Resp::new(404)
+        }
+    });
+    let client = Client::new(options()).unwrap();
+    for server in [&with_api, &without_api] {
+        let found = client
+            .referrers(&reference(&server.host(), "app:1"), &subject, None)
+            .await
+            .unwrap();
+        assert_eq!(found.manifests().len(), 1);
+    }
+    assert!(
+        without_api
+            .requests()
+            .iter()
+            .any(|r| r.path().contains("/referrers/"))
+    );
+    // Neither API nor fallback tag: an empty index, not an error.
+    let empty = FakeServer::start(|_| Resp::new(404));
+    let found = client
+        .referrers(&reference(&empty.host(), "app:1"), &subject, None)
+        .await
+        .unwrap();
+    assert!(found.manifests().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_tokens_use_the_oauth2_refresh_grant() {
+    let token_server = FakeServer::start(|r| {
+        let form: HashMap<String, String> =
+            url::form_urlencoded::parse(&r.body).into_owned().collect();
+        if r.method == "POST"
+            && form.get("grant_type").map(String::as_str) == Some("refresh_token")
+            && form.get("refresh_token").map(String::as_str) == Some("refresh-me")
+        {
+            Resp::new(200).body(r#"{"access_token":"granted","expires_in":60}"#)
+        } else {
+            Resp::new(401)
+        }
+    });
+    let realm = format!("http://{}/token", token_server.host());
+    let server = FakeServer::start(move |r| {
+        if r.header("authorization") == Some("Bearer granted") {
+            Resp::new(200).header("Content-Length", "5")
+        } else {
+            Resp::new(401).header(
+                "WWW-Authenticate",
+                &format!(r#"Bearer realm="{realm}",service="s""#),
+            )
+        }
+    });
+    let client = Client::new(options().credentials(
+        &server.host(),
+        Credentials::IdentityToken("refresh-me".into()),
+    ))
+    .unwrap();
+    let size = client
+        .blob_exists(
+            &reference(&server.host(), "app:1"),
+            &Digest::sha256_of(b"x"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(size, Some(5));
+    let form = String::from_utf8(token_server.requests()[0].body.clone()).unwrap();
+    assert!(form.contains("scope=repository%3Aapp%3Apull"), "{form}");
 }

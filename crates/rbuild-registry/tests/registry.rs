@@ -56,6 +56,22 @@ async fn push_is_read_by_skopeo_and_second_push_uploads_nothing() {
         3,
         "{lines:?}"
     );
+    // Every uploaded layer reports its bytes, ending at its size.
+    let events = rec.events.lock().unwrap().clone();
+    for layer in &image.layers {
+        let last = events
+            .iter()
+            .filter_map(|e| match e {
+                PushEvent::Progress {
+                    digest,
+                    done,
+                    total,
+                } if *digest == layer.digest => Some((*done, *total)),
+                _ => None,
+            })
+            .next_back();
+        assert_eq!(last, Some((layer.size, layer.size)));
+    }
 
     // Independent reader: skopeo sees our digest.
     match Command::new("skopeo")
@@ -259,6 +275,11 @@ async fn basic_auth_right_and_wrong_password() {
         .await
         .unwrap_err();
     assert!(err.is_unauthorized(), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("push to {}/private: unauthorized", reg.host())),
+        "{err}"
+    );
 
     // Wrong password: a clear error that never shows the password.
     let wrong = Client::new(
