@@ -83,7 +83,7 @@ impl Client {
         digest: &Digest,
     ) -> Result<Option<u64>> {
         let ctx = Ctx::new(operation, repo);
-        let ep = self.endpoint(repo);
+        let ep = self.endpoint(repo)?;
         let resp = self
             .send(&ctx, Access::Pull, &[], true, &mut || {
                 Ok(Attempt::bare(ep.head_blob(digest)))
@@ -108,7 +108,7 @@ impl Client {
         from: &str,
     ) -> Result<MountOutcome> {
         let ctx = Ctx::new("push to", target);
-        let ep = self.endpoint(target);
+        let ep = self.endpoint(target)?;
         // Mounting needs pull on the source repository too (docker `blobs.Mount`).
         let extra = [Access::Pull.scope(from)];
         let resp = self
@@ -203,7 +203,7 @@ impl Client {
 
     /// Opens an upload session: its location and the registry's minimum chunk size.
     async fn start_upload(&self, ctx: &Ctx, target: &Reference) -> Result<(Url, Option<u64>)> {
-        let ep = self.endpoint(target);
+        let ep = self.endpoint(target)?;
         let resp = self
             .send(ctx, Access::Push, &[], true, &mut || {
                 Ok(Attempt::bare(ep.start_upload()))
@@ -368,7 +368,7 @@ impl Client {
         progress: &AtomicU64,
     ) -> Result<(W, u64)> {
         let ctx = Ctx::new("pull", repo);
-        let ep = self.endpoint(repo);
+        let ep = self.endpoint(repo)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(8);
         // The sink is written and hashed on a blocking thread: file writes never stall the
         // runtime, and the channel bounds memory to a few network chunks.

@@ -274,7 +274,11 @@ impl Client {
 
     /// The base URL for `registry`: plain HTTP for loopback and insecure registries (as
     /// docker), `registry-1.docker.io` for Docker Hub.
-    pub fn base_url(&self, registry: &str) -> Url {
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRegistry`] when `registry` is not a valid `host[:port]`.
+    pub fn base_url(&self, registry: &str) -> Result<Url> {
         let probe = Reference::new(registry, "x", Some("latest"), None);
         let plain = probe.is_loopback_registry()
             || self
@@ -288,14 +292,20 @@ impl Client {
             registry
         };
         let scheme = if plain { "http" } else { "https" };
-        Url::parse(&format!("{scheme}://{host}/")).unwrap_or_else(|_| {
-            // An invalid host cannot come from a parsed Reference; keep the function total.
-            Url::parse("https://invalid.invalid/").unwrap_or_else(|_| unreachable!())
-        })
+        let invalid = || Error::InvalidRegistry {
+            registry: registry.to_owned(),
+        };
+        if host.is_empty() || host.contains(['/', '?', '#', '@', ' ']) {
+            return Err(invalid());
+        }
+        Url::parse(&format!("{scheme}://{host}/")).map_err(|_| invalid())
     }
 
-    pub(crate) fn endpoint(&self, reference: &Reference) -> Endpoint {
-        Endpoint::new(self.base_url(reference.registry()), reference.repository())
+    pub(crate) fn endpoint(&self, reference: &Reference) -> Result<Endpoint> {
+        Ok(Endpoint::new(
+            self.base_url(reference.registry())?,
+            reference.repository(),
+        ))
     }
 
     /// Sends the request `make` builds, authenticating and retrying. Returns any response that
@@ -387,10 +397,7 @@ impl Client {
             .await
             .map_err(|e| Error::Credentials {
                 registry: registry.to_owned(),
-                source: crate::credentials::CredentialsError::Helper {
-                    helper: "lookup".into(),
-                    reason: e.to_string(),
-                },
+                source: crate::credentials::CredentialsError::Interrupted(e.to_string()),
             })?
             .map_err(|source| Error::Credentials {
                 registry: registry.to_owned(),
@@ -553,7 +560,7 @@ impl Client {
             registry: registry.to_owned(),
             repository: String::new(),
         };
-        let base = self.base_url(registry);
+        let base = self.base_url(registry)?;
         let resp = self
             .send(&ctx, Access::Pull, &[], true, &mut || {
                 Ok(Attempt::bare(request::ping(&base)))
@@ -602,16 +609,31 @@ mod tests {
 
     #[test]
     fn base_urls_follow_docker_defaults() {
+        let bad = Client::new(ClientOptions::default()).unwrap();
+        assert!(matches!(
+            bad.base_url("a b"),
+            Err(Error::InvalidRegistry { .. })
+        ));
+        assert!(matches!(
+            bad.base_url("h/x"),
+            Err(Error::InvalidRegistry { .. })
+        ));
         let c = Client::new(ClientOptions::default().insecure_registry("reg.lan:5000")).unwrap();
         assert_eq!(
-            c.base_url("127.0.0.1:5000").as_str(),
+            c.base_url("127.0.0.1:5000").unwrap().as_str(),
             "http://127.0.0.1:5000/"
         );
-        assert_eq!(c.base_url("localhost").as_str(), "http://localhost/");
-        assert_eq!(c.base_url("reg.lan:5000").as_str(), "http://reg.lan:5000/");
-        assert_eq!(c.base_url("quay.io").as_str(), "https://quay.io/");
         assert_eq!(
-            c.base_url("docker.io").as_str(),
+            c.base_url("localhost").unwrap().as_str(),
+            "http://localhost/"
+        );
+        assert_eq!(
+            c.base_url("reg.lan:5000").unwrap().as_str(),
+            "http://reg.lan:5000/"
+        );
+        assert_eq!(c.base_url("quay.io").unwrap().as_str(), "https://quay.io/");
+        assert_eq!(
+            c.base_url("docker.io").unwrap().as_str(),
             "https://registry-1.docker.io/"
         );
     }

@@ -95,6 +95,9 @@ pub enum CredentialsError {
         /// Its stderr or exit status (never its stdout, which may hold secrets).
         reason: String,
     },
+    /// The lookup task was cancelled or panicked.
+    #[error("credential lookup interrupted: {0}")]
+    Interrupted(String),
     /// No home directory to find `~/.docker/config.json` in.
     #[error("no home directory and no DOCKER_CONFIG: cannot locate config.json")]
     NoConfigDir,

@@ -129,6 +129,12 @@ pub enum Error {
         #[source]
         source: crate::credentials::CredentialsError,
     },
+    /// A registry name that cannot be part of a URL.
+    #[error("invalid registry host `{registry}`")]
+    InvalidRegistry {
+        /// The registry as given.
+        registry: String,
+    },
     /// The HTTP client could not be built (TLS backend).
     #[error("building the HTTP client")]
     ClientBuild(#[source] reqwest::Error),

@@ -165,7 +165,7 @@ impl Client {
         reference: &Reference,
     ) -> Result<Option<ManifestHead>> {
         let ctx = Ctx::new(operation, reference);
-        let ep = self.endpoint(reference);
+        let ep = self.endpoint(reference)?;
         let tag = reference.tag_or_digest();
         let resp = self
             .send(&ctx, Access::Pull, &[], true, &mut || {
@@ -213,7 +213,7 @@ impl Client {
     /// [`Error::NotFound`], [`Error::DigestMismatch`], auth, transport and status errors.
     pub async fn get_manifest(&self, reference: &Reference) -> Result<Manifest> {
         let ctx = Ctx::new("pull", reference);
-        let ep = self.endpoint(reference);
+        let ep = self.endpoint(reference)?;
         let tag = reference.tag_or_digest();
         let resp = self
             .send(&ctx, Access::Pull, &[], true, &mut || {
@@ -261,7 +261,7 @@ impl Client {
         media_type: &str,
     ) -> Result<Digest> {
         let ctx = Ctx::new("push to", reference);
-        let ep = self.endpoint(reference);
+        let ep = self.endpoint(reference)?;
         let tag = reference.tag_or_digest();
         let body = bytes::Bytes::copy_from_slice(bytes);
         let resp = self
@@ -302,7 +302,7 @@ impl Client {
             None => self.resolve_digest(reference).await?,
         };
         let ctx = Ctx::new("delete", reference);
-        let ep = self.endpoint(reference);
+        let ep = self.endpoint(reference)?;
         let target = digest.to_string();
         let resp = self
             .send(
@@ -328,7 +328,7 @@ impl Client {
     /// [`Error::NotFound`] for an unknown repository; auth, transport and status errors.
     pub async fn tags(&self, repo: &Reference, page_size: Option<usize>) -> Result<Vec<String>> {
         let ctx = Ctx::new("list tags of", repo);
-        let ep = self.endpoint(repo);
+        let ep = self.endpoint(repo)?;
         self.paginate(&ctx, ep.tags(page_size, None), "tags").await
     }
 
@@ -345,7 +345,7 @@ impl Client {
         last: Option<&str>,
     ) -> Result<(Vec<String>, bool)> {
         let ctx = Ctx::new("list tags of", repo);
-        let ep = self.endpoint(repo);
+        let ep = self.endpoint(repo)?;
         let req = ep.tags(n, last);
         let (items, next) = self.list_page(&ctx, req, "tags").await?;
         Ok((items, next.is_some()))
@@ -362,7 +362,7 @@ impl Client {
             registry: registry.to_owned(),
             repository: String::new(),
         };
-        let base = self.base_url(registry);
+        let base = self.base_url(registry)?;
         self.paginate(
             &ctx,
             request::catalog(&base, page_size, None),
@@ -448,7 +448,7 @@ impl Client {
         artifact_type: Option<&str>,
     ) -> Result<ImageIndex> {
         let ctx = Ctx::new("list referrers of", repo);
-        let ep = self.endpoint(repo);
+        let ep = self.endpoint(repo)?;
         let resp = self
             .send(&ctx, Access::Pull, &[], true, &mut || {
                 Ok(Attempt::bare(ep.referrers(digest, artifact_type)))

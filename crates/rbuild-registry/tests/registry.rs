@@ -373,3 +373,115 @@ async fn skopeo_copied_image_pulls_with_the_same_digest() {
     assert_eq!(pulled.manifest.digest, md);
     assert_eq!(sink.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn index_resolves_to_the_requested_platform() {
+    let Some(reg) = registry(RegistryOptions::default()) else {
+        return;
+    };
+    let client = Client::new(options()).unwrap();
+    let repo = reference(&reg.host(), "multi:x");
+    let mut entries = Vec::new();
+    let mut pushed = Vec::new();
+    for (seed, arch) in [(20, "amd64"), (21, "arm64")] {
+        let (image, blobs) = make_image(seed, 1, 3000);
+        let r = client
+            .push_image(&repo.with_tag(arch), &image, &blobs, &quiet)
+            .await
+            .unwrap();
+        entries.push(serde_json::json!({
+            "mediaType": image.manifest_media_type,
+            "digest": r.digest.to_string(),
+            "size": r.size,
+            "platform": {"os": "linux", "architecture": arch},
+        }));
+        pushed.push((r.digest, image, blobs));
+    }
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": rbuild_oci::media_type::OCI_INDEX,
+        "manifests": entries,
+    });
+    let index_bytes = rbuild_oci::canonical_json(&index).unwrap();
+    let multi = repo.with_tag("multi");
+    let index_digest = client
+        .put_manifest(&multi, &index_bytes, rbuild_oci::media_type::OCI_INDEX)
+        .await
+        .unwrap();
+    assert_eq!(client.resolve_digest(&multi).await.unwrap(), index_digest);
+
+    let sink = MemBlobs::default();
+    let arm: rbuild_registry::Platform = "linux/arm64".parse().unwrap();
+    let pulled = client
+        .pull_image(&multi, Some(&arm), &sink, &quiet)
+        .await
+        .unwrap();
+    assert_eq!(pulled.manifest.digest, pushed[1].0);
+    assert_eq!(
+        pulled.index.as_ref().map(|m| &m.digest),
+        Some(&index_digest)
+    );
+    assert_eq!(pulled.layers[0].digest, pushed[1].1.layers[0].digest);
+    assert!(
+        sink.get(&pushed[0].1.layers[0].digest).is_none(),
+        "the other platform was not fetched"
+    );
+
+    let s390: rbuild_registry::Platform = "linux/s390x".parse().unwrap();
+    let err = client
+        .pull_image(&multi, Some(&s390), &sink, &quiet)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("no manifest for platform linux/s390x"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_v2s2_manifest_pushed_by_skopeo_pulls() {
+    let Some(reg) = registry(RegistryOptions::default()) else {
+        return;
+    };
+    let (image, blobs) = make_image(22, 1, 2000);
+    let client = Client::new(options()).unwrap();
+    let oci = reference(&reg.host(), "conv:oci");
+    client
+        .push_image(&oci, &image, &blobs, &quiet)
+        .await
+        .unwrap();
+    let v2 = reference(&reg.host(), "conv:v2s2");
+    let out = match Command::new("skopeo")
+        .args([
+            "copy",
+            "--src-tls-verify=false",
+            "--dest-tls-verify=false",
+            "-f",
+            "v2s2",
+        ])
+        .arg(format!("docker://{oci}"))
+        .arg(format!("docker://{v2}"))
+        .output()
+    {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("skipping: skopeo not runnable: {e}");
+            return;
+        }
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = client.get_manifest(&v2).await.unwrap();
+    assert_eq!(m.media_type, rbuild_oci::media_type::DOCKER_MANIFEST);
+    let sink = MemBlobs::default();
+    let pulled = client.pull_image(&v2, None, &sink, &quiet).await.unwrap();
+    assert_eq!(pulled.manifest.digest, m.digest);
+    assert_eq!(
+        sink.get(&image.layers[0].digest),
+        blobs.get(&image.layers[0].digest)
+    );
+}
