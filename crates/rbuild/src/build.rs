@@ -138,7 +138,7 @@ impl Builder {
             file: file.clone(),
             line: e.line(),
             column: e.column(),
-            message: e.message(),
+            message: e.kind().to_string(),
         })?;
         for w in &df.warnings {
             self.progress.event(BuildEvent::Warning(format!("{file}:{}: {}", w.line, w.message)));
@@ -266,7 +266,7 @@ impl Run<'_> {
             let lookup = |n: &str| self.meta_args.get(n).cloned().flatten();
             let (expanded, _) = inst
                 .expand(&lexer, &lookup)
-                .map_err(|e| self.err(inst.span.start_line, e.to_string()))?;
+                .map_err(|e| self.err(inst.span.start_line, e.kind().to_string()))?;
             if let InstructionKind::Arg(decls) = &expanded.kind {
                 for d in decls {
                     let v = self.opts.build_args.get(&d.name).cloned().or_else(|| d.default.clone());
@@ -311,7 +311,7 @@ impl Run<'_> {
         let (from, _) = stage
             .from
             .expand(&lexer, &lookup)
-            .map_err(|e| self.err(from_line, e.to_string()))?;
+            .map_err(|e| self.err(from_line, e.kind().to_string()))?;
         let InstructionKind::From(from) = &from.kind else {
             return Err(self.err(from_line, "a stage must start with FROM"));
         };
@@ -358,7 +358,7 @@ impl Run<'_> {
             index: 1,
             total,
             text: from_text,
-            cached: true,
+            cached: false,
         });
         let mut view = image::ensure_unpacked(&self.b.store, &base.layers)?;
         let steps = self.plan(idx, &stage.instructions, &base, &view)?;
@@ -469,7 +469,7 @@ impl Run<'_> {
             let lookup = |n: &str| lookup_state.lookup(n);
             let (expanded, report) = inst
                 .expand(&lexer, &lookup)
-                .map_err(|e| self.err(line, e.to_string()))?;
+                .map_err(|e| self.err(line, e.kind().to_string()))?;
             for name in &report.unset {
                 self.b.progress.event(BuildEvent::Warning(format!(
                     "{}:{line}: variable ${name} is not set (it expands to an empty string)",
@@ -676,10 +676,9 @@ impl Run<'_> {
         if empty {
             return Ok(None);
         }
-        let mut lopts = LayerOptions::default().compression(Compression::Gzip);
-        if let Some(e) = self.opts.source_date_epoch {
-            lopts = lopts.source_date_epoch(e);
-        }
+        let lopts = LayerOptions::default()
+            .compression(Compression::Gzip)
+            .source_date_epoch(self.opts.source_date_epoch);
         let writer = store
             .blob_writer()
             .map_err(|e| (self.step_err(st.line, "write the layer"))(e.into()))?;

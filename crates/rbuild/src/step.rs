@@ -232,9 +232,10 @@ pub fn plan_simple(
             (Action::ConfigOnly, inst.original.trim().to_owned())
         }
         InstructionKind::Run(run) => {
+            let visible = st.visible_args();
+            let c = &st.config;
             let args = argv(&run.command, &st.shell);
             let mut env: Vec<String> = c.env.clone().unwrap_or_default();
-            let visible = st.visible_args();
             env.extend(visible.iter().cloned());
             let shown = match &run.command {
                 Command::Exec(v) => render_command(v),

@@ -11,7 +11,8 @@ pub struct Args {
     no_trunc: bool,
 }
 
-fn human_size(bytes: u64) -> String {
+/// A size as docker prints it (decimal units).
+pub fn human_size(bytes: u64) -> String {
     // docker uses decimal units (go-units HumanSize).
     let units = ["B", "kB", "MB", "GB", "TB"];
     let mut v = bytes as f64;

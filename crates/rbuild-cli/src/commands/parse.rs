@@ -29,7 +29,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let df = match rbuild::dockerfile::parse(&text) {
         Ok(df) => df,
         Err(e) => {
-            eprintln!("{}:{}: {}", args.file.display(), e.line(), e.message());
+            eprintln!("{}:{}: {}", args.file.display(), e.line(), e.kind());
             return Ok(ExitCode::FAILURE);
         }
     };

@@ -17,6 +17,10 @@ pub struct Args {
 pub fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let store = super::open_store(root)?;
     let report = store.prune(PruneOptions::default().cache(args.cache))?;
-    println!("{report}");
+    println!(
+        "Deleted {} blobs, {} unpacked layers, {} cache entries, {} temporary entries",
+        report.blobs, report.layer_dirs, report.cache_entries, report.temps
+    );
+    println!("Total reclaimed space: {}", super::images::human_size(report.bytes_freed));
     Ok(ExitCode::SUCCESS)
 }
