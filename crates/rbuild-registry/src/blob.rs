@@ -392,7 +392,18 @@ impl Client {
                 let status = resp.status();
                 let mut skip = match status {
                     StatusCode::OK => offset,
-                    StatusCode::PARTIAL_CONTENT => 0,
+                    // RFC 9110 §14.4: `Content-Range: bytes first-last/complete`. A server may
+                    // start earlier than asked; never later.
+                    StatusCode::PARTIAL_CONTENT => {
+                        match response::content_range_start(resp.headers()) {
+                            Some(start) if start <= offset => offset - start,
+                            _ => {
+                                return Err(ctx.protocol(format!(
+                                    "blob {digest}: 206 answer does not start at or before byte {offset}"
+                                )));
+                            }
+                        }
+                    }
                     _ => return Err(ctx.status_error(resp, &format!("blob {digest}")).await),
                 };
                 let mut stream = resp.bytes_stream();
@@ -425,6 +436,7 @@ impl Client {
                     None => return Ok(()),
                     Some(e) if attempt < self.options.max_retries => {
                         tracing::debug!(%digest, offset, error = %e, "resuming blob download");
+                        tokio::time::sleep(self.options.retry_base * (attempt + 1)).await;
                         attempt += 1;
                     }
                     Some(e) => return Err(ctx.http(e)),

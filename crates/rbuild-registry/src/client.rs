@@ -548,6 +548,18 @@ impl Client {
         })
     }
 
+    /// Verifies `credentials` against `registry` (what `rbuild login` does before writing
+    /// them with [`CredentialsEnv::store`]). The client's own credentials are not changed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unauthorized`] for a wrong username or password; transport and status errors.
+    pub async fn login(&self, registry: &str, credentials: Credentials) -> Result<()> {
+        let mut options = (*self.options).clone();
+        options.credentials.insert(registry.to_owned(), credentials);
+        Client::new(options)?.ping(registry).await
+    }
+
     /// `GET /v2/`: checks that the registry speaks the distribution API and that our
     /// credentials are accepted (what `login` verifies).
     ///

@@ -155,6 +155,13 @@ pub fn uploaded_len(headers: &HeaderMap) -> u64 {
     }
 }
 
+/// The first byte of a `Content-Range: bytes <first>-<last>/<complete>` answer.
+pub fn content_range_start(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get(http::header::CONTENT_RANGE)?.to_str().ok()?;
+    let range = v.trim().strip_prefix("bytes ")?;
+    range.split('-').next()?.trim().parse().ok()
+}
+
 /// `Docker-Content-Digest`, when present and valid.
 pub fn content_digest(headers: &HeaderMap) -> Option<Digest> {
     headers
@@ -288,6 +295,14 @@ mod tests {
         assert_eq!(uploaded_len(&headers(&[("range", "bytes=0-9")])), 10);
         assert_eq!(uploaded_len(&headers(&[("range", "0-0")])), 0);
         assert_eq!(uploaded_len(&headers(&[])), 0);
+        assert_eq!(
+            content_range_start(&headers(&[("content-range", "bytes 100-199/200")])),
+            Some(100)
+        );
+        assert_eq!(
+            content_range_start(&headers(&[("content-range", "100-199")])),
+            None
+        );
     }
 
     #[test]

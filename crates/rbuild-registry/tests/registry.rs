@@ -294,6 +294,19 @@ async fn basic_auth_right_and_wrong_password() {
     );
     assert!(!msg.contains("not-it-pw") && !format!("{err:?}").contains("not-it-pw"));
 
+    // `login` verifies before anything is written.
+    let err = anon
+        .login(&reg.host(), Credentials::password("alice", "not-it-pw"))
+        .await
+        .unwrap_err();
+    assert!(
+        err.is_unauthorized() && !err.to_string().contains("not-it-pw"),
+        "{err}"
+    );
+    anon.login(&reg.host(), Credentials::password("alice", "s3cret-pw"))
+        .await
+        .unwrap();
+
     // Right password from a docker config.json written like `login` does.
     let home = tempfile::tempdir().unwrap();
     let env = CredentialsEnv {
