@@ -360,7 +360,9 @@ pub fn parse_ast(src: &str) -> Result<Ast, Error> {
             });
         }
         let mut node = new_node_from_line(&line, escape).map_err(|e| Error::new(start, e))?;
-        if node.can_contain_heredoc() {
+        // A heredoc word contains `<<` literally (nothing is expanded while looking for one), so
+        // lines without it skip the lexer.
+        if node.can_contain_heredoc() && line.contains("<<") {
             let heredocs = heredocs_from_line(&line).map_err(|m| Error::msg(start, m))?;
             for mut h in heredocs {
                 let mut terminated = false;

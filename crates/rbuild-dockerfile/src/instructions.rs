@@ -345,11 +345,11 @@ pub(crate) fn has_variable(s: &str) -> bool {
 
 /// Builds the typed instruction for one node.
 pub(crate) fn parse_instruction(
-    node: &Node,
+    node: Node,
     warnings: &mut Vec<Warning>,
 ) -> Result<Instruction, Error> {
     let line = node.start_line;
-    let kind = parse_kind(node, warnings).map_err(|k| {
+    let kind = parse_kind(&node, warnings).map_err(|k| {
         // An unknown keyword is pointed at; other errors concern the whole instruction.
         let col = matches!(k, ErrorKind::UnknownInstruction(_)).then(|| {
             1 + node
@@ -371,7 +371,7 @@ pub(crate) fn parse_instruction(
             end_line: node.end_line,
         },
         original: node.original.clone(),
-        node: node.clone(),
+        node,
     })
 }
 
@@ -598,7 +598,7 @@ fn parse_kind(node: &Node, warnings: &mut Vec<Warning>) -> Result<InstructionKin
             }
             let mut child = (**child).clone();
             child.heredocs = node.heredocs.clone();
-            let inner = parse_instruction(&child, warnings).map_err(|e| e.kind().clone())?;
+            let inner = parse_instruction(child, warnings).map_err(|e| e.kind().clone())?;
             InstructionKind::Onbuild(Box::new(inner))
         }
         other => return Err(ErrorKind::UnknownInstruction(other.to_uppercase())),

@@ -110,7 +110,8 @@ pub fn parse(source: &str) -> Result<Dockerfile> {
     let mut warnings = ast.warnings;
     let mut meta_args = Vec::new();
     let mut stages: Vec<Stage> = Vec::new();
-    for node in &ast.nodes {
+    for node in ast.nodes {
+        let line = node.start_line;
         let inst = instructions::parse_instruction(node, &mut warnings)?;
         match &inst.kind {
             InstructionKind::From(f) => stages.push(Stage {
@@ -122,10 +123,7 @@ pub fn parse(source: &str) -> Result<Dockerfile> {
             _ => match stages.last_mut() {
                 Some(s) => s.instructions.push(inst),
                 None => {
-                    return Err(Error::msg(
-                        node.start_line,
-                        "no build stage in current context",
-                    ));
+                    return Err(Error::msg(line, "no build stage in current context"));
                 }
             },
         }
