@@ -79,7 +79,7 @@ fn build_tree(d: &Path) {
     xattr::set(d.join("opq"), "trusted.overlay.opaque", b"y").unwrap();
 
     // Stable mtimes, directories last (writing a child changes its directory's mtime).
-    let mut all: Vec<PathBuf> = walk(d).into_iter().map(|(p, _)| d.join(p)).collect();
+    let mut all: Vec<PathBuf> = walk(d).into_keys().map(|p| d.join(p)).collect();
     all.reverse();
     for (i, p) in all.iter().enumerate() {
         set_mtime(p, 1_600_000_000 + i as i64);
