@@ -438,7 +438,7 @@ impl Extractor {
         }
         for (k, v) in &meta.xattrs {
             // `xattr::set` is `lsetxattr`: the last component is not followed.
-            set_xattr_tolerant(|| xattr::set(&path, k, v)).map_err(|e| unpack_io(name, e))?;
+            set_node_xattr_tolerant(|| xattr::set(&path, k, v)).map_err(|e| unpack_io(name, e))?;
         }
         sys::lutimes_at(dir, last, meta.mtime).map_err(|e| unpack_err(name, e))
     }
@@ -575,13 +575,20 @@ fn apply_fd_meta(file: &File, meta: &Meta) -> io::Result<()> {
     Ok(())
 }
 
-/// Runs an xattr write, ignoring "not supported" (the target filesystem has no xattrs, or
-/// `user.*` on a symlink or device node, which Linux forbids), like containerd's
-/// `lsetxattr` best effort for those cases.
+/// Runs an xattr write, ignoring "not supported" (the target filesystem has no xattrs).
 fn set_xattr_tolerant(f: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
     match f() {
-        Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::EPERM)) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(()),
         r => r,
+    }
+}
+
+/// As [`set_xattr_tolerant`], also ignoring `EPERM`: Linux forbids `user.*` xattrs on
+/// symlinks and device nodes (`xattr(7)`), so such records cannot be honoured there.
+fn set_node_xattr_tolerant(f: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
+    match f() {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
+        r => set_xattr_tolerant(|| r),
     }
 }
 
@@ -682,6 +689,14 @@ fn unpack_io(entry: &str, source: io::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn empty_numeric_fields_read_as_zero() {
+        assert_eq!(numeric(&[0; 8], Err(io::Error::other("x"))), Some(0));
+        assert_eq!(numeric(b"       \0", Err(io::Error::other("x"))), Some(0));
+        assert_eq!(numeric(b"0000017\0", Ok(15)), Some(15));
+        assert_eq!(numeric(b"zz\0\0\0\0\0\0", Err(io::Error::other("x"))), None);
+    }
 
     #[test]
     fn pax_times() {

@@ -226,6 +226,45 @@ fn gnu_tar_reads_the_layer_and_sees_whiteouts() {
 }
 
 #[test]
+fn unpacks_what_gnu_tar_writes() {
+    require_root!();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    build_tree(&src);
+    // GNU format: long names as `L` entries, a `./` root entry, the whiteout as a plain
+    // character device 0/0 — all things a layer from another builder may contain.
+    let blob = tmp.path().join("gnu.tar.gz");
+    let st = Command::new("tar")
+        .args([
+            "--format=gnu",
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=user.*",
+        ])
+        .arg("-C")
+        .arg(&src)
+        .arg("-czf")
+        .arg(&blob)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let dest = tmp.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    unpack_layer(fs::File::open(&blob).unwrap(), &dest).unwrap();
+    let mut want = walk(&src);
+    for (path, drop) in [
+        ("tagged", "\"trusted.overlay.origin=dropped\", "),
+        ("opq", "\"trusted.overlay.opaque=y\""),
+    ] {
+        let v = want.get_mut(Path::new(path)).unwrap();
+        *v = v.replace(drop, "");
+    }
+    assert_eq!(walk(&dest), want);
+}
+
+#[test]
 fn same_tree_same_digests_and_epoch_clamps() {
     let tmp = tempfile::tempdir().unwrap();
     let mk = |name: &str, mtime: i64| {
