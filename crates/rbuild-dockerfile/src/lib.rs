@@ -104,7 +104,7 @@ pub struct Dockerfile {
 ///
 /// The first problem BuildKit would report: a repeated or invalid directive, an unterminated
 /// heredoc, a JSON array of non-strings, an unknown instruction or flag, a wrong argument count,
-/// an instruction before the first FROM, an empty file.
+/// an instruction before the first FROM, an empty file or one without FROM.
 pub fn parse(source: &str) -> Result<Dockerfile> {
     let ast = ast::parse_ast(source)?;
     let mut warnings = ast.warnings;
@@ -127,6 +127,13 @@ pub fn parse(source: &str) -> Result<Dockerfile> {
                 }
             },
         }
+    }
+    if stages.is_empty() {
+        // BuildKit's dockerfile2llb refuses a file of meta ARGs only.
+        let line = meta_args
+            .last()
+            .map_or(1, |a: &Instruction| a.span.start_line);
+        return Err(Error::msg(line, "dockerfile contains no stages to build"));
     }
     warnings.sort_by_key(|w| w.line);
     Ok(Dockerfile {
