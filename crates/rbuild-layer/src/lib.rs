@@ -36,6 +36,7 @@
 //! ```
 
 mod error;
+mod meta;
 mod pax;
 mod resolve;
 mod sys;

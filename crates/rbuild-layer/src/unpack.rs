@@ -16,9 +16,10 @@ use rbuild_oci::Digest;
 use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
+use crate::meta::{Meta, apply_fd_meta, read_meta, set_node_xattr_tolerant};
 use crate::resolve::{Root, WalkError, components, join};
 use crate::sys::{self, AsFdRef};
-use crate::write::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, OVERLAY_XATTR_PREFIX, WHITEOUT_PREFIX};
+use crate::write::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX};
 use crate::{Error, Result};
 
 /// What an unpack or apply did.
@@ -158,19 +159,11 @@ struct Counts {
     skipped: u64,
 }
 
-/// Metadata of an entry, from its ustar header and PAX records.
-struct Meta {
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: TimeSpec,
-    xattrs: Vec<(String, Vec<u8>)>,
-}
-
 struct Extractor {
     root: Root,
     mode: Mode,
-    /// Paths this layer wrote (apply mode): an opaque marker must not delete them.
+    /// Paths this layer wrote: whiteouts and opaque markers hide only the lower layers'
+    /// content (image-spec `layer.md`), never an entry of the same layer, whatever the order.
     written: HashSet<Vec<u8>>,
     /// Directories whose mtime is set at the end, deepest last in the list.
     dir_times: Vec<(Vec<OsString>, TimeSpec)>,
@@ -273,9 +266,7 @@ impl Extractor {
                 return Ok(());
             }
         }
-        if self.mode == Mode::Apply {
-            self.written.insert(join(&comps));
-        }
+        self.written.insert(join(&comps));
         self.stats.entries += 1;
         Ok(())
     }
@@ -323,6 +314,7 @@ impl Extractor {
     }
 
     fn make_dir(&mut self, parent: &[OsString], last: &OsStr, name: &str) -> Result<()> {
+        let upperdir = self.mode == Mode::Upperdir;
         let dir = self.parent_required(parent, name)?;
         match sys::mkdir_at(dir, last, 0o700) {
             Ok(()) => Ok(()),
@@ -334,6 +326,16 @@ impl Extractor {
                 }
                 sys::remove_all_at(dir, last).map_err(|e| unpack_io(name, e))?;
                 sys::mkdir_at(dir, last, 0o700).map_err(|e| unpack_err(name, e))?;
+                if upperdir && sys::is_whiteout(&st) {
+                    // `.wh.d` then `d/`: the layer deleted the lower `d` and made a new one. In
+                    // upperdir form that is an opaque directory, or the lower contents would
+                    // show through again (what overlayfs itself records for `rm -r d; mkdir d`).
+                    use xattr::FileExt as _;
+                    let fd = sys::open_dir_at(dir, last).map_err(|e| unpack_err(name, e))?;
+                    File::from(fd)
+                        .set_xattr(OVERLAY_OPAQUE_XATTR, b"y")
+                        .map_err(|e| unpack_io(name, e))?;
+                }
                 self.root.invalidate();
                 Ok(())
             }
@@ -483,6 +485,14 @@ impl Extractor {
         meta: &Meta,
         name: &str,
     ) -> Result<()> {
+        let mut path = join(parent);
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(target.as_bytes());
+        if self.written.contains(&path) {
+            return Ok(());
+        }
         match self.mode {
             Mode::Apply => {
                 // Nothing to delete when the parent does not exist.
@@ -563,118 +573,6 @@ impl Extractor {
     }
 }
 
-/// chown, then chmod (chown clears setuid/setgid), then xattrs (chown also drops
-/// `security.capability`), on an open file or directory.
-fn apply_fd_meta(file: &File, meta: &Meta) -> io::Result<()> {
-    use xattr::FileExt as _;
-    std::os::unix::fs::fchown(file, Some(meta.uid), Some(meta.gid))?;
-    file.set_permissions(std::fs::Permissions::from_mode(meta.mode))?;
-    for (k, v) in &meta.xattrs {
-        set_xattr_tolerant(|| file.set_xattr(k, v))?;
-    }
-    Ok(())
-}
-
-/// Runs an xattr write, ignoring "not supported" (the target filesystem has no xattrs).
-fn set_xattr_tolerant(f: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
-    match f() {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => Ok(()),
-        r => r,
-    }
-}
-
-/// As [`set_xattr_tolerant`], also ignoring `EPERM`: Linux forbids `user.*` xattrs on
-/// symlinks and device nodes (`xattr(7)`), so such records cannot be honoured there.
-fn set_node_xattr_tolerant(f: impl FnOnce() -> io::Result<()>) -> io::Result<()> {
-    match f() {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => Ok(()),
-        r => set_xattr_tolerant(|| r),
-    }
-}
-
-fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Meta> {
-    let bad = |what: &str| Error::ReadBlob {
-        source: io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("entry `{name}` has an invalid {what} field"),
-        ),
-    };
-    let h = entry.header();
-    let old = h.as_old();
-    let mut meta = Meta {
-        mode: numeric(&old.mode, h.mode().map(u64::from)).ok_or_else(|| bad("mode"))? as u32
-            & 0o7777,
-        uid: numeric(&old.uid, h.uid())
-            .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| bad("uid"))?,
-        gid: numeric(&old.gid, h.gid())
-            .and_then(|v| u32::try_from(v).ok())
-            .ok_or_else(|| bad("gid"))?,
-        mtime: TimeSpec::new(
-            numeric(&old.mtime, h.mtime())
-                .and_then(|v| i64::try_from(v).ok())
-                .ok_or_else(|| bad("mtime"))?,
-            0,
-        ),
-        xattrs: Vec::new(),
-    };
-    let Some(pax) = entry
-        .pax_extensions()
-        .map_err(|source| Error::ReadBlob { source })?
-    else {
-        return Ok(meta);
-    };
-    for ext in pax {
-        let ext = ext.map_err(|source| Error::ReadBlob { source })?;
-        let Ok(key) = ext.key() else { continue };
-        let value = ext.value_bytes();
-        match key {
-            "uid" => meta.uid = parse_num(value).ok_or_else(|| bad("PAX uid"))?,
-            "gid" => meta.gid = parse_num(value).ok_or_else(|| bad("PAX gid"))?,
-            "mtime" => meta.mtime = parse_pax_time(value).ok_or_else(|| bad("PAX mtime"))?,
-            k => {
-                if let Some(x) = k.strip_prefix("SCHILY.xattr.") {
-                    // overlayfs' private xattrs are never layer content; honouring them would
-                    // let a layer forge opaque markers or redirects.
-                    if !x.starts_with(OVERLAY_XATTR_PREFIX) {
-                        meta.xattrs.push((x.to_owned(), value.to_vec()));
-                    }
-                }
-            }
-        }
-    }
-    Ok(meta)
-}
-
-/// A numeric header field; an empty one (all NUL or spaces) reads as 0, as Go's
-/// `archive/tar` and GNU tar read it.
-fn numeric(raw: &[u8], parsed: io::Result<u64>) -> Option<u64> {
-    if raw.iter().all(|&b| b == 0 || b == b' ') {
-        return Some(0);
-    }
-    parsed.ok()
-}
-
-fn parse_num(v: &[u8]) -> Option<u32> {
-    std::str::from_utf8(v).ok()?.parse().ok()
-}
-
-/// A PAX time: `[-]seconds[.fraction]`.
-fn parse_pax_time(v: &[u8]) -> Option<TimeSpec> {
-    let s = std::str::from_utf8(v).ok()?;
-    let (secs, frac) = s.split_once('.').unwrap_or((s, ""));
-    let secs: i64 = secs.parse().ok()?;
-    let mut nanos: i64 = 0;
-    if !frac.is_empty() {
-        let digits: String = frac.chars().take(9).collect();
-        nanos = format!("{digits:0<9}").parse().ok()?;
-        if secs < 0 || s.starts_with('-') {
-            nanos = -nanos;
-        }
-    }
-    Some(TimeSpec::new(secs, 0) + TimeSpec::new(0, nanos))
-}
-
 fn unpack_err(entry: &str, e: Errno) -> Error {
     unpack_io(entry, e.into())
 }
@@ -689,24 +587,6 @@ fn unpack_io(entry: &str, source: io::Error) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn empty_numeric_fields_read_as_zero() {
-        assert_eq!(numeric(&[0; 8], Err(io::Error::other("x"))), Some(0));
-        assert_eq!(numeric(b"       \0", Err(io::Error::other("x"))), Some(0));
-        assert_eq!(numeric(b"0000017\0", Ok(15)), Some(15));
-        assert_eq!(numeric(b"zz\0\0\0\0\0\0", Err(io::Error::other("x"))), None);
-    }
-
-    #[test]
-    fn pax_times() {
-        assert_eq!(parse_pax_time(b"12"), Some(TimeSpec::new(12, 0)));
-        assert_eq!(
-            parse_pax_time(b"12.5"),
-            Some(TimeSpec::new(12, 500_000_000))
-        );
-        assert_eq!(parse_pax_time(b"x"), None);
-    }
 
     #[test]
     fn detects_compression_by_magic() {

@@ -1,6 +1,7 @@
-//! Hostile layer tarballs, crafted byte by byte (the `tar` crate's builder refuses to write
-//! them): each must be refused with an error naming the entry, by both `unpack_layer` and
-//! `apply_layer`, and nothing may appear or change outside the root.
+//! Layer tarballs crafted byte by byte (the `tar` crate's builder refuses to write the hostile
+//! ones): each hostile one must be refused with an error naming the entry, by both
+//! `unpack_layer` and `apply_layer`, and nothing may appear or change outside the root. The
+//! last tests cover legitimate entry orders other writers produce.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -243,4 +244,46 @@ fn symlink_targets_are_stored_not_followed() {
         );
         fx.assert_outside_untouched();
     }
+}
+
+#[test]
+fn opaque_marker_after_children_keeps_them() {
+    // Writers that sort whole paths put `d/.wh..wh..opq` after `d/-new`: the marker hides the
+    // lower layers' `d/old`, not this layer's own entries.
+    let fx = Fixture::new();
+    fs::create_dir(fx.root.join("d")).unwrap();
+    fs::write(fx.root.join("d/old"), b"old").unwrap();
+    let blob = RawTar::default()
+        .entry("d/", EntryType::Directory, "", b"")
+        .file("d/-new", b"new")
+        .file("d/.wh..wh..opq", b"")
+        .file(".wh.d", b"")
+        .finish();
+    apply_layer(&blob[..], &fx.root).unwrap();
+    assert!(!fx.root.join("d/old").exists());
+    assert_eq!(fs::read(fx.root.join("d/-new")).unwrap(), b"new");
+    fx.assert_outside_untouched();
+}
+
+#[test]
+fn whiteout_then_directory_unpacks_as_opaque() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root for mknod and trusted.* xattrs");
+        return;
+    }
+    let fx = Fixture::new();
+    let blob = RawTar::default()
+        .file(".wh.d", b"")
+        .entry("d/", EntryType::Directory, "", b"")
+        .file("d/f", b"f")
+        .finish();
+    unpack_layer(&blob[..], &fx.root).unwrap();
+    assert!(fx.root.join("d").is_dir());
+    assert_eq!(
+        xattr::get(fx.root.join("d"), "trusted.overlay.opaque")
+            .unwrap()
+            .as_deref(),
+        Some(&b"y"[..])
+    );
+    fx.assert_outside_untouched();
 }
