@@ -47,6 +47,8 @@ pub(crate) fn set_node_xattr_tolerant(f: impl FnOnce() -> io::Result<()>) -> io:
     }
 }
 
+/// Reads mode, owner, mtime and xattrs of `entry`; PAX `uid`, `gid`, `mtime` override the
+/// ustar fields, `SCHILY.xattr.*` records (GNU tar, Go, bsdtar) give the xattrs.
 pub(crate) fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Meta> {
     let bad = |what: &str| Error::ReadBlob {
         source: io::Error::new(
@@ -57,8 +59,10 @@ pub(crate) fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> R
     let h = entry.header();
     let old = h.as_old();
     let mut meta = Meta {
-        mode: numeric(&old.mode, h.mode().map(u64::from)).ok_or_else(|| bad("mode"))? as u32
-            & 0o7777,
+        // Permission, setuid/setgid and sticky bits only; the file type comes from the entry type.
+        mode: numeric(&old.mode, h.mode().map(u64::from))
+            .and_then(|v| u32::try_from(v & 0o7777).ok())
+            .ok_or_else(|| bad("mode"))?,
         uid: numeric(&old.uid, h.uid())
             .and_then(|v| u32::try_from(v).ok())
             .ok_or_else(|| bad("uid"))?,
