@@ -57,8 +57,13 @@ pub fn can_build() -> bool {
     if root && overlay && busybox {
         return true;
     }
-    let why = format!("skipped: needs root ({root}), overlayfs ({overlay}) and /bin/busybox from busybox-static ({busybox})");
-    assert!(std::env::var_os("RBUILD_REQUIRE_SANDBOX").is_none(), "{why}");
+    let why = format!(
+        "skipped: needs root ({root}), overlayfs ({overlay}) and /bin/busybox from busybox-static ({busybox})"
+    );
+    assert!(
+        std::env::var_os("RBUILD_REQUIRE_SANDBOX").is_none(),
+        "{why}"
+    );
     eprintln!("{why}");
     false
 }
@@ -82,7 +87,10 @@ pub fn have_tool(name: &str) -> bool {
         .is_ok_and(|o| o.status.success());
     if !found {
         let why = format!("skipped: `{name}` is not installed");
-        assert!(std::env::var_os("RBUILD_REQUIRE_SANDBOX").is_none(), "{why}");
+        assert!(
+            std::env::var_os("RBUILD_REQUIRE_SANDBOX").is_none(),
+            "{why}"
+        );
         eprintln!("{why}");
     }
     found
@@ -94,7 +102,14 @@ pub fn build_base(root: &Path, work: &Path) -> String {
     rbuild_testkit::busybox::write_context(&ctx).expect("write the base context");
     let out = ok(&rbuild(
         root,
-        &["build", "--progress", "plain", "-t", "localhost/busybox:test", ctx.to_str().unwrap()],
+        &[
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "localhost/busybox:test",
+            ctx.to_str().unwrap(),
+        ],
     ));
     last_line(&out)
 }

@@ -19,7 +19,11 @@ pub enum Mode {
 impl Mode {
     /// `Tty` when stderr is a terminal, else `Plain`.
     pub fn auto() -> Self {
-        if std::io::stderr().is_terminal() { Self::Tty } else { Self::Plain }
+        if std::io::stderr().is_terminal() {
+            Self::Tty
+        } else {
+            Self::Plain
+        }
     }
 }
 
@@ -71,7 +75,9 @@ impl Renderer {
     }
 
     fn event(&self, e: BuildEvent) {
-        let Ok(mut st) = self.state.lock() else { return };
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
         match e {
             BuildEvent::StepStarted {
                 stage_name,

@@ -141,7 +141,10 @@ impl Builder {
             message: e.kind().to_string(),
         })?;
         for w in &df.warnings {
-            self.progress.event(BuildEvent::Warning(format!("{file}:{}: {}", w.line, w.message)));
+            self.progress.event(BuildEvent::Warning(format!(
+                "{file}:{}: {}",
+                w.line, w.message
+            )));
         }
         if df.stages.is_empty() {
             return Err(Error::Dockerfile {
@@ -175,7 +178,9 @@ impl Builder {
             hash_cache: HashCache::default(),
             hash_cache_name: format!(
                 "context-{}",
-                &hex::encode(sha2::Sha256::digest(opts.context.to_string_lossy().as_bytes()))[..16]
+                &hex::encode(sha2::Sha256::digest(
+                    opts.context.to_string_lossy().as_bytes()
+                ))[..16]
             ),
             results: BTreeMap::new(),
             cached: 0,
@@ -190,8 +195,8 @@ impl Builder {
             labels.extend(opts.labels.clone());
         }
         let desc = image::write(&self.store, &config, &result.layers, &BTreeMap::new())?;
-        let digest: Digest = Digest::try_from(desc.digest())
-            .map_err(Error::op("read the manifest digest"))?;
+        let digest: Digest =
+            Digest::try_from(desc.digest()).map_err(Error::op("read the manifest digest"))?;
         for tag in &opts.tags {
             self.store
                 .tag(tag, desc.clone())
@@ -231,7 +236,9 @@ fn read_dockerfile(opts: &BuildOptions) -> Result<(String, String)> {
 
 fn now_rfc3339(epoch: Option<i64>) -> String {
     let t = match epoch {
-        Some(e) => time::OffsetDateTime::from_unix_timestamp(e).unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+        Some(e) => {
+            time::OffsetDateTime::from_unix_timestamp(e).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        }
         None => time::OffsetDateTime::now_utc(),
     };
     t.format(&time::format_description::well_known::Rfc3339)
@@ -248,7 +255,11 @@ impl Run<'_> {
         }
     }
 
-    fn step_err(&self, line: usize, what: impl Into<String>) -> impl FnOnce(BoxError) -> Error + '_ {
+    fn step_err(
+        &self,
+        line: usize,
+        what: impl Into<String>,
+    ) -> impl FnOnce(BoxError) -> Error + '_ {
         let what = what.into();
         move |source| Error::Step {
             file: self.file.clone(),
@@ -269,7 +280,12 @@ impl Run<'_> {
                 .map_err(|e| self.err(inst.span.start_line, e.kind().to_string()))?;
             if let InstructionKind::Arg(decls) = &expanded.kind {
                 for d in decls {
-                    let v = self.opts.build_args.get(&d.name).cloned().or_else(|| d.default.clone());
+                    let v = self
+                        .opts
+                        .build_args
+                        .get(&d.name)
+                        .cloned()
+                        .or_else(|| d.default.clone());
                     self.meta_args.insert(d.name.clone(), v);
                 }
             }
@@ -279,7 +295,8 @@ impl Run<'_> {
 
     fn ensure_context(&mut self) -> Result<()> {
         if self.context.is_none() {
-            let ctx = Context::walk(&self.opts.context).map_err(Error::op("read the build context"))?;
+            let ctx =
+                Context::walk(&self.opts.context).map_err(Error::op("read the build context"))?;
             if let Ok(Some(bytes)) = self.b.store.state_get(&self.hash_cache_name) {
                 self.hash_cache = serde_json::from_slice(&bytes).unwrap_or_default();
             }
@@ -317,9 +334,11 @@ impl Run<'_> {
         };
         let base_name = from.image.clone();
         // FROM <earlier stage> | scratch | image in the store.
-        let earlier = self.df.stages[..idx]
-            .iter()
-            .position(|s| s.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(&base_name)));
+        let earlier = self.df.stages[..idx].iter().position(|s| {
+            s.name
+                .as_deref()
+                .is_some_and(|n| n.eq_ignore_ascii_case(&base_name))
+        });
         let (base, from_text) = if let Some(e) = earlier {
             (self.stage(e)?, format!("FROM {base_name}"))
         } else if base_name == "scratch" {
@@ -335,11 +354,14 @@ impl Run<'_> {
             let desc = image::resolve(&self.b.store, &base_name).map_err(|e| match e {
                 Error::ImageNotFound { reference, .. } => self.err(
                     from_line,
-                    format!("base image {reference} is not in the local store (build or pull it first)"),
+                    format!(
+                        "base image {reference} is not in the local store (build or pull it first)"
+                    ),
                 ),
                 other => other,
             })?;
-            let digest = Digest::try_from(desc.digest()).map_err(Error::op("read a manifest digest"))?;
+            let digest =
+                Digest::try_from(desc.digest()).map_err(Error::op("read a manifest digest"))?;
             let img = image::load(&self.b.store, &digest)?;
             (
                 StageResult {
@@ -372,7 +394,11 @@ impl Run<'_> {
         for st in &steps {
             key = st.key.clone();
             let started = Instant::now();
-            let hit = if self.opts.no_cache { None } else { self.cache_lookup(&st.key, &mut view)? };
+            let hit = if self.opts.no_cache {
+                None
+            } else {
+                self.cache_lookup(&st.key, &mut view)?
+            };
             self.b.progress.event(BuildEvent::StepStarted {
                 stage: idx,
                 stage_name: stage.name.clone(),
@@ -395,7 +421,8 @@ impl Run<'_> {
                     let entry = CacheEntry {
                         blobs: record.layer.iter().map(|l| l.digest.clone()).collect(),
                         layer_dirs: record.layer.iter().map(|l| l.diff_id.clone()).collect(),
-                        payload: serde_json::to_value(&record).map_err(Error::op("record a step in the cache"))?,
+                        payload: serde_json::to_value(&record)
+                            .map_err(Error::op("record a step in the cache"))?,
                     };
                     self.b
                         .store
@@ -433,7 +460,11 @@ impl Run<'_> {
         if self.opts.source_date_epoch.is_some() {
             config.created = Some(now_rfc3339(self.opts.source_date_epoch));
         }
-        let result = StageResult { config, layers, key };
+        let result = StageResult {
+            config,
+            layers,
+            key,
+        };
         self.results.insert(idx, result.clone());
         Ok(result)
     }
@@ -465,6 +496,9 @@ impl Run<'_> {
         let mut steps = Vec::with_capacity(instructions.len());
         for (i, inst) in instructions.iter().enumerate() {
             let line = inst.span.start_line;
+            // The args a step can see are those declared before it: an ARG's own value is keyed
+            // by the steps after it, so `--build-arg` invalidates from the first step that sees it.
+            let visible_before = st.visible_args();
             let lookup_state = st.clone();
             let lookup = |n: &str| lookup_state.lookup(n);
             let (expanded, report) = inst
@@ -476,7 +510,11 @@ impl Run<'_> {
                     self.file
                 )));
             }
-            let display = format!("{} {}", step::keyword(&expanded.kind), display_args(&inst.original));
+            let display = format!(
+                "{} {}",
+                step::keyword(&expanded.kind),
+                display_args(&inst.original)
+            );
             let mut sources_digest = String::new();
             let (action, created_by) = match &expanded.kind {
                 InstructionKind::Arg(decls) => {
@@ -503,21 +541,43 @@ impl Run<'_> {
                     if c.from.is_some() {
                         return Err(self.err(line, "COPY --from is not supported yet"));
                     }
-                    self.plan_copy(&mut st, view, line, "COPY", &c.sources, &c.dest, c.chown.as_deref(), c.chmod.as_deref(), &mut sources_digest)?
+                    self.plan_copy(
+                        &mut st,
+                        view,
+                        line,
+                        "COPY",
+                        &c.sources,
+                        &c.dest,
+                        c.chown.as_deref(),
+                        c.chmod.as_deref(),
+                        &mut sources_digest,
+                    )?
                 }
                 InstructionKind::Add(a) => {
                     if a.sources.iter().any(|s| s.contains("://")) {
                         return Err(self.err(line, "ADD from a URL is not supported yet"));
                     }
-                    self.plan_copy(&mut st, view, line, "ADD", &a.sources, &a.dest, a.chown.as_deref(), a.chmod.as_deref(), &mut sources_digest)?
+                    self.plan_copy(
+                        &mut st,
+                        view,
+                        line,
+                        "ADD",
+                        &a.sources,
+                        &a.dest,
+                        a.chown.as_deref(),
+                        a.chmod.as_deref(),
+                        &mut sources_digest,
+                    )?
                 }
-                InstructionKind::From(_) => return Err(self.err(line, "unexpected FROM inside a stage")),
+                InstructionKind::From(_) => {
+                    return Err(self.err(line, "unexpected FROM inside a stage"));
+                }
                 _ => step::plan_simple(&mut st, &expanded).map_err(|m| self.err(line, m))?,
             };
             let key = step::key_of(&json!([
                 st.key,
                 created_by,
-                st.visible_args(),
+                visible_before,
                 sources_digest,
                 platform,
                 idx == 0 && i == 0,
@@ -551,17 +611,30 @@ impl Run<'_> {
     ) -> Result<(Action, String)> {
         self.ensure_context()?;
         let chown = match chown {
-            Some(spec) => Some(view.resolve_user(spec).map_err(|m| self.err(line, format!("{keyword} --chown: {m}")))?),
+            Some(spec) => Some(
+                view.resolve_user(spec)
+                    .map_err(|m| self.err(line, format!("{keyword} --chown: {m}")))?,
+            ),
             None => None,
         };
         let chmod = match chmod {
             Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| {
-                self.err(line, format!("{keyword} --chmod={m}: expected an octal mode such as 0755"))
+                self.err(
+                    line,
+                    format!("{keyword} --chmod={m}: expected an octal mode such as 0755"),
+                )
             })?),
             None => None,
         };
-        let workdir = st.config.working_dir.clone().unwrap_or_else(|| "/".to_owned());
-        let ctx = self.context.as_mut().unwrap_or_else(|| unreachable!("context loaded above"));
+        let workdir = st
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".to_owned());
+        let ctx = self
+            .context
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("context loaded above"));
         let plan = copy::plan(
             ctx,
             &mut self.hash_cache,
@@ -582,17 +655,18 @@ impl Run<'_> {
             message: m,
         })?;
         sources_digest.clone_from(&plan.digest);
-        let created_by = format!(
-            "{keyword} {} {} # buildkit",
-            sources.join(" "),
-            dest
-        );
+        let created_by = format!("{keyword} {} {} # buildkit", sources.join(" "), dest);
         Ok((Action::Copy(plan), created_by))
     }
 
     /// A cache hit whose layer is usable (blob present; unpacked dir present or re-made).
     fn cache_lookup(&self, key: &str, _view: &mut LayerView) -> Result<Option<StepRecord>> {
-        let Some(entry) = self.b.store.cache_get(key).map_err(Error::op("read the step cache"))? else {
+        let Some(entry) = self
+            .b
+            .store
+            .cache_get(key)
+            .map_err(Error::op("read the step cache"))?
+        else {
             return Ok(None);
         };
         let Ok(record) = serde_json::from_value::<StepRecord>(entry.payload) else {
@@ -635,7 +709,12 @@ impl Run<'_> {
                 copy::execute(plan, &upper, view)
                     .map_err(|e| (self.step_err(st.line, "copy files into the layer"))(e.into()))?;
             }
-            Action::Run { args, env, cwd, user } => {
+            Action::Run {
+                args,
+                env,
+                cwd,
+                user,
+            } => {
                 rbuild_sandbox::check_support().map_err(Error::SandboxUnavailable)?;
                 let spec = RunSpec {
                     lower_dirs: view.dirs().to_vec(),
@@ -700,7 +779,8 @@ impl Run<'_> {
 }
 
 fn normalise(name: &str) -> String {
-    name.parse::<Reference>().map_or_else(|_| name.to_owned(), |r| r.to_string())
+    name.parse::<Reference>()
+        .map_or_else(|_| name.to_owned(), |r| r.to_string())
 }
 
 /// The arguments part of an instruction's source text, on one line.

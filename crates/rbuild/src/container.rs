@@ -55,7 +55,9 @@ pub fn run(store: &Store, img: &LoadedImage, opts: &RunOptions) -> Result<i32> {
     rbuild_sandbox::check_support().map_err(Error::SandboxUnavailable)?;
     let _lock = store.lock_shared().map_err(Error::op("lock the store"))?;
     let view = image::ensure_unpacked(store, &img.layers)?;
-    let staging = store.staging().map_err(Error::op("prepare the container's upper directory"))?;
+    let staging = store
+        .staging()
+        .map_err(Error::op("prepare the container's upper directory"))?;
     let mut env = img.config.config.env.clone().unwrap_or_default();
     env.extend(opts.env.iter().cloned());
     let spec = RunSpec {
@@ -64,13 +66,28 @@ pub fn run(store: &Store, img: &LoadedImage, opts: &RunOptions) -> Result<i32> {
         work_dir: staging.work(),
         args,
         env,
-        cwd: img.config.config.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| "/".to_owned()),
-        user: opts.user.clone().or_else(|| img.config.config.user.clone()).filter(|u| !u.is_empty()),
-        network: if opts.no_network { Network::None } else { Network::Host },
+        cwd: img
+            .config
+            .config
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".to_owned()),
+        user: opts
+            .user
+            .clone()
+            .or_else(|| img.config.config.user.clone())
+            .filter(|u| !u.is_empty()),
+        network: if opts.no_network {
+            Network::None
+        } else {
+            Network::Host
+        },
         hostname: img.digest.short().to_owned(),
         stdio: Stdio::Inherit,
         ..RunSpec::default()
     };
-    let outcome = rbuild_sandbox::run(&spec, &mut |_| {}).map_err(Error::op("run the container"))?;
+    let outcome =
+        rbuild_sandbox::run(&spec, &mut |_| {}).map_err(Error::op("run the container"))?;
     Ok(outcome.status)
 }

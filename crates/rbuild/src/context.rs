@@ -125,7 +125,9 @@ impl Context {
         while let Some(item) = it.next() {
             let item = item.map_err(|e| ContextError::Walk {
                 path: e.path().unwrap_or(&root).to_owned(),
-                source: e.into_io_error().unwrap_or_else(|| io::Error::other("walk error")),
+                source: e
+                    .into_io_error()
+                    .unwrap_or_else(|| io::Error::other("walk error")),
             })?;
             if item.depth() == 0 {
                 continue;
@@ -145,7 +147,9 @@ impl Context {
             }
             let md = item.metadata().map_err(|e| ContextError::Walk {
                 path: item.path().to_owned(),
-                source: e.into_io_error().unwrap_or_else(|| io::Error::other("stat error")),
+                source: e
+                    .into_io_error()
+                    .unwrap_or_else(|| io::Error::other("stat error")),
             })?;
             let kind = if md.file_type().is_symlink() {
                 let target = fs::read_link(item.path()).map_err(|source| ContextError::Walk {
@@ -172,8 +176,10 @@ impl Context {
                     sha256: None,
                     identity: Identity {
                         size: md.len(),
-                        mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
-                        ctime_ns: i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec()),
+                        mtime_ns: i128::from(md.mtime()) * 1_000_000_000
+                            + i128::from(md.mtime_nsec()),
+                        ctime_ns: i128::from(md.ctime()) * 1_000_000_000
+                            + i128::from(md.ctime_nsec()),
                         ino: md.ino(),
                     },
                 },
@@ -208,14 +214,20 @@ impl Context {
     /// # Errors
     ///
     /// [`ContextError::Hash`] when a file cannot be read.
-    pub fn hash_files(&mut self, prefixes: &[String], cache: &mut HashCache) -> Result<usize, ContextError> {
+    pub fn hash_files(
+        &mut self,
+        prefixes: &[String],
+        cache: &mut HashCache,
+    ) -> Result<usize, ContextError> {
         let wanted: Vec<String> = self
             .entries
             .iter()
             .filter(|(rel, e)| {
                 e.kind == EntryKind::File
                     && e.sha256.is_none()
-                    && prefixes.iter().any(|p| p.is_empty() || *rel == p || rel.starts_with(&format!("{p}/")))
+                    && prefixes
+                        .iter()
+                        .any(|p| p.is_empty() || *rel == p || rel.starts_with(&format!("{p}/")))
             })
             .map(|(rel, _)| rel.clone())
             .collect();
@@ -257,7 +269,8 @@ impl Context {
 impl HashCache {
     /// Drops entries for files that are no longer in `context`.
     pub fn retain_present(&mut self, context: &Context) {
-        self.files.retain(|rel, _| context.entries.contains_key(rel));
+        self.files
+            .retain(|rel, _| context.entries.contains_key(rel));
     }
 }
 

@@ -89,7 +89,9 @@ pub fn plan(
                 .cloned()
                 .collect();
             if hits.is_empty() {
-                return Err(format!("{kw} source `{src}`: no file in the build context matches this pattern"));
+                return Err(format!(
+                    "{kw} source `{src}`: no file in the build context matches this pattern"
+                ));
             }
             matched.extend(hits);
         } else if rel.is_empty() || ctx.entries().contains_key(&rel) {
@@ -97,7 +99,9 @@ pub fn plan(
         } else if ctx.is_excluded(&rel) {
             return Err(format!("{kw} source `{src}` is excluded by .dockerignore"));
         } else {
-            return Err(format!("{kw} source `{src}` not found in the build context"));
+            return Err(format!(
+                "{kw} source `{src}` not found in the build context"
+            ));
         }
     }
     let dest_abs = if req.dest.starts_with('/') {
@@ -131,9 +135,15 @@ pub fn plan(
     for rel in &matched {
         let is_dir = rel.is_empty() || ctx.entries()[rel].kind == EntryKind::Dir;
         if is_dir {
-            let prefix = if rel.is_empty() { String::new() } else { format!("{rel}/") };
+            let prefix = if rel.is_empty() {
+                String::new()
+            } else {
+                format!("{rel}/")
+            };
             for (k, e) in ctx.entries().range(prefix.clone()..) {
-                let Some(suffix) = k.strip_prefix(&prefix) else { break };
+                let Some(suffix) = k.strip_prefix(&prefix) else {
+                    break;
+                };
                 let dest = join(&dest_rel, suffix);
                 if seen.insert(dest.clone()) {
                     items.push(item(dest, e, req));
@@ -142,7 +152,11 @@ pub fn plan(
         } else {
             let e = &ctx.entries()[rel];
             let name = rel.rsplit('/').next().unwrap_or(rel);
-            let dest = if dest_is_dir { join(&dest_rel, name) } else { dest_rel.clone() };
+            let dest = if dest_is_dir {
+                join(&dest_rel, name)
+            } else {
+                dest_rel.clone()
+            };
             if seen.insert(dest.clone()) {
                 items.push(item(dest, e, req));
             }
@@ -214,14 +228,16 @@ pub fn execute(plan: &CopyPlan, upper: &Path, view: &LayerView) -> io::Result<()
                     Err(e) => return Err(with_path(e, &target)),
                 }
                 lchown(&target, Some(it.uid), Some(it.gid)).map_err(|e| with_path(e, &target))?;
-                fs::set_permissions(&target, fs::Permissions::from_mode(it.mode)).map_err(|e| with_path(e, &target))?;
+                fs::set_permissions(&target, fs::Permissions::from_mode(it.mode))
+                    .map_err(|e| with_path(e, &target))?;
                 dirs_to_stamp.push((target, it.mtime));
             }
             EntryKind::File => {
                 fs::copy(&it.src, &target).map_err(|e| with_path(e, &it.src))?;
                 lchown(&target, Some(it.uid), Some(it.gid)).map_err(|e| with_path(e, &target))?;
                 // chown clears setuid bits: set the mode after it.
-                fs::set_permissions(&target, fs::Permissions::from_mode(it.mode)).map_err(|e| with_path(e, &target))?;
+                fs::set_permissions(&target, fs::Permissions::from_mode(it.mode))
+                    .map_err(|e| with_path(e, &target))?;
                 set_mtime(&target, it.mtime)?;
             }
             EntryKind::Symlink(t) => {
@@ -263,11 +279,13 @@ pub fn ensure_parents(
         if let Some(md) = existing {
             use std::os::unix::fs::MetadataExt;
             lchown(&cur, Some(md.uid()), Some(md.gid())).map_err(|e| with_path(e, &cur))?;
-            fs::set_permissions(&cur, fs::Permissions::from_mode(md.mode() & 0o7777)).map_err(|e| with_path(e, &cur))?;
+            fs::set_permissions(&cur, fs::Permissions::from_mode(md.mode() & 0o7777))
+                .map_err(|e| with_path(e, &cur))?;
             stamps.push((cur.clone(), (md.mtime(), md.mtime_nsec())));
         } else {
             lchown(&cur, Some(owner.0), Some(owner.1)).map_err(|e| with_path(e, &cur))?;
-            fs::set_permissions(&cur, fs::Permissions::from_mode(0o755)).map_err(|e| with_path(e, &cur))?;
+            fs::set_permissions(&cur, fs::Permissions::from_mode(0o755))
+                .map_err(|e| with_path(e, &cur))?;
         }
     }
     Ok(())
@@ -275,7 +293,8 @@ pub fn ensure_parents(
 
 fn set_mtime(path: &Path, (s, ns): (i64, i64)) -> io::Result<()> {
     let t = TimeSpec::new(s, ns);
-    utimensat(None, path, &t, &t, UtimensatFlags::NoFollowSymlink).map_err(|e| with_path(io::Error::from(e), path))
+    utimensat(None, path, &t, &t, UtimensatFlags::NoFollowSymlink)
+        .map_err(|e| with_path(io::Error::from(e), path))
 }
 
 fn with_path(e: io::Error, path: &Path) -> io::Error {

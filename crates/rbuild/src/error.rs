@@ -35,7 +35,10 @@ pub enum Error {
         message: String,
     },
     /// A RUN step exited non-zero.
-    #[error("{file}:{line}: RUN {command} failed with exit code {status}{}", format_output(output))]
+    #[error(
+        "{file}:{line}: RUN {command} failed with exit code {status}{}",
+        format_output(output)
+    )]
     RunFailed {
         /// The Dockerfile's name.
         file: String,

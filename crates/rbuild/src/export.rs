@@ -31,7 +31,9 @@ impl std::str::FromStr for SaveFormat {
             "oci-dir" => Ok(Self::OciDir),
             "oci-archive" => Ok(Self::OciArchive),
             "docker-archive" => Ok(Self::DockerArchive),
-            other => Err(format!("unknown format `{other}` (expected oci-dir, oci-archive or docker-archive)")),
+            other => Err(format!(
+                "unknown format `{other}` (expected oci-dir, oci-archive or docker-archive)"
+            )),
         }
     }
 }
@@ -93,7 +95,9 @@ fn layout_files<'a>(
         }]);
         files.push((
             "manifest.json".to_owned(),
-            Source::Bytes(serde_json::to_vec(&manifest).map_err(Error::op("serialise manifest.json"))?),
+            Source::Bytes(
+                serde_json::to_vec(&manifest).map_err(Error::op("serialise manifest.json"))?,
+            ),
         ));
     }
     Ok(files)
@@ -104,7 +108,13 @@ fn layout_files<'a>(
 /// # Errors
 ///
 /// [`Error::Operation`] naming the file that could not be written.
-pub fn save(store: &Store, img: &LoadedImage, reference: Option<&Reference>, format: SaveFormat, out: &Path) -> Result<()> {
+pub fn save(
+    store: &Store,
+    img: &LoadedImage,
+    reference: Option<&Reference>,
+    format: SaveFormat,
+    out: &Path,
+) -> Result<()> {
     let config_digest: Digest = img.manifest["config"]["digest"]
         .as_str()
         .unwrap_or_default()
@@ -114,7 +124,13 @@ pub fn save(store: &Store, img: &LoadedImage, reference: Option<&Reference>, for
         .read_blob(&img.digest)
         .map_err(Error::op("read the manifest"))?
         .len() as u64;
-    let files = layout_files(img, &config_digest, manifest_size, reference, format == SaveFormat::DockerArchive)?;
+    let files = layout_files(
+        img,
+        &config_digest,
+        manifest_size,
+        reference,
+        format == SaveFormat::DockerArchive,
+    )?;
     let op = || format!("write {}", out.display());
     match format {
         SaveFormat::OciDir => {
@@ -151,7 +167,8 @@ pub fn save(store: &Store, img: &LoadedImage, reference: Option<&Reference>, for
                     Source::Bytes(b) => {
                         h.set_size(b.len() as u64);
                         h.set_cksum();
-                        tar.append_data(&mut h, &name, b.as_slice()).map_err(Error::op(op()))?;
+                        tar.append_data(&mut h, &name, b.as_slice())
+                            .map_err(Error::op(op()))?;
                     }
                     Source::Blob(d) => {
                         let f = store.open_blob(d).map_err(Error::op(op()))?;

@@ -47,10 +47,13 @@ pub fn resolve(store: &Store, reference: &str) -> Result<Descriptor> {
     if let Ok(digest) = reference.parse::<Digest>() {
         return descriptor_for_blob(store, &digest, reference);
     }
-    let r: Reference = reference.parse().map_err(|e: rbuild_oci::ReferenceError| Error::ImageNotFound {
-        reference: reference.to_owned(),
-        hint: Some(e.to_string()),
-    })?;
+    let r: Reference =
+        reference
+            .parse()
+            .map_err(|e: rbuild_oci::ReferenceError| Error::ImageNotFound {
+                reference: reference.to_owned(),
+                hint: Some(e.to_string()),
+            })?;
     if let Some(d) = store
         .resolve(&r)
         .map_err(Error::op(format!("look up {r} in the store")))?
@@ -102,18 +105,20 @@ pub fn load(store: &Store, manifest_digest: &Digest) -> Result<LoadedImage> {
     let bytes = store
         .read_blob(manifest_digest)
         .map_err(Error::op(format!("read manifest {manifest_digest}")))?;
-    let manifest: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(Error::op(format!("parse manifest {manifest_digest}")))?;
+    let manifest: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(Error::op(format!("parse manifest {manifest_digest}")))?;
     let config_digest: Digest = manifest["config"]["digest"]
         .as_str()
         .unwrap_or_default()
         .parse()
-        .map_err(Error::op(format!("read the config digest of manifest {manifest_digest}")))?;
+        .map_err(Error::op(format!(
+            "read the config digest of manifest {manifest_digest}"
+        )))?;
     let config_bytes = store
         .read_blob(&config_digest)
         .map_err(Error::op(format!("read image config {config_digest}")))?;
-    let config: ImageConfig =
-        serde_json::from_slice(&config_bytes).map_err(Error::op(format!("parse image config {config_digest}")))?;
+    let config: ImageConfig = serde_json::from_slice(&config_bytes)
+        .map_err(Error::op(format!("parse image config {config_digest}")))?;
     let blobs = manifest["layers"].as_array().cloned().unwrap_or_default();
     if blobs.len() != config.rootfs.diff_ids.len() {
         return Err(Error::Operation {
@@ -133,12 +138,17 @@ pub fn load(store: &Store, manifest_digest: &Digest) -> Result<LoadedImage> {
                 .as_str()
                 .unwrap_or_default()
                 .parse()
-                .map_err(Error::op(format!("read layer digests of {manifest_digest}")))?,
+                .map_err(Error::op(format!(
+                    "read layer digests of {manifest_digest}"
+                )))?,
             diff_id: diff_id
                 .parse()
                 .map_err(Error::op(format!("read diff_ids of {manifest_digest}")))?,
             size: b["size"].as_u64().unwrap_or(0),
-            media_type: b["mediaType"].as_str().unwrap_or(media_type::OCI_LAYER_GZIP).to_owned(),
+            media_type: b["mediaType"]
+                .as_str()
+                .unwrap_or(media_type::OCI_LAYER_GZIP)
+                .to_owned(),
         });
     }
     Ok(LoadedImage {
@@ -170,7 +180,8 @@ fn unpack(store: &Store, layer: &LayerRecord) -> Result<()> {
     let op = || format!("unpack layer {}", layer.digest);
     let blob = store.open_blob(&layer.digest).map_err(Error::op(op()))?;
     let staging = store.staging().map_err(Error::op(op()))?;
-    rbuild_layer::unpack_layer(std::io::BufReader::new(blob), &staging.upper()).map_err(Error::op(op()))?;
+    rbuild_layer::unpack_layer(std::io::BufReader::new(blob), &staging.upper())
+        .map_err(Error::op(op()))?;
     store
         .commit_layer_dir(staging, &layer.diff_id)
         .map_err(Error::op(op()))?;
@@ -210,6 +221,12 @@ pub fn write(
         manifest["annotations"] = json!(annotations);
     }
     let bytes = canonical_json(&manifest).map_err(Error::op("serialise the manifest"))?;
-    let digest = store.put_blob(&bytes).map_err(Error::op("write the manifest"))?;
-    Ok(descriptor(media_type::OCI_MANIFEST, &digest, bytes.len() as u64))
+    let digest = store
+        .put_blob(&bytes)
+        .map_err(Error::op("write the manifest"))?;
+    Ok(descriptor(
+        media_type::OCI_MANIFEST,
+        &digest,
+        bytes.len() as u64,
+    ))
 }

@@ -134,10 +134,7 @@ pub fn clean_abs(path: &str) -> String {
 /// # Errors
 ///
 /// A message for instructions that cannot be carried out (e.g. ONBUILD ONBUILD).
-pub fn plan_simple(
-    st: &mut PlanState,
-    inst: &Instruction,
-) -> Result<(Action, String), String> {
+pub fn plan_simple(st: &mut PlanState, inst: &Instruction) -> Result<(Action, String), String> {
     let c = &mut st.config;
     let action_and_text = match &inst.kind {
         InstructionKind::Env(kvs) => {
@@ -180,17 +177,27 @@ pub fn plan_simple(
         InstructionKind::Expose(ports) => {
             let map = c.exposed_ports.get_or_insert_with(BTreeMap::new);
             for p in ports {
-                let p = if p.contains('/') { p.to_lowercase() } else { format!("{p}/tcp") };
+                let p = if p.contains('/') {
+                    p.to_lowercase()
+                } else {
+                    format!("{p}/tcp")
+                };
                 map.insert(p, json!({}));
             }
-            (Action::ConfigOnly, format!("EXPOSE map[{}]", ports.join(" ")))
+            (
+                Action::ConfigOnly,
+                format!("EXPOSE map[{}]", ports.join(" ")),
+            )
         }
         InstructionKind::Volume(vols) => {
             let map = c.volumes.get_or_insert_with(BTreeMap::new);
             for v in vols {
                 map.insert(v.clone(), json!({}));
             }
-            (Action::ConfigOnly, format!("VOLUME {}", render_command(vols)))
+            (
+                Action::ConfigOnly,
+                format!("VOLUME {}", render_command(vols)),
+            )
         }
         InstructionKind::StopSignal(s) => {
             c.stop_signal = Some(s.clone());
@@ -209,7 +216,10 @@ pub fn plan_simple(
                 // docker: an ENTRYPOINT resets a CMD inherited from the base image.
                 c.cmd = None;
             }
-            (Action::ConfigOnly, format!("ENTRYPOINT {}", render_command(&args)))
+            (
+                Action::ConfigOnly,
+                format!("ENTRYPOINT {}", render_command(&args)),
+            )
         }
         InstructionKind::Shell(sh) => {
             st.shell = sh.clone();
@@ -228,9 +238,7 @@ pub fn plan_simple(
             }
             (Action::ConfigOnly, format!("ONBUILD {text}"))
         }
-        InstructionKind::Healthcheck(_) => {
-            (Action::ConfigOnly, inst.original.trim().to_owned())
-        }
+        InstructionKind::Healthcheck(_) => (Action::ConfigOnly, inst.original.trim().to_owned()),
         InstructionKind::Run(run) => {
             let visible = st.visible_args();
             let c = &st.config;

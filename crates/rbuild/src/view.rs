@@ -40,7 +40,10 @@ impl LayerView {
     /// The host path of `rel` (slash-separated, relative to `/`) in the merged view, if it
     /// exists. Symlinks inside the image are not followed.
     pub fn find(&self, rel: &str) -> Option<PathBuf> {
-        let comps: Vec<&str> = rel.split('/').filter(|c| !c.is_empty() && *c != ".").collect();
+        let comps: Vec<&str> = rel
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
         'layers: for dir in &self.dirs {
             let mut p = dir.clone();
             for (i, c) in comps.iter().enumerate() {
@@ -90,7 +93,8 @@ impl LayerView {
             Some((u, g)) => (u, Some(g)),
             None => (spec, None),
         };
-        let passwd = String::from_utf8_lossy(&self.read("etc/passwd").unwrap_or_default()).into_owned();
+        let passwd =
+            String::from_utf8_lossy(&self.read("etc/passwd").unwrap_or_default()).into_owned();
         let (uid, primary) = if let Ok(uid) = user.parse::<u32>() {
             let primary = passwd
                 .lines()
@@ -105,20 +109,26 @@ impl LayerView {
                 .map(|l| l.split(':').collect::<Vec<_>>())
                 .find(|f| f.len() > 3 && f[0] == user)
                 .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
-                .ok_or_else(|| format!("unable to find user {user}: no matching entries in passwd file"))?
+                .ok_or_else(|| {
+                    format!("unable to find user {user}: no matching entries in passwd file")
+                })?
         };
         let gid = match group {
             None => primary,
             Some(g) => match g.parse::<u32>() {
                 Ok(gid) => gid,
                 Err(_) => {
-                    let groups = String::from_utf8_lossy(&self.read("etc/group").unwrap_or_default()).into_owned();
+                    let groups =
+                        String::from_utf8_lossy(&self.read("etc/group").unwrap_or_default())
+                            .into_owned();
                     groups
                         .lines()
                         .map(|l| l.split(':').collect::<Vec<_>>())
                         .find(|f| f.len() > 2 && f[0] == g)
                         .and_then(|f| f[2].parse().ok())
-                        .ok_or_else(|| format!("unable to find group {g}: no matching entries in group file"))?
+                        .ok_or_else(|| {
+                            format!("unable to find group {g}: no matching entries in group file")
+                        })?
                 }
             },
         };

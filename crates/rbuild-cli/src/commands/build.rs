@@ -50,7 +50,9 @@ fn key_value(s: &str, what: &str) -> anyhow::Result<(String, String)> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
         // docker: `--build-arg NAME` takes the value from the environment.
-        None if what == "--build-arg" && !s.is_empty() => Ok((s.to_owned(), std::env::var(s).unwrap_or_default())),
+        None if what == "--build-arg" && !s.is_empty() => {
+            Ok((s.to_owned(), std::env::var(s).unwrap_or_default()))
+        }
         _ => anyhow::bail!("invalid {what} `{s}`: expected KEY=VALUE"),
     }
 }
@@ -80,7 +82,10 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         opts = opts.source_date_epoch(e);
     }
     if !args.context.is_dir() {
-        anyhow::bail!("build context {} is not a directory", args.context.display());
+        anyhow::bail!(
+            "build context {} is not a directory",
+            args.context.display()
+        );
     }
     let store = super::open_store(root)?;
     let mode = match args.progress {

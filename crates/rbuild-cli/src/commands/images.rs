@@ -21,11 +21,21 @@ pub fn human_size(bytes: u64) -> String {
         v /= 1000.0;
         i += 1;
     }
-    if i == 0 { format!("{bytes}B") } else { format!("{v:.3}").trim_end_matches('0').trim_end_matches('.').to_owned() + units[i] }
+    if i == 0 {
+        format!("{bytes}B")
+    } else {
+        format!("{v:.3}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_owned()
+            + units[i]
+    }
 }
 
 fn human_age(created: Option<&str>) -> String {
-    let Some(t) = created.and_then(|c| time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339).ok()) else {
+    let Some(t) = created.and_then(|c| {
+        time::OffsetDateTime::parse(c, &time::format_description::well_known::Rfc3339).ok()
+    }) else {
         return "N/A".to_owned();
     };
     let secs = (time::OffsetDateTime::now_utc() - t).whole_seconds().max(0);
@@ -59,12 +69,28 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
             ),
             Err(_) => ("N/A".to_owned(), "N/A".to_owned()),
         };
-        let shown = if args.no_trunc { digest.to_string() } else { format!("sha256:{}", digest.short()) };
-        rows.push([r.name(), r.tag().unwrap_or("<none>").to_owned(), shown, created, size]);
+        let shown = if args.no_trunc {
+            digest.to_string()
+        } else {
+            format!("sha256:{}", digest.short())
+        };
+        rows.push([
+            r.name(),
+            r.tag().unwrap_or("<none>").to_owned(),
+            shown,
+            created,
+            size,
+        ]);
     }
-    let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
     for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         println!("{}", line.join("   ").trim_end());
     }
     Ok(ExitCode::SUCCESS)

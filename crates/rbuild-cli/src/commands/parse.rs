@@ -25,7 +25,8 @@ enum Format {
 
 /// Runs `rbuild parse`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(&args.file).with_context(|| format!("failed to read {}", args.file.display()))?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("failed to read {}", args.file.display()))?;
     let df = match rbuild::dockerfile::parse(&text) {
         Ok(df) => df,
         Err(e) => {

@@ -21,6 +21,9 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         "Deleted {} blobs, {} unpacked layers, {} cache entries, {} temporary entries",
         report.blobs, report.layer_dirs, report.cache_entries, report.temps
     );
-    println!("Total reclaimed space: {}", super::images::human_size(report.bytes_freed));
+    println!(
+        "Total reclaimed space: {}",
+        super::images::human_size(report.bytes_freed)
+    );
     Ok(ExitCode::SUCCESS)
 }

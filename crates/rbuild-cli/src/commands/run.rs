@@ -33,11 +33,15 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let img = super::load_image(&store, &args.reference)?;
     let opts = RunOptions {
         command: args.command,
-        entrypoint: args.entrypoint.map(|e| if e.is_empty() { vec![] } else { vec![e] }),
+        entrypoint: args
+            .entrypoint
+            .map(|e| if e.is_empty() { vec![] } else { vec![e] }),
         env: args.env,
         user: args.user,
         no_network: args.no_network,
     };
     let status = container::run(&store, &img, &opts)?;
-    Ok(ExitCode::from(u8::try_from(status.clamp(0, 255)).unwrap_or(1)))
+    Ok(ExitCode::from(
+        u8::try_from(status.clamp(0, 255)).unwrap_or(1),
+    ))
 }

@@ -23,7 +23,11 @@ pub fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let format: SaveFormat = args.format.parse().map_err(anyhow::Error::msg)?;
     let store = super::open_store(root)?;
     let img = super::load_image(&store, &args.reference)?;
-    let reference = args.reference.parse::<rbuild::Reference>().ok().filter(|_| !args.reference.starts_with("sha256:"));
+    let reference = args
+        .reference
+        .parse::<rbuild::Reference>()
+        .ok()
+        .filter(|_| !args.reference.starts_with("sha256:"));
     export::save(&store, &img, reference.as_ref(), format, &args.output)?;
     Ok(ExitCode::SUCCESS)
 }
