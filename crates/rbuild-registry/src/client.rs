@@ -318,12 +318,12 @@ impl Client {
         retry: bool,
         make: &mut (dyn FnMut() -> Result<Attempt> + Send),
     ) -> Result<reqwest::Response> {
-        let mut scopes = vec![access.scope(&ctx.repository)];
-        scopes.extend(extra_scopes.iter().cloned());
-        if ctx.repository.is_empty() {
-            scopes.clear();
-            scopes.extend(extra_scopes.iter().cloned());
-        }
+        // Registry-level requests (`/v2/`, catalog) have no repository scope of their own.
+        let own = (!ctx.repository.is_empty()).then(|| access.scope(&ctx.repository));
+        let mut scopes: Vec<String> = own
+            .into_iter()
+            .chain(extra_scopes.iter().cloned())
+            .collect();
         let mut attempt = 0u32;
         let mut reauthed = false;
         loop {

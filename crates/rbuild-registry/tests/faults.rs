@@ -396,6 +396,45 @@ async fn interrupted_download_resumes_with_range() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn download_that_keeps_breaking_fails_and_commits_nothing() {
+    let (image, blobs) = make_image(17, 1, 50_000);
+    let layer = image.layers[0].digest.clone();
+    let layer_bytes = blobs.get(&layer).unwrap();
+    let manifest = image.manifest_bytes.clone();
+    let config = blobs.get(&image.config.digest).unwrap();
+    let config_path = format!("/v2/app/blobs/{}", image.config.digest);
+    let server = FakeServer::start(move |r| {
+        if r.path().contains("/manifests/") {
+            Resp::new(200)
+                .header("Content-Type", rbuild_oci::media_type::OCI_MANIFEST)
+                .body(manifest.clone())
+        } else if r.path() == config_path {
+            Resp::new(200).body(config.clone())
+        } else {
+            // Every answer for the layer is cut short, ranged or not.
+            Resp::new(200).body(layer_bytes.clone()).cut_after(1000)
+        }
+    });
+    let client = Client::new(options().max_retries(2)).unwrap();
+    let sink = MemBlobs::default();
+    let err = client
+        .pull_image(&reference(&server.host(), "app:1"), None, &sink, &quiet)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Http { .. }), "{err}");
+    assert!(
+        sink.get(&layer).is_none(),
+        "a partial blob reached the sink"
+    );
+    let layer_gets = server
+        .requests()
+        .iter()
+        .filter(|r| r.path().ends_with(&layer.to_string()))
+        .count();
+    assert_eq!(layer_gets, 3, "first try plus two resumes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tags_follow_link_pagination() {
     let all = ["a", "b", "c", "d", "e"];
     let server = FakeServer::start(move |r| {
