@@ -152,6 +152,15 @@ impl Client {
         source: &dyn BlobSource,
         events: Events<'_, PushEvent>,
     ) -> Result<PushResult> {
+        // `repo:tag@digest` pushes under the tag (the digest is what we compute anyway).
+        let tagged;
+        let target = match target.tag() {
+            Some(tag) if target.digest().is_some() => {
+                tagged = target.with_tag(tag);
+                &tagged
+            }
+            _ => target,
+        };
         let mut blobs: Vec<(&BlobRef, bool)> = vec![(&image.config, true)];
         for l in &image.layers {
             if !blobs.iter().any(|(b, _)| b.digest == l.digest) {
