@@ -126,27 +126,3 @@ pub fn sh(cmd: &mut Command) -> String {
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
-
-/// Files below `dir` (relative paths), sorted.
-pub fn list_files(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = walkdir(dir)
-        .into_iter()
-        .map(|p| p.strip_prefix(dir).unwrap().to_string_lossy().into_owned())
-        .collect();
-    v.sort();
-    v
-}
-
-fn walkdir(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            out.push(p.clone());
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                out.extend(walkdir(&p));
-            }
-        }
-    }
-    out
-}

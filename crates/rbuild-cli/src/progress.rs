@@ -109,14 +109,12 @@ impl Renderer {
                     }
                 }
             }
-            BuildEvent::StepOutput { bytes, .. } => {
-                if st.mode == Mode::Plain {
-                    let mut out = std::io::stdout().lock();
-                    let _ = out.write_all(&bytes);
-                    let _ = out.flush();
-                    if let Some(&last) = bytes.last() {
-                        st.at_line_start = last == b'\n';
-                    }
+            BuildEvent::StepOutput { bytes, .. } if st.mode == Mode::Plain => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(&bytes);
+                let _ = out.flush();
+                if let Some(&last) = bytes.last() {
+                    st.at_line_start = last == b'\n';
                 }
             }
             BuildEvent::StepFinished { elapsed, .. } => {
