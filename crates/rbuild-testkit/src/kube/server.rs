@@ -436,21 +436,22 @@ fn watch_response(
     response
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, Response<Body>> {
+/// The JSON body, or the `400` answer (boxed: a response is large).
+fn parse_body(body: &Bytes) -> Result<Value, Box<Response<Body>>> {
     serde_json::from_slice(body).map_err(|e| {
-        status_error(
+        Box::new(status_error(
             StatusCode::BAD_REQUEST,
             "BadRequest",
             &format!("the body of the request was in an unknown format: {e}"),
             json!({}),
-        )
+        ))
     })
 }
 
 fn create(shared: &Shared, ns: &str, body: &Bytes) -> Response<Body> {
     let object = match parse_body(body) {
         Ok(v) => v,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some(name) = object["metadata"]["name"].as_str().map(str::to_owned) else {
         return status_error(
@@ -497,7 +498,7 @@ fn patch_one(
     };
     let patch_body = match parse_body(body) {
         Ok(v) => v,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let updated = {
         let mut state = shared.state();
@@ -525,7 +526,7 @@ fn patch_one(
 fn put(shared: &Shared, key: &(String, String), body: &Bytes) -> Response<Body> {
     let object = match parse_body(body) {
         Ok(v) => v,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let updated = {
         let mut state = shared.state();
