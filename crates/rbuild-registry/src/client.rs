@@ -149,7 +149,11 @@ impl Ctx {
     /// Maps a non-success response to an error, reading (a bounded part of) its body.
     pub async fn status_error(&self, resp: reqwest::Response, what: &str) -> Error {
         let status = resp.status();
-        let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+        // Only the start of an error body is shown; never buffer an unbounded one.
+        let body = read_limited(resp, 64 * 1024)
+            .await
+            .map(|(b, _)| b)
+            .unwrap_or_default();
         self.status_error_with(status, &body, what)
     }
 
@@ -538,7 +542,12 @@ impl Client {
         if !status.is_success() {
             return Err(fail(format!("status {status}")));
         }
-        let body = resp.bytes().await.map_err(|e| fail(e.to_string()))?;
+        let (body, complete) = read_limited(resp, MAX_DOCUMENT)
+            .await
+            .map_err(|e| fail(e.to_string()))?;
+        if !complete {
+            return Err(fail("token answer larger than 4 MiB".into()));
+        }
         let parsed = parse_token(&body).ok_or_else(|| fail("no token in the answer".into()))?;
         Ok(Token {
             value: parsed.0,
@@ -584,6 +593,30 @@ impl Client {
             Err(ctx.status_error(resp, "/v2/").await)
         }
     }
+}
+
+/// The largest JSON document (manifest, tag list, token) read into memory. The distribution
+/// spec lets registries reject manifests over 4 MiB; clients may do the same.
+pub(crate) const MAX_DOCUMENT: usize = 4 << 20;
+
+/// Reads at most `limit` bytes of the body; the flag says whether the body was complete.
+pub(crate) async fn read_limited(
+    resp: reqwest::Response,
+    limit: usize,
+) -> std::result::Result<(Vec<u8>, bool), reqwest::Error> {
+    use futures::StreamExt as _;
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk?;
+        if out.len() + chunk.len() > limit {
+            let room = limit - out.len();
+            out.extend_from_slice(&chunk[..room]);
+            return Ok((out, false));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, true))
 }
 
 fn basic(user: &str, password: &str) -> String {

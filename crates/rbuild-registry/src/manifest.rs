@@ -7,7 +7,7 @@ use http::StatusCode;
 use rbuild_oci::oci_spec::image::ImageIndex;
 use rbuild_oci::{Digest, Reference, media_type};
 
-use crate::client::{Attempt, Client, Ctx};
+use crate::client::{Attempt, Client, Ctx, MAX_DOCUMENT, read_limited};
 use crate::error::{Error, Result};
 use crate::request::{self, Access};
 use crate::response;
@@ -138,6 +138,18 @@ pub fn select_platform(
     Ok(None)
 }
 
+/// Reads a JSON document of at most [`MAX_DOCUMENT`] bytes.
+async fn read_document(ctx: &Ctx, resp: reqwest::Response) -> Result<Vec<u8>> {
+    let (bytes, complete) = read_limited(resp, MAX_DOCUMENT)
+        .await
+        .map_err(|e| ctx.http(e))?;
+    if complete {
+        Ok(bytes)
+    } else {
+        Err(ctx.protocol("document larger than 4 MiB"))
+    }
+}
+
 /// The media type a manifest document declares in its `mediaType` field.
 fn declared_media_type(bytes: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
@@ -224,7 +236,7 @@ impl Client {
             return Err(ctx.status_error(resp, &format!("manifest {tag}")).await);
         }
         let header_type = response::content_type(resp.headers());
-        let bytes = resp.bytes().await.map_err(|e| ctx.http(e))?.to_vec();
+        let bytes = read_document(&ctx, resp).await?;
         let digest = Digest::sha256_of(&bytes);
         if let Some(expected) = reference.digest()
             && expected != &digest
@@ -419,7 +431,7 @@ impl Client {
             return Err(ctx.status_error(resp, field).await);
         }
         let link = response::next_link(resp.headers(), &url);
-        let body = resp.bytes().await.map_err(|e| ctx.http(e))?;
+        let body = read_document(ctx, resp).await?;
         let v: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| ctx.protocol(format!("bad {field} list: {e}")))?;
         let items = v
@@ -459,7 +471,7 @@ impl Client {
                 .map_err(|e| ctx.protocol(format!("bad referrers index: {e}")))
         };
         if resp.status().is_success() {
-            let body = resp.bytes().await.map_err(|e| ctx.http(e))?;
+            let body = read_document(&ctx, resp).await?;
             return parse(&body);
         }
         if resp.status() != StatusCode::NOT_FOUND {

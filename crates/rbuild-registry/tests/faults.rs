@@ -715,3 +715,18 @@ async fn identity_tokens_use_the_oauth2_refresh_grant() {
     let form = String::from_utf8(token_server.requests()[0].body.clone()).unwrap();
     assert!(form.contains("scope=repository%3Aapp%3Apull"), "{form}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_manifest_is_refused_not_buffered() {
+    let server = FakeServer::start(|_| {
+        Resp::new(200)
+            .header("Content-Type", rbuild_oci::media_type::OCI_MANIFEST)
+            .body(vec![b' '; 5 << 20])
+    });
+    let client = Client::new(options()).unwrap();
+    let err = client
+        .get_manifest(&reference(&server.host(), "app:1"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("larger than 4 MiB"), "{err}");
+}
