@@ -261,7 +261,6 @@ impl Client {
         self.finish_upload(ctx, &next, digest).await
     }
 
-    #[allow(clippy::too_many_arguments)] // reason: internal, each argument is one piece of upload state
     async fn upload_chunked(
         &self,
         ctx: &Ctx,

@@ -38,6 +38,7 @@
 //! # }
 //! ```
 
+mod auth;
 mod blob;
 mod client;
 pub mod credentials;
