@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::request;
 use crate::response::Challenge;
 
+/// What the client knows about one registry's authentication.
 #[derive(Debug, Default)]
 pub(crate) struct RegistryAuth {
     scheme: Scheme,
@@ -26,6 +27,8 @@ pub(crate) struct RegistryAuth {
     token: Option<Token>,
 }
 
+/// The scheme the registry's last challenge asked for (`Unknown` until a 401 is seen, so
+/// anonymous registries never get an `Authorization` header).
 #[derive(Debug, Default, Clone)]
 enum Scheme {
     #[default]
