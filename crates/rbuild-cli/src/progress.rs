@@ -126,6 +126,10 @@ impl Renderer {
                     }
                 }
             }
+            BuildEvent::CacheMiss { reason, .. } => match &st.bar {
+                Some(pb) => pb.println(format!("  cache miss: {reason}")),
+                None => println!("  cache miss: {reason}"),
+            },
             BuildEvent::Warning(w) => match &st.bar {
                 Some(pb) => pb.println(format!("warning: {w}")),
                 None => eprintln!("warning: {w}"),

@@ -18,6 +18,7 @@ use crate::context::{Context, HashCache};
 use crate::copy::{self, CopyRequest};
 use crate::error::{BoxError, Error, Result};
 use crate::events::{BuildEvent, NoProgress, Progress};
+use crate::explain::{self, BuildRecord, StepInputs};
 use crate::image::{self, LayerRecord};
 use crate::options::{BuildOptions, DockerfileSource};
 use crate::step::{self, Action, PlanState, Step};
@@ -83,6 +84,9 @@ struct Run<'a> {
     hash_cache: HashCache,
     hash_cache_name: String,
     results: BTreeMap<usize, StageResult>,
+    record: BuildRecord,
+    last_record: BuildRecord,
+    record_name: String,
     cached: usize,
     total: usize,
 }
@@ -167,6 +171,7 @@ impl Builder {
                     message: format!("target stage `{t}` could not be found"),
                 })?,
         };
+        let file_name = file.clone();
         let mut run = Run {
             b: self,
             opts,
@@ -183,12 +188,22 @@ impl Builder {
                 ))[..16]
             ),
             results: BTreeMap::new(),
+            record: BuildRecord::default(),
+            last_record: BuildRecord::default(),
+            record_name: format!(
+                "build-{}",
+                &hex::encode(sha2::Sha256::digest(
+                    format!("{}\0{file_name}\0{target}", opts.context.display()).as_bytes()
+                ))[..16]
+            ),
             cached: 0,
             total: 0,
         };
         run.resolve_meta_args()?;
+        run.load_record();
         let result = run.stage(target)?;
         run.save_hash_cache();
+        run.save_record();
         let mut config = result.config;
         if !opts.labels.is_empty() {
             let labels = config.config.labels.get_or_insert_with(BTreeMap::new);
@@ -305,6 +320,22 @@ impl Run<'_> {
         Ok(())
     }
 
+    fn load_record(&mut self) {
+        if let Ok(Some(bytes)) = self.b.store.state_get(&self.record_name) {
+            self.last_record = serde_json::from_slice(&bytes).unwrap_or_default();
+        }
+    }
+
+    /// Keeps this build's step inputs for the next `--explain`; skipped when nothing changed.
+    fn save_record(&self) {
+        if self.record != self.last_record {
+            if let Ok(bytes) = serde_json::to_vec(&self.record) {
+                // Losing it only makes the next --explain less precise.
+                let _ = self.b.store.state_put(&self.record_name, &bytes);
+            }
+        }
+    }
+
     fn save_hash_cache(&mut self) {
         if let Some(ctx) = &self.context {
             self.hash_cache.retain_present(ctx);
@@ -383,7 +414,7 @@ impl Run<'_> {
             cached: false,
         });
         let mut view = image::ensure_unpacked(&self.b.store, &base.layers)?;
-        let steps = self.plan(idx, &stage.instructions, &base, &view)?;
+        let steps = self.plan(&stage.instructions, &base, &view)?;
 
         // Execute.
         let mut config = base.config.clone();
@@ -407,6 +438,28 @@ impl Run<'_> {
                 text: st.display.clone(),
                 cached: hit.is_some(),
             });
+            if hit.is_none() && self.opts.explain {
+                let prev = self
+                    .last_record
+                    .stages
+                    .get(&idx)
+                    .and_then(|steps| steps.get(st.index - 2));
+                let reason = if self.opts.no_cache {
+                    "--no-cache".to_owned()
+                } else {
+                    explain::explain(prev, &st.inputs)
+                };
+                self.b.progress.event(BuildEvent::CacheMiss {
+                    stage: idx,
+                    index: st.index,
+                    reason,
+                });
+            }
+            self.record
+                .stages
+                .entry(idx)
+                .or_default()
+                .push(st.inputs.clone());
             let record = match hit {
                 Some(r) => {
                     self.cached += 1;
@@ -472,7 +525,6 @@ impl Run<'_> {
     /// Plans every instruction of a stage: expansion, config effects, cache keys.
     fn plan(
         &mut self,
-        idx: usize,
         instructions: &[Instruction],
         base: &StageResult,
         view: &LayerView,
@@ -516,6 +568,7 @@ impl Run<'_> {
                 display_args(&inst.original)
             );
             let mut sources_digest = String::new();
+            let parent = st.key.clone();
             let (action, created_by) = match &expanded.kind {
                 InstructionKind::Arg(decls) => {
                     let mut text = String::from("ARG");
@@ -575,14 +628,25 @@ impl Run<'_> {
                 _ => step::plan_simple(&mut st, &expanded).map_err(|m| self.err(line, m))?,
             };
             let key = step::key_of(&json!([
-                st.key,
+                parent,
                 created_by,
                 visible_before,
                 sources_digest,
-                platform,
-                idx == 0 && i == 0,
+                platform
             ]));
             st.key = key.clone();
+            let files = match &action {
+                Action::Copy(plan) => self.files_of(plan),
+                _ => BTreeMap::new(),
+            };
+            let inputs = StepInputs {
+                key: key.clone(),
+                parent,
+                first: i == 0,
+                created_by: created_by.clone(),
+                args: visible_before,
+                files,
+            };
             steps.push(Step {
                 index: i + 2,
                 line,
@@ -591,6 +655,7 @@ impl Run<'_> {
                 key,
                 action,
                 config_after: st.config.clone(),
+                inputs,
             });
         }
         Ok(steps)
@@ -657,6 +722,40 @@ impl Run<'_> {
         sources_digest.clone_from(&plan.digest);
         let created_by = format!("{keyword} {} {} # buildkit", sources.join(" "), dest);
         Ok((Action::Copy(plan), created_by))
+    }
+
+    /// A COPY's sources in `--explain` form: context path → what lands where.
+    fn files_of(&self, plan: &copy::CopyPlan) -> BTreeMap<String, String> {
+        let root = self
+            .context
+            .as_ref()
+            .map(|c| c.root().to_owned())
+            .unwrap_or_default();
+        plan.items
+            .iter()
+            .map(|it| {
+                let rel = it
+                    .src
+                    .strip_prefix(&root)
+                    .unwrap_or(&it.src)
+                    .to_string_lossy()
+                    .into_owned();
+                let (kind, content) = match &it.kind {
+                    crate::context::EntryKind::File => {
+                        ("file", it.sha256.clone().unwrap_or_default())
+                    }
+                    crate::context::EntryKind::Dir => ("dir", String::new()),
+                    crate::context::EntryKind::Symlink(t) => ("link", t.display().to_string()),
+                };
+                (
+                    rel,
+                    format!(
+                        "{kind} {:o} {}:{} {content} → /{}",
+                        it.mode, it.uid, it.gid, it.dest
+                    ),
+                )
+            })
+            .collect()
     }
 
     /// A cache hit whose layer is usable (blob present; unpacked dir present or re-made).

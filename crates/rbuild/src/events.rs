@@ -41,6 +41,15 @@ pub enum BuildEvent {
         /// Wall time of the step.
         elapsed: Duration,
     },
+    /// Why a step missed the cache (only with [`crate::BuildOptions::explain`]).
+    CacheMiss {
+        /// Stage index.
+        stage: usize,
+        /// Step number.
+        index: usize,
+        /// The first input that differs from the last build of this step.
+        reason: String,
+    },
     /// A warning about the Dockerfile or the build (undefined variable, deprecated instruction, …).
     Warning(String),
     /// The image was written to the store.

@@ -30,6 +30,7 @@ pub mod context;
 pub mod copy;
 mod error;
 mod events;
+pub mod explain;
 pub mod export;
 pub mod image;
 mod options;

@@ -50,6 +50,8 @@ pub struct BuildOptions {
     pub source_date_epoch: Option<i64>,
     /// Labels added to the image config.
     pub labels: BTreeMap<String, String>,
+    /// Report why each step missed the cache ([`crate::BuildEvent::CacheMiss`]).
+    pub explain: bool,
 }
 
 impl BuildOptions {
@@ -64,6 +66,7 @@ impl BuildOptions {
             target: None,
             source_date_epoch: None,
             labels: BTreeMap::new(),
+            explain: false,
         }
     }
 
@@ -116,6 +119,13 @@ impl BuildOptions {
     #[must_use]
     pub fn source_date_epoch(mut self, epoch: i64) -> Self {
         self.source_date_epoch = Some(epoch);
+        self
+    }
+
+    /// Reports why each step missed the cache.
+    #[must_use]
+    pub fn explain(mut self, yes: bool) -> Self {
+        self.explain = yes;
         self
     }
 

@@ -54,6 +54,8 @@ pub struct Step {
     pub action: Action,
     /// The runtime config after this step.
     pub config_after: RuntimeConfig,
+    /// The inputs of the cache key, for `--explain`.
+    pub inputs: crate::explain::StepInputs,
 }
 
 /// The state a stage's planning carries from one instruction to the next.

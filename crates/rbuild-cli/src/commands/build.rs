@@ -24,6 +24,9 @@ pub struct Args {
     /// Do not use the step cache.
     #[arg(long)]
     no_cache: bool,
+    /// Say why each step that is not cached missed the cache.
+    #[arg(long)]
+    explain: bool,
     /// Build this stage instead of the last.
     #[arg(long, value_name = "STAGE")]
     target: Option<String>,
@@ -59,7 +62,9 @@ fn key_value(s: &str, what: &str) -> anyhow::Result<(String, String)> {
 
 /// Runs `rbuild build`.
 pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
-    let mut opts = BuildOptions::new(&args.context).no_cache(args.no_cache);
+    let mut opts = BuildOptions::new(&args.context)
+        .no_cache(args.no_cache)
+        .explain(args.explain);
     if let Some(f) = &args.file {
         opts = opts.dockerfile(f);
     }
