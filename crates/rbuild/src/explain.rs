@@ -102,7 +102,7 @@ fn what_changed(old: &str, new: &str) -> String {
     let o: Vec<&str> = old.splitn(4, ' ').collect();
     let n: Vec<&str> = new.splitn(4, ' ').collect();
     let names = ["type", "mode", "owner", "content"];
-    for i in 0..4 {
+    for (i, name) in names.iter().enumerate() {
         if o.get(i) != n.get(i) {
             return match i {
                 3 if o.get(3).map(|s| s.split(" → ").nth(1))
