@@ -111,12 +111,11 @@ fn what_changed(old: &str, new: &str) -> String {
                     "destination changed".to_owned()
                 }
                 1 | 2 => format!(
-                    "{} changed: {} → {}",
-                    names[i],
+                    "{name} changed: {} → {}",
                     o.get(i).unwrap_or(&""),
                     n.get(i).unwrap_or(&"")
                 ),
-                _ => format!("{} changed", names[i]),
+                _ => format!("{name} changed"),
             };
         }
     }
