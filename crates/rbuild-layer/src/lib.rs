@@ -38,6 +38,7 @@
 mod error;
 mod meta;
 mod pax;
+mod pgzip;
 mod resolve;
 mod sys;
 mod unpack;
