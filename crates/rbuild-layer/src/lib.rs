@@ -169,6 +169,14 @@ pub struct LayerDescriptor {
     pub media_type: &'static str,
 }
 
+impl LayerDescriptor {
+    /// The manifest `layers[]` entry for this blob.
+    pub fn to_oci_descriptor(&self) -> rbuild_oci::oci_spec::image::Descriptor {
+        use rbuild_oci::oci_spec::image::{Descriptor, MediaType};
+        Descriptor::new(MediaType::from(self.media_type), self.size, &self.digest)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,6 +194,20 @@ mod tests {
         assert_eq!(o.get_compression(), Compression::Zstd);
         assert_eq!(o.get_gzip_level(), 9);
         assert_eq!(o.get_source_date_epoch(), Some(5));
+    }
+
+    #[test]
+    fn descriptor_for_the_manifest() {
+        let d = LayerDescriptor {
+            diff_id: Digest::sha256_of(b"tar"),
+            digest: Digest::sha256_of(b"blob"),
+            size: 4,
+            media_type: media_type::OCI_LAYER_GZIP,
+        };
+        let oci = d.to_oci_descriptor();
+        assert_eq!(oci.size(), 4);
+        assert_eq!(oci.digest().to_string(), d.digest.to_string());
+        assert_eq!(oci.media_type().to_string(), media_type::OCI_LAYER_GZIP);
     }
 
     #[test]
