@@ -1,6 +1,5 @@
 //! The deployer: connect, set an image, wait for the rollout, roll back, read the history.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -13,146 +12,11 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::history::{self, Action, HISTORY_ANNOTATION, HistoryEntry};
+use crate::options::{ConnectOptions, DeployOptions, Deployed, Progress};
 use crate::status::{RolloutFailure, RolloutState, rollout_state};
 
 /// The field manager recorded for rbuild's patches (`metadata.managedFields`).
 const FIELD_MANAGER: &str = "rbuild";
-
-/// Where to find the cluster: `--kubeconfig` and `--context`.
-#[derive(Debug, Clone, Default)]
-pub struct ConnectOptions {
-    kubeconfig: Option<PathBuf>,
-    context: Option<String>,
-}
-
-impl ConnectOptions {
-    /// Reads this kubeconfig file instead of `$KUBECONFIG` / `~/.kube/config`.
-    #[must_use]
-    pub fn kubeconfig(mut self, path: impl Into<PathBuf>) -> Self {
-        self.kubeconfig = Some(path.into());
-        self
-    }
-
-    /// Uses this kubeconfig context instead of `current-context`.
-    #[must_use]
-    pub fn context(mut self, context: impl Into<String>) -> Self {
-        self.context = Some(context.into());
-        self
-    }
-}
-
-/// Options of [`Deployer::deploy`] and [`Deployer::rollback`].
-#[derive(Debug, Clone)]
-pub struct DeployOptions {
-    namespace: Option<String>,
-    container: Option<String>,
-    timeout: Option<Duration>,
-    allow_latest: bool,
-    rollback_on_failure: bool,
-    wait: bool,
-}
-
-impl Default for DeployOptions {
-    fn default() -> Self {
-        Self {
-            namespace: None,
-            container: None,
-            timeout: None,
-            allow_latest: false,
-            rollback_on_failure: false,
-            wait: true,
-        }
-    }
-}
-
-impl DeployOptions {
-    /// The namespace (default: the kubeconfig context's, else `default`).
-    #[must_use]
-    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
-        self.namespace = Some(namespace.into());
-        self
-    }
-
-    /// The container to update (needed when the pod template has several).
-    #[must_use]
-    pub fn container(mut self, container: impl Into<String>) -> Self {
-        self.container = Some(container.into());
-        self
-    }
-
-    /// Gives up waiting after `timeout` (default: wait until the rollout ends).
-    #[must_use]
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Accepts `latest` and untagged references.
-    #[must_use]
-    pub fn allow_latest(mut self, allow: bool) -> Self {
-        self.allow_latest = allow;
-        self
-    }
-
-    /// Puts the previous image back, and waits for that, when the rollout fails.
-    #[must_use]
-    pub fn rollback_on_failure(mut self, rollback: bool) -> Self {
-        self.rollback_on_failure = rollback;
-        self
-    }
-
-    /// Whether to wait for the rollout (default `true`; `--no-wait` sets `false`).
-    #[must_use]
-    pub fn wait(mut self, wait: bool) -> Self {
-        self.wait = wait;
-        self
-    }
-}
-
-/// What the deployer reports while it works, for the caller to display.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Progress {
-    /// The image was set: kubectl says `deployment.apps/<name> image updated`.
-    ImageUpdated {
-        /// The deployment.
-        deployment: String,
-        /// The container.
-        container: String,
-        /// The image replaced.
-        previous: String,
-        /// The image set.
-        image: String,
-    },
-    /// A rollout status message, each distinct one once, exactly as `kubectl rollout status`
-    /// prints it (e.g. `deployment "web" successfully rolled out`).
-    Status(String),
-    /// The rollout failed and the previous image is being put back.
-    RollingBack {
-        /// The deployment.
-        deployment: String,
-        /// The image being restored.
-        image: String,
-        /// Why.
-        failure: RolloutFailure,
-    },
-}
-
-/// The result of a successful deploy or rollback.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Deployed {
-    /// The namespace.
-    pub namespace: String,
-    /// The deployment.
-    pub deployment: String,
-    /// The container updated.
-    pub container: String,
-    /// The image before.
-    pub previous: String,
-    /// The image now.
-    pub image: String,
-    /// kubectl's final message when the rollout was waited for.
-    pub rolled_out: Option<String>,
-}
 
 /// A connection to one cluster.
 #[derive(Clone)]

@@ -45,11 +45,13 @@
 mod deployer;
 mod error;
 pub mod history;
+mod options;
 pub mod status;
 
-pub use deployer::{ConnectOptions, DeployOptions, Deployed, Deployer, Progress};
+pub use deployer::Deployer;
 pub use error::{Error, Result};
 pub use history::{HISTORY_ANNOTATION, HistoryEntry};
+pub use options::{ConnectOptions, DeployOptions, Deployed, Progress};
 pub use status::{RolloutFailure, RolloutState, rollout_state};
 
 use rbuild_oci::Reference;

@@ -515,9 +515,15 @@ async fn scenarios_end_like_kubectl_rollout_status() {
         let waiter = {
             let deployer = deployer.clone();
             tokio::spawn(async move {
-                deployer
-                    .wait_for_rollout("default", "web", Some(Duration::from_secs(4)), &mut |_| {})
-                    .await
+                let mut statuses = Vec::new();
+                let outcome = deployer
+                    .wait_for_rollout("default", "web", Some(Duration::from_secs(4)), &mut |p| {
+                        if let Progress::Status(s) = p {
+                            statuses.push(s);
+                        }
+                    })
+                    .await;
+                (outcome, statuses)
             })
         };
         // Both watch before the controller moves.
@@ -539,7 +545,7 @@ async fn scenarios_end_like_kubectl_rollout_status() {
             .unwrap()
             .unwrap();
         let (kubectl_ok, kubectl_message) = kubectl_outcome(&kubectl);
-        let ours = waiter.await.unwrap();
+        let (ours, our_statuses) = waiter.await.unwrap();
         let (ours_ok, ours_message) = match &ours {
             Ok(message) => (true, message.clone()),
             Err(e) => (
@@ -559,5 +565,24 @@ async fn scenarios_end_like_kubectl_rollout_status() {
             (kubectl_ok, kubectl_message.as_str()),
             "rbuild vs kubectl, {scenario:?}"
         );
+        // The same progress lines too (kubectl repeats a line per event; rbuild prints each
+        // distinct one once).
+        let mut kubectl_statuses: Vec<String> = String::from_utf8_lossy(&kubectl.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        kubectl_statuses.dedup();
+        assert_eq!(
+            our_statuses, kubectl_statuses,
+            "progress lines, {scenario:?}"
+        );
+        assert_eq!(
+            our_statuses.first().map(String::as_str),
+            Some("Waiting for deployment spec update to be observed..."),
+        );
+        if scenario == Scenario::Healthy {
+            // Observed, each new replica, old ones terminating, availability, done.
+            assert!(our_statuses.len() >= 5, "{our_statuses:#?}");
+        }
     }
 }

@@ -527,6 +527,148 @@ mod tests {
     }
 
     #[test]
+    fn kubectl_merge_and_json_patches() {
+        let server = FakeKube::start().unwrap();
+        server.add_deployment("default", "web", &[("app", "web:1"), ("side", "s:1")], 1);
+        let (dir, config) = setup(&server, None);
+        let Some(merge) = kubectl(
+            dir.path(),
+            &config,
+            &[
+                "patch",
+                "deploy",
+                "web",
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"replicas":3}}"#,
+            ],
+        ) else {
+            return;
+        };
+        assert!(merge.status.success(), "{}", text(&merge.stderr));
+        assert_eq!(text(&merge.stdout).trim(), "deployment.apps/web patched");
+        let json_patch = kubectl(
+            dir.path(),
+            &config,
+            &[
+                "patch",
+                "deploy",
+                "web",
+                "--type=json",
+                "-p",
+                r#"[{"op":"replace","path":"/spec/template/spec/containers/1/image","value":"s:2"}]"#,
+            ],
+        )
+        .unwrap();
+        assert!(json_patch.status.success(), "{}", text(&json_patch.stderr));
+        let d = server.deployment("default", "web").unwrap();
+        assert_eq!(d["spec"]["replicas"], 3);
+        assert_eq!(d["metadata"]["generation"], 3);
+        assert_eq!(
+            server.container_image("default", "web", "side").as_deref(),
+            Some("s:2")
+        );
+        assert_eq!(
+            server.container_image("default", "web", "app").as_deref(),
+            Some("web:1")
+        );
+        let kinds: Vec<String> = server
+            .requests()
+            .into_iter()
+            .filter(|r| r.starts_with("PATCH"))
+            .collect();
+        assert!(
+            kinds[0].ends_with("application/merge-patch+json"),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds[1].ends_with("application/json-patch+json"),
+            "{kinds:?}"
+        );
+
+        // A failing JSON patch `test` is refused and changes nothing.
+        let failing = kubectl(
+            dir.path(),
+            &config,
+            &[
+                "patch",
+                "deploy",
+                "web",
+                "--type=json",
+                "-p",
+                r#"[{"op":"test","path":"/spec/replicas","value":7}]"#,
+            ],
+        )
+        .unwrap();
+        assert!(!failing.status.success());
+        assert_eq!(
+            server.deployment("default", "web").unwrap()["metadata"]["generation"],
+            3
+        );
+
+        let missing = kubectl(dir.path(), &config, &["get", "deploy", "ghost"]).unwrap();
+        assert!(!missing.status.success());
+        assert_eq!(
+            text(&missing.stderr).trim(),
+            "Error from server (NotFound): deployments.apps \"ghost\" not found"
+        );
+    }
+
+    #[test]
+    fn kubectl_watch_sees_the_controller_and_deletion() {
+        let server = FakeKube::start().unwrap();
+        server.add_deployment("default", "web", &[("app", "web:1")], 1);
+        server.set_scenario("default", "web", Scenario::DeletedMidWait);
+        let (dir, config) = setup(&server, None);
+        // Nothing moves until the watch is open.
+        server.set_paused(true);
+        let Some(set) = kubectl(
+            dir.path(),
+            &config,
+            &["set", "image", "deploy/web", "app=web:2"],
+        ) else {
+            return;
+        };
+        assert!(set.status.success(), "{}", text(&set.stderr));
+        // `--output-watch-events` prints each watch event's type; the watch ends with the
+        // request timeout.
+        let watch = Command::new(KUBECTL)
+            .arg("--kubeconfig")
+            .arg(&config)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args(["get", "deploy", "web", "--watch", "--output-watch-events"])
+            .arg("--request-timeout=4s")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        while server.watch_count() == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server.set_paused(false);
+        let watch = watch.wait_with_output().unwrap();
+        let out = text(&watch.stdout);
+        let events: Vec<(&str, &str)> = out
+            .lines()
+            .filter(|l| !l.starts_with("EVENT"))
+            .filter_map(|l| {
+                let mut cells = l.split_whitespace();
+                Some((cells.next()?, cells.next()?))
+            })
+            .collect();
+        assert_eq!(events.first(), Some(&("ADDED", "web")), "{out}");
+        assert!(events.contains(&("MODIFIED", "web")), "{out}");
+        assert_eq!(events.last(), Some(&("DELETED", "web")), "{out}");
+        // Watch events are Tables too: the READY column is printed for every event.
+        assert!(
+            out.lines().filter(|l| l.starts_with("EVENT")).count() == 1,
+            "{out}"
+        );
+        assert!(server.deployment("default", "web").is_none());
+    }
+
+    #[test]
     fn spec_changes_bump_generation_metadata_changes_do_not() {
         let server =
             FakeKube::start_with(FakeKubeOptions::default().tick(Duration::from_secs(3600)))

@@ -304,7 +304,7 @@ async fn collection(
 ) -> Response<Body> {
     let watch = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     if watch {
-        return watch_response(shared, ns, query);
+        return watch_response(shared, ns, query, wants_table(accept));
     }
     let state = shared.state();
     let items: Vec<&Value> = state
@@ -340,7 +340,15 @@ async fn collection(
     )
 }
 
-fn event_line(kind: &str, object: &Value) -> Bytes {
+/// One watch event line; with `table`, the object is a one-row Table, as the real server sends
+/// to `kubectl get --watch`.
+fn event_line(kind: &str, object: &Value, table: bool) -> Bytes {
+    let object = if table && kind != "BOOKMARK" {
+        let rv = object["metadata"]["resourceVersion"].as_str().unwrap_or("");
+        super::discovery::table(&[object], rv)
+    } else {
+        object.clone()
+    };
     let mut line = json!({"type": kind, "object": object}).to_string();
     line.push('\n');
     Bytes::from(line)
@@ -354,6 +362,7 @@ fn watch_response(
     shared: &Arc<Shared>,
     ns: Option<&str>,
     query: &HashMap<String, String>,
+    table: bool,
 ) -> Response<Body> {
     let ns = ns.map(str::to_owned);
     let query = query.clone();
@@ -366,7 +375,7 @@ fn watch_response(
         if requested.is_empty() || requested == "0" || send_initial {
             for stored in state.deployments.values() {
                 if in_scope(&stored.object, ns.as_deref(), &query) {
-                    initial.push(event_line("ADDED", &stored.object));
+                    initial.push(event_line("ADDED", &stored.object, table));
                 }
             }
             if send_initial {
@@ -380,6 +389,7 @@ fn watch_response(
                             "annotations": {"k8s.io/initial-events-end": "true"},
                         },
                     }),
+                    false,
                 ));
             }
             start_rv = state.rv;
@@ -411,7 +421,7 @@ fn watch_response(
                     last = newest.rv;
                     let chunk: Vec<u8> = pending
                         .iter()
-                        .flat_map(|e| event_line(e.kind, &e.object).to_vec())
+                        .flat_map(|e| event_line(e.kind, &e.object, table).to_vec())
                         .collect();
                     return Some((Bytes::from(chunk), (last, receiver)));
                 }
