@@ -6,9 +6,10 @@
 //! COPY step's fresh directory are both in that form, so one writer covers both.
 //!
 //! - [`write_layer`] tars such a directory in one pass: tar → sha256 (the `diff_id`) →
-//!   gzip/zstd → sha256 (the blob digest) → your writer. Entries are sorted, headers carry no
-//!   user/host names, and `source_date_epoch` clamps timestamps, so the same tree gives the same
-//!   digests. Whiteouts become the OCI `.wh.` files (image-spec `layer.md`, "Whiteouts").
+//!   gzip/zstd → sha256 (the blob digest) → your writer, with memory independent of the layer
+//!   size and gzip spread over all cores (pigz-style, still one standard gzip member).
+//!   Entries are sorted, headers carry no user/host names, and `source_date_epoch` clamps
+//!   timestamps, so the same tree gives the same digests. Whiteouts become the OCI `.wh.` files (image-spec `layer.md`, "Whiteouts").
 //! - [`unpack_layer`] turns a blob back into upperdir form (for use as an overlay lowerdir).
 //! - [`apply_layer`] applies a blob onto a full root filesystem: whiteouts delete (flattening).
 //!
@@ -20,16 +21,16 @@
 //!
 //! use rbuild_layer::{Compression, LayerOptions, apply_layer, write_layer};
 //!
-//! # fn main() -> Result<(), rbuild_layer::Error> {
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let opts = LayerOptions::default()
 //!     .compression(Compression::Gzip)
 //!     .source_date_epoch(Some(1_700_000_000));
-//! let blob = File::create("/var/tmp/layer.tar.gz").expect("create blob file");
+//! let blob = File::create("/var/tmp/layer.tar.gz")?;
 //! let (_file, desc) = write_layer(Path::new("/var/lib/rbuild/upper"), blob, &opts)?;
 //! println!("{} {} ({} bytes, diff_id {})", desc.media_type, desc.digest, desc.size, desc.diff_id);
 //!
 //! // Flatten it onto a root filesystem (needs root to set ownership and device nodes).
-//! let stats = apply_layer(File::open("/var/tmp/layer.tar.gz").expect("open blob"), Path::new("/var/tmp/rootfs"))?;
+//! let stats = apply_layer(File::open("/var/tmp/layer.tar.gz")?, Path::new("/var/tmp/rootfs"))?;
 //! assert_eq!(stats.diff_id, desc.diff_id);
 //! # Ok(())
 //! # }
