@@ -72,6 +72,33 @@ pub struct Run {
     pub heredocs: Vec<Heredoc>,
 }
 
+impl Run {
+    /// The text to give the shell for a shell-form RUN with heredocs (BuildKit `dispatchRun`):
+    /// a command that is one heredoc word (`RUN <<EOF`) runs the body itself (`<<-` applied);
+    /// otherwise the shell gets the command line followed by each body and its terminator, and
+    /// does the heredoc redirection itself. `None` without heredocs or in exec form.
+    ///
+    /// BuildKit writes a single body that starts with `#!` to a file and executes that instead;
+    /// that choice is left to the caller.
+    pub fn script(&self) -> Option<String> {
+        let Command::Shell(cmd) = &self.command else {
+            return None;
+        };
+        let first = self.heredocs.first()?;
+        if matches!(parse_heredoc(cmd), Ok(Some(_))) {
+            return Some(first.body());
+        }
+        let mut s = cmd.clone();
+        s.push('\n');
+        for h in &self.heredocs {
+            s.push_str(&h.content);
+            s.push_str(&h.name);
+            s.push('\n');
+        }
+        Some(s)
+    }
+}
+
 /// `COPY`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Copy {
@@ -608,6 +635,25 @@ fn parse_kind(node: &Node, warnings: &mut Vec<Warning>) -> Result<InstructionKin
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_script_from_heredocs() {
+        let df = crate::parse(
+            "FROM x\nRUN <<-EOF\n\techo a\n\tEOF\nRUN cat <<A >/f\nbody\nA\nRUN [\"a\"]\n",
+        )
+        .unwrap();
+        let runs: Vec<&Run> = df.stages[0]
+            .instructions
+            .iter()
+            .filter_map(|i| match &i.kind {
+                InstructionKind::Run(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(runs[0].script().as_deref(), Some("echo a\n"));
+        assert_eq!(runs[1].script().as_deref(), Some("cat <<A >/f\nbody\nA\n"));
+        assert_eq!(runs[2].script(), None);
+    }
 
     #[test]
     fn variable_detection_like_buildkit_regexp() {
