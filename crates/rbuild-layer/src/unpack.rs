@@ -245,9 +245,17 @@ impl Extractor {
                 let (sflag, dev) = match kind {
                     EntryType::Fifo => (SFlag::S_IFIFO, 0),
                     _ => {
+                        // A bad field must not silently become 0/0, which in upperdir form
+                        // would be a whiteout.
                         let h = entry.header();
-                        let major = h.device_major().ok().flatten().unwrap_or(0);
-                        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                        let bad = || Error::ReadBlob {
+                            source: io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!("entry `{name}` has no valid device numbers"),
+                            ),
+                        };
+                        let major = h.device_major().ok().flatten().ok_or_else(bad)?;
+                        let minor = h.device_minor().ok().flatten().ok_or_else(bad)?;
                         let kind = if kind == EntryType::Char {
                             SFlag::S_IFCHR
                         } else {
