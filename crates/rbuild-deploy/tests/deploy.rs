@@ -586,3 +586,86 @@ async fn scenarios_end_like_kubectl_rollout_status() {
         }
     }
 }
+
+/// The `deploy` example, which cargo builds next to this test binary with `cargo test`.
+fn example_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    // target/<profile>/deps/deploy-<hash> → target/<profile>/examples/deploy
+    let path = exe.parent()?.parent()?.join("examples").join("deploy");
+    path.exists().then_some(path)
+}
+
+/// The example deploys through the library API alone, finding the cluster through
+/// `$KUBECONFIG`, then through `~/.kube/config`.
+#[test]
+fn example_deploys_with_kubeconfig_from_env_and_home() {
+    let Some(example) = example_binary() else {
+        eprintln!("skipping: the deploy example is not built (run `cargo test -p rbuild-deploy`)");
+        return;
+    };
+    let cluster = Cluster::new();
+    cluster
+        .server
+        .add_deployment("shop", "web", &[("app", "web:0")], 2);
+    let (image, _) = pinned("1", D1);
+    let run = |env: &[(&str, &Path)], image: &str| {
+        let mut command = Command::new(&example);
+        command
+            .args(["web", "localhost:5000/web:1", image, "shop"])
+            .env_remove("KUBECONFIG");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().expect("run the example")
+    };
+
+    let output = run(&[("KUBECONFIG", &cluster.kubeconfig)], &image);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("deployment.apps/web image updated"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("deployment \"web\" successfully rolled out"),
+        "{stdout}"
+    );
+    let image_now = cluster.server.container_image("shop", "web", "app");
+    assert_eq!(image_now.as_deref(), Some(image.as_str()));
+
+    let home = cluster.dir.path().join("home");
+    std::fs::create_dir_all(home.join(".kube")).unwrap();
+    std::fs::copy(&cluster.kubeconfig, home.join(".kube").join("config")).unwrap();
+    let (image2, _) = pinned("1", D2);
+    let output = run(&[("HOME", &home)], &image2);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let image_now = cluster.server.container_image("shop", "web", "app");
+    assert_eq!(image_now.as_deref(), Some(image2.as_str()));
+
+    // A failed rollout exits non-zero and, with the example's rollback-on-failure, restores
+    // the previous image.
+    cluster
+        .server
+        .set_scenario("shop", "web", Scenario::ProgressDeadlineExceeded);
+    let (image3, _) = pinned(
+        "1",
+        "sha256:3333333333333333333333333333333333333333333333333333333333333333",
+    );
+    let output = run(&[("KUBECONFIG", &cluster.kubeconfig)], &image3);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("deployment \"web\" exceeded its progress deadline"),
+        "{stderr}"
+    );
+    let image_now = cluster.server.container_image("shop", "web", "app");
+    assert_eq!(image_now.as_deref(), Some(image2.as_str()));
+}
