@@ -3,6 +3,8 @@
 //! the shell pipeline `tar -C DIR -cf - . | gzip -N > /dev/null` (N = 1 and 6) on the same
 //! directory: a 50 MiB random file (the reference workload) plus 200 small text files. Output
 //! goes to a sink in every case, so only tar + hashing + compression is measured.
+//! `write_layer` compresses gzip on all cores (pigz-style); `gzip` uses one, so on an idle
+//! N-core machine expect up to N times its throughput at the same level.
 //!
 //! Run: `cargo bench -p rbuild-layer --bench layer_write`
 

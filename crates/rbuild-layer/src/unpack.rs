@@ -367,7 +367,9 @@ impl Extractor {
         Ok(())
     }
 
-    /// Removes whatever is at `last` (unless `keep_dirs` and it is a directory).
+    /// Removes whatever is at `last` in `parent` (a directory recursively), never following
+    /// symlinks, so that the new entry is created fresh instead of written through an old one
+    /// (e.g. into a hard link shared with another path).
     fn clear(&mut self, parent: &[OsString], last: &OsStr, name: &str) -> Result<()> {
         let dir = self.parent_required(parent, name)?;
         match sys::lstat_at(dir, last) {
