@@ -162,6 +162,10 @@ impl Deployer {
     /// in the history annotation, then (unless `wait(false)`) waits like
     /// `kubectl rollout status`, reporting [`Progress`] to `progress`.
     ///
+    /// With `rollback_on_failure`, a rollout that fails by deadline or timeout gets the previous
+    /// image back (recorded as a rollback in the history) and that rollout is waited for with
+    /// the same timeout; a deleted Deployment is not recreated.
+    ///
     /// # Errors
     ///
     /// [`Error::LatestRefused`] for `latest`/untagged `requested` without `allow_latest`;
@@ -276,6 +280,10 @@ impl Deployer {
 
     /// Puts back the image the last deploy replaced (`to = None`), or the image of the history
     /// whose tag or digest is `to`, then waits unless `wait(false)`.
+    ///
+    /// The container is `options.container`, else the one the last history entry changed. Two
+    /// rollbacks in a row toggle between the last two images, like `kubectl rollout undo`. The
+    /// rollback is itself recorded in the history.
     ///
     /// # Errors
     ///
