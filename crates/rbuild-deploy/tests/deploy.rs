@@ -669,3 +669,83 @@ fn example_deploys_with_kubeconfig_from_env_and_home() {
     let image_now = cluster.server.container_image("shop", "web", "app");
     assert_eq!(image_now.as_deref(), Some(image2.as_str()));
 }
+
+#[tokio::test]
+async fn redeploying_the_same_image_does_not_wait_for_a_new_rollout() {
+    let cluster = Cluster::new();
+    cluster
+        .server
+        .add_deployment("default", "web", &[("app", "web:0")], 1);
+    // A controller that would never observe a new generation: only a patch that leaves the
+    // spec alone (the history annotation is metadata) can finish here.
+    let deployer = cluster.deployer().await;
+    let (image, requested) = pinned("1", D1);
+    deployer
+        .deploy("web", &image, &requested, &options(), |_| {})
+        .await
+        .unwrap();
+    cluster
+        .server
+        .set_scenario("default", "web", Scenario::Stuck);
+    let again = deployer
+        .deploy(
+            "web",
+            &image,
+            &requested,
+            &options().timeout(Duration::from_secs(5)),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.previous, image);
+    assert_eq!(
+        again.rolled_out.as_deref(),
+        Some("deployment \"web\" successfully rolled out")
+    );
+    let generation =
+        cluster.server.deployment("default", "web").unwrap()["metadata"]["generation"].clone();
+    assert_eq!(generation, 2);
+    assert_eq!(deployer.history("web", None).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn stuck_rollout_times_out_and_a_stuck_rollback_is_reported() {
+    let cluster = Cluster::new();
+    cluster
+        .server
+        .add_deployment("default", "web", &[("app", "web:0")], 1);
+    cluster
+        .server
+        .set_scenario("default", "web", Scenario::Stuck);
+    let deployer = cluster.deployer().await;
+    let (image, requested) = pinned("1", D1);
+    let quick = options().timeout(Duration::from_millis(700));
+    let err = deployer
+        .deploy("web", &image, &requested, &quick, |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.rollout_failure(), Some(&RolloutFailure::TimedOut));
+
+    let (image2, requested2) = pinned("2", D2);
+    let err = deployer
+        .deploy(
+            "web",
+            &image2,
+            &requested2,
+            &quick.clone().rollback_on_failure(true),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
+    match &err {
+        Error::RollbackFailed {
+            previous, failure, ..
+        } => {
+            assert_eq!(previous, &image);
+            assert_eq!(failure, &RolloutFailure::TimedOut);
+        }
+        other => panic!("expected RollbackFailed, got {other:?}"),
+    }
+    // The rollback was applied even though its rollout never finished.
+    assert_eq!(cluster.image().as_deref(), Some(image.as_str()));
+}

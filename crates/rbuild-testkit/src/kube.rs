@@ -13,8 +13,11 @@
 //! - optional tokens (bearer, or the `Impersonate-User` header, which is what kubectl sends to
 //!   an `http://` server): an unknown token gets `401`, a read-only one `403` on writes.
 //!
-//! The real `kubectl` (`get deploy`, `set image`, `rollout status`) is run against it in this
-//! module's tests.
+//! Not served: OpenAPI documents (`kubectl apply`/`replace` need `--validate=false`),
+//! ReplicaSets and Pods, server-side apply, `/status` and `/scale` subresources.
+//!
+//! The real `kubectl` (`get deploy`, `set image`, `rollout status`, `patch`, `replace`,
+//! `get --watch`) is run against it in this module's tests.
 //!
 //! ```no_run
 //! use rbuild_testkit::kube::{FakeKube, Scenario};
@@ -666,6 +669,49 @@ mod tests {
             "{out}"
         );
         assert!(server.deployment("default", "web").is_none());
+    }
+
+    #[test]
+    fn kubectl_replace_checks_the_resource_version() {
+        let server = FakeKube::start().unwrap();
+        server.add_deployment("default", "web", &[("app", "web:1")], 1);
+        let (dir, config) = setup(&server, None);
+        let Some(get) = kubectl(dir.path(), &config, &["get", "deploy", "web", "-o", "json"])
+        else {
+            return;
+        };
+        assert!(get.status.success(), "{}", text(&get.stderr));
+        let mut object: Value = serde_json::from_slice(&get.stdout).unwrap();
+        object["spec"]["replicas"] = json!(4);
+        let file = dir.path().join("web.json");
+        std::fs::write(&file, object.to_string()).unwrap();
+        let file_arg = file.to_str().unwrap();
+        // No OpenAPI document is served, so client-side schema validation is off.
+        let replace = kubectl(
+            dir.path(),
+            &config,
+            &["replace", "--validate=false", "-f", file_arg],
+        )
+        .unwrap();
+        assert!(replace.status.success(), "{}", text(&replace.stderr));
+        assert_eq!(text(&replace.stdout).trim(), "deployment.apps/web replaced");
+        assert_eq!(
+            server.deployment("default", "web").unwrap()["spec"]["replicas"],
+            4
+        );
+        // The same body again carries a stale resourceVersion.
+        let stale = kubectl(
+            dir.path(),
+            &config,
+            &["replace", "--validate=false", "-f", file_arg],
+        )
+        .unwrap();
+        assert!(!stale.status.success());
+        assert!(
+            text(&stale.stderr).contains("the object has been modified"),
+            "{}",
+            text(&stale.stderr)
+        );
     }
 
     #[test]
