@@ -397,6 +397,10 @@ impl Deployer {
                 {"name": container, "image": image}
             ]}}},
         });
+        tracing::debug!(
+            cluster = %self.cluster, namespace, deployment = name, container, image, %previous,
+            "patching deployment image"
+        );
         let params = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_owned()),
             ..PatchParams::default()
@@ -526,6 +530,12 @@ impl Deployer {
                 }
             };
             seen = true;
+            tracing::trace!(
+                deployment = name,
+                generation = ?deployment.metadata.generation,
+                status = ?deployment.status,
+                "deployment event"
+            );
             let state = rollout_state(&deployment).map_err(WaitError::Failure)?;
             if state.message() != last_message {
                 last_message = state.message().to_owned();
