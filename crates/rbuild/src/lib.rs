@@ -34,6 +34,7 @@ pub mod explain;
 pub mod export;
 pub mod image;
 mod options;
+pub mod registry;
 pub mod step;
 pub mod view;
 

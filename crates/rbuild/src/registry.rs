@@ -1,0 +1,542 @@
+//! Registry glue: pulling images into the store and pushing them from it, through the
+//! [`rbuild_registry`] client.
+//!
+//! The store is the client's [`BlobSource`] and [`BlobSink`] ([`StoreBlobs`]): pulled blobs are
+//! streamed into the store's temp area and renamed into `blobs/` only after their digest was
+//! verified, so an interrupted pull leaves no corrupt blob. After a pull every layer is unpacked
+//! (safe apply from `rbuild-layer`, its uncompressed digest checked against the config's
+//! `diff_id`) and the reference is tagged in the store.
+//!
+//! Where a blob came from (the repositories it was pulled from or pushed to) is recorded in the
+//! store's state files, so that pushing an image built on a pulled base to the same registry
+//! mounts the base's layers (`Mounted from <repo>`) instead of uploading them, as docker does
+//! with its `v2metadata` service.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use rbuild::registry::{self, Client, ClientOptions};
+//! use rbuild::{Reference, Store};
+//!
+//! let store = Store::open("/var/lib/rbuild".as_ref())?;
+//! let client = Client::new(ClientOptions::default())?;
+//! let base: Reference = "127.0.0.1:5000/busybox:1.36".parse()?;
+//! let digest = registry::pull(&store, &client, &base, None, &|e: registry::PullEvent| {
+//!     if let Some(line) = e.docker_line() {
+//!         println!("{line}");
+//!     }
+//! })
+//! .await?;
+//! let dest: Reference = "127.0.0.1:5000/app:v1".parse()?;
+//! let pushed = registry::push(&store, &client, &digest.to_string(), &dest, &|_| {}).await?;
+//! println!("{}: digest: {} size: {}", dest.tag_or_digest(), pushed.digest, pushed.size);
+//! # Ok(()) }
+//! ```
+
+use std::collections::BTreeSet;
+use std::io::{self, Read, Write};
+
+use rbuild_oci::oci_spec::image::{Descriptor, ImageManifest};
+use rbuild_oci::{Digest, Reference, media_type};
+use rbuild_store::Store;
+
+use crate::error::{Error, Result};
+use crate::image::{self, LayerRecord};
+
+/// The distribution client's error type (the cause inside this crate's [`Error::Operation`]).
+pub use rbuild_registry::Error as RegistryError;
+pub use rbuild_registry::credentials;
+pub use rbuild_registry::{
+    BlobRef, BlobSink, BlobSource, BlobStatus, BlobWriter, Client, ClientOptions, Credentials,
+    CredentialsEnv, Events, ImageToPush, Manifest, Platform, PullEvent, PushEvent, PushResult,
+};
+
+/// The store as the registry client's blob source (push) and sink (pull).
+#[derive(Debug, Clone, Copy)]
+pub struct StoreBlobs<'a>(pub &'a Store);
+
+impl BlobSource for StoreBlobs<'_> {
+    fn open(&self, digest: &Digest) -> io::Result<Box<dyn Read + Send>> {
+        match self.0.open_blob(digest) {
+            Ok(f) => Ok(Box::new(f)),
+            Err(e) => {
+                let kind = if e.is_not_found() {
+                    io::ErrorKind::NotFound
+                } else {
+                    io::ErrorKind::Other
+                };
+                Err(io::Error::new(kind, e))
+            }
+        }
+    }
+}
+
+impl BlobSink for StoreBlobs<'_> {
+    fn has(&self, digest: &Digest) -> bool {
+        self.0.has_blob(digest)
+    }
+
+    fn write(&self, digest: &Digest) -> io::Result<Box<dyn BlobWriter>> {
+        let inner = self.0.blob_writer().map_err(io::Error::other)?;
+        Ok(Box::new(StoreBlobWriter {
+            inner,
+            digest: digest.clone(),
+        }))
+    }
+}
+
+/// A store blob writer that commits only under the digest it was opened for.
+struct StoreBlobWriter {
+    inner: rbuild_store::BlobWriter,
+    digest: Digest,
+}
+
+impl Write for StoreBlobWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl BlobWriter for StoreBlobWriter {
+    fn commit(self: Box<Self>) -> io::Result<()> {
+        // The client verified the digest while streaming; the store checks again before the
+        // rename, so a blob path never holds bytes of another digest.
+        let this = *self;
+        match this.inner.commit(Some(&this.digest)) {
+            Ok(_) => Ok(()),
+            Err(e @ rbuild_store::Error::DigestMismatch { .. }) => {
+                Err(io::Error::new(io::ErrorKind::InvalidData, e))
+            }
+            Err(e) => Err(io::Error::other(e)),
+        }
+    }
+}
+
+/// Pulls `reference` into `store`: fetches the manifest (an index is resolved to `platform`,
+/// default the host's), the config and the layers the store lacks, each verified against its
+/// digest; unpacks every layer (checking its `diff_id`); tags the reference (when it has a
+/// tag) and records the repository as where the blobs came from. Returns the digest of the
+/// image manifest now in the store, which [`image::load`] reads (OCI or Docker v2s2).
+///
+/// An image index is not tagged itself: the tag names the chosen platform's manifest, as the
+/// engine builds on one platform.
+///
+/// # Errors
+///
+/// [`Error::Operation`] naming the pull, with the [`RegistryError`] (not found, unauthorized,
+/// digest mismatch, …) or the store/unpack failure as its source.
+pub async fn pull(
+    store: &Store,
+    client: &Client,
+    reference: &Reference,
+    platform: Option<&Platform>,
+    events: Events<'_, PullEvent>,
+) -> Result<Digest> {
+    let op = || format!("pull {reference}");
+    // Blobs and layer dirs are written: keep a concurrent prune away (crate docs of the store).
+    let lock = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.lock_shared())
+            .await
+            .map_err(Error::op(op()))?
+            .map_err(Error::op(op()))?
+    };
+    let pulled = client
+        .pull_image(reference, platform, &StoreBlobs(store), events)
+        .await
+        .map_err(Error::op(op()))?;
+    let store = store.clone();
+    let reference = reference.clone();
+    let digest = tokio::task::spawn_blocking(move || {
+        let _lock = lock;
+        finish_pull(&store, &reference, &pulled)
+    })
+    .await
+    .map_err(Error::op(op()))??;
+    Ok(digest)
+}
+
+/// The blocking half of a pull: manifest blobs, unpacking, tag, origins.
+fn finish_pull(
+    store: &Store,
+    reference: &Reference,
+    pulled: &rbuild_registry::PulledImage,
+) -> Result<Digest> {
+    let op = |what: &str| format!("pull {reference}: {what}");
+    if let Some(index) = &pulled.index {
+        // Kept so that `rbuild inspect` by the index digest and a later push can find it.
+        store
+            .put_blob(&index.bytes)
+            .map_err(Error::op(op("store the image index")))?;
+    }
+    let manifest = &pulled.manifest;
+    let digest = store
+        .put_blob(&manifest.bytes)
+        .map_err(Error::op(op("store the manifest")))?;
+    let img = image::load(store, &digest)?;
+    unpack_verified(store, &img.layers)?;
+    // Every layer dir is present now: this only builds the view, unpacking nothing.
+    image::ensure_unpacked(store, &img.layers)?;
+    if reference.tag().is_some() {
+        let desc = image::descriptor(&manifest.media_type, &digest, manifest.bytes.len() as u64);
+        store
+            .tag(reference, desc)
+            .map_err(Error::op(op("tag the image")))?;
+    }
+    let mut blobs: Vec<&Digest> = vec![&digest, &pulled.config.digest];
+    blobs.extend(pulled.layers.iter().map(|l| &l.digest));
+    record_origin(store, &blobs, reference);
+    Ok(digest)
+}
+
+/// Unpacks the layers that have no directory yet, refusing a layer whose uncompressed stream
+/// does not hash to the config's `diff_id`: layer directories are shared by every image with
+/// that `diff_id`, so a lying config must not plant its content under another layer's name.
+fn unpack_verified(store: &Store, layers: &[LayerRecord]) -> Result<()> {
+    for layer in layers {
+        if store.has_layer_dir(&layer.diff_id) {
+            continue;
+        }
+        let op = || format!("unpack layer {}", layer.digest);
+        let blob = store.open_blob(&layer.digest).map_err(Error::op(op()))?;
+        let staging = store.staging().map_err(Error::op(op()))?;
+        let stats = rbuild_layer::unpack_layer(io::BufReader::new(blob), &staging.upper())
+            .map_err(Error::op(op()))?;
+        if stats.diff_id != layer.diff_id {
+            // `staging` is dropped here, which removes the extracted tree.
+            return Err(Error::Operation {
+                op: op(),
+                source: format!(
+                    "uncompressed content hashes to {}, the image config says {}",
+                    stats.diff_id, layer.diff_id
+                )
+                .into(),
+            });
+        }
+        store
+            .commit_layer_dir(staging, &layer.diff_id)
+            .map_err(Error::op(op()))?;
+    }
+    Ok(())
+}
+
+/// Pushes the image `src` (a reference in the store or a manifest digest, as
+/// [`image::resolve`] takes it) to `dest`. Blobs the registry has are skipped, blobs recorded
+/// as pulled from or pushed to another repository of the same registry are mounted, the rest
+/// uploaded; the manifest bytes are pushed exactly as stored, so the digest does not change.
+///
+/// # Errors
+///
+/// [`Error::ImageNotFound`] when `src` is not in the store; [`Error::Operation`] naming the
+/// push, with the [`RegistryError`] or store failure as its source.
+pub async fn push(
+    store: &Store,
+    client: &Client,
+    src: &str,
+    dest: &Reference,
+    events: Events<'_, PushEvent>,
+) -> Result<PushResult> {
+    let op = || format!("push {src} to {dest}");
+    let (lock, image) = {
+        let store = store.clone();
+        let src = src.to_owned();
+        tokio::task::spawn_blocking(move || {
+            let lock = store.lock_shared().map_err(Error::op("lock the store"))?;
+            let desc = image::resolve(&store, &src)?;
+            let image = image_to_push(&store, &desc)?;
+            Ok::<_, Error>((lock, image))
+        })
+        .await
+        .map_err(Error::op(op()))??
+    };
+    let result = client
+        .push_image(dest, &image, &StoreBlobs(store), events)
+        .await
+        .map_err(Error::op(op()))?;
+    drop(lock);
+    let mut blobs: Vec<&Digest> = vec![&result.digest, &image.config.digest];
+    blobs.extend(image.layers.iter().map(|l| &l.digest));
+    record_origin(store, &blobs, dest);
+    Ok(result)
+}
+
+/// Reads what a push needs from the store: manifest bytes, blob list, mount candidates.
+fn image_to_push(store: &Store, desc: &Descriptor) -> Result<ImageToPush> {
+    let digest = Digest::try_from(desc.digest()).map_err(Error::op("read the image digest"))?;
+    let mt = desc.media_type().to_string();
+    if media_type::is_index(&mt) {
+        return Err(Error::Operation {
+            op: format!("push {digest}"),
+            source: "pushing an image index is not supported; push a platform's manifest".into(),
+        });
+    }
+    let bytes = store
+        .read_blob(&digest)
+        .map_err(Error::op(format!("read manifest {digest}")))?;
+    let manifest: ImageManifest =
+        serde_json::from_slice(&bytes).map_err(Error::op(format!("parse manifest {digest}")))?;
+    let blob_ref = |d: &Descriptor| -> Result<BlobRef> {
+        Ok(BlobRef {
+            digest: Digest::try_from(d.digest())
+                .map_err(Error::op(format!("read the blob digests of {digest}")))?,
+            size: d.size(),
+            media_type: d.media_type().to_string(),
+        })
+    };
+    let config = blob_ref(manifest.config())?;
+    let layers = manifest
+        .layers()
+        .iter()
+        .map(blob_ref)
+        .collect::<Result<Vec<_>>>()?;
+    let mut mount_from = BTreeSet::new();
+    for b in std::iter::once(&config).chain(&layers) {
+        mount_from.extend(origins(store, &b.digest));
+    }
+    Ok(ImageToPush {
+        manifest_bytes: bytes,
+        manifest_media_type: mt,
+        config,
+        layers,
+        mount_from: mount_from
+            .into_iter()
+            .filter_map(|name| format!("{name}:latest").parse().ok())
+            .collect(),
+    })
+}
+
+/// Pulls `reference` from a blocking thread (the engine's build runs on tokio's blocking
+/// pool), driving the future on `handle`. The engine calls it when a `FROM` image is not in
+/// the store.
+///
+/// # Panics
+///
+/// When called from inside an async task (tokio's `Handle::block_on` rule): call it from
+/// `spawn_blocking` or a plain thread.
+///
+/// # Errors
+///
+/// As [`pull`].
+pub fn pull_blocking(
+    handle: &tokio::runtime::Handle,
+    store: &Store,
+    client: &Client,
+    reference: &Reference,
+    platform: Option<&Platform>,
+) -> Result<Digest> {
+    handle.block_on(pull(store, client, reference, platform, &|_| {}))
+}
+
+/// The most repositories remembered per blob: enough for mounting, bounded in size.
+const MAX_ORIGINS: usize = 8;
+
+/// Name of the state file holding where blob `d` was seen.
+fn origin_state(d: &Digest) -> String {
+    format!("origin-{}", d.hex())
+}
+
+/// Repositories (`registry/repository`) blob `d` was pulled from or pushed to, newest first.
+fn origins(store: &Store, d: &Digest) -> Vec<String> {
+    match store.state_get(&origin_state(d)) {
+        Ok(Some(bytes)) => String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Remembers that `blobs` are in `reference`'s repository. Best effort: a lost record only
+/// costs an upload that a mount would have saved, so failures are logged, not returned.
+/// Concurrent pushes of the same blob may lose one of their records for the same reason.
+fn record_origin(store: &Store, blobs: &[&Digest], reference: &Reference) {
+    let name = reference.name();
+    for d in blobs {
+        let mut list = origins(store, d);
+        list.retain(|n| n != &name);
+        list.insert(0, name.clone());
+        list.truncate(MAX_ORIGINS);
+        let mut bytes = list.join("\n");
+        bytes.push('\n');
+        let _ = store.state_put(&origin_state(d), bytes.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn sink_commits_only_the_expected_digest() {
+        let (_dir, store) = store();
+        let sink = StoreBlobs(&store);
+        let good = Digest::sha256_of(b"hello");
+        let mut w = sink.write(&good).unwrap();
+        w.write_all(b"hello").unwrap();
+        w.commit().unwrap();
+        assert!(sink.has(&good));
+
+        let claimed = Digest::sha256_of(b"other");
+        let mut w = sink.write(&claimed).unwrap();
+        w.write_all(b"hello").unwrap();
+        let err = w.commit().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(!store.has_blob(&claimed));
+
+        // A writer dropped without commit leaves nothing behind (interrupted pull).
+        let third = Digest::sha256_of(b"third");
+        let mut w = sink.write(&third).unwrap();
+        w.write_all(b"thi").unwrap();
+        drop(w);
+        assert!(!store.has_blob(&third));
+        assert_eq!(
+            std::fs::read_dir(store.root().join("tmp")).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
+    fn source_reads_blobs_and_reports_missing_ones() {
+        let (_dir, store) = store();
+        let d = store.put_blob(b"layer bytes").unwrap();
+        let mut s = String::new();
+        StoreBlobs(&store)
+            .open(&d)
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        assert_eq!(s, "layer bytes");
+        let missing = Digest::sha256_of(b"nope");
+        let err = match StoreBlobs(&store).open(&missing) {
+            Err(e) => e,
+            Ok(_) => panic!("a missing blob opened"),
+        };
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn origins_are_recorded_newest_first_and_bounded() {
+        let (_dir, store) = store();
+        let d = Digest::sha256_of(b"x");
+        for i in 0..10 {
+            let r: Reference = format!("127.0.0.1:5000/repo{i}:v1").parse().unwrap();
+            record_origin(&store, &[&d], &r);
+        }
+        let r: Reference = "127.0.0.1:5000/repo3:v2".parse().unwrap();
+        record_origin(&store, &[&d], &r);
+        let o = origins(&store, &d);
+        assert_eq!(o.len(), MAX_ORIGINS);
+        assert_eq!(o[0], "127.0.0.1:5000/repo3");
+        assert_eq!(o[1], "127.0.0.1:5000/repo9");
+        assert_eq!(o.iter().filter(|n| *n == "127.0.0.1:5000/repo3").count(), 1);
+    }
+
+    /// Docker's media type of an uncompressed layer (image-spec `media-types.md` compat list).
+    const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
+
+    /// A Docker v2s2 manifest (as `skopeo copy` or docker push store it) with one layer.
+    fn docker_image(store: &Store) -> (Digest, Digest) {
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(3);
+        h.set_mode(0o644);
+        h.set_cksum();
+        tar.append_data(&mut h, "hello.txt", &b"hi\n"[..]).unwrap();
+        let tar = tar.into_inner().unwrap();
+        let diff_id = Digest::sha256_of(&tar);
+        let layer = store.put_blob(&tar).unwrap();
+        let config = serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Cmd": ["/bin/sh"]},
+            "container_config": {"Hostname": "x"},
+            "docker_version": "20.10.0",
+            "rootfs": {"type": "layers", "diff_ids": [diff_id.to_string()]},
+        });
+        let config = serde_json::to_vec(&config).unwrap();
+        let config_digest = store.put_blob(&config).unwrap();
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": media_type::DOCKER_MANIFEST,
+            "config": {"mediaType": media_type::DOCKER_CONFIG, "size": config.len(),
+                       "digest": config_digest.to_string()},
+            "layers": [{"mediaType": DOCKER_LAYER_TAR, "size": tar.len(),
+                        "digest": layer.to_string()}],
+        });
+        let manifest = store
+            .put_blob(&serde_json::to_vec_pretty(&manifest).unwrap())
+            .unwrap();
+        (manifest, layer)
+    }
+
+    #[test]
+    fn docker_v2s2_manifests_load_and_push_as_stored() {
+        let (_dir, store) = store();
+        let (manifest, layer) = docker_image(&store);
+        let img = image::load(&store, &manifest).unwrap();
+        assert_eq!(img.layers.len(), 1);
+        assert_eq!(img.layers[0].digest, layer);
+        assert_eq!(img.layers[0].media_type, DOCKER_LAYER_TAR);
+        assert_eq!(
+            img.config.config.cmd.as_deref(),
+            Some(&["/bin/sh".to_owned()][..])
+        );
+
+        let from: Reference = "127.0.0.1:5000/base:1".parse().unwrap();
+        record_origin(&store, &[&layer], &from);
+        let desc = image::resolve(&store, &manifest.to_string()).unwrap();
+        let push = image_to_push(&store, &desc).unwrap();
+        assert_eq!(push.manifest_media_type, media_type::DOCKER_MANIFEST);
+        assert_eq!(Digest::sha256_of(&push.manifest_bytes), manifest);
+        assert_eq!(push.layers[0].digest, layer);
+        assert_eq!(push.mount_from.len(), 1);
+        assert_eq!(push.mount_from[0].repository(), "base");
+        assert_eq!(push.mount_from[0].registry(), "127.0.0.1:5000");
+    }
+
+    #[test]
+    fn unpack_refuses_a_layer_whose_diff_id_lies() {
+        let (_dir, store) = store();
+        let (manifest, _layer) = docker_image(&store);
+        let mut img = image::load(&store, &manifest).unwrap();
+        let lie = Digest::sha256_of(b"another layer");
+        img.layers[0].diff_id = lie.clone();
+        let err = unpack_verified(&store, &img.layers).unwrap_err();
+        assert!(
+            std::error::Error::source(&err)
+                .unwrap()
+                .to_string()
+                .contains("the image config says"),
+            "{err}"
+        );
+        assert!(!store.has_layer_dir(&lie));
+    }
+
+    #[test]
+    fn pull_blocking_runs_from_a_blocking_thread() {
+        // No registry: the point is that block_on from spawn_blocking does not panic and the
+        // error names the pull.
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let (_dir, store) = store();
+        let client = Client::new(ClientOptions::default().max_retries(0)).unwrap();
+        let handle = rt.handle().clone();
+        let r: Reference = "127.0.0.1:1/nothing:here".parse().unwrap();
+        let err = rt
+            .block_on(rt.spawn_blocking(move || pull_blocking(&handle, &store, &client, &r, None)))
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("pull 127.0.0.1:1/nothing:here"),
+            "{err}"
+        );
+    }
+}
