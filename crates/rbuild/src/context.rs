@@ -192,6 +192,60 @@ impl Context {
         })
     }
 
+    /// A source tree taken from an image's or stage's merged layers (`COPY --from`). The
+    /// layers are immutable and named by `source_key`, so a file's content id is derived from
+    /// that key and the file's identity instead of reading it.
+    pub fn from_view(view: &crate::view::LayerView, prefix: &str, source_key: &str) -> Self {
+        let mut entries = BTreeMap::new();
+        for (rel, e) in view.list(prefix) {
+            let md = &e.metadata;
+            let kind = if md.file_type().is_symlink() {
+                match fs::read_link(&e.host) {
+                    Ok(t) => EntryKind::Symlink(t),
+                    Err(_) => continue,
+                }
+            } else if md.is_dir() {
+                EntryKind::Dir
+            } else if md.is_file() {
+                EntryKind::File
+            } else {
+                continue;
+            };
+            let sha256 = (kind == EntryKind::File).then(|| {
+                hex::encode(Sha256::digest(
+                    format!(
+                        "{source_key}\0{rel}\0{}\0{}",
+                        md.len(),
+                        md.mtime_nsec() + md.mtime() * 1_000_000_000
+                    )
+                    .as_bytes(),
+                ))
+            });
+            entries.insert(
+                rel,
+                Entry {
+                    path: e.host.clone(),
+                    kind,
+                    mode: md.permissions().mode() & 0o7777,
+                    size: md.len(),
+                    mtime: (md.mtime(), md.mtime_nsec()),
+                    sha256,
+                    identity: Identity {
+                        size: md.len(),
+                        mtime_ns: 0,
+                        ctime_ns: 0,
+                        ino: md.ino(),
+                    },
+                },
+            );
+        }
+        Self {
+            root: PathBuf::new(),
+            entries,
+            ignore: Ignore::parse("").unwrap_or_else(|_| unreachable!("empty ignore file")),
+        }
+    }
+
     /// The canonical root directory.
     pub fn root(&self) -> &Path {
         &self.root

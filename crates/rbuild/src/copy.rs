@@ -33,6 +33,12 @@ pub struct CopyItem {
     pub mtime: (i64, i64),
     /// Content hash (files).
     pub sha256: Option<String>,
+    /// The source as the user names it (context path, or `<<NAME` for a heredoc).
+    pub label: String,
+    /// Inline content (heredoc sources) instead of `src`.
+    pub content: Option<std::sync::Arc<Vec<u8>>>,
+    /// ADD: a local archive to extract at `dest` instead of copying it.
+    pub extract: bool,
 }
 
 /// Everything a COPY will write, and the digest of it.
@@ -44,6 +50,102 @@ pub struct CopyPlan {
     pub owner: (u32, u32),
     /// sha256 over (dest, kind, mode, uid, gid, link target, content) of every item.
     pub digest: String,
+}
+
+impl CopyPlan {
+    /// A plan with no items yet (a COPY of heredocs only).
+    pub fn empty(owner: (u32, u32)) -> Self {
+        Self {
+            items: Vec::new(),
+            owner,
+            digest: String::new(),
+        }
+    }
+
+    /// Adds a heredoc source: a file named `name` (or `dest` itself when it does not end in `/`
+    /// and this is the only source) with `content`, mode 0644 unless `--chmod`.
+    pub fn add_inline(
+        &mut self,
+        name: &str,
+        content: Vec<u8>,
+        dest: &str,
+        workdir: &str,
+        chown: Option<(u32, u32)>,
+        chmod: Option<u32>,
+    ) {
+        let dest_abs = if dest.starts_with('/') {
+            dest.to_owned()
+        } else {
+            format!("{}/{dest}", workdir.trim_end_matches('/'))
+        };
+        let dest_rel = clean_rel(&dest_abs).unwrap_or_default();
+        let target = if dest.ends_with('/') || dest_rel.is_empty() {
+            format!(
+                "{}{}{name}",
+                dest_rel,
+                if dest_rel.is_empty() { "" } else { "/" }
+            )
+        } else {
+            dest_rel
+        };
+        let (uid, gid) = chown.unwrap_or((0, 0));
+        self.items.push(CopyItem {
+            dest: target,
+            src: PathBuf::new(),
+            kind: EntryKind::File,
+            mode: chmod.unwrap_or(0o644),
+            uid,
+            gid,
+            mtime: (0, 0),
+            sha256: Some(hex::encode(Sha256::digest(&content))),
+            label: format!("<<{name}"),
+            content: Some(std::sync::Arc::new(content)),
+            extract: false,
+        });
+    }
+
+    /// ADD: local files that are tar archives (plain, gzip, bzip2, xz or zstd) are extracted
+    /// at the destination directory instead of copied (docker's rule: by content, not name).
+    pub fn mark_archives(&mut self) {
+        for it in &mut self.items {
+            if it.kind == EntryKind::File
+                && it.content.is_none()
+                && crate::archive::is_archive(&it.src)
+            {
+                it.extract = true;
+                // The archive's contents land in the destination's directory.
+                if let Some((dir, _)) = it.dest.rsplit_once('/') {
+                    it.dest = dir.to_owned();
+                } else {
+                    it.dest = String::new();
+                }
+            }
+        }
+    }
+
+    /// Sorts the items and computes the digest over them.
+    pub fn seal(&mut self) {
+        self.items
+            .sort_by(|a, b| a.dest.cmp(&b.dest).then(a.label.cmp(&b.label)));
+        let mut h = Sha256::new();
+        for it in &self.items {
+            let (kind, link) = match &it.kind {
+                EntryKind::File if it.extract => ("x", String::new()),
+                EntryKind::File => ("f", String::new()),
+                EntryKind::Dir => ("d", String::new()),
+                EntryKind::Symlink(t) => ("l", t.to_string_lossy().into_owned()),
+            };
+            h.update(format!(
+                "{}\0{kind}\0{:o}\0{}\0{}\0{link}\0{}\n",
+                it.dest,
+                it.mode,
+                it.uid,
+                it.gid,
+                it.sha256.as_deref().unwrap_or("")
+            ));
+        }
+        self.digest = hex::encode(h.finalize());
+    }
 }
 
 /// The inputs of a COPY after expansion.
@@ -146,7 +248,7 @@ pub fn plan(
                 };
                 let dest = join(&dest_rel, suffix);
                 if seen.insert(dest.clone()) {
-                    items.push(item(dest, e, req));
+                    items.push(item(dest, k, e, req));
                 }
             }
         } else {
@@ -158,36 +260,20 @@ pub fn plan(
                 dest_rel.clone()
             };
             if seen.insert(dest.clone()) {
-                items.push(item(dest, e, req));
+                items.push(item(dest, rel, e, req));
             }
         }
     }
-    items.sort_by(|a, b| a.dest.cmp(&b.dest));
-    let mut h = Sha256::new();
-    h.update(format!("dest={dest_rel}\n"));
-    for it in &items {
-        let (kind, link) = match &it.kind {
-            EntryKind::File => ("f", String::new()),
-            EntryKind::Dir => ("d", String::new()),
-            EntryKind::Symlink(t) => ("l", t.to_string_lossy().into_owned()),
-        };
-        h.update(format!(
-            "{}\0{kind}\0{:o}\0{}\0{}\0{link}\0{}\n",
-            it.dest,
-            it.mode,
-            it.uid,
-            it.gid,
-            it.sha256.as_deref().unwrap_or("")
-        ));
-    }
-    Ok(CopyPlan {
+    let mut plan = CopyPlan {
         items,
         owner,
-        digest: hex::encode(h.finalize()),
-    })
+        digest: String::new(),
+    };
+    plan.seal();
+    Ok(plan)
 }
 
-fn item(dest: String, e: &crate::context::Entry, req: &CopyRequest<'_>) -> CopyItem {
+fn item(dest: String, label: &str, e: &crate::context::Entry, req: &CopyRequest<'_>) -> CopyItem {
     let (uid, gid) = req.chown.unwrap_or((0, 0));
     let mode = match (&e.kind, req.chmod) {
         (EntryKind::Symlink(_), _) => 0o777,
@@ -203,6 +289,9 @@ fn item(dest: String, e: &crate::context::Entry, req: &CopyRequest<'_>) -> CopyI
         gid,
         mtime: e.mtime,
         sha256: e.sha256.clone(),
+        label: label.to_owned(),
+        content: None,
+        extract: false,
     }
 }
 
@@ -232,8 +321,20 @@ pub fn execute(plan: &CopyPlan, upper: &Path, view: &LayerView) -> io::Result<()
                     .map_err(|e| with_path(e, &target))?;
                 dirs_to_stamp.push((target, it.mtime));
             }
+            EntryKind::File if it.extract => {
+                fs::create_dir_all(&target).map_err(|e| with_path(e, &target))?;
+                crate::archive::extract(&it.src, &target).map_err(|e| with_path(e, &it.src))?;
+                continue;
+            }
             EntryKind::File => {
-                fs::copy(&it.src, &target).map_err(|e| with_path(e, &it.src))?;
+                match &it.content {
+                    Some(bytes) => {
+                        fs::write(&target, bytes.as_slice()).map_err(|e| with_path(e, &target))?
+                    }
+                    None => {
+                        fs::copy(&it.src, &target).map_err(|e| with_path(e, &it.src))?;
+                    }
+                }
                 lchown(&target, Some(it.uid), Some(it.gid)).map_err(|e| with_path(e, &target))?;
                 // chown clears setuid bits: set the mode after it.
                 fs::set_permissions(&target, fs::Permissions::from_mode(it.mode))

@@ -198,24 +198,51 @@ pub fn write(
     config: &ImageConfig,
     layers: &[LayerRecord],
     annotations: &std::collections::BTreeMap<String, String>,
+    format: crate::options::ImageFormat,
 ) -> Result<Descriptor> {
+    let docker = format == crate::options::ImageFormat::Docker;
+    let (manifest_mt, config_mt) = if docker {
+        (media_type::DOCKER_MANIFEST, media_type::DOCKER_CONFIG)
+    } else {
+        (media_type::OCI_MANIFEST, media_type::OCI_CONFIG)
+    };
+    let layer_mt = |mt: &str| -> Result<String> {
+        if !docker || mt == media_type::DOCKER_LAYER_GZIP {
+            return Ok(mt.to_owned());
+        }
+        if media_type::is_gzip_layer(mt) {
+            Ok(media_type::DOCKER_LAYER_GZIP.to_owned())
+        } else {
+            Err(Error::Operation {
+                op: "write a Docker-format manifest".into(),
+                source: format!(
+                    "layer media type {mt} has no Docker equivalent (use gzip compression)"
+                )
+                .into(),
+            })
+        }
+    };
     let config_bytes = canonical_json(config).map_err(Error::op("serialise the image config"))?;
     let config_digest = store
         .put_blob(&config_bytes)
         .map_err(Error::op("write the image config"))?;
+    let mut layer_json = Vec::with_capacity(layers.len());
+    for l in layers {
+        layer_json.push(json!({
+            "mediaType": layer_mt(&l.media_type)?,
+            "digest": l.digest.to_string(),
+            "size": l.size,
+        }));
+    }
     let mut manifest = json!({
         "schemaVersion": 2,
-        "mediaType": media_type::OCI_MANIFEST,
+        "mediaType": manifest_mt,
         "config": {
-            "mediaType": media_type::OCI_CONFIG,
+            "mediaType": config_mt,
             "digest": config_digest.to_string(),
             "size": config_bytes.len(),
         },
-        "layers": layers.iter().map(|l| json!({
-            "mediaType": l.media_type,
-            "digest": l.digest.to_string(),
-            "size": l.size,
-        })).collect::<Vec<_>>(),
+        "layers": layer_json,
     });
     if !annotations.is_empty() {
         manifest["annotations"] = json!(annotations);
@@ -224,9 +251,5 @@ pub fn write(
     let digest = store
         .put_blob(&bytes)
         .map_err(Error::op("write the manifest"))?;
-    Ok(descriptor(
-        media_type::OCI_MANIFEST,
-        &digest,
-        bytes.len() as u64,
-    ))
+    Ok(descriptor(manifest_mt, &digest, bytes.len() as u64))
 }

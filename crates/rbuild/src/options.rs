@@ -52,6 +52,58 @@ pub struct BuildOptions {
     pub labels: BTreeMap<String, String>,
     /// Report why each step missed the cache ([`crate::BuildEvent::CacheMiss`]).
     pub explain: bool,
+    /// Stages whose steps ignore the cache (`--no-cache-filter`).
+    pub no_cache_filter: Vec<String>,
+    /// Build secrets by id (`--secret id=x,src=FILE|env=VAR`).
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// Layer compression.
+    pub compression: rbuild_layer::Compression,
+    /// Manifest annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// Target platform (`os/arch`); only the host platform can be built.
+    pub platform: Option<String>,
+    /// Image format: OCI (default) or Docker v2 schema 2.
+    pub format: ImageFormat,
+}
+
+/// Where a build secret's value comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file on the host.
+    File(PathBuf),
+    /// An environment variable of the build process.
+    Env(String),
+}
+
+impl SecretSource {
+    /// Reads the secret's value.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be read or the variable is not set.
+    pub fn read(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Self::File(p) => std::fs::read(p),
+            Self::Env(v) => std::env::var_os(v)
+                .map(|s| s.into_encoded_bytes())
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("environment variable {v} is not set"),
+                    )
+                }),
+        }
+    }
+}
+
+/// The manifest and config media types written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ImageFormat {
+    /// OCI image manifest and config.
+    #[default]
+    Oci,
+    /// Docker image manifest v2 schema 2 (keeps HEALTHCHECK, SHELL, ONBUILD as docker reads them).
+    Docker,
 }
 
 impl BuildOptions {
@@ -67,6 +119,12 @@ impl BuildOptions {
             source_date_epoch: None,
             labels: BTreeMap::new(),
             explain: false,
+            no_cache_filter: Vec::new(),
+            secrets: BTreeMap::new(),
+            compression: rbuild_layer::Compression::Gzip,
+            annotations: BTreeMap::new(),
+            platform: None,
+            format: ImageFormat::Oci,
         }
     }
 
@@ -126,6 +184,48 @@ impl BuildOptions {
     #[must_use]
     pub fn explain(mut self, yes: bool) -> Self {
         self.explain = yes;
+        self
+    }
+
+    /// Adds a build secret.
+    #[must_use]
+    pub fn secret(mut self, id: impl Into<String>, source: SecretSource) -> Self {
+        self.secrets.insert(id.into(), source);
+        self
+    }
+
+    /// Sets the layer compression.
+    #[must_use]
+    pub fn compression(mut self, c: rbuild_layer::Compression) -> Self {
+        self.compression = c;
+        self
+    }
+
+    /// Adds a manifest annotation.
+    #[must_use]
+    pub fn annotation(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.annotations.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the target platform.
+    #[must_use]
+    pub fn platform(mut self, platform: impl Into<String>) -> Self {
+        self.platform = Some(platform.into());
+        self
+    }
+
+    /// Sets the image format.
+    #[must_use]
+    pub fn format(mut self, format: ImageFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// Ignores the cache for the named stage's steps.
+    #[must_use]
+    pub fn no_cache_filter(mut self, stage: impl Into<String>) -> Self {
+        self.no_cache_filter.push(stage.into());
         self
     }
 

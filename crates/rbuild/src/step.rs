@@ -25,6 +25,12 @@ pub enum Action {
         cwd: String,
         /// USER, if set.
         user: Option<String>,
+        /// `--mount`s.
+        mounts: Vec<rbuild_dockerfile::Mount>,
+        /// `--network=none`.
+        network_none: bool,
+        /// A heredoc script to run as a file (`/dev/pipes/NAME`): (name, content).
+        heredoc_file: Option<(String, String)>,
     },
     /// Copy files from the context into a new layer.
     Copy(CopyPlan),
@@ -262,6 +268,9 @@ pub fn plan_simple(st: &mut PlanState, inst: &Instruction) -> Result<(Action, St
                     env,
                     cwd: c.working_dir.clone().unwrap_or_else(|| "/".to_owned()),
                     user: c.user.clone(),
+                    mounts: Vec::new(),
+                    network_none: false,
+                    heredoc_file: None,
                 },
                 format!("RUN {prefix}{shown} # buildkit"),
             )
@@ -269,6 +278,42 @@ pub fn plan_simple(st: &mut PlanState, inst: &Instruction) -> Result<(Action, St
         other => return Err(format!("{} is not supported here", keyword(other))),
     };
     Ok(action_and_text)
+}
+
+/// The config's `Healthcheck` object as docker writes it (durations in nanoseconds).
+pub fn healthcheck_json(h: &rbuild_dockerfile::Healthcheck, shell: &[String]) -> serde_json::Value {
+    let test = match &h.test {
+        rbuild_dockerfile::HealthTest::None => vec!["NONE".to_owned()],
+        rbuild_dockerfile::HealthTest::Cmd(Command::Exec(v)) => {
+            let mut t = vec!["CMD".to_owned()];
+            t.extend(v.iter().cloned());
+            t
+        }
+        rbuild_dockerfile::HealthTest::Cmd(Command::Shell(s)) => {
+            let _ = shell; // docker records CMD-SHELL and lets the runtime pick the shell
+            vec!["CMD-SHELL".to_owned(), s.clone()]
+        }
+    };
+    let mut v = json!({ "Test": test });
+    let ns = |d: &Option<std::time::Duration>| {
+        d.map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    };
+    if let Some(x) = ns(&h.interval) {
+        v["Interval"] = json!(x);
+    }
+    if let Some(x) = ns(&h.timeout) {
+        v["Timeout"] = json!(x);
+    }
+    if let Some(x) = ns(&h.start_period) {
+        v["StartPeriod"] = json!(x);
+    }
+    if let Some(x) = ns(&h.start_interval) {
+        v["StartInterval"] = json!(x);
+    }
+    if let Some(r) = h.retries {
+        v["Retries"] = json!(r);
+    }
+    v
 }
 
 /// The keyword of an instruction, upper-case.

@@ -135,3 +135,121 @@ impl LayerView {
         Ok((uid, gid))
     }
 }
+
+/// One path of a merged listing.
+#[derive(Debug, Clone)]
+pub struct ViewEntry {
+    /// The host path in the layer directory that provides it.
+    pub host: PathBuf,
+    /// Its metadata (not following symlinks).
+    pub metadata: fs::Metadata,
+}
+
+impl LayerView {
+    /// Lists everything at and below `prefix` (relative, slash-separated; empty for the whole
+    /// root) in the merged view, as overlayfs would show it: upper layers win, whiteouts hide
+    /// lower paths, an opaque directory hides what lower layers have below it.
+    pub fn list(&self, prefix: &str) -> std::collections::BTreeMap<String, ViewEntry> {
+        use std::collections::{BTreeMap, BTreeSet};
+        let prefix = prefix.trim_matches('/');
+        let comps: Vec<&str> = prefix.split('/').filter(|c| !c.is_empty()).collect();
+        let mut out: BTreeMap<String, ViewEntry> = BTreeMap::new();
+        let mut deleted: BTreeSet<String> = BTreeSet::new();
+        let mut opaque: BTreeSet<String> = BTreeSet::new();
+        let hidden = |rel: &str, deleted: &BTreeSet<String>, opaque: &BTreeSet<String>| {
+            let mut cur = String::new();
+            for c in rel.split('/') {
+                if !cur.is_empty() {
+                    if opaque.contains(&cur) {
+                        return true;
+                    }
+                    cur.push('/');
+                }
+                cur.push_str(c);
+                if deleted.contains(&cur) {
+                    return true;
+                }
+            }
+            false
+        };
+        for dir in &self.dirs {
+            // Ancestors of the prefix in this layer: a whiteout or non-directory ends the search.
+            let mut p = dir.clone();
+            let mut blocked = false;
+            let mut so_far = String::new();
+            for c in &comps[..comps.len().saturating_sub(1)] {
+                p.push(c);
+                if !so_far.is_empty() {
+                    so_far.push('/');
+                }
+                so_far.push_str(c);
+                match fs::symlink_metadata(&p) {
+                    Ok(md) if is_whiteout(&md) => {
+                        deleted.insert(so_far.clone());
+                        blocked = true;
+                        break;
+                    }
+                    Ok(md) if md.is_dir() => {
+                        if is_opaque(&p) {
+                            opaque.insert(so_far.clone());
+                        }
+                    }
+                    Ok(_) => {
+                        blocked = true;
+                        break;
+                    }
+                    Err(_) => {
+                        blocked = true;
+                        break;
+                    }
+                }
+            }
+            if blocked && hidden(prefix, &deleted, &opaque) {
+                break;
+            }
+            if blocked {
+                continue;
+            }
+            let start = dir.join(prefix);
+            if fs::symlink_metadata(&start).is_err() {
+                continue;
+            }
+            // Whiteouts and opaque dirs of this layer hide lower layers only.
+            let mut new_deleted = BTreeSet::new();
+            let mut new_opaque = BTreeSet::new();
+            for item in walkdir::WalkDir::new(&start)
+                .follow_links(false)
+                .sort_by_file_name()
+            {
+                let Ok(item) = item else { continue };
+                let Ok(rel) = item.path().strip_prefix(dir) else {
+                    continue;
+                };
+                let rel = rel.to_string_lossy().into_owned();
+                if rel.is_empty() || hidden(&rel, &deleted, &opaque) {
+                    continue;
+                }
+                let Ok(md) = item.path().symlink_metadata() else {
+                    continue;
+                };
+                if is_whiteout(&md) {
+                    new_deleted.insert(rel);
+                    continue;
+                }
+                if md.is_dir() && is_opaque(item.path()) {
+                    new_opaque.insert(rel.clone());
+                }
+                out.entry(rel).or_insert(ViewEntry {
+                    host: item.path().to_owned(),
+                    metadata: md,
+                });
+            }
+            deleted.extend(new_deleted);
+            opaque.extend(new_opaque);
+            if hidden(prefix, &deleted, &opaque) {
+                break;
+            }
+        }
+        out
+    }
+}

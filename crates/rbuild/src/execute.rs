@@ -1,0 +1,341 @@
+//! Executing a step that missed the cache: RUN in the sandbox (with its `--mount`s), COPY/ADD
+//! into a fresh layer directory, WORKDIR's mkdir; then the layer is written and stored.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use rbuild_dockerfile::{Mount, MountType};
+use rbuild_layer::LayerOptions;
+use rbuild_sandbox::{BindMount, Network, RunSpec, Stdio};
+use sha2::Digest as _;
+
+use crate::context::clean_rel;
+use crate::copy;
+use crate::error::{Error, Result};
+use crate::events::BuildEvent;
+use crate::image::{self, LayerRecord};
+use crate::stage::Build;
+use crate::step::{Action, Step};
+use crate::view::LayerView;
+
+impl Build<'_> {
+    /// Runs one step; returns its layer, if it changed files.
+    pub fn execute(
+        &self,
+        stage: usize,
+        st: &Step,
+        view: &LayerView,
+    ) -> Result<Option<LayerRecord>> {
+        let store = self.store;
+        if matches!(st.action, Action::ConfigOnly) {
+            return Ok(None);
+        }
+        let staging = store
+            .staging()
+            .map_err(|e| (self.step_err(st.line, "prepare a layer directory"))(e.into()))?;
+        let upper = staging.upper();
+        match &st.action {
+            Action::ConfigOnly => return Ok(None),
+            Action::Mkdir { path, user } => {
+                let rel = path.trim_start_matches('/');
+                if rel.is_empty() || view.find(rel).is_some() {
+                    return Ok(None);
+                }
+                let owner = match user {
+                    Some(u) => view.resolve_user(u).unwrap_or((0, 0)),
+                    None => (0, 0),
+                };
+                let mut stamps = Vec::new();
+                copy::ensure_parents(&upper, Path::new(rel), view, owner, &mut stamps)
+                    .map_err(|e| (self.step_err(st.line, format!("create {path}")))(e.into()))?;
+            }
+            Action::Copy(plan) => {
+                copy::execute(plan, &upper, view)
+                    .map_err(|e| (self.step_err(st.line, "copy files into the layer"))(e.into()))?;
+            }
+            Action::Run {
+                args,
+                env,
+                cwd,
+                user,
+                mounts,
+                network_none,
+                heredoc_file,
+            } => {
+                rbuild_sandbox::check_support().map_err(Error::SandboxUnavailable)?;
+                let scratch = staging.path().join("mounts");
+                fs::create_dir_all(&scratch)
+                    .map_err(|e| (self.step_err(st.line, "prepare the step's mounts"))(e.into()))?;
+                let mut env = env.clone();
+                let mut binds = Vec::new();
+                for (i, m) in mounts.iter().enumerate() {
+                    if let Some(b) =
+                        self.mount(stage, st.line, m, &scratch.join(i.to_string()), &mut env)?
+                    {
+                        binds.push(b);
+                    }
+                }
+                if let Some((name, script)) = heredoc_file {
+                    let f = scratch.join(format!("heredoc-{name}"));
+                    fs::write(&f, script)
+                        .and_then(|()| fs::set_permissions(&f, fs::Permissions::from_mode(0o755)))
+                        .map_err(|e| {
+                            (self.step_err(st.line, "write the heredoc script"))(e.into())
+                        })?;
+                    binds.push(BindMount {
+                        source: f,
+                        target: format!("/dev/pipes/{name}"),
+                        readonly: true,
+                    });
+                }
+                let spec = RunSpec {
+                    lower_dirs: view.dirs().to_vec(),
+                    upper_dir: upper.clone(),
+                    work_dir: staging.work(),
+                    args: args.clone(),
+                    env,
+                    cwd: cwd.clone(),
+                    user: user.clone(),
+                    network: if *network_none {
+                        Network::None
+                    } else {
+                        Network::Host
+                    },
+                    hostname: "rbuild".to_owned(),
+                    stdio: Stdio::Capture,
+                    extra_mounts: binds,
+                };
+                let progress = self.progress;
+                let index = st.index;
+                let outcome = rbuild_sandbox::run(&spec, &mut |bytes: &[u8]| {
+                    progress.event(BuildEvent::StepOutput {
+                        stage,
+                        index,
+                        bytes: bytes.to_vec(),
+                    });
+                })
+                .map_err(|e| (self.step_err(st.line, "run the command"))(e.into()))?;
+                // Secret files and mount scratch never reach the layer: they live beside it.
+                let _ = fs::remove_dir_all(&scratch);
+                if outcome.status != 0 {
+                    return Err(Error::RunFailed {
+                        file: self.file.clone(),
+                        line: st.line,
+                        command: st.display.trim_start_matches("RUN ").to_owned(),
+                        status: outcome.status,
+                        output: String::from_utf8_lossy(&outcome.output_tail).into_owned(),
+                    });
+                }
+            }
+        }
+        let empty = rbuild_layer::is_empty_diff(&upper)
+            .map_err(|e| (self.step_err(st.line, "read the step's changes"))(e.into()))?;
+        if empty {
+            return Ok(None);
+        }
+        let lopts = LayerOptions::default()
+            .compression(self.opts.compression)
+            .source_date_epoch(self.opts.source_date_epoch);
+        let writer = store
+            .blob_writer()
+            .map_err(|e| (self.step_err(st.line, "write the layer"))(e.into()))?;
+        let (writer, desc) = rbuild_layer::write_layer(&upper, writer, &lopts)
+            .map_err(|e| (self.step_err(st.line, "write the layer"))(e.into()))?;
+        writer
+            .commit(Some(&desc.digest))
+            .map_err(|e| (self.step_err(st.line, "store the layer"))(e.into()))?;
+        store
+            .commit_layer_dir(staging, &desc.diff_id)
+            .map_err(|e| (self.step_err(st.line, "store the layer directory"))(e.into()))?;
+        Ok(Some(LayerRecord {
+            digest: desc.digest,
+            diff_id: desc.diff_id,
+            size: desc.size,
+            media_type: desc.media_type.to_owned(),
+        }))
+    }
+
+    /// Prepares one `RUN --mount`: the host side of a bind mount, or an environment variable
+    /// for `type=secret,env=`. `scratch` is a per-mount directory beside the layer, removed after
+    /// the run.
+    fn mount(
+        &self,
+        stage: usize,
+        line: usize,
+        m: &Mount,
+        scratch: &Path,
+        env: &mut Vec<String>,
+    ) -> Result<Option<BindMount>> {
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |e: std::io::Error| self.err(line, format!("RUN --mount={}: {what}: {e}", m.raw))
+        };
+        let target = m.target.clone();
+        Ok(match m.kind {
+            MountType::Cache => {
+                let id = m.id.clone().or_else(|| target.clone()).unwrap_or_default();
+                let dir = self
+                    .store
+                    .root()
+                    .join("mounts/cache")
+                    .join(&hex::encode(sha2::Sha256::digest(id.as_bytes()))[..32]);
+                if !dir.exists() {
+                    fs::create_dir_all(&dir).map_err(io("create the cache directory"))?;
+                    let mode = m.mode.unwrap_or(0o755);
+                    fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+                        .map_err(io("set its mode"))?;
+                    std::os::unix::fs::chown(&dir, m.uid.or(Some(0)), m.gid.or(Some(0)))
+                        .map_err(io("set its owner"))?;
+                }
+                Some(BindMount {
+                    source: dir,
+                    target: target
+                        .ok_or_else(|| self.err(line, "RUN --mount=type=cache needs a target"))?,
+                    readonly: false,
+                })
+            }
+            MountType::Tmpfs => {
+                fs::create_dir_all(scratch).map_err(io("create the tmpfs directory"))?;
+                Some(BindMount {
+                    source: scratch.to_owned(),
+                    target: target
+                        .ok_or_else(|| self.err(line, "RUN --mount=type=tmpfs needs a target"))?,
+                    readonly: false,
+                })
+            }
+            MountType::Secret => {
+                let id =
+                    m.id.clone()
+                        .or_else(|| {
+                            target
+                                .as_deref()
+                                .and_then(|t| t.rsplit('/').next())
+                                .map(str::to_owned)
+                        })
+                        .ok_or_else(|| self.err(line, "RUN --mount=type=secret needs an id"))?;
+                let Some(source) = self.opts.secrets.get(&id) else {
+                    if m.required {
+                        return Err(self.err(line, format!("secret {id} is required but was not given (pass --secret id={id},src=FILE)")));
+                    }
+                    return Ok(None);
+                };
+                // The value never goes into an error message.
+                let value = source.read().map_err(|e| {
+                    self.err(line, format!("secret {id} could not be read: {}", e.kind()))
+                })?;
+                if let Some(var) = &m.env {
+                    env.push(format!("{var}={}", String::from_utf8_lossy(&value)));
+                    if m.target.is_none() {
+                        return Ok(None);
+                    }
+                }
+                fs::create_dir_all(scratch).map_err(io("prepare the secret"))?;
+                let f = scratch.join("secret");
+                fs::write(&f, &value).map_err(io("write the secret"))?;
+                fs::set_permissions(&f, fs::Permissions::from_mode(m.mode.unwrap_or(0o400)))
+                    .map_err(io("set its mode"))?;
+                std::os::unix::fs::chown(&f, m.uid.or(Some(0)), m.gid.or(Some(0)))
+                    .map_err(io("set its owner"))?;
+                Some(BindMount {
+                    source: f,
+                    target: target.unwrap_or_else(|| format!("/run/secrets/{id}")),
+                    readonly: true,
+                })
+            }
+            MountType::Bind => {
+                let target =
+                    target.ok_or_else(|| self.err(line, "RUN --mount=type=bind needs a target"))?;
+                let rel = clean_rel(m.source.as_deref().unwrap_or(""))
+                    .ok_or_else(|| self.err(line, "RUN --mount source climbs out of its root"))?;
+                let host: PathBuf = match m.from.as_deref() {
+                    None | Some("context") => {
+                        let root = self
+                            .opts
+                            .context
+                            .canonicalize()
+                            .map_err(io("read the build context"))?;
+                        let p = root.join(&rel);
+                        if fs::symlink_metadata(&p).is_err() {
+                            return Err(self.err(
+                                line,
+                                format!(
+                                    "RUN --mount source `{rel}` not found in the build context"
+                                ),
+                            ));
+                        }
+                        if m.read_only {
+                            p
+                        } else {
+                            // Writes to a read-write bind are thrown away, never written to the context.
+                            copy_tree(&p, scratch).map_err(io("copy the mount source"))?;
+                            scratch.to_owned()
+                        }
+                    }
+                    Some(from) => {
+                        let src = self.source_image(from, stage, line)?;
+                        let src_view = image::ensure_unpacked(self.store, &src.layers)?;
+                        materialise(&src_view, &rel, scratch)
+                            .map_err(io("prepare the mount source"))?;
+                        scratch.to_owned()
+                    }
+                };
+                Some(BindMount {
+                    source: host,
+                    target,
+                    readonly: m.read_only,
+                })
+            }
+            MountType::Ssh => {
+                return Err(self.err(line, "RUN --mount=type=ssh is not supported yet"));
+            }
+        })
+    }
+}
+
+/// Copies a host file or tree (symlinks as symlinks).
+fn copy_tree(src: &Path, dest: &Path) -> std::io::Result<()> {
+    let md = fs::symlink_metadata(src)?;
+    if md.is_file() {
+        if let Some(p) = dest.parent() {
+            fs::create_dir_all(p)?;
+        }
+        fs::copy(src, dest)?;
+        return Ok(());
+    }
+    for e in walkdir::WalkDir::new(src).follow_links(false) {
+        let e = e.map_err(std::io::Error::other)?;
+        let rel = e.path().strip_prefix(src).map_err(std::io::Error::other)?;
+        let to = dest.join(rel);
+        let ft = e.file_type();
+        if ft.is_dir() {
+            fs::create_dir_all(&to)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(e.path())?, &to)?;
+        } else if ft.is_file() {
+            fs::copy(e.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies what a merged layer view shows below `rel` into `dest`.
+fn materialise(view: &LayerView, rel: &str, dest: &Path) -> std::io::Result<()> {
+    fs::create_dir_all(dest)?;
+    for (path, e) in view.list(rel) {
+        let sub = path
+            .strip_prefix(rel)
+            .unwrap_or(&path)
+            .trim_start_matches('/');
+        let to = dest.join(sub);
+        let ft = e.metadata.file_type();
+        if ft.is_dir() {
+            fs::create_dir_all(&to)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(&e.host)?, &to)?;
+        } else if ft.is_file() {
+            fs::copy(&e.host, &to)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,980 @@
+//! One build in progress: stages (independent ones in parallel), their planning and the
+//! cache decisions. Step execution is in `execute.rs`.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use rbuild_dockerfile::{Dockerfile, Instruction, InstructionKind, Lexer, MountType};
+use rbuild_oci::{Digest, Reference};
+use rbuild_store::{CacheEntry, Store};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::Digest as _;
+
+use crate::config::{History, ImageConfig, Platform};
+use crate::context::{Context, EntryKind, HashCache, clean_rel};
+use crate::copy::{self, CopyRequest};
+use crate::error::{BoxError, Error, Result};
+use crate::events::{BuildEvent, Progress};
+use crate::explain::{self, BuildRecord, StepInputs};
+use crate::image::{self, LayerRecord};
+use crate::options::BuildOptions;
+use crate::step::{self, Action, PlanState, Step};
+use crate::view::LayerView;
+
+/// What the step cache keeps for a step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StepRecord {
+    pub created: String,
+    pub layer: Option<LayerRecord>,
+}
+
+/// A built (or resolved) stage.
+#[derive(Debug, Clone)]
+pub(crate) struct StageResult {
+    pub config: ImageConfig,
+    pub layers: Vec<LayerRecord>,
+    pub key: String,
+}
+
+/// The build context and its hash cache, loaded on first use.
+#[derive(Default)]
+pub(crate) struct ContextState {
+    pub context: Option<Context>,
+    pub hash_cache: HashCache,
+}
+
+/// One build in progress. Shared by the threads that build independent stages.
+pub(crate) struct Build<'a> {
+    pub store: &'a Store,
+    pub progress: &'a dyn Progress,
+    pub opts: &'a BuildOptions,
+    pub file: String,
+    pub df: Dockerfile,
+    pub meta_args: BTreeMap<String, Option<String>>,
+    pub platform: Platform,
+    pub ctx: Mutex<ContextState>,
+    pub hash_cache_name: String,
+    pub record_name: String,
+    pub record: Mutex<BuildRecord>,
+    pub last_record: BuildRecord,
+    slots: Vec<Mutex<Option<StageResult>>>,
+    pub cached: AtomicUsize,
+    pub total: AtomicUsize,
+}
+
+pub(crate) fn now_rfc3339(epoch: Option<i64>) -> String {
+    let t = match epoch {
+        Some(e) => {
+            time::OffsetDateTime::from_unix_timestamp(e).unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        }
+        None => time::OffsetDateTime::now_utc(),
+    };
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn short_hash(s: &str) -> String {
+    hex::encode(sha2::Sha256::digest(s.as_bytes()))[..16].to_owned()
+}
+
+impl<'a> Build<'a> {
+    pub fn new(
+        store: &'a Store,
+        progress: &'a dyn Progress,
+        opts: &'a BuildOptions,
+        file: String,
+        df: Dockerfile,
+        target: usize,
+    ) -> Self {
+        let slots = (0..df.stages.len()).map(|_| Mutex::new(None)).collect();
+        let ctx_id = opts
+            .context
+            .canonicalize()
+            .unwrap_or_else(|_| opts.context.clone());
+        let mut b = Self {
+            store,
+            progress,
+            opts,
+            hash_cache_name: format!("context-{}", short_hash(&ctx_id.to_string_lossy())),
+            record_name: format!(
+                "build-{}",
+                short_hash(&format!("{}\0{file}\0{target}", ctx_id.display()))
+            ),
+            file,
+            df,
+            meta_args: BTreeMap::new(),
+            platform: Platform::host(),
+            ctx: Mutex::new(ContextState::default()),
+            record: Mutex::new(BuildRecord::default()),
+            last_record: BuildRecord::default(),
+            slots,
+            cached: AtomicUsize::new(0),
+            total: AtomicUsize::new(0),
+        };
+        if let Ok(Some(bytes)) = b.store.state_get(&b.record_name) {
+            b.last_record = serde_json::from_slice(&bytes).unwrap_or_default();
+        }
+        b
+    }
+
+    pub fn err(&self, line: usize, message: impl Into<String>) -> Error {
+        Error::Dockerfile {
+            file: self.file.clone(),
+            line,
+            column: None,
+            message: message.into(),
+        }
+    }
+
+    pub fn step_err(
+        &self,
+        line: usize,
+        what: impl Into<String>,
+    ) -> impl FnOnce(BoxError) -> Error + '_ {
+        let what = what.into();
+        move |source| Error::Step {
+            file: self.file.clone(),
+            line,
+            what,
+            source,
+        }
+    }
+
+    pub fn lexer(&self) -> Lexer {
+        step::lexer(self.df.directives.escape)
+    }
+
+    /// Global ARGs (before the first FROM): `--build-arg` overrides the default.
+    pub fn resolve_meta_args(&mut self) -> Result<()> {
+        let lexer = self.lexer();
+        let metas = self.df.meta_args.clone();
+        for inst in &metas {
+            let lookup = |n: &str| self.meta_args.get(n).cloned().flatten();
+            let (expanded, _) = inst
+                .expand(&lexer, &lookup)
+                .map_err(|e| self.err(inst.span.start_line, e.kind().to_string()))?;
+            if let InstructionKind::Arg(decls) = &expanded.kind {
+                for d in decls {
+                    let v = self
+                        .opts
+                        .build_args
+                        .get(&d.name)
+                        .cloned()
+                        .or_else(|| d.default.clone());
+                    self.meta_args.insert(d.name.clone(), v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps this build's step inputs for the next `--explain`, and the context hash cache.
+    pub fn save_state(&self) {
+        if let Ok(record) = self.record.lock()
+            && *record != self.last_record
+            && let Ok(bytes) = serde_json::to_vec(&*record)
+        {
+            // Losing it only makes the next --explain less precise.
+            let _ = self.store.state_put(&self.record_name, &bytes);
+        }
+        if let Ok(mut st) = self.ctx.lock() {
+            let st = &mut *st;
+            if let Some(ctx) = &st.context {
+                st.hash_cache.retain_present(ctx);
+                if let Ok(bytes) = serde_json::to_vec(&st.hash_cache) {
+                    // A lost hash cache only costs re-reading files next time.
+                    let _ = self.store.state_put(&self.hash_cache_name, &bytes);
+                }
+            }
+        }
+    }
+
+    fn with_context<T>(
+        &self,
+        f: impl FnOnce(&mut Context, &mut HashCache) -> Result<T>,
+    ) -> Result<T> {
+        let mut st = self.ctx.lock().map_err(|_| Error::Operation {
+            op: "read the build context".into(),
+            source: "a parallel stage panicked".into(),
+        })?;
+        let st = &mut *st;
+        if st.context.is_none() {
+            let ctx =
+                Context::walk(&self.opts.context).map_err(Error::op("read the build context"))?;
+            if let Ok(Some(bytes)) = self.store.state_get(&self.hash_cache_name) {
+                st.hash_cache = serde_json::from_slice(&bytes).unwrap_or_default();
+            }
+            st.context = Some(ctx);
+        }
+        let ctx = st
+            .context
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("loaded above"));
+        f(ctx, &mut st.hash_cache)
+    }
+
+    /// The index of the stage `name` refers to (by name, case-insensitive, or by number), among
+    /// the stages before `before`.
+    pub fn stage_index(&self, name: &str, before: usize) -> Option<usize> {
+        let stages = &self.df.stages[..before];
+        stages
+            .iter()
+            .position(|s| {
+                s.name
+                    .as_deref()
+                    .is_some_and(|n| n.eq_ignore_ascii_case(name))
+            })
+            .or_else(|| name.parse::<usize>().ok().filter(|&i| i < before))
+    }
+
+    fn from_name(&self, idx: usize) -> Result<String> {
+        let stage = &self.df.stages[idx];
+        let lookup = |n: &str| self.meta_args.get(n).cloned().flatten();
+        let (from, _) = stage
+            .from
+            .expand(&self.lexer(), &lookup)
+            .map_err(|e| self.err(stage.from.span.start_line, e.kind().to_string()))?;
+        match &from.kind {
+            InstructionKind::From(f) => {
+                if let Some(p) = &f.platform
+                    && !p.is_empty()
+                    && *p != self.platform.to_string()
+                {
+                    return Err(self.err(
+                        stage.from.span.start_line,
+                        format!("FROM --platform={p}: only the host platform {} can be built (multi-platform builds come later)", self.platform),
+                    ));
+                }
+                Ok(f.image.clone())
+            }
+            _ => Err(self.err(stage.from.span.start_line, "a stage must start with FROM")),
+        }
+    }
+
+    /// Stages that stage `idx` needs first: its FROM, `COPY --from`, `RUN --mount from=`.
+    pub fn deps(&self, idx: usize) -> Vec<usize> {
+        let mut deps = Vec::new();
+        if let Ok(name) = self.from_name(idx)
+            && let Some(i) = self.stage_index(&name, idx)
+        {
+            deps.push(i);
+        }
+        for inst in &self.df.stages[idx].instructions {
+            let froms: Vec<&str> = match &inst.kind {
+                InstructionKind::Copy(c) => c.from.as_deref().into_iter().collect(),
+                InstructionKind::Run(r) => {
+                    r.mounts.iter().filter_map(|m| m.from.as_deref()).collect()
+                }
+                _ => Vec::new(),
+            };
+            for f in froms {
+                if let Some(i) = self.stage_index(f, idx)
+                    && !deps.contains(&i)
+                {
+                    deps.push(i);
+                }
+            }
+        }
+        deps
+    }
+
+    /// Builds stage `idx`, after building the stages it needs — those in parallel.
+    pub fn stage(&self, idx: usize) -> Result<StageResult> {
+        let mut slot = self.slots[idx].lock().map_err(|_| Error::Operation {
+            op: format!("build stage {idx}"),
+            source: "a parallel stage panicked".into(),
+        })?;
+        if let Some(r) = slot.as_ref() {
+            return Ok(r.clone());
+        }
+        let deps = self.deps(idx);
+        if deps.len() > 1 {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = deps
+                    .iter()
+                    .map(|&d| s.spawn(move || self.stage(d)))
+                    .collect();
+                let mut first_err = None;
+                for h in handles {
+                    match h.join() {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            first_err.get_or_insert(e);
+                        }
+                        Err(_) => {
+                            first_err.get_or_insert(Error::Operation {
+                                op: "build a stage".into(),
+                                source: "the stage's thread panicked".into(),
+                            });
+                        }
+                    }
+                }
+                first_err.map_or(Ok(()), Err)
+            })?;
+        } else {
+            for &d in &deps {
+                self.stage(d)?;
+            }
+        }
+        let result = self.build_stage(idx)?;
+        *slot = Some(result.clone());
+        Ok(result)
+    }
+
+    /// The image (stage or store image, pulled if needed) a `--from` names, with its key.
+    pub fn source_image(&self, name: &str, before: usize, line: usize) -> Result<StageResult> {
+        if let Some(i) = self.stage_index(name, before) {
+            return self.stage(i);
+        }
+        self.resolve_image(name, line)
+    }
+
+    fn resolve_image(&self, name: &str, line: usize) -> Result<StageResult> {
+        let desc = image::resolve(self.store, name).map_err(|e| match e {
+            Error::ImageNotFound { reference, .. } => self.err(
+                line,
+                format!("image {reference} is not in the local store (build it, or pull it with `rbuild pull {reference}`)"),
+            ),
+            other => other,
+        })?;
+        let digest =
+            Digest::try_from(desc.digest()).map_err(Error::op("read a manifest digest"))?;
+        let img = image::load(self.store, &digest)?;
+        Ok(StageResult {
+            config: img.config,
+            layers: img.layers,
+            key: digest.to_string(),
+        })
+    }
+
+    fn build_stage(&self, idx: usize) -> Result<StageResult> {
+        let stage = &self.df.stages[idx];
+        let from_line = stage.from.span.start_line;
+        let base_name = self.from_name(idx)?;
+        let (base, from_text) = if let Some(e) = self.stage_index(&base_name, idx) {
+            (self.stage(e)?, format!("FROM {base_name}"))
+        } else if base_name == "scratch" {
+            (
+                StageResult {
+                    config: ImageConfig::scratch(&self.platform),
+                    layers: Vec::new(),
+                    key: step::key_of(&json!(["scratch", self.platform.to_string()])),
+                },
+                "FROM scratch".to_owned(),
+            )
+        } else {
+            let r = self.resolve_image(&base_name, from_line)?;
+            let shown = base_name
+                .parse::<Reference>()
+                .map_or_else(|_| base_name.clone(), |r| r.to_string());
+            let text = format!("FROM {shown}@{}", r.key);
+            (r, text)
+        };
+        // ONBUILD triggers of the base run first, as if written right after FROM; the new image
+        // does not inherit them (docker).
+        let mut instructions: Vec<Instruction> = Vec::new();
+        let mut base = base;
+        if let Some(triggers) = base.config.config.extra.remove("OnBuild")
+            && let Some(list) = triggers.as_array()
+        {
+            for t in list.iter().filter_map(|t| t.as_str()) {
+                let df =
+                    rbuild_dockerfile::parse(&format!("FROM scratch\n{t}\n")).map_err(|e| {
+                        self.err(
+                            from_line,
+                            format!("ONBUILD trigger `{t}` of the base image: {}", e.kind()),
+                        )
+                    })?;
+                for mut inst in df.stages.into_iter().flat_map(|s| s.instructions) {
+                    inst.span.start_line = from_line;
+                    inst.span.end_line = from_line;
+                    instructions.push(inst);
+                }
+            }
+        }
+        instructions.extend(stage.instructions.iter().cloned());
+        let total = instructions.len() + 1;
+        self.total.fetch_add(total, Ordering::Relaxed);
+        self.progress.event(BuildEvent::StepStarted {
+            stage: idx,
+            stage_name: stage.name.clone(),
+            index: 1,
+            total,
+            text: from_text,
+            cached: false,
+        });
+        let mut view = image::ensure_unpacked(self.store, &base.layers)?;
+        let steps = self.plan(idx, &instructions, &base, &view)?;
+        let no_cache = self.opts.no_cache
+            || stage.name.as_deref().is_some_and(|n| {
+                self.opts
+                    .no_cache_filter
+                    .iter()
+                    .any(|f| f.eq_ignore_ascii_case(n))
+            });
+
+        let mut config = base.config.clone();
+        config.created = None;
+        let mut layers = base.layers.clone();
+        let mut key = base.key.clone();
+        let mut last_created = None;
+        for st in &steps {
+            key = st.key.clone();
+            let started = Instant::now();
+            let hit = if no_cache {
+                None
+            } else {
+                self.cache_lookup(&st.key)?
+            };
+            self.progress.event(BuildEvent::StepStarted {
+                stage: idx,
+                stage_name: stage.name.clone(),
+                index: st.index,
+                total,
+                text: st.display.clone(),
+                cached: hit.is_some(),
+            });
+            if hit.is_none() && self.opts.explain {
+                let prev = self
+                    .last_record
+                    .stages
+                    .get(&idx)
+                    .and_then(|s| s.get(st.index - 2));
+                let reason = if no_cache {
+                    "--no-cache".to_owned()
+                } else {
+                    explain::explain(prev, &st.inputs)
+                };
+                self.progress.event(BuildEvent::CacheMiss {
+                    stage: idx,
+                    index: st.index,
+                    reason,
+                });
+            }
+            if let Ok(mut r) = self.record.lock() {
+                r.stages.entry(idx).or_default().push(st.inputs.clone());
+            }
+            let record = match hit {
+                Some(r) => {
+                    self.cached.fetch_add(1, Ordering::Relaxed);
+                    r
+                }
+                None => {
+                    let layer = self.execute(idx, st, &view)?;
+                    let record = StepRecord {
+                        created: now_rfc3339(self.opts.source_date_epoch),
+                        layer,
+                    };
+                    let entry = CacheEntry {
+                        blobs: record.layer.iter().map(|l| l.digest.clone()).collect(),
+                        layer_dirs: record.layer.iter().map(|l| l.diff_id.clone()).collect(),
+                        payload: serde_json::to_value(&record)
+                            .map_err(Error::op("record a step in the cache"))?,
+                    };
+                    self.store
+                        .cache_put(&st.key, &entry)
+                        .map_err(Error::op("record a step in the cache"))?;
+                    record
+                }
+            };
+            if let Some(l) = &record.layer {
+                config.rootfs.diff_ids.push(l.diff_id.to_string());
+                layers.push(l.clone());
+                let mut dirs = vec![self.store.layer_dir(&l.diff_id)];
+                dirs.extend(view.dirs().iter().cloned());
+                view = LayerView::new(dirs);
+            }
+            config.history.push(History {
+                created: Some(record.created.clone()),
+                created_by: Some(st.created_by.clone()),
+                comment: Some("buildkit.dockerfile.v0".to_owned()),
+                empty_layer: record.layer.is_none(),
+            });
+            config.config = st.config_after.clone();
+            last_created = Some(record.created);
+            self.progress.event(BuildEvent::StepFinished {
+                stage: idx,
+                index: st.index,
+                elapsed: started.elapsed(),
+            });
+        }
+        config.created = Some(if self.opts.source_date_epoch.is_some() {
+            now_rfc3339(self.opts.source_date_epoch)
+        } else {
+            last_created
+                .or_else(|| base.config.created.clone())
+                .unwrap_or_else(|| now_rfc3339(None))
+        });
+        Ok(StageResult {
+            config,
+            layers,
+            key,
+        })
+    }
+
+    /// Plans every instruction of a stage: expansion, config effects, cache keys.
+    fn plan(
+        &self,
+        idx: usize,
+        instructions: &[Instruction],
+        base: &StageResult,
+        view: &LayerView,
+    ) -> Result<Vec<Step>> {
+        let lexer = self.lexer();
+        let shell = base
+            .config
+            .config
+            .extra
+            .get("Shell")
+            .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
+            .unwrap_or_else(|| vec!["/bin/sh".to_owned(), "-c".to_owned()]);
+        let mut st = PlanState {
+            config: base.config.config.clone(),
+            args: BTreeMap::new(),
+            shell,
+            cmd_set: false,
+            key: base.key.clone(),
+        };
+        let platform = self.platform.to_string();
+        let compression = format!("{:?}", self.opts.compression);
+        let mut steps = Vec::with_capacity(instructions.len());
+        for (i, inst) in instructions.iter().enumerate() {
+            let line = inst.span.start_line;
+            // The args a step can see are those declared before it: an ARG's own value is keyed
+            // by the steps after it, so `--build-arg` invalidates from the first step that sees it.
+            let visible_before = st.visible_args();
+            let lookup_state = st.clone();
+            let lookup = |n: &str| lookup_state.lookup(n);
+            let (expanded, report) = inst
+                .expand(&lexer, &lookup)
+                .map_err(|e| self.err(line, e.kind().to_string()))?;
+            for name in &report.unset {
+                self.progress.event(BuildEvent::Warning(format!(
+                    "{}:{line}: variable ${name} is not set (it expands to an empty string)",
+                    self.file
+                )));
+            }
+            let display = format!(
+                "{} {}",
+                step::keyword(&expanded.kind),
+                display_args(&inst.original)
+            );
+            let mut extra_key = String::new();
+            let parent = st.key.clone();
+            let (action, created_by) = match &expanded.kind {
+                InstructionKind::Arg(decls) => {
+                    let mut text = String::from("ARG");
+                    for d in decls {
+                        let value = self
+                            .opts
+                            .build_args
+                            .get(&d.name)
+                            .cloned()
+                            .or_else(|| d.default.clone())
+                            .or_else(|| self.meta_args.get(&d.name).cloned().flatten());
+                        text.push(' ');
+                        text.push_str(&d.name);
+                        if let Some(def) = &d.default {
+                            text.push('=');
+                            text.push_str(def);
+                        }
+                        st.args.insert(d.name.clone(), value);
+                    }
+                    (Action::ConfigOnly, text)
+                }
+                InstructionKind::Copy(c) => {
+                    let spec = CopySpec {
+                        keyword: "COPY",
+                        sources: &c.sources,
+                        dest: &c.dest,
+                        chown: c.chown.as_deref(),
+                        chmod: c.chmod.as_deref(),
+                        from: c.from.as_deref(),
+                        heredocs: &c.heredocs,
+                        expand_heredocs: true,
+                        add: false,
+                    };
+                    self.plan_copy(idx, &st, view, line, &spec, &mut extra_key)?
+                }
+                InstructionKind::Add(a) => {
+                    let spec = CopySpec {
+                        keyword: "ADD",
+                        sources: &a.sources,
+                        dest: &a.dest,
+                        chown: a.chown.as_deref(),
+                        chmod: a.chmod.as_deref(),
+                        from: None,
+                        heredocs: &a.heredocs,
+                        expand_heredocs: true,
+                        add: a.unpack != Some(false),
+                    };
+                    self.plan_copy(idx, &st, view, line, &spec, &mut extra_key)?
+                }
+                InstructionKind::Run(run) => {
+                    let (action, text) =
+                        step::plan_simple(&mut st, &expanded).map_err(|m| self.err(line, m))?;
+                    let action = self.plan_run(idx, action, run, &st, line, &mut extra_key)?;
+                    (action, text)
+                }
+                InstructionKind::Healthcheck(h) => {
+                    st.config.extra.insert(
+                        "Healthcheck".to_owned(),
+                        crate::step::healthcheck_json(h, &st.shell),
+                    );
+                    (
+                        Action::ConfigOnly,
+                        format!("HEALTHCHECK {}", display_args(&inst.original)),
+                    )
+                }
+                InstructionKind::From(_) => {
+                    return Err(self.err(line, "unexpected FROM inside a stage"));
+                }
+                _ => step::plan_simple(&mut st, &expanded).map_err(|m| self.err(line, m))?,
+            };
+            let key = step::key_of(&json!([
+                parent,
+                created_by,
+                visible_before,
+                extra_key,
+                platform,
+                compression
+            ]));
+            st.key = key.clone();
+            let files = match &action {
+                Action::Copy(plan) => files_of(plan),
+                _ => BTreeMap::new(),
+            };
+            let inputs = StepInputs {
+                key: key.clone(),
+                parent,
+                first: i == 0,
+                created_by: created_by.clone(),
+                args: visible_before,
+                files,
+            };
+            steps.push(Step {
+                index: i + 2,
+                line,
+                display,
+                created_by,
+                key,
+                action,
+                config_after: st.config.clone(),
+                inputs,
+            });
+        }
+        Ok(steps)
+    }
+
+    /// RUN: mounts (their sources go into the key, secrets never do) and network.
+    fn plan_run(
+        &self,
+        idx: usize,
+        action: Action,
+        run: &rbuild_dockerfile::Run,
+        st: &PlanState,
+        line: usize,
+        extra_key: &mut String,
+    ) -> Result<Action> {
+        let Action::Run {
+            mut args,
+            env,
+            cwd,
+            user,
+            ..
+        } = action
+        else {
+            return Ok(action);
+        };
+        let mut heredoc_file = None;
+        if let Some(script) = run.script() {
+            // BuildKit: a RUN that is a single heredoc with a shebang runs that file; otherwise
+            // the shell gets the command line with the heredoc bodies.
+            let single = matches!(&run.command, rbuild_dockerfile::Command::Shell(c) if matches!(rbuild_dockerfile::parse_heredoc(c), Ok(Some(_))));
+            if single && script.starts_with("#!") {
+                let name = run
+                    .heredocs
+                    .first()
+                    .map_or("script", |h| h.name.as_str())
+                    .to_owned();
+                heredoc_file = Some((name.clone(), script.clone()));
+                args = vec![format!("/dev/pipes/{name}")];
+            } else {
+                args = st.shell.clone();
+                args.push(script.clone());
+            }
+            extra_key.push_str(&script);
+        }
+        let network_none = match run.network.as_deref() {
+            None | Some("default" | "host") => false,
+            Some("none") => true,
+            Some(other) => {
+                return Err(self.err(
+                    line,
+                    format!("RUN --network={other} is not supported (use default, host or none)"),
+                ));
+            }
+        };
+        let mut mounts = Vec::new();
+        for m in &run.mounts {
+            extra_key.push_str(&format!(
+                "|mount:{:?}:{:?}:{:?}:{:?}",
+                m.kind, m.target, m.source, m.from
+            ));
+            let mut source_key = None;
+            if m.kind == MountType::Bind {
+                match m.from.as_deref() {
+                    None | Some("context") => {
+                        let rel =
+                            clean_rel(m.source.as_deref().unwrap_or("")).ok_or_else(|| {
+                                self.err(line, "RUN --mount source is outside the build context")
+                            })?;
+                        let digest = self.with_context(|ctx, cache| {
+                            ctx.hash_files(std::slice::from_ref(&rel), cache)
+                                .map_err(Error::op("hash the bind mount's source"))?;
+                            let mut h = sha2::Sha256::new();
+                            for (k, e) in ctx.entries().range(rel.clone()..) {
+                                if !(rel.is_empty()
+                                    || *k == rel
+                                    || k.starts_with(&format!("{rel}/")))
+                                {
+                                    break;
+                                }
+                                h.update(format!(
+                                    "{k}\0{:o}\0{}\n",
+                                    e.mode,
+                                    e.sha256.as_deref().unwrap_or("")
+                                ));
+                            }
+                            Ok(hex::encode(h.finalize()))
+                        })?;
+                        source_key = Some(digest);
+                    }
+                    Some(from) => {
+                        let src = self.source_image(from, idx, line)?;
+                        source_key = Some(src.key);
+                    }
+                }
+            }
+            if let Some(k) = &source_key {
+                extra_key.push_str(k);
+            }
+            mounts.push(m.clone());
+        }
+        if network_none {
+            extra_key.push_str("|network:none");
+        }
+        Ok(Action::Run {
+            args,
+            env,
+            cwd,
+            user,
+            mounts,
+            network_none,
+            heredoc_file,
+        })
+    }
+
+    fn plan_copy(
+        &self,
+        idx: usize,
+        st: &PlanState,
+        view: &LayerView,
+        line: usize,
+        spec: &CopySpec<'_>,
+        extra_key: &mut String,
+    ) -> Result<(Action, String)> {
+        let kw = spec.keyword;
+        let chown = match spec.chown {
+            Some(u) => Some(
+                view.resolve_user(u)
+                    .map_err(|m| self.err(line, format!("{kw} --chown: {m}")))?,
+            ),
+            None => None,
+        };
+        let chmod = match spec.chmod {
+            Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| {
+                self.err(
+                    line,
+                    format!("{kw} --chmod={m}: expected an octal mode such as 0755"),
+                )
+            })?),
+            None => None,
+        };
+        let workdir = st
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".to_owned());
+        let mut sources: Vec<String> = spec.sources.to_vec();
+        let mut urls = Vec::new();
+        if spec.add {
+            sources.retain(|s| {
+                let remote = s.starts_with("http://") || s.starts_with("https://");
+                if remote {
+                    urls.push(s.clone());
+                }
+                !remote
+            });
+        }
+        if !urls.is_empty() {
+            return Err(self.err(
+                line,
+                format!("ADD of a URL ({}) is not supported yet", urls.join(", ")),
+            ));
+        }
+        let req = CopyRequest {
+            sources: &sources,
+            dest: spec.dest,
+            workdir: &workdir,
+            chown,
+            chmod,
+            keyword: kw,
+        };
+        let mut plan = if !spec.heredocs.is_empty() && sources.is_empty() {
+            copy::CopyPlan::empty(chown.unwrap_or((0, 0)))
+        } else if let Some(from) = spec.from {
+            let src = self.source_image(from, idx, line)?;
+            let src_view = image::ensure_unpacked(self.store, &src.layers)?;
+            let prefix = common_prefix(&sources, &workdir);
+            let mut ctx = Context::from_view(&src_view, &prefix, &src.key);
+            let mut cache = HashCache::default();
+            copy::plan(&mut ctx, &mut cache, view, &req).map_err(|m| self.err(line, m))?
+        } else {
+            self.with_context(|ctx, cache| {
+                copy::plan(ctx, cache, view, &req).map_err(|m| self.err(line, m))
+            })?
+        };
+        for h in spec.heredocs {
+            let body = h.body();
+            let content = if spec.expand_heredocs && h.expand {
+                let lookup = |n: &str| st.lookup(n);
+                self.lexer()
+                    .raw_quotes(true)
+                    .skip_process_quotes(true)
+                    .expand_word(&body, &lookup)
+                    .map_err(|e| self.err(line, format!("{kw} heredoc {}: {e}", h.name)))?
+                    .value
+            } else {
+                body
+            };
+            plan.add_inline(
+                &h.name,
+                content.into_bytes(),
+                spec.dest,
+                &workdir,
+                chown,
+                chmod,
+            );
+        }
+        if spec.add {
+            plan.mark_archives();
+        }
+        plan.seal();
+        extra_key.push_str(&plan.digest);
+        let mut shown: Vec<String> = spec.sources.to_vec();
+        shown.extend(spec.heredocs.iter().map(|h| format!("<<{}", h.name)));
+        let from = spec
+            .from
+            .map(|f| format!("--from={f} "))
+            .unwrap_or_default();
+        let created_by = format!("{kw} {from}{} {} # buildkit", shown.join(" "), spec.dest);
+        Ok((Action::Copy(plan), created_by))
+    }
+
+    /// A cache hit whose layer is usable (blob present; unpacked dir present or re-made).
+    fn cache_lookup(&self, key: &str) -> Result<Option<StepRecord>> {
+        let Some(entry) = self
+            .store
+            .cache_get(key)
+            .map_err(Error::op("read the step cache"))?
+        else {
+            return Ok(None);
+        };
+        let Ok(record) = serde_json::from_value::<StepRecord>(entry.payload) else {
+            return Ok(None);
+        };
+        if let Some(l) = &record.layer {
+            if !self.store.has_blob(&l.digest) {
+                return Ok(None);
+            }
+            if !self.store.has_layer_dir(&l.diff_id) {
+                image::ensure_unpacked(self.store, std::slice::from_ref(l))?;
+            }
+        }
+        Ok(Some(record))
+    }
+}
+
+/// The parts of COPY and ADD the planner needs.
+pub(crate) struct CopySpec<'s> {
+    pub keyword: &'static str,
+    pub sources: &'s [String],
+    pub dest: &'s str,
+    pub chown: Option<&'s str>,
+    pub chmod: Option<&'s str>,
+    pub from: Option<&'s str>,
+    pub heredocs: &'s [rbuild_dockerfile::Heredoc],
+    pub expand_heredocs: bool,
+    pub add: bool,
+}
+
+/// The longest directory all sources share (absolute sources of `COPY --from` are relative to
+/// the source image's root), so only that subtree of the source image is listed.
+fn common_prefix(sources: &[String], _workdir: &str) -> String {
+    let dirs: Vec<Vec<String>> = sources
+        .iter()
+        .map(|s| {
+            let rel = clean_rel(s).unwrap_or_default();
+            let mut comps: Vec<String> = Vec::new();
+            for c in rel.split('/').filter(|c| !c.is_empty()) {
+                if crate::context::has_glob(c) {
+                    break;
+                }
+                comps.push(c.to_owned());
+            }
+            // The last component may be a file: list its parent.
+            comps.pop();
+            comps
+        })
+        .collect();
+    let Some(first) = dirs.first() else {
+        return String::new();
+    };
+    let mut n = first.len();
+    for d in &dirs[1..] {
+        n = n.min(first.iter().zip(d).take_while(|(a, b)| a == b).count());
+    }
+    first[..n].join("/")
+}
+
+/// A COPY's sources in `--explain` form: source path → what lands where.
+fn files_of(plan: &copy::CopyPlan) -> BTreeMap<String, String> {
+    plan.items
+        .iter()
+        .map(|it| {
+            let (kind, content) = match &it.kind {
+                EntryKind::File => ("file", it.sha256.clone().unwrap_or_default()),
+                EntryKind::Dir => ("dir", String::new()),
+                EntryKind::Symlink(t) => ("link", t.display().to_string()),
+            };
+            (
+                it.label.clone(),
+                format!(
+                    "{kind} {:o} {}:{} {content} → /{}",
+                    it.mode, it.uid, it.gid, it.dest
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The arguments part of an instruction's source text, on one line.
+fn display_args(original: &str) -> String {
+    let text = original.trim();
+    let rest = text.split_once(char::is_whitespace).map_or("", |(_, r)| r);
+    rest.split_whitespace().collect::<Vec<_>>().join(" ")
+}
