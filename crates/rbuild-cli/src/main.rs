@@ -16,6 +16,9 @@ struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     root: Option<PathBuf>,
 
+    #[command(flatten)]
+    registry: commands::RegistryFlags,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -38,6 +41,18 @@ enum Command {
     Prune(commands::prune::Args),
     /// Parse a Dockerfile and print it.
     Parse(commands::parse::Args),
+    /// Pull an image from a registry into the store.
+    Pull(commands::pull::Args),
+    /// Push an image from the store to a registry.
+    Push(commands::push::Args),
+    /// Give an image in the store another name.
+    Tag(commands::tag::Args),
+    /// Log in to a registry (verifies, then stores the credentials in config.json).
+    Login(commands::login::Args),
+    /// Remove a registry's credentials from config.json.
+    Logout(commands::logout::Args),
+    /// List the tags of a repository in a registry.
+    Ls(commands::ls::Args),
 }
 
 /// Where the store lives when `--root` is not given.
@@ -67,14 +82,20 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Build(a) => commands::build::run(&root, a).await,
+            Command::Build(a) => commands::build::run(&root, &cli.registry, a).await,
             Command::Images(a) => commands::images::run(&root, a),
-            Command::Inspect(a) => commands::inspect::run(&root, a),
+            Command::Inspect(a) => commands::inspect::run(&root, &cli.registry, a).await,
             Command::Save(a) => commands::save::run(&root, a),
             Command::Run(a) => commands::run::run(&root, a),
-            Command::Rmi(a) => commands::rmi::run(&root, a),
+            Command::Rmi(a) => commands::rmi::run(&root, &cli.registry, a).await,
             Command::Prune(a) => commands::prune::run(&root, a),
             Command::Parse(a) => commands::parse::run(a),
+            Command::Pull(a) => commands::pull::run(&root, &cli.registry, a).await,
+            Command::Push(a) => commands::push::run(&root, &cli.registry, a).await,
+            Command::Tag(a) => commands::tag::run(&root, a),
+            Command::Login(a) => commands::login::run(&cli.registry, a).await,
+            Command::Logout(a) => commands::logout::run(a),
+            Command::Ls(a) => commands::ls::run(&cli.registry, a).await,
         }
     });
     match result {

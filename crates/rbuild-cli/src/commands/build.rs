@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use clap::ValueEnum;
 use rbuild::{BuildOptions, Builder, Reference};
 
+use super::RegistryFlags;
 use crate::progress::{Mode, Renderer};
 
 /// Arguments of `rbuild build`.
@@ -39,6 +40,13 @@ pub struct Args {
     /// A label for the image (repeatable).
     #[arg(long = "label", value_name = "K=V")]
     labels: Vec<String>,
+    /// After the build, push every `-t` tag to its registry.
+    #[arg(long, requires = "tags")]
+    push: bool,
+    /// Write the image's manifest digest (`sha256:…`, no newline) to this file, as kaniko
+    /// does; with `--push` only after every push succeeded.
+    #[arg(long, value_name = "FILE")]
+    digest_file: Option<PathBuf>,
     /// The build context directory.
     context: PathBuf,
 }
@@ -61,7 +69,7 @@ fn key_value(s: &str, what: &str) -> anyhow::Result<(String, String)> {
 }
 
 /// Runs `rbuild build`.
-pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Result<ExitCode> {
     let mut opts = BuildOptions::new(&args.context)
         .no_cache(args.no_cache)
         .explain(args.explain);
@@ -102,6 +110,19 @@ pub async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let result = builder.build(opts).await;
     renderer.finish();
     let out = result?;
+    if args.push {
+        // The build is done and tagged; pushing reads the image back from the store, exactly
+        // as `rbuild push TAG` would.
+        let client = flags.client()?;
+        let digest = out.digest.to_string();
+        for tag in &out.tags {
+            super::push::push_one(builder.store(), &client, &digest, tag).await?;
+        }
+    }
+    if let Some(path) = &args.digest_file {
+        std::fs::write(path, out.digest.to_string())
+            .with_context(|| format!("failed to write the digest to {}", path.display()))?;
+    }
     println!("{}", out.digest);
     Ok(ExitCode::SUCCESS)
 }

@@ -3,16 +3,23 @@
 pub mod build;
 pub mod images;
 pub mod inspect;
+pub mod login;
+pub mod logout;
+pub mod ls;
 pub mod parse;
 pub mod prune;
+pub mod pull;
+pub mod push;
 pub mod rmi;
 pub mod run;
 pub mod save;
+pub mod tag;
 
 use std::path::Path;
 
 use anyhow::Context as _;
 use rbuild::Store;
+use rbuild::registry::{Client, ClientOptions};
 
 /// Opens (creating if needed) the store at `root`.
 pub fn open_store(root: &Path) -> anyhow::Result<Store> {
@@ -24,4 +31,51 @@ pub fn load_image(store: &Store, reference: &str) -> anyhow::Result<rbuild::imag
     let desc = rbuild::image::resolve(store, reference)?;
     let digest = rbuild::Digest::try_from(desc.digest())?;
     Ok(rbuild::image::load(store, &digest)?)
+}
+
+/// How to reach registries: global flags of every command that talks to one.
+///
+/// Loopback registries (`localhost`, `127.0.0.0/8`, `::1`) are spoken to over plain HTTP
+/// without any flag, as docker does; other plain-HTTP registries need `--insecure-registry`
+/// (docker's daemon option of the same name).
+#[derive(Debug, Clone, clap::Args)]
+pub struct RegistryFlags {
+    /// Verify registries' TLS certificates (`--tls-verify=false` to accept any, as podman).
+    #[arg(
+        long,
+        global = true,
+        value_name = "BOOL",
+        default_value_t = true,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub tls_verify: bool,
+    /// Speak plain HTTP to this registry `host[:port]` (repeatable).
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+}
+
+impl RegistryFlags {
+    /// A registry client with these settings and the credentials of the environment
+    /// (`$DOCKER_CONFIG`, `$REGISTRY_AUTH_FILE`, `~/.docker/config.json`).
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::new(self.options())?)
+    }
+
+    /// The client options these flags describe.
+    pub fn options(&self) -> ClientOptions {
+        let mut o = ClientOptions::default().tls_verify(self.tls_verify);
+        for h in &self.insecure_registries {
+            o = o.insecure_registry(h);
+        }
+        o
+    }
+}
+
+/// Parses an image reference given on the command line.
+pub fn parse_reference(s: &str) -> anyhow::Result<rbuild::Reference> {
+    s.parse()
+        .with_context(|| format!("invalid image reference `{s}`"))
 }

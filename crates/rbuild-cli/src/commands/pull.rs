@@ -1,0 +1,62 @@
+//! `rbuild pull`.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use rbuild::registry::{self, Platform, PullEvent};
+
+use super::RegistryFlags;
+use super::push::Transfer;
+
+/// Arguments of `rbuild pull`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The image, e.g. `127.0.0.1:5000/app:1` or `busybox@sha256:…`.
+    reference: String,
+    /// The platform to pick from a multi-platform image [default: this machine's].
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    platform: Option<Platform>,
+}
+
+/// Runs `rbuild pull`: docker's lines (`<12 hex>: Pull complete`, `Digest: sha256:…`,
+/// `Status: …`), last line the reference now in the store.
+pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Result<ExitCode> {
+    let reference = super::parse_reference(&args.reference)?;
+    let store = super::open_store(root)?;
+    let client = flags.client()?;
+    println!(
+        "{}: Pulling from {}",
+        reference.tag_or_digest(),
+        reference.repository()
+    );
+    let downloaded = AtomicBool::new(false);
+    let display = Transfer::new();
+    let result = registry::pull(
+        &store,
+        &client,
+        &reference,
+        args.platform.as_ref(),
+        &|e: PullEvent| {
+            if matches!(e, PullEvent::Downloaded { .. }) {
+                downloaded.store(true, Ordering::Relaxed);
+            }
+            display.pull_event(e);
+        },
+    )
+    .await;
+    display.finish();
+    result.with_context(|| format!("failed to pull {reference}"))?;
+    // docker's wording: whether anything new arrived.
+    if downloaded.load(Ordering::Relaxed) {
+        println!(
+            "Status: Downloaded newer image for {}",
+            reference.familiar()
+        );
+    } else {
+        println!("Status: Image is up to date for {}", reference.familiar());
+    }
+    println!("{reference}");
+    Ok(ExitCode::SUCCESS)
+}
