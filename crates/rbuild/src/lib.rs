@@ -23,6 +23,7 @@
 //!
 //! Building needs root (kernel overlayfs and namespaces); everything else works unprivileged.
 
+mod archive;
 mod build;
 pub mod config;
 pub mod container;
@@ -30,18 +31,20 @@ pub mod context;
 pub mod copy;
 mod error;
 mod events;
+mod execute;
 pub mod explain;
 pub mod export;
 pub mod image;
 mod options;
 pub mod registry;
+mod stage;
 pub mod step;
 pub mod view;
 
 pub use build::{BuildOutput, Builder};
 pub use error::{BoxError, Error, Result};
 pub use events::{BuildEvent, NoProgress, Progress};
-pub use options::{BuildOptions, DockerfileSource};
+pub use options::{BuildOptions, DockerfileSource, ImageFormat, SecretSource};
 
 pub use rbuild_dockerfile as dockerfile;
 pub use rbuild_layer as layer;
