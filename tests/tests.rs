@@ -5,4 +5,5 @@
 //! when the machine cannot (`RBUILD_REQUIRE_SANDBOX=1`, set by CI, turns a skip into a failure).
 
 mod build_image;
+mod registry_cli;
 mod support;

@@ -252,6 +252,11 @@ pub async fn push(
         .await
         .map_err(Error::op(op()))??
     };
+    // Learn the registry's auth scheme with one request before the blob requests go out in
+    // parallel (docker pings `/v2/` first too): otherwise several first requests meet the 401
+    // at once and all but one are taken for refused credentials. Best effort: a failure here
+    // shows again, with the push's own context, on the next request.
+    let _ = client.ping(dest.registry()).await;
     let result = client
         .push_image(dest, &image, &StoreBlobs(store), events)
         .await

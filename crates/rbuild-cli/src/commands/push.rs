@@ -6,7 +6,6 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Mutex;
 
-use anyhow::Context as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rbuild::registry::{self, Client, PullEvent, PushEvent, PushResult};
 use rbuild::{Digest, Reference, Store};
@@ -52,7 +51,8 @@ pub async fn push_one(
     let display = Transfer::new();
     let result = registry::push(store, client, source, dest, &|e| display.push_event(e)).await;
     display.finish();
-    result.with_context(|| format!("failed to push {dest}"))
+    // The engine's error already reads `failed to push SRC to DEST`.
+    Ok(result?)
 }
 
 /// Shows blob transfers: bars on a terminal (stderr), docker's plain lines otherwise.
