@@ -272,7 +272,17 @@ fn skopeo_copied_images_pull_with_the_same_digest_oci_and_docker_v2s2() {
         ]));
         let expected = skopeo_digest(&dest);
         let fresh = work.path().join(format!("pull-{name}"));
-        let out = ok(&rbuild(&fresh, &["pull", &dest]));
+        // The registry flags parse as podman's and docker's (loopback is plain HTTP anyway).
+        let out = ok(&rbuild(
+            &fresh,
+            &[
+                "pull",
+                "--tls-verify=false",
+                "--insecure-registry",
+                &host,
+                &dest,
+            ],
+        ));
         assert_eq!(pulled_digest(&out), expected, "{format}: {out}");
         let inspect: serde_json::Value =
             serde_json::from_str(&ok(&rbuild(&fresh, &["inspect", &dest]))).unwrap();

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::Context as _;
@@ -32,6 +33,7 @@ pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Resu
         reference.repository()
     );
     let downloaded = AtomicBool::new(false);
+    let resolved = Mutex::new(None);
     let display = Transfer::new();
     let result = registry::pull(
         &store,
@@ -39,15 +41,26 @@ pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Resu
         &reference,
         args.platform.as_ref(),
         &|e: PullEvent| {
-            if matches!(e, PullEvent::Downloaded { .. }) {
-                downloaded.store(true, Ordering::Relaxed);
+            match e {
+                PullEvent::Downloaded { .. } => downloaded.store(true, Ordering::Relaxed),
+                // docker prints the digest after the layers.
+                PullEvent::Resolved { digest } => {
+                    if let Ok(mut r) = resolved.lock() {
+                        *r = Some(digest);
+                    }
+                    return;
+                }
+                _ => {}
             }
             display.pull_event(e);
         },
     )
     .await;
     display.finish();
-    result.with_context(|| format!("failed to pull {reference}"))?;
+    let digest = result.with_context(|| format!("failed to pull {reference}"))?;
+    // The digest of the manifest now in the store: the platform's, when REF is an index.
+    let shown = resolved.into_inner().ok().flatten().unwrap_or(digest);
+    println!("Digest: {shown}");
     // docker's wording: whether anything new arrived.
     if downloaded.load(Ordering::Relaxed) {
         println!(

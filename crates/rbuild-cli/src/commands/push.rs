@@ -73,12 +73,11 @@ impl Transfer {
         }
     }
 
-    /// Prints a finished line: above the bars on a terminal, on stdout otherwise.
+    /// Prints a finished line: above the bars (stderr) on a terminal, on stdout otherwise.
     fn line(&self, line: String) {
         match &self.multi {
-            Some(m) => {
-                let _ = m.println(line);
-            }
+            // Hide the bars, print, draw them again below.
+            Some(m) => m.suspend(|| eprintln!("{line}")),
             None => println!("{line}"),
         }
     }
@@ -150,7 +149,7 @@ impl Transfer {
             PushEvent::Done { .. } => {
                 // The final line is the command's result: always on stdout.
                 if let Some(l) = e.docker_line() {
-                    self.clear();
+                    self.finish();
                     println!("{l}");
                 }
             }
