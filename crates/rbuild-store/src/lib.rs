@@ -74,6 +74,7 @@
 mod atomic;
 mod blob;
 mod cache;
+mod check;
 mod error;
 mod index;
 mod layer;
@@ -87,6 +88,7 @@ use fs4::fs_std::FileExt;
 
 pub use blob::BlobWriter;
 pub use cache::CacheEntry;
+pub use check::{CheckOptions, CheckReport, LayerPair, LayerVerifier, Problem};
 pub use error::{Error, Result};
 pub use index::{REF_NAME_ANNOTATION, is_oci_ref_name};
 pub use layer::Staging;
