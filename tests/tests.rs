@@ -5,5 +5,6 @@
 //! when the machine cannot (`RBUILD_REQUIRE_SANDBOX=1`, set by CI, turns a skip into a failure).
 
 mod build_image;
+mod builder_features;
 mod registry_cli;
 mod support;

@@ -126,6 +126,10 @@ impl Renderer {
                     }
                 }
             }
+            BuildEvent::Pulling { reference } => match &st.bar {
+                Some(pb) => pb.println(format!("  pulling {reference}")),
+                None => println!("pulling {reference}"),
+            },
             BuildEvent::CacheMiss { reason, .. } => match &st.bar {
                 Some(pb) => pb.println(format!("  cache miss: {reason}")),
                 None => println!("  cache miss: {reason}"),

@@ -45,6 +45,7 @@ pub struct BuildOutput {
 pub struct Builder {
     store: Arc<Store>,
     progress: Arc<dyn Progress>,
+    registry: Option<Arc<rbuild_registry::Client>>,
 }
 
 impl Builder {
@@ -53,6 +54,7 @@ impl Builder {
         Self {
             store: Arc::new(store),
             progress: Arc::new(NoProgress),
+            registry: None,
         }
     }
 
@@ -60,6 +62,14 @@ impl Builder {
     #[must_use]
     pub fn progress(mut self, progress: impl Progress + 'static) -> Self {
         self.progress = Arc::new(progress);
+        self
+    }
+
+    /// Pulls `FROM` images that are not in the store through `client` (without one, a missing
+    /// base image is an error).
+    #[must_use]
+    pub fn registry(mut self, client: rbuild_registry::Client) -> Self {
+        self.registry = Some(Arc::new(client));
         self
     }
 
@@ -140,6 +150,7 @@ impl Builder {
             });
         }
         let mut run = Build::new(&self.store, &*self.progress, opts, file, df, target);
+        run.registry = self.registry.as_deref();
         run.resolve_meta_args()?;
         let result = run.stage(target);
         run.save_state();

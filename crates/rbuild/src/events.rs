@@ -50,6 +50,11 @@ pub enum BuildEvent {
         /// The first input that differs from the last build of this step.
         reason: String,
     },
+    /// A base image is being pulled because the store does not have it.
+    Pulling {
+        /// The normalised reference.
+        reference: String,
+    },
     /// A warning about the Dockerfile or the build (undefined variable, deprecated instruction, …).
     Warning(String),
     /// The image was written to the store.

@@ -25,6 +25,7 @@
 
 mod archive;
 mod build;
+pub mod check;
 pub mod config;
 pub mod container;
 pub mod context;

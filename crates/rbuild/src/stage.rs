@@ -50,6 +50,8 @@ pub(crate) struct ContextState {
 pub(crate) struct Build<'a> {
     pub store: &'a Store,
     pub progress: &'a dyn Progress,
+    /// Where missing `FROM` images are pulled from, if anywhere.
+    pub registry: Option<&'a rbuild_registry::Client>,
     pub opts: &'a BuildOptions,
     pub file: String,
     pub df: Dockerfile,
@@ -97,6 +99,7 @@ impl<'a> Build<'a> {
         let mut b = Self {
             store,
             progress,
+            registry: None,
             opts,
             hash_cache_name: format!("context-{}", short_hash(&ctx_id.to_string_lossy())),
             record_name: format!(
@@ -230,7 +233,7 @@ impl<'a> Build<'a> {
             .or_else(|| name.parse::<usize>().ok().filter(|&i| i < before))
     }
 
-    fn from_name(&self, idx: usize) -> Result<String> {
+    fn base_name_of(&self, idx: usize) -> Result<String> {
         let stage = &self.df.stages[idx];
         let lookup = |n: &str| self.meta_args.get(n).cloned().flatten();
         let (from, _) = stage
@@ -257,7 +260,7 @@ impl<'a> Build<'a> {
     /// Stages that stage `idx` needs first: its FROM, `COPY --from`, `RUN --mount from=`.
     pub fn deps(&self, idx: usize) -> Vec<usize> {
         let mut deps = Vec::new();
-        if let Ok(name) = self.from_name(idx)
+        if let Ok(name) = self.base_name_of(idx)
             && let Some(i) = self.stage_index(&name, idx)
         {
             deps.push(i);
@@ -333,7 +336,29 @@ impl<'a> Build<'a> {
     }
 
     fn resolve_image(&self, name: &str, line: usize) -> Result<StageResult> {
-        let desc = image::resolve(self.store, name).map_err(|e| match e {
+        let found = image::resolve(self.store, name);
+        let found = match (found, self.registry, tokio::runtime::Handle::try_current()) {
+            (Err(Error::ImageNotFound { .. }), Some(client), Ok(handle)) => {
+                let reference: Reference = name.parse().map_err(|e| {
+                    self.err(line, format!("invalid image reference `{name}`: {e}"))
+                })?;
+                self.progress.event(BuildEvent::Pulling {
+                    reference: reference.to_string(),
+                });
+                let platform = rbuild_registry::Platform::host();
+                crate::registry::pull_blocking(
+                    &handle,
+                    self.store,
+                    client,
+                    &reference,
+                    Some(&platform),
+                )
+                .map_err(|e| self.err(line, format!("failed to pull {reference}: {e}")))?;
+                image::resolve(self.store, name)
+            }
+            (other, _, _) => other,
+        };
+        let desc = found.map_err(|e| match e {
             Error::ImageNotFound { reference, .. } => self.err(
                 line,
                 format!("image {reference} is not in the local store (build it, or pull it with `rbuild pull {reference}`)"),
@@ -353,7 +378,7 @@ impl<'a> Build<'a> {
     fn build_stage(&self, idx: usize) -> Result<StageResult> {
         let stage = &self.df.stages[idx];
         let from_line = stage.from.span.start_line;
-        let base_name = self.from_name(idx)?;
+        let base_name = self.base_name_of(idx)?;
         let (base, from_text) = if let Some(e) = self.stage_index(&base_name, idx) {
             (self.stage(e)?, format!("FROM {base_name}"))
         } else if base_name == "scratch" {

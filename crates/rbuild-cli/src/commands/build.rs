@@ -47,8 +47,50 @@ pub struct Args {
     /// does; with `--push` only after every push succeeded.
     #[arg(long, value_name = "FILE")]
     digest_file: Option<PathBuf>,
-    /// The build context directory.
+    /// A build secret for `RUN --mount=type=secret` (repeatable): `id=ID,src=FILE` or `id=ID,env=VAR`.
+    #[arg(long = "secret", value_name = "SPEC")]
+    secrets: Vec<String>,
+    /// Layer compression: `gzip` or `zstd`.
+    #[arg(long, default_value = "gzip")]
+    compression: String,
+    /// An annotation on the image manifest (repeatable).
+    #[arg(long = "annotation", value_name = "K=V")]
+    annotations: Vec<String>,
+    /// Target platform (`os/arch`); only the host's can be built.
+    #[arg(long)]
+    platform: Option<String>,
+    /// Image format: `oci` or `docker` (docker keeps HEALTHCHECK).
+    #[arg(long, default_value = "oci")]
+    format: String,
+    /// Ignore the cache for this stage's steps (repeatable).
+    #[arg(long = "no-cache-filter", value_name = "STAGE")]
+    no_cache_filter: Vec<String>,
+    /// The build context directory, or `-` for a tar archive on stdin (then `-f` names a file in it).
     context: PathBuf,
+}
+
+/// `--secret id=ID,src=FILE|env=VAR` (docker buildx's syntax; `source=` and `type=` accepted).
+fn secret(spec: &str) -> anyhow::Result<(String, rbuild::SecretSource)> {
+    let (mut id, mut src, mut env) = (None, None, None);
+    for part in spec.split(',') {
+        match part.split_once('=') {
+            Some(("id", v)) => id = Some(v.to_owned()),
+            Some(("src" | "source", v)) => src = Some(v.to_owned()),
+            Some(("env", v)) => env = Some(v.to_owned()),
+            Some(("type", "file" | "env")) => {}
+            _ => {
+                anyhow::bail!("invalid --secret `{spec}`: expected id=ID,src=FILE or id=ID,env=VAR")
+            }
+        }
+    }
+    let id = id.ok_or_else(|| anyhow::anyhow!("invalid --secret `{spec}`: missing id="))?;
+    let source = match (src, env) {
+        (Some(f), _) => rbuild::SecretSource::File(f.into()),
+        (None, Some(v)) => rbuild::SecretSource::Env(v),
+        // buildx: without src or env, the variable named like the id.
+        (None, None) => rbuild::SecretSource::Env(id.clone()),
+    };
+    Ok((id, source))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -94,10 +136,52 @@ pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Resu
     if let Some(e) = args.source_date_epoch {
         opts = opts.source_date_epoch(e);
     }
-    if !args.context.is_dir() {
+    for spec in &args.secrets {
+        let (id, source) = secret(spec)?;
+        opts = opts.secret(id, source);
+    }
+    for a in &args.annotations {
+        let (k, v) = key_value(a, "--annotation")?;
+        opts = opts.annotation(k, v);
+    }
+    for f in &args.no_cache_filter {
+        opts = opts.no_cache_filter(f);
+    }
+    opts = opts.compression(match args.compression.as_str() {
+        "gzip" => rbuild::layer::Compression::Gzip,
+        "zstd" => rbuild::layer::Compression::Zstd,
+        other => anyhow::bail!("unknown --compression `{other}` (expected gzip or zstd)"),
+    });
+    opts = opts.format(match args.format.as_str() {
+        "oci" => rbuild::ImageFormat::Oci,
+        "docker" => rbuild::ImageFormat::Docker,
+        other => anyhow::bail!("unknown --format `{other}` (expected oci or docker)"),
+    });
+    if let Some(p) = &args.platform {
+        opts = opts.platform(p);
+    }
+    // `-f -`: the Dockerfile from stdin; `-` as context: a tar of the context on stdin.
+    let _stdin_context;
+    if args.context.as_os_str() == "-" {
+        let dir =
+            tempfile::tempdir().context("failed to create a directory for the stdin context")?;
+        rbuild::layer::apply_layer(std::io::stdin().lock(), dir.path())
+            .context("failed to read the build context tar from stdin")?;
+        opts.context = dir.path().to_owned();
+        if let Some(f) = &args.file {
+            opts = opts.dockerfile(dir.path().join(f));
+        }
+        _stdin_context = dir;
+    } else if args.file.as_deref() == Some(Path::new("-")) {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("failed to read the Dockerfile from stdin")?;
+        opts = opts.dockerfile_text("Dockerfile", text);
+    }
+    if !opts.context.is_dir() {
         anyhow::bail!(
             "build context {} is not a directory",
-            args.context.display()
+            opts.context.display()
         );
     }
     let store = super::open_store(root)?;
@@ -106,7 +190,10 @@ pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Resu
         ProgressArg::Auto => Mode::auto(),
     };
     let renderer = Renderer::new(mode);
-    let builder = Builder::new(store).progress(renderer.sink());
+    let mut builder = Builder::new(store).progress(renderer.sink());
+    if let Ok(client) = flags.client() {
+        builder = builder.registry(client);
+    }
     let result = builder.build(opts).await;
     renderer.finish();
     let out = result?;
