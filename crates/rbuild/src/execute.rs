@@ -77,15 +77,19 @@ impl Build<'_> {
                     }
                 }
                 if let Some((name, script)) = heredoc_file {
-                    let f = scratch.join(format!("heredoc-{name}"));
-                    fs::write(&f, script)
+                    // The sandbox's /dev is a fresh tmpfs with an empty /dev/pipes: the script's
+                    // directory is bound over it, so the script runs as /dev/pipes/NAME (BuildKit).
+                    let pipes = scratch.join("pipes");
+                    let f = pipes.join(name);
+                    fs::create_dir_all(&pipes)
+                        .and_then(|()| fs::write(&f, script))
                         .and_then(|()| fs::set_permissions(&f, fs::Permissions::from_mode(0o755)))
                         .map_err(|e| {
                             (self.step_err(st.line, "write the heredoc script"))(e.into())
                         })?;
                     binds.push(BindMount {
-                        source: f,
-                        target: format!("/dev/pipes/{name}"),
+                        source: pipes,
+                        target: "/dev/pipes".to_owned(),
                         readonly: true,
                     });
                 }

@@ -287,6 +287,14 @@ pub(super) fn mount_kernel_filesystems(root: RawFd) -> Result<(), Failure> {
         Step::MountShm,
         0,
     )?;
+    // /dev/pipes: where BuildKit puts a RUN heredoc that runs as a script (`#!`); the engine
+    // bind-mounts the script's directory here.
+    // SAFETY: NUL-terminated name, created under our descriptor.
+    check(
+        unsafe { libc::mkdirat(dev, c"pipes".as_ptr(), 0o755) },
+        Step::MountShm,
+        0,
+    )?;
     for (i, (target, name)) in DEV_SYMLINKS.iter().enumerate() {
         // SAFETY: NUL-terminated strings; the link is created under our descriptor.
         check(
