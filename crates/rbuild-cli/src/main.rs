@@ -2,6 +2,7 @@
 
 mod commands;
 mod progress;
+mod shim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,18 @@ enum Command {
     Logout(commands::logout::Args),
     /// List the tags of a repository in a registry.
     Ls(commands::ls::Args),
+    /// Set a Kubernetes Deployment's image (pinned to its digest) and wait for the rollout.
+    Deploy(commands::deploy::Args),
+    /// Put back a Deployment's previous image (or one named with --to) from the deploy history.
+    Rollback(commands::rollback::Args),
+    /// Show the deploys and rollbacks recorded on a Deployment.
+    History(commands::history::Args),
+    /// Run or plan a `.gitlab-ci.yml` pipeline locally.
+    #[command(subcommand)]
+    Pipeline(commands::pipeline::Command),
+    /// What the `docker` and `deploy` names of this binary run.
+    #[command(subcommand, hide = true)]
+    Shim(shim::Shim),
 }
 
 /// Where the store lives when `--root` is not given.
@@ -68,7 +81,18 @@ fn default_root() -> PathBuf {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Multi-call: invoked as `docker` or `deploy`, the arguments are translated first.
+    let argv = match shim::argv(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(e) => match e.downcast::<clap::Error>() {
+            Ok(clap_error) => clap_error.exit(),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let cli = Cli::parse_from(argv);
     let root = cli.root.clone().unwrap_or_else(default_root);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -96,6 +120,11 @@ fn main() -> ExitCode {
             Command::Login(a) => commands::login::run(&cli.registry, a).await,
             Command::Logout(a) => commands::logout::run(a),
             Command::Ls(a) => commands::ls::run(&cli.registry, a).await,
+            Command::Deploy(a) => commands::deploy::run(&cli.registry, a).await,
+            Command::Rollback(a) => commands::rollback::run(a).await,
+            Command::History(a) => commands::history::run(a).await,
+            Command::Pipeline(c) => commands::pipeline::run(&root, &cli.registry, c).await,
+            Command::Shim(s) => shim::run(&root, &cli.registry, s).await,
         }
     });
     match result {

@@ -1,16 +1,20 @@
 //! One module per subcommand.
 
 pub mod build;
+pub mod deploy;
+pub mod history;
 pub mod images;
 pub mod inspect;
 pub mod login;
 pub mod logout;
 pub mod ls;
 pub mod parse;
+pub mod pipeline;
 pub mod prune;
 pub mod pull;
 pub mod push;
 pub mod rmi;
+pub mod rollback;
 pub mod run;
 pub mod save;
 pub mod tag;

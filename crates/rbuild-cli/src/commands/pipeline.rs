@@ -1,0 +1,204 @@
+//! `rbuild pipeline run|plan`: a `.gitlab-ci.yml` run locally, daemonless.
+//!
+//! The plan comes from `rbuild-pipeline`; this module wires the executors (host shell, or the
+//! job's `image:` through the sandbox) and puts `docker` and `deploy` on every job's `PATH`:
+//! symlinks to this binary, which then speaks those commands (see `crate::shim`).
+
+mod executor;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::ValueEnum;
+use rbuild_pipeline::{
+    GitInfo, GitRef, Pipeline, PipelineContext, Plan, PlanOptions, RunOptions, Runner, Variable,
+    Variables, parse_var_file, plan,
+};
+
+use super::RegistryFlags;
+pub use executor::{Executor, ExecutorKind};
+
+/// `rbuild pipeline` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Run the pipeline: stages in order, the jobs of a stage concurrently.
+    Run(RunArgs),
+    /// Show which jobs run, stage by stage, and why each other job does not.
+    Plan(Selection),
+}
+
+/// What to run: the file, the ref, variables and job selection.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Selection {
+    /// The pipeline file [default: PROJECT/.gitlab-ci.yml].
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    /// The project checkout (a git repository).
+    #[arg(long = "project", value_name = "DIR", default_value = ".")]
+    pub project: PathBuf,
+    /// Run for this branch [default: the checked-out one].
+    #[arg(long, value_name = "B", conflicts_with = "tag")]
+    pub branch: Option<String>,
+    /// Run for this tag.
+    #[arg(long, value_name = "T")]
+    pub tag: Option<String>,
+    /// A secret variable (repeatable; masked in job output).
+    #[arg(long = "var", value_name = "K=V")]
+    pub vars: Vec<String>,
+    /// A file of `KEY=VALUE` secret variables (dotenv syntax).
+    #[arg(long = "var-file", value_name = "FILE")]
+    pub var_file: Option<PathBuf>,
+    /// Run only this job (repeatable; manual jobs included).
+    #[arg(long = "job", value_name = "NAME")]
+    pub jobs: Vec<String>,
+    /// Run `when: manual` jobs too.
+    #[arg(long)]
+    pub manual: bool,
+}
+
+/// Arguments of `rbuild pipeline run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub selection: Selection,
+    /// Where scripts run [default: in the job's `image:` when it has one, else on the host].
+    #[arg(long, value_enum, value_name = "EXECUTOR")]
+    pub executor: Option<ExecutorArg>,
+    /// At most this many jobs of a stage at once.
+    #[arg(long = "jobs", value_name = "N", default_value_t = 4)]
+    pub concurrency: usize,
+}
+
+/// `--executor`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecutorArg {
+    /// Inside the job's image, through the rbuild sandbox.
+    Image,
+    /// On the host (`sh -e`).
+    Shell,
+}
+
+/// Runs `rbuild pipeline …`.
+///
+/// # Errors
+///
+/// An unreadable or invalid pipeline, a bad variable, git failures, job directory IO.
+pub async fn run(root: &Path, flags: &RegistryFlags, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Plan(selection) => {
+            let (_, _, planned) = load_and_plan(&selection)?;
+            print!("{planned}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => run_pipeline(root, flags, args).await,
+    }
+}
+
+/// Secret variables, lowest precedence first: the environment (only names the file uses but
+/// does not define), `--var-file`, then `--var`.
+fn secret_variables(pipeline: &Pipeline, selection: &Selection) -> anyhow::Result<Variables> {
+    let mut vars = pipeline.secrets_from(|n| std::env::var(n).ok());
+    if let Some(path) = &selection.var_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("failed to read {}", path.display()))?;
+        let file_vars =
+            parse_var_file(&text).map_err(|m| anyhow::anyhow!("{}: {m}", path.display()))?;
+        vars.extend(&file_vars);
+    }
+    for kv in &selection.vars {
+        let (k, v) = kv
+            .split_once('=')
+            .filter(|(k, _)| !k.is_empty())
+            .with_context(|| format!("invalid --var `{kv}`: expected KEY=VALUE"))?;
+        vars.push(Variable::secret(k, v));
+    }
+    Ok(vars)
+}
+
+fn load_and_plan(selection: &Selection) -> anyhow::Result<(PathBuf, Pipeline, Plan)> {
+    let project = std::fs::canonicalize(&selection.project).with_context(|| {
+        format!(
+            "project directory {} not found",
+            selection.project.display()
+        )
+    })?;
+    let file = selection
+        .file
+        .clone()
+        .unwrap_or_else(|| project.join(".gitlab-ci.yml"));
+    let pipeline = Pipeline::from_file(&file, &project)?;
+    for w in &pipeline.warnings {
+        eprintln!("warning: {w}");
+    }
+    let mut git = GitInfo::discover(&project)?;
+    if let Some(b) = &selection.branch {
+        git = git.with_ref(GitRef::Branch(b.clone()));
+    } else if let Some(t) = &selection.tag {
+        git = git.with_ref(GitRef::Tag(t.clone()));
+    }
+    let cx = PipelineContext::new(git, &project);
+    let options = PlanOptions::default()
+        .jobs(selection.jobs.iter().cloned())
+        .manual(selection.manual)
+        .variables(secret_variables(&pipeline, selection)?);
+    let planned = plan(&pipeline, &cx, &options)?;
+    Ok((project, pipeline, planned))
+}
+
+/// A temporary directory holding `docker` and `deploy`, symlinks to this binary.
+fn shim_dir() -> anyhow::Result<tempfile::TempDir> {
+    let exe = std::env::current_exe().context("failed to find the rbuild binary")?;
+    let dir = tempfile::Builder::new()
+        .prefix("rbuild-shims-")
+        .tempdir()
+        .context("failed to create the shim directory")?;
+    for name in ["docker", "deploy"] {
+        std::os::unix::fs::symlink(&exe, dir.path().join(name))
+            .with_context(|| format!("failed to create the `{name}` command"))?;
+    }
+    Ok(dir)
+}
+
+async fn run_pipeline(
+    root: &Path,
+    flags: &RegistryFlags,
+    args: RunArgs,
+) -> anyhow::Result<ExitCode> {
+    let (project, _, planned) = load_and_plan(&args.selection)?;
+    if planned.stages.iter().all(|s| s.jobs.is_empty()) {
+        print!("{planned}");
+        eprintln!("no job to run for {}", ref_label(&args.selection));
+        return Ok(ExitCode::SUCCESS);
+    }
+    let shims = shim_dir()?;
+    let kind = match args.executor {
+        None => ExecutorKind::ByJob,
+        Some(ExecutorArg::Image) => ExecutorKind::Image,
+        Some(ExecutorArg::Shell) => ExecutorKind::Shell,
+    };
+    let executor = Executor::new(kind, root, flags.clone());
+    let options = RunOptions::new(&project)
+        .concurrency(args.concurrency)
+        .path_prepend(shims.path());
+    let runner = Runner::new(executor, options);
+    let report = runner
+        .run(&planned, |event| println!("{event}"))
+        .await
+        .context("failed to run the pipeline")?;
+    println!();
+    print!("{}", report.summary_table());
+    Ok(if report.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn ref_label(selection: &Selection) -> String {
+    match (&selection.branch, &selection.tag) {
+        (Some(b), _) => format!("branch {b}"),
+        (_, Some(t)) => format!("tag {t}"),
+        _ => "the checked-out ref".to_owned(),
+    }
+}
