@@ -6,5 +6,8 @@
 
 mod build_image;
 mod builder_features;
+mod deploy_cli;
+mod pipeline_cli;
+mod cache;
 mod registry_cli;
 mod support;

@@ -155,6 +155,18 @@ impl Builder {
         let result = run.stage(target);
         run.save_state();
         let result = result?;
+        if let Some(repo) = &opts.cache_to {
+            let client = self.registry.as_deref().ok_or_else(|| Error::Operation {
+                op: format!("export the build cache to {}", repo.name()),
+                source: "no registry client configured".into(),
+            })?;
+            let handle = tokio::runtime::Handle::try_current().map_err(Error::op(format!(
+                "export the build cache to {}",
+                repo.name()
+            )))?;
+            let steps = run.exported.lock().map(|e| e.clone()).unwrap_or_default();
+            crate::remote_cache::export(&handle, client, &self.store, repo, &steps)?;
+        }
         let mut config = result.config;
         if !opts.labels.is_empty() {
             let labels = config.config.labels.get_or_insert_with(BTreeMap::new);

@@ -38,6 +38,7 @@ pub mod export;
 pub mod image;
 mod options;
 pub mod registry;
+mod remote_cache;
 mod stage;
 pub mod step;
 pub mod view;

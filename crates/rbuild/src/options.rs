@@ -64,6 +64,10 @@ pub struct BuildOptions {
     pub platform: Option<String>,
     /// Image format: OCI (default) or Docker v2 schema 2.
     pub format: ImageFormat,
+    /// Registry repositories to look step results up in (`--cache-from`).
+    pub cache_from: Vec<Reference>,
+    /// Registry repository to push step results to (`--cache-to`).
+    pub cache_to: Option<Reference>,
 }
 
 /// Where a build secret's value comes from.
@@ -125,6 +129,8 @@ impl BuildOptions {
             annotations: BTreeMap::new(),
             platform: None,
             format: ImageFormat::Oci,
+            cache_from: Vec::new(),
+            cache_to: None,
         }
     }
 
@@ -226,6 +232,20 @@ impl BuildOptions {
     #[must_use]
     pub fn no_cache_filter(mut self, stage: impl Into<String>) -> Self {
         self.no_cache_filter.push(stage.into());
+        self
+    }
+
+    /// Looks step results up in this registry repository before running them.
+    #[must_use]
+    pub fn cache_from(mut self, repo: Reference) -> Self {
+        self.cache_from.push(repo);
+        self
+    }
+
+    /// Pushes every step's result to this registry repository after the build.
+    #[must_use]
+    pub fn cache_to(mut self, repo: Reference) -> Self {
+        self.cache_to = Some(repo);
         self
     }
 

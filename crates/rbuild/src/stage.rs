@@ -63,6 +63,10 @@ pub(crate) struct Build<'a> {
     pub record: Mutex<BuildRecord>,
     pub last_record: BuildRecord,
     slots: Vec<Mutex<Option<StageResult>>>,
+    /// Steps found in `--cache-from` repositories, by key.
+    remote_hits: Mutex<std::collections::HashMap<String, crate::remote_cache::RemoteHit>>,
+    /// Every step of this build with its result, for `--cache-to`.
+    pub exported: Mutex<Vec<(String, StepRecord)>>,
     pub cached: AtomicUsize,
     pub total: AtomicUsize,
 }
@@ -114,6 +118,8 @@ impl<'a> Build<'a> {
             record: Mutex::new(BuildRecord::default()),
             last_record: BuildRecord::default(),
             slots,
+            remote_hits: Mutex::new(std::collections::HashMap::new()),
+            exported: Mutex::new(Vec::new()),
             cached: AtomicUsize::new(0),
             total: AtomicUsize::new(0),
         };
@@ -441,6 +447,9 @@ impl<'a> Build<'a> {
                     .any(|f| f.eq_ignore_ascii_case(n))
             });
 
+        if !no_cache && !self.opts.cache_from.is_empty() {
+            self.remote_lookup(&steps);
+        }
         let mut config = base.config.clone();
         config.created = None;
         let mut layers = base.layers.clone();
@@ -449,11 +458,14 @@ impl<'a> Build<'a> {
         for st in &steps {
             key = st.key.clone();
             let started = Instant::now();
-            let hit = if no_cache {
+            let mut hit = if no_cache {
                 None
             } else {
                 self.cache_lookup(&st.key)?
             };
+            if hit.is_none() && !no_cache && self.remote_fetch(&st.key) {
+                hit = self.cache_lookup(&st.key)?;
+            }
             self.progress.event(BuildEvent::StepStarted {
                 stage: idx,
                 stage_name: stage.name.clone(),
@@ -505,6 +517,9 @@ impl<'a> Build<'a> {
                     record
                 }
             };
+            if let Ok(mut e) = self.exported.lock() {
+                e.push((st.key.clone(), record.clone()));
+            }
             if let Some(l) = &record.layer {
                 config.rootfs.diff_ids.push(l.diff_id.to_string());
                 layers.push(l.clone());
@@ -908,6 +923,45 @@ impl<'a> Build<'a> {
             .unwrap_or_default();
         let created_by = format!("{kw} {from}{} {} # buildkit", shown.join(" "), spec.dest);
         Ok((Action::Copy(plan), created_by))
+    }
+
+    /// Asks the `--cache-from` repositories for every step of a stage, in one parallel batch.
+    fn remote_lookup(&self, steps: &[Step]) {
+        let (Some(client), Ok(handle)) = (self.registry, tokio::runtime::Handle::try_current())
+        else {
+            self.progress.event(BuildEvent::Warning(
+                "--cache-from needs a registry client and a tokio runtime; the remote cache is not used".to_owned(),
+            ));
+            return;
+        };
+        let keys: Vec<String> = steps.iter().map(|s| s.key.clone()).collect();
+        let hits = crate::remote_cache::lookup(&handle, client, &self.opts.cache_from, &keys);
+        if let Ok(mut h) = self.remote_hits.lock() {
+            h.extend(hits);
+        }
+    }
+
+    /// Brings a step found by [`Self::remote_lookup`] into the local cache; false when there is
+    /// none or it could not be fetched (the step then runs).
+    fn remote_fetch(&self, key: &str) -> bool {
+        let hit = match self.remote_hits.lock() {
+            Ok(h) => h.get(key).cloned(),
+            Err(_) => None,
+        };
+        let (Some(hit), Some(client), Ok(handle)) =
+            (hit, self.registry, tokio::runtime::Handle::try_current())
+        else {
+            return false;
+        };
+        match crate::remote_cache::fetch(&handle, client, self.store, key, &hit) {
+            Ok(()) => true,
+            Err(e) => {
+                self.progress.event(BuildEvent::Warning(format!(
+                    "remote cache entry not used: {e}"
+                )));
+                false
+            }
+        }
     }
 
     /// A cache hit whose layer is usable (blob present; unpacked dir present or re-made).

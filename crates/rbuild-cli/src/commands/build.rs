@@ -62,6 +62,12 @@ pub struct Args {
     /// Image format: `oci` or `docker` (docker keeps HEALTHCHECK).
     #[arg(long, default_value = "oci")]
     format: String,
+    /// Look step results up in this registry repository (repeatable).
+    #[arg(long = "cache-from", value_name = "REPO")]
+    cache_from: Vec<String>,
+    /// Push every step's result to this registry repository.
+    #[arg(long = "cache-to", value_name = "REPO")]
+    cache_to: Option<String>,
     /// Ignore the cache for this stage's steps (repeatable).
     #[arg(long = "no-cache-filter", value_name = "STAGE")]
     no_cache_filter: Vec<String>,
@@ -143,6 +149,14 @@ pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Resu
     for a in &args.annotations {
         let (k, v) = key_value(a, "--annotation")?;
         opts = opts.annotation(k, v);
+    }
+    for r in &args.cache_from {
+        let repo: Reference = r.parse().with_context(|| format!("invalid --cache-from `{r}`"))?;
+        opts = opts.cache_from(repo);
+    }
+    if let Some(r) = &args.cache_to {
+        let repo: Reference = r.parse().with_context(|| format!("invalid --cache-to `{r}`"))?;
+        opts = opts.cache_to(repo);
     }
     for f in &args.no_cache_filter {
         opts = opts.no_cache_filter(f);

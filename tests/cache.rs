@@ -1,0 +1,169 @@
+//! The build cache: exactly-right invalidation (one row per input kind), `--explain`, and a
+//! remote cache shared by two stores through a real registry process.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use rbuild_testkit::registry::{Registry, RegistryOptions};
+
+use crate::support::*;
+
+const DOCKERFILE: &str = "FROM localhost/busybox:test
+ARG MODE=dev
+RUN echo prepare > /prepared
+COPY app/ /app/
+RUN echo \"$MODE\" > /mode
+ENV LEVEL=1
+CMD [\"cat\", \"/mode\"]
+";
+
+fn write_context(ctx: &Path) {
+    fs::create_dir_all(ctx.join("app")).unwrap();
+    fs::write(ctx.join("Dockerfile"), DOCKERFILE).unwrap();
+    fs::write(ctx.join("app/main.sh"), "echo main\n").unwrap();
+    fs::write(ctx.join("app/lib.sh"), "echo lib\n").unwrap();
+    fs::write(ctx.join("notes.log"), "ignored\n").unwrap();
+    fs::write(ctx.join(".dockerignore"), "*.log\n").unwrap();
+}
+
+/// Steps (by number) that were not taken from the cache.
+fn missed(out: &str) -> Vec<usize> {
+    out.lines()
+        .filter(|l| l.starts_with('[') && !l.contains("] FROM "))
+        .filter_map(|l| l[1..].split('/').next()?.parse().ok())
+        .collect()
+}
+
+fn build(root: &Path, ctx: &Path, extra: &[&str]) -> String {
+    let mut args = vec!["build", "--progress", "plain", "--explain"];
+    args.extend_from_slice(extra);
+    args.push(ctx.to_str().unwrap());
+    ok(&rbuild(root, &args))
+}
+
+#[test]
+fn each_input_invalidates_exactly_from_the_step_it_reaches() {
+    if !can_build() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    build_base(&root, work.path());
+    let ctx = work.path().join("ctx");
+    write_context(&ctx);
+    build(&root, &ctx, &[]);
+
+    // (what changes, the steps expected to run, the --explain text expected for the first miss)
+    type Change = Box<dyn Fn(&Path)>;
+    let rows: Vec<(&str, Change, Vec<&str>, Vec<usize>, &str)> = vec![
+        ("nothing", Box::new(|_| {}), vec![], vec![], ""),
+        (
+            "a file excluded by .dockerignore",
+            Box::new(|c| fs::write(c.join("notes.log"), "changed\n").unwrap()),
+            vec![],
+            vec![],
+            "",
+        ),
+        (
+            "content of a copied file",
+            Box::new(|c| fs::write(c.join("app/lib.sh"), "echo lib v2\n").unwrap()),
+            vec![],
+            vec![4, 5, 6, 7],
+            "file app/lib.sh: content changed",
+        ),
+        (
+            "mode of a copied file",
+            Box::new(|c| {
+                fs::set_permissions(c.join("app/main.sh"), fs::Permissions::from_mode(0o755))
+                    .unwrap()
+            }),
+            vec![],
+            vec![4, 5, 6, 7],
+            "file app/main.sh: mode changed: 644 → 755",
+        ),
+        (
+            "a build arg",
+            Box::new(|_| {}),
+            vec!["--build-arg", "MODE=prod"],
+            vec![3, 4, 5, 6, 7],
+            "build arg MODE changed: \"dev\" → \"prod\"",
+        ),
+        (
+            "an instruction",
+            Box::new(|c| {
+                let df = DOCKERFILE.replace("ENV LEVEL=1", "ENV LEVEL=2");
+                fs::write(c.join("Dockerfile"), df).unwrap();
+            }),
+            vec![],
+            vec![6, 7],
+            "instruction changed (was `ENV LEVEL=1`)",
+        ),
+    ];
+    for (what, change, args, expected, explain) in rows {
+        // Each row starts from the first build's inputs (its result is still cached).
+        write_context(&ctx);
+        fs::set_permissions(ctx.join("app/main.sh"), fs::Permissions::from_mode(0o644)).unwrap();
+        build(&root, &ctx, &[]);
+        change(&ctx);
+        let out = build(&root, &ctx, &args);
+        assert_eq!(missed(&out), expected, "after changing {what}:\n{out}");
+        if !explain.is_empty() {
+            assert!(
+                out.contains(&format!("cache miss: {explain}")),
+                "after changing {what}:\n{out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_remote_cache_is_shared_by_two_stores() {
+    if !can_build() || !have_tool("docker-registry") {
+        return;
+    }
+    let registry = Registry::start(RegistryOptions::default()).expect("start docker-registry");
+    let repo = format!("{}/buildcache", registry.host());
+    let work = tempfile::tempdir().unwrap();
+    let ctx = work.path().join("ctx");
+    write_context(&ctx);
+    let mut digests = Vec::new();
+    for (i, name) in ["first", "second"].iter().enumerate() {
+        let root = work.path().join(name);
+        // The same base image in both stores (reproducible), so the keys match.
+        let base = work.path().join(format!("base-{name}"));
+        rbuild_testkit::busybox::write_context(&base).unwrap();
+        ok(&rbuild(
+            &root,
+            &[
+                "build",
+                "--progress",
+                "plain",
+                "--source-date-epoch",
+                "1700000000",
+                "-t",
+                "localhost/busybox:test",
+                base.to_str().unwrap(),
+            ],
+        ));
+        let flag = if i == 0 { "--cache-to" } else { "--cache-from" };
+        let out = build(&root, &ctx, &[flag, &repo, "-t", "localhost/shared:1"]);
+        if i == 1 {
+            assert_eq!(
+                missed(&out),
+                Vec::<usize>::new(),
+                "every step from the remote cache:\n{out}"
+            );
+        }
+        digests.push(last_line(&out));
+    }
+    assert_eq!(
+        digests[0], digests[1],
+        "the second store rebuilt the same image from the cache"
+    );
+    let o = ok(&rbuild(
+        &work.path().join("second"),
+        &["run", "localhost/shared:1"],
+    ));
+    assert_eq!(o, "dev\n");
+}
