@@ -1,0 +1,309 @@
+//! `rbuild pipeline plan|run` end to end: the example project (`examples/pipeline`, the seed's
+//! pipeline shape) against the registry process and the fake Kubernetes API server, with the
+//! `docker` and `deploy` commands rbuild puts on the jobs' PATH.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use rbuild_testkit::kube::FakeKube;
+use rbuild_testkit::registry::{Registry, RegistryOptions};
+
+use crate::support::*;
+
+/// Copies a directory tree (files and directories only: the example has nothing else).
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// The example project checked into a fresh git repository named `shop` (so
+/// `CI_PROJECT_NAME=shop`) on branch `master`; returns its directory.
+fn example_project(work: &Path) -> PathBuf {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pipeline");
+    let project = work.join("shop");
+    copy_tree(&example, &project);
+    let git = |args: &[&str]| {
+        sh(Command::new("git")
+            .arg("-C")
+            .arg(&project)
+            .args(["-c", "user.name=CI", "-c", "user.email=ci@example.com"])
+            .args(args))
+    };
+    git(&["init", "-q", "-b", "master"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "example"]);
+    project
+}
+
+fn pipeline(work: &Path, project: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("--root")
+        .arg(work.join("root"))
+        .arg("pipeline")
+        .args(args)
+        .arg("--project")
+        .arg(project)
+        .env("HOME", work)
+        .env_remove("KUBECONFIG")
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("REGISTRY_HOST")
+        .output()
+        .expect("spawn rbuild")
+}
+
+#[test]
+fn plan_selects_jobs_by_branch_like_gitlab() {
+    if !have_tool("git") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let project = example_project(work.path());
+    let plan = |branch: &str| {
+        ok(&pipeline(
+            work.path(),
+            &project,
+            &[
+                "plan",
+                "--branch",
+                branch,
+                "--var",
+                "REGISTRY_HOST=r.example:5000",
+            ],
+        ))
+    };
+    assert_eq!(
+        plan("master"),
+        "base:\n  base image: no only: runs for every branch and tag (branch master)\n\
+         build:\n  build image: no only: runs for every branch and tag (branch master)\n\
+         test:\n  test image: no only: runs for every branch and tag (branch master)\n  \
+         check sources: no only: runs for every branch and tag (branch master)\n\
+         staging:\n  deploy to staging → env staging (staging): only: `master` matches branch master\n\
+         skipped:\n  deploy to production (production): only: `production` does not match branch master\n"
+    );
+    let production = plan("production");
+    assert!(
+        production.contains("production:\n  deploy to production → env production (production)"),
+        "{production}"
+    );
+    assert!(
+        production.contains("  deploy to staging (staging): only: `master` does not match"),
+        "{production}"
+    );
+    let feature = plan("feature/login");
+    assert!(
+        feature.contains("skipped:\n  deploy to staging"),
+        "{feature}"
+    );
+    assert!(
+        feature.contains("  deploy to production (production)"),
+        "{feature}"
+    );
+
+    // `--job` selects one job; an unknown one is an error naming it.
+    let one = ok(&pipeline(
+        work.path(),
+        &project,
+        &["plan", "--job", "test image", "--var", "REGISTRY_HOST=r:1"],
+    ));
+    assert!(one.contains("test image"), "{one}");
+    assert!(!one.contains("  build image:"), "{one}");
+    let unknown = pipeline(work.path(), &project, &["plan", "--job", "nope"]);
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown).contains("no job named \"nope\""),
+        "{}",
+        stderr(&unknown)
+    );
+}
+
+#[test]
+fn failing_jobs_fail_the_pipeline_and_stop_later_stages() {
+    if !have_tool("git") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let project = work.path().join("p");
+    fs::create_dir_all(&project).unwrap();
+    fs::write(
+        project.join(".gitlab-ci.yml"),
+        "variables:\n  GREETING: hello\n\
+         build:\n  stage: build\n  script:\n    - echo \"$GREETING token=$API_TOKEN\"\n    - exit 3\n\
+         test:\n  stage: test\n  script:\n    - echo never\n",
+    )
+    .unwrap();
+    sh(Command::new("git")
+        .arg("-C")
+        .arg(&project)
+        .args(["init", "-q", "-b", "main"]));
+    sh(Command::new("git").arg("-C").arg(&project).args([
+        "-c",
+        "user.name=CI",
+        "-c",
+        "user.email=ci@example.com",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "x",
+    ]));
+    let out = pipeline(
+        work.path(),
+        &project,
+        &[
+            "run",
+            "--executor",
+            "shell",
+            "--var",
+            "API_TOKEN=s3cr3t-value",
+        ],
+    );
+    assert!(!out.status.success());
+    let text = stdout(&out);
+    // Secrets are masked in job output; the summary lists the skipped stage.
+    assert!(text.contains("[build] hello token=[MASKED]"), "{text}");
+    assert!(!text.contains("s3cr3t-value"), "{text}");
+    assert!(!text.contains("never"), "{text}");
+    assert!(text.contains("pipeline failed"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("test ") && l.contains("skipped")),
+        "{text}"
+    );
+}
+
+#[test]
+fn example_pipeline_builds_tests_pushes_and_deploys_per_branch() {
+    if !can_build() || !have_tool("docker-registry") || !have_tool("git") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let project = example_project(work.path());
+    let registry = Registry::start(RegistryOptions::default()).expect("start the registry");
+    let host = registry.host();
+    let kube = FakeKube::start().expect("start the fake API server");
+    let old = format!("{host}/shop/shop:old");
+    for env in ["staging", "production"] {
+        for role in ["worker", "server"] {
+            kube.add_deployment(
+                "default",
+                &format!("shop-{env}-{role}"),
+                &[("app", &old)],
+                2,
+            );
+        }
+    }
+    // As a GitLab secret variable often does, KUBECONFIG holds the file's content.
+    let kubeconfig = kube.kubeconfig_yaml(None);
+    let registry_var = format!("REGISTRY_HOST={host}");
+    let kube_var = format!("KUBECONFIG={kubeconfig}");
+    let run = |branch: &str| {
+        let started = Instant::now();
+        let out = pipeline(
+            work.path(),
+            &project,
+            &[
+                "run",
+                "--branch",
+                branch,
+                "--var",
+                &registry_var,
+                "--var",
+                &kube_var,
+            ],
+        );
+        (out, started.elapsed())
+    };
+
+    let (first, first_time) = run("master");
+    let text = ok(&first);
+    let sha = sh(Command::new("git")
+        .arg("-C")
+        .arg(&project)
+        .args(["rev-parse", "HEAD"]));
+    let sha = sha.trim();
+    for role in ["worker", "server"] {
+        let name = format!("shop-staging-{role}");
+        assert!(
+            text.contains(&format!(
+                "[deploy to staging] deployment \"{name}\" image updated"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "[deploy to staging] deployment \"{name}\" successfully rolled out"
+            )),
+            "{text}"
+        );
+        let image = kube.container_image("default", &name, "app").unwrap();
+        assert!(
+            image.starts_with(&format!("{host}/shop/shop-staging:{sha}@sha256:")),
+            "{image}"
+        );
+        assert_eq!(
+            kube.container_image("default", &format!("shop-production-{role}"), "app"),
+            Some(old.clone()),
+            "production is not deployed from master"
+        );
+    }
+    assert!(text.contains("[test image] tests passed"), "{text}");
+    assert!(
+        text.contains("[check sources] version 1.0.0 on Linux"),
+        "{text}"
+    );
+    assert!(text.contains("pipeline passed"), "{text}");
+
+    // Second run: everything cached, and the push uploads no blob.
+    registry.settle();
+    registry.clear_access_log();
+    let (second, second_time) = run("master");
+    let text = ok(&second);
+    assert!(text.contains("pipeline passed"), "{text}");
+    registry.settle();
+    let uploads: Vec<_> = registry
+        .access_log()
+        .into_iter()
+        .filter(|l| l.method == "POST" && l.path.contains("/blobs/uploads/"))
+        .collect();
+    assert!(uploads.is_empty(), "second run uploaded blobs: {uploads:?}");
+    eprintln!(
+        "example pipeline on master: first run {:.2}s, second run {:.2}s",
+        first_time.as_secs_f64(),
+        second_time.as_secs_f64()
+    );
+
+    // A feature branch builds and tests only.
+    let (feature, _) = run("feature-login");
+    let text = ok(&feature);
+    assert!(text.contains("[build image] job passed"), "{text}");
+    assert!(text.contains("[test image] job passed"), "{text}");
+    assert!(!text.contains("[deploy to"), "{text}");
+    assert!(!text.contains("deploy to staging  "), "{text}");
+
+    // The production branch deploys production.
+    let (production, _) = run("production");
+    let text = ok(&production);
+    assert!(
+        text.contains(
+            "[deploy to production] deployment \"shop-production-server\" successfully rolled out"
+        ),
+        "{text}"
+    );
+    let image = kube
+        .container_image("default", "shop-production-server", "app")
+        .unwrap();
+    assert!(
+        image.starts_with(&format!("{host}/shop/shop-production:{sha}@sha256:")),
+        "{image}"
+    );
+}
