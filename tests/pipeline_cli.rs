@@ -307,3 +307,125 @@ fn example_pipeline_builds_tests_pushes_and_deploys_per_branch() {
         "{image}"
     );
 }
+
+/// Runs the rbuild binary under another name (`docker`, `deploy`), as a job's PATH has it.
+fn as_command(work: &Path, name: &str, root: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let dir = work.join("shims");
+    fs::create_dir_all(&dir).unwrap();
+    let link = dir.join(name);
+    if !link.exists() {
+        std::os::unix::fs::symlink(bin(), &link).unwrap();
+    }
+    Command::new(&link)
+        .args(args)
+        .env("RBUILD_ROOT", root)
+        .env("HOME", work)
+        .env_remove("KUBECONFIG")
+        .env_remove("DOCKER_CONFIG")
+        .envs(env.iter().copied())
+        .output()
+        .expect("spawn the shim")
+}
+
+#[test]
+fn docker_and_deploy_shims_push_pull_inspect_and_deploy_the_last_push() {
+    if !have_tool("docker-registry") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let registry = Registry::start(RegistryOptions::default()).expect("start the registry");
+    let host = registry.host();
+    let ctx = w.join("ctx");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM scratch\nCOPY hello /\nENV GREETING=hi\n",
+    )
+    .unwrap();
+    fs::write(ctx.join("hello"), "hello\n").unwrap();
+    let (root, other_root) = (w.join("root"), w.join("other-root"));
+    let pushes = w.join("pushes");
+    let pushes_env = [("RBUILD_JOB_PUSHES", pushes.to_str().unwrap())];
+    let image = format!("{host}/web/web:abc123");
+    let docker = |root: &Path, args: &[&str]| ok(&as_command(w, "docker", root, args, &pushes_env));
+
+    let built = docker(
+        &root,
+        &["build", "--pull", "-t", &image, ctx.to_str().unwrap()],
+    );
+    let digest = last_line(&built);
+    let staging = format!("{host}/web/web-staging:abc123");
+    docker(&root, &["tag", &image, &staging]);
+    let pushed = docker(&root, &["push", &staging]);
+    assert!(
+        pushed.contains(&format!("abc123: digest: {digest}")),
+        "{pushed}"
+    );
+    assert_eq!(
+        fs::read_to_string(&pushes).unwrap(),
+        format!("{staging}@{digest}\n"),
+        "the push is recorded pinned"
+    );
+
+    // Pulled into another store, inspect shows docker's fields.
+    docker(&other_root, &["pull", &staging]);
+    let id = docker(&other_root, &["inspect", "--format", "{{.Id}}", &staging]);
+    assert!(id.trim().starts_with("sha256:"), "{id}");
+    let env = docker(
+        &other_root,
+        &["inspect", "-f", "{{json .Config.Env}}", &staging],
+    );
+    assert!(env.contains("\"GREETING=hi\""), "{env}");
+    let full: serde_json::Value =
+        serde_json::from_str(&docker(&other_root, &["inspect", &staging])).unwrap();
+    assert_eq!(full[0]["Id"], id.trim());
+    let images = docker(&other_root, &["images"]);
+    assert!(images.contains("web-staging"), "{images}");
+
+    // `deploy NAME` takes the image this job pushed last, the cluster from KUBECONFIG's
+    // content and the namespace from KUBE_NAMESPACE.
+    let kube = FakeKube::start().expect("start the fake API server");
+    kube.add_deployment("shop", "web-staging-server", &[("app", "web:old")], 2);
+    let kubeconfig = kube.kubeconfig_yaml(None);
+    let out = ok(&as_command(
+        w,
+        "deploy",
+        &root,
+        &["web-staging-server"],
+        &[
+            ("RBUILD_JOB_PUSHES", pushes.to_str().unwrap()),
+            ("KUBECONFIG", &kubeconfig),
+            ("KUBE_NAMESPACE", "shop"),
+        ],
+    ));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[..2],
+        [
+            "deployment \"web-staging-server\" image updated",
+            "Waiting for deployment..."
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        lines.last(),
+        Some(&"deployment \"web-staging-server\" successfully rolled out")
+    );
+    assert_eq!(
+        kube.container_image("shop", "web-staging-server", "app"),
+        Some(format!("{staging}@{digest}"))
+    );
+
+    // Without a push there is nothing to deploy: a clear error.
+    let none = as_command(w, "deploy", &root, &["web-staging-server"], &[]);
+    assert!(!none.status.success());
+    assert!(
+        stderr(&none).contains("RBUILD_JOB_PUSHES"),
+        "{}",
+        stderr(&none)
+    );
+    // And docker commands outside the subset say so.
+    let unknown = as_command(w, "docker", &root, &["compose", "up"], &[]);
+    assert!(!unknown.status.success());
+}
