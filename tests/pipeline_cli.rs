@@ -276,6 +276,15 @@ fn example_pipeline_builds_tests_pushes_and_deploys_per_branch() {
         .filter(|l| l.method == "POST" && l.path.contains("/blobs/uploads/"))
         .collect();
     assert!(uploads.is_empty(), "second run uploaded blobs: {uploads:?}");
+    let manifest_puts: Vec<_> = registry
+        .access_log()
+        .into_iter()
+        .filter(|l| l.method == "PUT")
+        .collect();
+    assert!(
+        manifest_puts.is_empty(),
+        "second run re-put manifests: {manifest_puts:?}"
+    );
     eprintln!(
         "example pipeline on master: first run {:.2}s, second run {:.2}s",
         first_time.as_secs_f64(),
@@ -305,6 +314,74 @@ fn example_pipeline_builds_tests_pushes_and_deploys_per_branch() {
     assert!(
         image.starts_with(&format!("{host}/shop/shop-production:{sha}@sha256:")),
         "{image}"
+    );
+}
+
+#[test]
+fn image_jobs_run_inside_an_image_pulled_from_the_registry() {
+    if !can_build() || !have_tool("docker-registry") || !have_tool("git") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let registry = Registry::start(RegistryOptions::default()).expect("start the registry");
+    // The image exists only in the registry: another store built and pushed it.
+    let builder_root = w.join("builder-root");
+    build_base(&builder_root, w);
+    let image = format!("{}/tools/busybox:1", registry.host());
+    ok(&rbuild(
+        &builder_root,
+        &["push", "localhost/busybox:test", &image],
+    ));
+
+    let project = w.join("proj");
+    fs::create_dir_all(&project).unwrap();
+    fs::write(project.join("input.txt"), "from the checkout\n").unwrap();
+    fs::write(
+        project.join(".gitlab-ci.yml"),
+        format!(
+            "image: {image}\n\
+             compile:\n  stage: build\n  script:\n    - cat input.txt\n    \
+             - echo \"built by $(id -u) in $(pwd)\" > output.txt\n    - echo \"token $DEPLOY_TOKEN\"\n  \
+             after_script:\n    - echo \"after=$CI_JOB_STATUS\"\n\
+             verify:\n  stage: test\n  script:\n    - grep -q built output.txt\n    - test ! -e /etc/debian_version\n"
+        ),
+    )
+    .unwrap();
+    sh(Command::new("git")
+        .arg("-C")
+        .arg(&project)
+        .args(["init", "-q", "-b", "main"]));
+    sh(Command::new("git").arg("-C").arg(&project).args([
+        "-c",
+        "user.name=CI",
+        "-c",
+        "user.email=ci@example.com",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "x",
+    ]));
+    let out = pipeline(
+        w,
+        &project,
+        &["run", "--var", "DEPLOY_TOKEN=very-secret-token"],
+    );
+    let text = ok(&out);
+    assert!(
+        text.contains(&format!("[compile] pulling image {image}")),
+        "{text}"
+    );
+    assert!(text.contains("[compile] from the checkout"), "{text}");
+    assert!(text.contains("[compile] token [MASKED]"), "{text}");
+    assert!(text.contains("[compile] after=success"), "{text}");
+    assert!(text.contains("[verify] job passed"), "{text}");
+    // The job wrote into the bind-mounted checkout, at the path CI_PROJECT_DIR names.
+    let project = fs::canonicalize(&project).unwrap();
+    assert_eq!(
+        fs::read_to_string(project.join("output.txt")).unwrap(),
+        format!("built by 0 in {}\n", project.display())
     );
 }
 
