@@ -1,6 +1,7 @@
 //! The `rbuild` command line: build, store, run and ship OCI images without a daemon.
 
 mod commands;
+mod interrupt;
 mod progress;
 mod shim;
 
@@ -40,6 +41,8 @@ enum Command {
     Rmi(commands::rmi::Args),
     /// Remove blobs, unpacked layers and cache entries that no image refers to.
     Prune(commands::prune::Args),
+    /// Verify the store: blob digests, tags, manifests, layer directories, cache entries.
+    Check(commands::check::Args),
     /// Parse a Dockerfile and print it.
     Parse(commands::parse::Args),
     /// Pull an image from a registry into the store.
@@ -105,6 +108,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
+        if matches!(cli.command, Command::Build(_) | Command::Pull(_) | Command::Push(_)) {
+            interrupt::install(&root);
+        }
         match cli.command {
             Command::Build(a) => commands::build::run(&root, &cli.registry, a).await,
             Command::Images(a) => commands::images::run(&root, a),
@@ -113,6 +119,7 @@ fn main() -> ExitCode {
             Command::Run(a) => commands::run::run(&root, a),
             Command::Rmi(a) => commands::rmi::run(&root, &cli.registry, a).await,
             Command::Prune(a) => commands::prune::run(&root, a),
+            Command::Check(a) => commands::check::run(&root, a),
             Command::Parse(a) => commands::parse::run(a),
             Command::Pull(a) => commands::pull::run(&root, &cli.registry, a).await,
             Command::Push(a) => commands::push::run(&root, &cli.registry, a).await,

@@ -29,7 +29,7 @@ use std::io::{self, BufReader};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use rbuild_oci::{Digest, Sha256Writer};
+use rbuild_oci::Sha256Writer;
 use rbuild_store::{LayerPair, Store};
 
 pub use rbuild_store::{CheckOptions, CheckReport, Problem};
@@ -180,6 +180,7 @@ fn compare(
 mod tests {
     use super::*;
     use rbuild_layer::{LayerOptions, write_layer};
+    use rbuild_oci::Digest;
 
     /// A store whose only layer directory was committed from `tree` and whose blob was written
     /// from the same tree, paired through a cache entry as the engine does.

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod build;
+pub mod check;
 pub mod deploy;
 pub mod history;
 pub mod images;
