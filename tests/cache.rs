@@ -35,6 +35,16 @@ fn missed(out: &str) -> Vec<usize> {
         .collect()
 }
 
+/// One invalidation case: what changes, how, extra flags, steps expected to run, explain text.
+type Row = (
+    &'static str,
+    Change,
+    Vec<&'static str>,
+    Vec<usize>,
+    &'static str,
+);
+type Change = Box<dyn Fn(&Path)>;
+
 fn build(root: &Path, ctx: &Path, extra: &[&str]) -> String {
     let mut args = vec!["build", "--progress", "plain", "--explain"];
     args.extend_from_slice(extra);
@@ -54,9 +64,9 @@ fn each_input_invalidates_exactly_from_the_step_it_reaches() {
     write_context(&ctx);
     build(&root, &ctx, &[]);
 
-    // (what changes, the steps expected to run, the --explain text expected for the first miss)
-    type Change = Box<dyn Fn(&Path)>;
-    let rows: Vec<(&str, Change, Vec<&str>, Vec<usize>, &str)> = vec![
+    // (what changes, the change, extra build flags, the steps expected to run, the --explain
+    // text expected for the first miss)
+    let rows: Vec<Row> = vec![
         ("nothing", Box::new(|_| {}), vec![], vec![], ""),
         (
             "a file excluded by .dockerignore",
