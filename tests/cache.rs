@@ -177,3 +177,28 @@ fn a_remote_cache_is_shared_by_two_stores() {
     ));
     assert_eq!(o, "dev\n");
 }
+
+#[test]
+fn prune_keeps_the_newest_cache_within_keep_storage_and_drops_the_rest() {
+    if !can_build() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    build_base(&root, work.path());
+    let ctx = work.path().join("ctx");
+    write_context(&ctx);
+    build(&root, &ctx, &["-t", "localhost/kept:1"]);
+    ok(&rbuild(&root, &["rmi", "localhost/kept:1"]));
+    // Enough room: the untagged build's cache survives and a rebuild runs nothing.
+    ok(&rbuild(
+        &root,
+        &["prune", "--cache", "--keep-storage", "1GB"],
+    ));
+    let again = build(&root, &ctx, &[]);
+    assert_eq!(missed(&again), Vec::<usize>::new(), "{again}");
+    // No room: every cache entry whose content is not in a tagged image goes.
+    ok(&rbuild(&root, &["prune", "--cache", "--keep-storage", "0"]));
+    let cold = build(&root, &ctx, &[]);
+    assert!(missed(&cold).contains(&3), "{cold}");
+}

@@ -18,9 +18,20 @@ use crate::{Error, Result, Store, atomic};
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PruneOptions {
     cache: bool,
+    keep_storage: Option<u64>,
 }
 
 impl PruneOptions {
+    /// Keeps the most recent cache entries, and the blobs and layer directories only they
+    /// refer to, up to `bytes` of such content (docker's `builder prune --keep-storage`);
+    /// older entries go. Implies pruning the cache.
+    #[must_use]
+    pub fn keep_storage(mut self, bytes: u64) -> Self {
+        self.keep_storage = Some(bytes);
+        self.cache = true;
+        self
+    }
+
     /// Also delete every cache entry, not only those naming deleted content.
     #[must_use]
     pub fn cache(mut self, all: bool) -> Self {
@@ -77,6 +88,36 @@ impl Store {
             self.mark(desc, &mut marks)?;
         }
 
+        // --keep-storage: newest cache entries first keep their content alive, up to the limit.
+        let mut kept_entries = std::collections::BTreeSet::new();
+        if let Some(limit) = opts.keep_storage {
+            let mut entries: Vec<_> = self
+                .cache_entries()?
+                .into_iter()
+                .filter_map(|(path, e)| {
+                    let e = e?;
+                    let mtime = fs::metadata(&path).and_then(|m| m.modified()).ok()?;
+                    Some((mtime, path, e))
+                })
+                .collect();
+            entries.sort_by(|a, b| b.0.cmp(&a.0));
+            let mut used = 0u64;
+            for (_, path, e) in entries {
+                let extra: u64 = e
+                    .blobs
+                    .iter()
+                    .filter(|d| !marks.blobs.contains(*d))
+                    .map(|d| self.blob_size(d).unwrap_or(0))
+                    .sum();
+                if used + extra <= limit {
+                    used += extra;
+                    marks.blobs.extend(e.blobs.iter().cloned());
+                    marks.layer_dirs.extend(e.layer_dirs.iter().cloned());
+                    kept_entries.insert(path);
+                }
+            }
+        }
+
         let mut report = PruneReport::default();
         for (digest, path) in self.list_digests(&self.blob_dir())? {
             if !marks.blobs.contains(&digest) {
@@ -105,7 +146,7 @@ impl Store {
                         || !e.layer_dirs.iter().all(|d| self.has_layer_dir(d))
                 }
             };
-            if opts.cache || dangling {
+            if (opts.cache && !kept_entries.contains(&path)) || dangling {
                 report.bytes_freed += crate::layer::remove_tree(&path)?;
                 report.cache_entries += 1;
             }
