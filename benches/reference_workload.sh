@@ -17,7 +17,7 @@ cargo build --release -q -p rbuild-cli
 bin=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/release/rbuild
 work=$(mktemp -d /var/tmp/rbuild-bench.XXXXXX)
 cleanup() {
-  for r in "$work"/buildah-*; do [ -d "$r/root" ] && buildah --root "$r/root" --runroot "$r/run" rm -a >/dev/null 2>&1 || true; done
+  for r in "$work"/buildah-*; do [ -d "$r/root" ] && buildah --root "$r/root" --runroot "$r/run" --storage-driver overlay rm -a >/dev/null 2>&1 || true; done
   umount -R "$work"/buildah-*/root/overlay 2>/dev/null || true
   rm -rf "$work" 2>/dev/null || true
 }
@@ -56,27 +56,28 @@ timed() { # timed OUTFILE cmd... ; appends "seconds maxrss_kb"
   /usr/bin/time -f '%e %M' -o "$work/t" "$@" >/dev/null 2>"$work/err" || { cat "$work/err" >&2; exit 1; }
   cat "$work/t" >> "$out"
 }
-rb() { "$bin" --root "$1" "${@:2}"; }
-bh() { local r=$1; shift; buildah --root "$r/root" --runroot "$r/run" --storage-driver overlay "$@"; }
-bh_bud() { local r=$1; shift; bh "$r" bud --layers --tls-verify=false --runtime /usr/sbin/runc -q "$@"; }
+# Plain command lines (GNU time runs programs, not shell functions).
+rb() { echo "$bin" --root "$1"; }
+bh() { echo buildah --root "$1/root" --runroot "$1/run" --storage-driver overlay; }
+bh_bud() { echo "$(bh "$1") bud --layers --tls-verify=false --runtime /usr/sbin/runc -q"; }
 
 for i in $(seq 1 "$runs"); do
   echo "run $i/$runs" >&2
   # rbuild
   r=$work/rbuild-$i; mkdir -p "$r"
-  rb "$r" build --progress plain -t localhost/busybox:latest "$base_ctx" >/dev/null
-  timed "$work/rbuild.cold" rb "$r" build --progress plain -t app:1 -f "$work/Dockerfile" "$ctx"
-  timed "$work/rbuild.nochange" rb "$r" build --progress plain -t app:1 -f "$work/Dockerfile" "$ctx"
+  $(rb "$r") build --progress plain -t localhost/busybox:latest "$base_ctx" >/dev/null
+  timed "$work/rbuild.cold" $(rb "$r") build --progress plain -t app:1 -f "$work/Dockerfile" "$ctx"
+  timed "$work/rbuild.nochange" $(rb "$r") build --progress plain -t app:1 -f "$work/Dockerfile" "$ctx"
   echo "change $i" >> "$ctx/dir00/file000.txt"
-  timed "$work/rbuild.onefile" rb "$r" build --progress plain -t app:1 -f "$work/Dockerfile" "$ctx"
+  timed "$work/rbuild.onefile" $(rb "$r") build --progress plain -t app:1 -f "$work/Dockerfile" "$ctx"
   # buildah
   b=$work/buildah-$i; mkdir -p "$b"
-  bh_bud "$b" -t localhost/busybox:latest "$base_ctx" >/dev/null
-  timed "$work/buildah.cold" bh_bud "$b" -t app:1 -f "$work/Dockerfile" "$ctx"
-  timed "$work/buildah.nochange" bh_bud "$b" -t app:1 -f "$work/Dockerfile" "$ctx"
+  $(bh_bud "$b") -t localhost/busybox:latest "$base_ctx" >/dev/null
+  timed "$work/buildah.cold" $(bh_bud "$b") -t app:1 -f "$work/Dockerfile" "$ctx"
+  timed "$work/buildah.nochange" $(bh_bud "$b") -t app:1 -f "$work/Dockerfile" "$ctx"
   echo "change b$i" >> "$ctx/dir00/file000.txt"
-  timed "$work/buildah.onefile" bh_bud "$b" -t app:1 -f "$work/Dockerfile" "$ctx"
-  bh "$b" rm -a >/dev/null 2>&1 || true
+  timed "$work/buildah.onefile" $(bh_bud "$b") -t app:1 -f "$work/Dockerfile" "$ctx"
+  $(bh "$b") rm -a >/dev/null 2>&1 || true
 done
 
 python3 - "$work" <<'PY'

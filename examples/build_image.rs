@@ -15,7 +15,9 @@ use rbuild::{BuildEvent, BuildOptions, Builder, Store};
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let context = PathBuf::from(args.next().unwrap_or_else(|| ".".to_owned()));
-    let tag = args.next().unwrap_or_else(|| "localhost/example:latest".to_owned());
+    let tag = args
+        .next()
+        .unwrap_or_else(|| "localhost/example:latest".to_owned());
     let root = std::env::var_os("RBUILD_ROOT").map_or_else(
         || PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".local/share/rbuild"),
         PathBuf::from,
@@ -23,8 +25,17 @@ async fn main() -> anyhow::Result<()> {
 
     let store = Store::open(&root)?;
     let builder = Builder::new(store).progress(|event: BuildEvent| match event {
-        BuildEvent::StepStarted { index, total, text, cached, .. } => {
-            println!("[{index}/{total}] {}{text}", if cached { "CACHED " } else { "" });
+        BuildEvent::StepStarted {
+            index,
+            total,
+            text,
+            cached,
+            ..
+        } => {
+            println!(
+                "[{index}/{total}] {}{text}",
+                if cached { "CACHED " } else { "" }
+            );
         }
         BuildEvent::StepOutput { bytes, .. } => print!("{}", String::from_utf8_lossy(&bytes)),
         BuildEvent::Warning(w) => eprintln!("warning: {w}"),
