@@ -10,4 +10,5 @@ mod deploy_cli;
 mod pipeline_cli;
 mod cache;
 mod registry_cli;
+mod reliability;
 mod support;
