@@ -4,6 +4,9 @@
 //!
 //! Run: `cargo bench -p rbuild --bench cache_keys`
 
+// criterion's macros generate the undocumented `main` and group functions.
+#![allow(missing_docs)]
+
 use std::fs;
 use std::path::Path;
 
@@ -17,7 +20,11 @@ fn make_context(dir: &Path, files: usize) {
         let d = dir.join(format!("dir{:02}", i % 20));
         fs::create_dir_all(&d).unwrap();
         let size = 100 + (i * 37) % 3900;
-        fs::write(d.join(format!("file{i:05}.txt")), vec![b'a' + (i % 26) as u8; size]).unwrap();
+        fs::write(
+            d.join(format!("file{i:05}.txt")),
+            vec![b'a' + (i % 26) as u8; size],
+        )
+        .unwrap();
     }
 }
 

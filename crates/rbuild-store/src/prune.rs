@@ -100,7 +100,7 @@ impl Store {
                     Some((mtime, path, e))
                 })
                 .collect();
-            entries.sort_by(|a, b| b.0.cmp(&a.0));
+            entries.sort_by_key(|e| std::cmp::Reverse(e.0));
             let mut used = 0u64;
             for (_, path, e) in entries {
                 let extra: u64 = e

@@ -37,6 +37,7 @@ pub mod explain;
 pub mod export;
 pub mod image;
 mod options;
+mod plan;
 pub mod registry;
 mod remote_cache;
 mod stage;

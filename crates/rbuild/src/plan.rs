@@ -1,0 +1,461 @@
+//! Planning a stage: every instruction expanded, its effect on the config applied, its cache
+//! key computed — before anything runs (ARCHITECTURE.md, "cache keys"). RUN mounts and COPY/ADD
+//! sources are resolved here, so their contents are part of the key.
+
+use std::collections::BTreeMap;
+
+use rbuild_dockerfile::{Instruction, InstructionKind, MountType};
+use serde_json::json;
+use sha2::Digest as _;
+
+use crate::context::{Context, EntryKind, HashCache, clean_rel};
+use crate::copy::{self, CopyRequest};
+use crate::error::{Error, Result};
+use crate::events::BuildEvent;
+use crate::explain::StepInputs;
+use crate::image;
+use crate::stage::{Build, StageResult};
+use crate::step::{self, Action, PlanState, Step};
+use crate::view::LayerView;
+
+impl Build<'_> {
+    /// Plans every instruction of a stage: expansion, config effects, cache keys.
+    pub(crate) fn plan(
+        &self,
+        idx: usize,
+        instructions: &[Instruction],
+        base: &StageResult,
+        view: &LayerView,
+    ) -> Result<Vec<Step>> {
+        let lexer = self.lexer();
+        let shell = base
+            .config
+            .config
+            .extra
+            .get("Shell")
+            .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
+            .unwrap_or_else(|| vec!["/bin/sh".to_owned(), "-c".to_owned()]);
+        let mut st = PlanState {
+            config: base.config.config.clone(),
+            args: BTreeMap::new(),
+            shell,
+            cmd_set: false,
+            key: base.key.clone(),
+        };
+        let platform = self.platform.to_string();
+        let compression = format!("{:?}", self.opts.compression);
+        let mut steps = Vec::with_capacity(instructions.len());
+        for (i, inst) in instructions.iter().enumerate() {
+            let line = inst.span.start_line;
+            // The args a step can see are those declared before it: an ARG's own value is keyed
+            // by the steps after it, so `--build-arg` invalidates from the first step that sees it.
+            let visible_before = st.visible_args();
+            let lookup_state = st.clone();
+            let lookup = |n: &str| lookup_state.lookup(n);
+            let (expanded, report) = inst
+                .expand(&lexer, &lookup)
+                .map_err(|e| self.err(line, e.kind().to_string()))?;
+            for name in &report.unset {
+                self.progress.event(BuildEvent::Warning(format!(
+                    "{}:{line}: variable ${name} is not set (it expands to an empty string)",
+                    self.file
+                )));
+            }
+            let display = format!(
+                "{} {}",
+                step::keyword(&expanded.kind),
+                display_args(&inst.original)
+            );
+            let mut extra_key = String::new();
+            let parent = st.key.clone();
+            let (action, created_by) = match &expanded.kind {
+                InstructionKind::Arg(decls) => {
+                    let mut text = String::from("ARG");
+                    for d in decls {
+                        let value = self
+                            .opts
+                            .build_args
+                            .get(&d.name)
+                            .cloned()
+                            .or_else(|| d.default.clone())
+                            .or_else(|| self.meta_args.get(&d.name).cloned().flatten());
+                        text.push(' ');
+                        text.push_str(&d.name);
+                        if let Some(def) = &d.default {
+                            text.push('=');
+                            text.push_str(def);
+                        }
+                        st.args.insert(d.name.clone(), value);
+                    }
+                    (Action::ConfigOnly, text)
+                }
+                InstructionKind::Copy(c) => {
+                    let spec = CopySpec {
+                        keyword: "COPY",
+                        sources: &c.sources,
+                        dest: &c.dest,
+                        chown: c.chown.as_deref(),
+                        chmod: c.chmod.as_deref(),
+                        from: c.from.as_deref(),
+                        heredocs: &c.heredocs,
+                        expand_heredocs: true,
+                        add: false,
+                    };
+                    self.plan_copy(idx, &st, view, line, &spec, &mut extra_key)?
+                }
+                InstructionKind::Add(a) => {
+                    let spec = CopySpec {
+                        keyword: "ADD",
+                        sources: &a.sources,
+                        dest: &a.dest,
+                        chown: a.chown.as_deref(),
+                        chmod: a.chmod.as_deref(),
+                        from: None,
+                        heredocs: &a.heredocs,
+                        expand_heredocs: true,
+                        add: a.unpack != Some(false),
+                    };
+                    self.plan_copy(idx, &st, view, line, &spec, &mut extra_key)?
+                }
+                InstructionKind::Run(run) => {
+                    let (action, text) =
+                        step::plan_simple(&mut st, &expanded).map_err(|m| self.err(line, m))?;
+                    let action = self.plan_run(idx, action, run, &st, line, &mut extra_key)?;
+                    (action, text)
+                }
+                InstructionKind::Healthcheck(h) => {
+                    st.config.extra.insert(
+                        "Healthcheck".to_owned(),
+                        crate::step::healthcheck_json(h, &st.shell),
+                    );
+                    (
+                        Action::ConfigOnly,
+                        format!("HEALTHCHECK {}", display_args(&inst.original)),
+                    )
+                }
+                InstructionKind::From(_) => {
+                    return Err(self.err(line, "unexpected FROM inside a stage"));
+                }
+                _ => step::plan_simple(&mut st, &expanded).map_err(|m| self.err(line, m))?,
+            };
+            let key = step::key_of(&json!([
+                parent,
+                created_by,
+                visible_before,
+                extra_key,
+                platform,
+                compression
+            ]));
+            st.key = key.clone();
+            let files = match &action {
+                Action::Copy(plan) => files_of(plan),
+                _ => BTreeMap::new(),
+            };
+            let inputs = StepInputs {
+                key: key.clone(),
+                parent,
+                first: i == 0,
+                created_by: created_by.clone(),
+                args: visible_before,
+                files,
+            };
+            steps.push(Step {
+                index: i + 2,
+                line,
+                display,
+                created_by,
+                key,
+                action,
+                config_after: st.config.clone(),
+                inputs,
+            });
+        }
+        Ok(steps)
+    }
+
+    /// RUN: mounts (their sources go into the key, secrets never do) and network.
+    fn plan_run(
+        &self,
+        idx: usize,
+        action: Action,
+        run: &rbuild_dockerfile::Run,
+        st: &PlanState,
+        line: usize,
+        extra_key: &mut String,
+    ) -> Result<Action> {
+        let Action::Run {
+            mut args,
+            env,
+            cwd,
+            user,
+            ..
+        } = action
+        else {
+            return Ok(action);
+        };
+        let mut heredoc_file = None;
+        if let Some(script) = run.script() {
+            // BuildKit: a RUN that is a single heredoc with a shebang runs that file; otherwise
+            // the shell gets the command line with the heredoc bodies.
+            let single = matches!(&run.command, rbuild_dockerfile::Command::Shell(c) if matches!(rbuild_dockerfile::parse_heredoc(c), Ok(Some(_))));
+            if single && script.starts_with("#!") {
+                let name = run
+                    .heredocs
+                    .first()
+                    .map_or("script", |h| h.name.as_str())
+                    .to_owned();
+                heredoc_file = Some((name.clone(), script.clone()));
+                args = vec![format!("/dev/pipes/{name}")];
+            } else {
+                args = st.shell.clone();
+                args.push(script.clone());
+            }
+            extra_key.push_str(&script);
+        }
+        let network_none = match run.network.as_deref() {
+            None | Some("default" | "host") => false,
+            Some("none") => true,
+            Some(other) => {
+                return Err(self.err(
+                    line,
+                    format!("RUN --network={other} is not supported (use default, host or none)"),
+                ));
+            }
+        };
+        let mut mounts = Vec::new();
+        for m in &run.mounts {
+            extra_key.push_str(&format!(
+                "|mount:{:?}:{:?}:{:?}:{:?}",
+                m.kind, m.target, m.source, m.from
+            ));
+            let mut source_key = None;
+            if m.kind == MountType::Bind {
+                match m.from.as_deref() {
+                    None | Some("context") => {
+                        let rel =
+                            clean_rel(m.source.as_deref().unwrap_or("")).ok_or_else(|| {
+                                self.err(line, "RUN --mount source is outside the build context")
+                            })?;
+                        let digest = self.with_context(|ctx, cache| {
+                            ctx.hash_files(std::slice::from_ref(&rel), cache)
+                                .map_err(Error::op("hash the bind mount's source"))?;
+                            let mut h = sha2::Sha256::new();
+                            for (k, e) in ctx.entries().range(rel.clone()..) {
+                                if !(rel.is_empty()
+                                    || *k == rel
+                                    || k.starts_with(&format!("{rel}/")))
+                                {
+                                    break;
+                                }
+                                h.update(format!(
+                                    "{k}\0{:o}\0{}\n",
+                                    e.mode,
+                                    e.sha256.as_deref().unwrap_or("")
+                                ));
+                            }
+                            Ok(hex::encode(h.finalize()))
+                        })?;
+                        source_key = Some(digest);
+                    }
+                    Some(from) => {
+                        let src = self.source_image(from, idx, line)?;
+                        source_key = Some(src.key);
+                    }
+                }
+            }
+            if let Some(k) = &source_key {
+                extra_key.push_str(k);
+            }
+            mounts.push(m.clone());
+        }
+        if network_none {
+            extra_key.push_str("|network:none");
+        }
+        Ok(Action::Run {
+            args,
+            env,
+            cwd,
+            user,
+            mounts,
+            network_none,
+            heredoc_file,
+        })
+    }
+
+    fn plan_copy(
+        &self,
+        idx: usize,
+        st: &PlanState,
+        view: &LayerView,
+        line: usize,
+        spec: &CopySpec<'_>,
+        extra_key: &mut String,
+    ) -> Result<(Action, String)> {
+        let kw = spec.keyword;
+        let chown = match spec.chown {
+            Some(u) => Some(
+                view.resolve_user(u)
+                    .map_err(|m| self.err(line, format!("{kw} --chown: {m}")))?,
+            ),
+            None => None,
+        };
+        let chmod = match spec.chmod {
+            Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| {
+                self.err(
+                    line,
+                    format!("{kw} --chmod={m}: expected an octal mode such as 0755"),
+                )
+            })?),
+            None => None,
+        };
+        let workdir = st
+            .config
+            .working_dir
+            .clone()
+            .unwrap_or_else(|| "/".to_owned());
+        let mut sources: Vec<String> = spec.sources.to_vec();
+        let mut urls = Vec::new();
+        if spec.add {
+            sources.retain(|s| {
+                let remote = s.starts_with("http://") || s.starts_with("https://");
+                if remote {
+                    urls.push(s.clone());
+                }
+                !remote
+            });
+        }
+        if !urls.is_empty() {
+            return Err(self.err(
+                line,
+                format!("ADD of a URL ({}) is not supported yet", urls.join(", ")),
+            ));
+        }
+        let req = CopyRequest {
+            sources: &sources,
+            dest: spec.dest,
+            workdir: &workdir,
+            chown,
+            chmod,
+            keyword: kw,
+        };
+        let mut plan = if !spec.heredocs.is_empty() && sources.is_empty() {
+            copy::CopyPlan::empty(chown.unwrap_or((0, 0)))
+        } else if let Some(from) = spec.from {
+            let src = self.source_image(from, idx, line)?;
+            let src_view = image::ensure_unpacked(self.store, &src.layers)?;
+            let prefix = common_prefix(&sources, &workdir);
+            let mut ctx = Context::from_view(&src_view, &prefix, &src.key);
+            let mut cache = HashCache::default();
+            copy::plan(&mut ctx, &mut cache, view, &req).map_err(|m| self.err(line, m))?
+        } else {
+            self.with_context(|ctx, cache| {
+                copy::plan(ctx, cache, view, &req).map_err(|m| self.err(line, m))
+            })?
+        };
+        for h in spec.heredocs {
+            let body = h.body();
+            let content = if spec.expand_heredocs && h.expand {
+                let lookup = |n: &str| st.lookup(n);
+                self.lexer()
+                    .raw_quotes(true)
+                    .skip_process_quotes(true)
+                    .expand_word(&body, &lookup)
+                    .map_err(|e| self.err(line, format!("{kw} heredoc {}: {e}", h.name)))?
+                    .value
+            } else {
+                body
+            };
+            plan.add_inline(
+                &h.name,
+                content.into_bytes(),
+                spec.dest,
+                &workdir,
+                chown,
+                chmod,
+            );
+        }
+        if spec.add {
+            plan.mark_archives();
+        }
+        plan.seal();
+        extra_key.push_str(&plan.digest);
+        let mut shown: Vec<String> = spec.sources.to_vec();
+        shown.extend(spec.heredocs.iter().map(|h| format!("<<{}", h.name)));
+        let from = spec
+            .from
+            .map(|f| format!("--from={f} "))
+            .unwrap_or_default();
+        let created_by = format!("{kw} {from}{} {} # buildkit", shown.join(" "), spec.dest);
+        Ok((Action::Copy(plan), created_by))
+    }
+}
+
+/// The parts of COPY and ADD the planner needs.
+pub(crate) struct CopySpec<'s> {
+    pub keyword: &'static str,
+    pub sources: &'s [String],
+    pub dest: &'s str,
+    pub chown: Option<&'s str>,
+    pub chmod: Option<&'s str>,
+    pub from: Option<&'s str>,
+    pub heredocs: &'s [rbuild_dockerfile::Heredoc],
+    pub expand_heredocs: bool,
+    pub add: bool,
+}
+
+/// The longest directory all sources share (absolute sources of `COPY --from` are relative to
+/// the source image's root), so only that subtree of the source image is listed.
+fn common_prefix(sources: &[String], _workdir: &str) -> String {
+    let dirs: Vec<Vec<String>> = sources
+        .iter()
+        .map(|s| {
+            let rel = clean_rel(s).unwrap_or_default();
+            let mut comps: Vec<String> = Vec::new();
+            for c in rel.split('/').filter(|c| !c.is_empty()) {
+                if crate::context::has_glob(c) {
+                    break;
+                }
+                comps.push(c.to_owned());
+            }
+            // The last component may be a file: list its parent.
+            comps.pop();
+            comps
+        })
+        .collect();
+    let Some(first) = dirs.first() else {
+        return String::new();
+    };
+    let mut n = first.len();
+    for d in &dirs[1..] {
+        n = n.min(first.iter().zip(d).take_while(|(a, b)| a == b).count());
+    }
+    first[..n].join("/")
+}
+
+/// A COPY's sources in `--explain` form: source path → what lands where.
+fn files_of(plan: &copy::CopyPlan) -> BTreeMap<String, String> {
+    plan.items
+        .iter()
+        .map(|it| {
+            let (kind, content) = match &it.kind {
+                EntryKind::File => ("file", it.sha256.clone().unwrap_or_default()),
+                EntryKind::Dir => ("dir", String::new()),
+                EntryKind::Symlink(t) => ("link", t.display().to_string()),
+            };
+            (
+                it.label.clone(),
+                format!(
+                    "{kind} {:o} {}:{} {content} → /{}",
+                    it.mode, it.uid, it.gid, it.dest
+                ),
+            )
+        })
+        .collect()
+}
+
+/// The arguments part of an instruction's source text, on one line.
+fn display_args(original: &str) -> String {
+    let text = original.trim();
+    let rest = text.split_once(char::is_whitespace).map_or("", |(_, r)| r);
+    rest.split_whitespace().collect::<Vec<_>>().join(" ")
+}
