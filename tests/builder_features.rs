@@ -5,27 +5,10 @@
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::support::*;
-
-fn setup() -> Option<(tempfile::TempDir, PathBuf)> {
-    if !can_build() {
-        return None;
-    }
-    let work = tempfile::tempdir().unwrap();
-    let root = work.path().join("root");
-    build_base(&root, work.path());
-    Some((work, root))
-}
-
-fn context(work: &Path, name: &str, dockerfile: &str) -> PathBuf {
-    let ctx = work.join(name);
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
-    ctx
-}
 
 fn build(root: &Path, ctx: &Path, extra: &[&str]) -> String {
     let mut args = vec!["build", "--progress", "plain"];
@@ -40,7 +23,9 @@ fn cat(root: &Path, image: &str, file: &str) -> String {
 
 #[test]
 fn independent_stages_run_at_the_same_time_and_unused_ones_are_skipped() {
-    let Some((work, root)) = setup() else { return };
+    let Some((work, root)) = setup_with_base() else {
+        return;
+    };
     // Each of a and b waits (up to 10 s) for the other's marker in a shared cache mount: both
     // can only succeed when they run concurrently.
     let wait = |me: &str, other: &str| {
@@ -57,7 +42,7 @@ fn independent_stages_run_at_the_same_time_and_unused_ones_are_skipped() {
         wait("a", "b"),
         wait("b", "a")
     );
-    let ctx = context(work.path(), "multi", &df);
+    let ctx = context_with(work.path(), "multi", &df);
     let out = build(&root, &ctx, &["-t", "localhost/multi:1"]);
     assert!(
         out.contains("[a 2/2] RUN") && out.contains("[b 2/2] RUN"),
@@ -78,7 +63,9 @@ fn independent_stages_run_at_the_same_time_and_unused_ones_are_skipped() {
 
 #[test]
 fn heredocs_run_as_scripts_and_become_files() {
-    let Some((work, root)) = setup() else { return };
+    let Some((work, root)) = setup_with_base() else {
+        return;
+    };
     let df = [
         "FROM localhost/busybox:test",
         "ARG NAME=world",
@@ -103,7 +90,7 @@ fn heredocs_run_as_scripts_and_become_files() {
         "",
     ]
     .join("\n");
-    let ctx = context(work.path(), "heredoc", &df);
+    let ctx = context_with(work.path(), "heredoc", &df);
     build(&root, &ctx, &["-t", "localhost/heredoc:1"]);
     let img = "localhost/heredoc:1";
     assert_eq!(cat(&root, img, "/greeting"), "hello world\n");
@@ -123,7 +110,9 @@ fn heredocs_run_as_scripts_and_become_files() {
 
 #[test]
 fn run_mounts_cache_secret_bind_tmpfs_and_no_network() {
-    let Some((work, root)) = setup() else { return };
+    let Some((work, root)) = setup_with_base() else {
+        return;
+    };
     let secret_value = "s3cr3t-value-not-in-layers";
     let secret_file = work.path().join("token.txt");
     fs::write(&secret_file, secret_value).unwrap();
@@ -138,7 +127,7 @@ fn run_mounts_cache_secret_bind_tmpfs_and_no_network() {
         "",
     ]
     .join("\n");
-    let ctx = context(work.path(), "mounts", &df);
+    let ctx = context_with(work.path(), "mounts", &df);
     fs::create_dir_all(ctx.join("data")).unwrap();
     fs::write(ctx.join("data/x"), "bound\n").unwrap();
     let secret_arg = format!("id=tok,src={}", secret_file.display());
@@ -213,8 +202,10 @@ fn run_mounts_cache_secret_bind_tmpfs_and_no_network() {
 
 #[test]
 fn add_extracts_local_archives_and_copies_other_files() {
-    let Some((work, root)) = setup() else { return };
-    let ctx = context(
+    let Some((work, root)) = setup_with_base() else {
+        return;
+    };
+    let ctx = context_with(
         work.path(),
         "add",
         "FROM localhost/busybox:test\nADD app.tar.gz /opt/\nADD notes.txt /opt/notes.txt\n",
@@ -246,8 +237,10 @@ fn add_extracts_local_archives_and_copies_other_files() {
 
 #[test]
 fn onbuild_triggers_run_in_the_child_and_healthcheck_needs_the_docker_format() {
-    let Some((work, root)) = setup() else { return };
-    let parent = context(
+    let Some((work, root)) = setup_with_base() else {
+        return;
+    };
+    let parent = context_with(
         work.path(),
         "parent",
         "FROM localhost/busybox:test\nONBUILD RUN echo triggered > /onbuild\nHEALTHCHECK --interval=5s CMD [\"true\"]\n",
@@ -267,7 +260,7 @@ fn onbuild_triggers_run_in_the_child_and_healthcheck_needs_the_docker_format() {
     assert_eq!(c["Healthcheck"]["Test"][0], "CMD");
     assert_eq!(c["Healthcheck"]["Interval"], 5_000_000_000u64);
     assert_eq!(c["OnBuild"][0], "RUN echo triggered > /onbuild");
-    let child = context(
+    let child = context_with(
         work.path(),
         "child",
         "FROM localhost/parent:1\nRUN cat /onbuild\n",
@@ -317,7 +310,7 @@ fn reproducible_builds_give_the_same_digest_in_two_roots() {
             &base,
             &[epoch[0], epoch[1], "-t", "localhost/busybox:test"],
         );
-        let ctx = context(work.path(), &format!("ctx-{name}"), df);
+        let ctx = context_with(work.path(), &format!("ctx-{name}"), df);
         fs::write(ctx.join("file.txt"), "same content\n").unwrap();
         let out = build(
             &root,
@@ -332,11 +325,13 @@ fn reproducible_builds_give_the_same_digest_in_two_roots() {
 
 #[test]
 fn zstd_layers_are_readable_by_skopeo_and_umoci() {
-    let Some((work, root)) = setup() else { return };
+    let Some((work, root)) = setup_with_base() else {
+        return;
+    };
     if !have_tool("skopeo") || !have_tool("umoci") {
         return;
     }
-    let ctx = context(
+    let ctx = context_with(
         work.path(),
         "zstd",
         "FROM localhost/busybox:test\nRUN echo zstd > /z.txt\n",
@@ -399,7 +394,9 @@ fn build_with_stdin(root: &Path, args: &[&str], input: &[u8]) -> std::process::O
 
 #[test]
 fn dockerfile_and_context_from_stdin_and_foreign_platforms_refused() {
-    let Some((work, root)) = setup() else { return };
+    let Some((work, root)) = setup_with_base() else {
+        return;
+    };
     let ctx = work.path().join("stdin-ctx");
     fs::create_dir_all(&ctx).unwrap();
     fs::write(ctx.join("hello.txt"), "from stdin context\n").unwrap();

@@ -126,3 +126,23 @@ pub fn sh(cmd: &mut Command) -> String {
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+/// A work directory and a store with the busybox base image, or `None` (with the reason
+/// printed) when this machine cannot build.
+pub fn setup_with_base() -> Option<(tempfile::TempDir, PathBuf)> {
+    if !can_build() {
+        return None;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    build_base(&root, work.path());
+    Some((work, root))
+}
+
+/// A build context `work/name` holding `dockerfile` as its Dockerfile.
+pub fn context_with(work: &Path, name: &str, dockerfile: &str) -> PathBuf {
+    let ctx = work.join(name);
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
+    ctx
+}

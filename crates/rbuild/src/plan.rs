@@ -63,7 +63,7 @@ impl Build<'_> {
             }
             let display = format!(
                 "{} {}",
-                step::keyword(&expanded.kind),
+                expanded.keyword(),
                 display_args(&inst.original)
             );
             let mut extra_key = String::new();

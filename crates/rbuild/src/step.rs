@@ -275,7 +275,7 @@ pub fn plan_simple(st: &mut PlanState, inst: &Instruction) -> Result<(Action, St
                 format!("RUN {prefix}{shown} # buildkit"),
             )
         }
-        other => return Err(format!("{} is not supported here", keyword(other))),
+        _ => return Err(format!("{} is not supported here", inst.keyword())),
     };
     Ok(action_and_text)
 }
@@ -316,29 +316,6 @@ pub fn healthcheck_json(h: &rbuild_dockerfile::Healthcheck, shell: &[String]) ->
     v
 }
 
-/// The keyword of an instruction, upper-case.
-pub fn keyword(kind: &InstructionKind) -> &'static str {
-    match kind {
-        InstructionKind::From(_) => "FROM",
-        InstructionKind::Run(_) => "RUN",
-        InstructionKind::Cmd(_) => "CMD",
-        InstructionKind::Entrypoint(_) => "ENTRYPOINT",
-        InstructionKind::Copy(_) => "COPY",
-        InstructionKind::Add(_) => "ADD",
-        InstructionKind::Env(_) => "ENV",
-        InstructionKind::Arg(_) => "ARG",
-        InstructionKind::Workdir(_) => "WORKDIR",
-        InstructionKind::User(_) => "USER",
-        InstructionKind::Label(_) => "LABEL",
-        InstructionKind::Expose(_) => "EXPOSE",
-        InstructionKind::Volume(_) => "VOLUME",
-        InstructionKind::StopSignal(_) => "STOPSIGNAL",
-        InstructionKind::Shell(_) => "SHELL",
-        InstructionKind::Healthcheck(_) => "HEALTHCHECK",
-        InstructionKind::Onbuild(_) => "ONBUILD",
-        InstructionKind::Maintainer(_) => "MAINTAINER",
-    }
-}
 
 /// The lexer for a Dockerfile's escape character.
 pub fn lexer(escape: char) -> Lexer {
