@@ -13,7 +13,7 @@ const EPOCH: &str = "1700000000";
 
 /// An app with a context to hash, a RUN, a COPY and a layer of a few MiB to write and ingest.
 const APP: &str = "FROM localhost/busybox:test\n\
-RUN mkdir -p /data && dd if=/dev/urandom of=/data/blob bs=1M count=2 2>/dev/null && echo ran > /ran\n\
+RUN mkdir -p /data && head -c 24000000 /dev/zero | tr \"\\\\0\" z > /data/blob && echo ran > /ran\n\
 COPY . /src\n\
 RUN sha256sum /src/big.bin > /src.sum\n\
 CMD [\"cat\", \"/ran\"]\n";
@@ -109,7 +109,7 @@ fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::Exit
 
 fn write_app(work: &Path, name: &str) -> PathBuf {
     let ctx = context(work, name, APP);
-    let big: Vec<u8> = (0..4u32 << 20)
+    let big: Vec<u8> = (0..24u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     fs::write(ctx.join("big.bin"), big).unwrap();
@@ -135,12 +135,12 @@ fn kill_9_at_many_points_leaves_a_clean_store_and_the_next_build_gives_the_same_
 
     // Spread the kill points over the whole build: context hashing, the first RUN (sandbox,
     // overlay), the layer write and blob ingest, COPY, the second RUN, config/manifest, tag.
-    let points = 16u32;
+    let points = 24u32;
     let mut killed = 0;
     let mut survived = 0;
     for i in 0..points {
         reset_to_base(&root);
-        let delay = full.mul_f64(f64::from(i) / f64::from(points - 1) * 1.1);
+        let delay = full.mul_f64(f64::from(i) / f64::from(points) * 0.95);
         let mut child = build_cmd(&root, &ctx, &tag)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
