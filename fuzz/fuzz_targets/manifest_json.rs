@@ -20,7 +20,11 @@ where
     let bytes = canonical_json(&v).expect("a parsed value serialises");
     let again: T = serde_json::from_slice(&bytes).expect("canonical JSON parses");
     assert_eq!(again, v, "value changed after a round trip");
-    assert_eq!(canonical_json(&again).expect("serialises"), bytes, "canonical bytes unstable");
+    assert_eq!(
+        canonical_json(&again).expect("serialises"),
+        bytes,
+        "canonical bytes unstable"
+    );
 }
 
 fuzz_target!(|data: &[u8]| {
