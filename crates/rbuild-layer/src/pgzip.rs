@@ -114,6 +114,10 @@ impl<W: Write> Write for ParallelGzip<W> {
 /// Raw deflate of one chunk, primed with `dict`, ended by a sync flush or, for the last
 /// chunk, the end of the stream.
 fn compress_chunk(input: &[u8], dict: &[u8], level: u32, last: bool) -> io::Result<Vec<u8>> {
+    // Already-compressed or random data gains nothing from deflate (level 1 even grows it by
+    // ~5%) and costs most of a layer's write time: such a chunk is stored. The choice depends
+    // only on the chunk's bytes, so the output stays the same on every machine.
+    let level = if incompressible(input) { 0 } else { level };
     let mut c = Compress::new(Compression::new(level), false);
     if !dict.is_empty() {
         c.set_dictionary(dict).map_err(io::Error::other)?;
@@ -137,6 +141,29 @@ fn compress_chunk(input: &[u8], dict: &[u8], level: u32, last: bool) -> io::Resu
         }
         out.reserve(64 * 1024);
     }
+}
+
+/// Whether a chunk's byte distribution is so close to uniform (order-0 entropy above 7.95 of
+/// 8 bits per byte) that Huffman coding cannot shrink it. Small chunks are always compressed.
+fn incompressible(input: &[u8]) -> bool {
+    if input.len() < 64 * 1024 {
+        return false;
+    }
+    let mut counts = [0u32; 256];
+    for &b in input {
+        counts[usize::from(b)] += 1;
+    }
+    #[allow(clippy::cast_precision_loss)] // chunk sizes are far below 2^52
+    let n = input.len() as f64;
+    let entropy: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum();
+    entropy > 7.95
 }
 
 #[cfg(test)]
@@ -165,6 +192,40 @@ mod tests {
             g.write_all(part).unwrap();
         }
         g.finish().unwrap()
+    }
+
+    #[test]
+    fn random_chunks_are_stored_and_text_is_compressed() {
+        let mut random = vec![0u8; 3 * CHUNK];
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for b in &mut random {
+            // xorshift: deterministic noise without a dependency.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = (x >> 24) as u8;
+        }
+        assert!(incompressible(&random[..CHUNK]));
+        let text: Vec<u8> = b"the quick brown fox jumps over the lazy dog\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(CHUNK)
+            .collect();
+        assert!(!incompressible(&text));
+        let g = gzip(&random, 2, 4096);
+        // Stored blocks: a few bytes of framing per 64 KiB block, never deflate's 5% growth.
+        assert!(
+            g.len() < random.len() + random.len() / 100,
+            "{} for {}",
+            g.len(),
+            random.len()
+        );
+        let mut back = Vec::new();
+        flate2::read::GzDecoder::new(&g[..])
+            .read_to_end(&mut back)
+            .unwrap();
+        assert_eq!(back, random);
     }
 
     #[test]
