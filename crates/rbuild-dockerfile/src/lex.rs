@@ -38,6 +38,10 @@ pub enum ExpandError {
         /// The user's message, or BuildKit's default.
         message: String,
     },
+    /// `${…}` nested deeper than [`MAX_NESTING`] (BuildKit recurses without a limit and
+    /// overflows its stack instead).
+    #[error("variable substitutions nested more than {MAX_NESTING} deep")]
+    TooDeep,
     /// A `#`, `%` or `/` pattern with an invalid escape.
     #[error("invalid pattern ({pattern}) in substitution: {reason}")]
     InvalidPattern {
@@ -216,7 +220,11 @@ impl WordsBuf {
     }
 }
 
+/// How deep `${…}` may nest; real Dockerfiles use two or three levels.
+pub const MAX_NESTING: usize = 128;
+
 struct ShellWord<'a> {
+    depth: usize,
     lex: &'a Lexer,
     chars: Vec<char>,
     pos: usize,
@@ -229,6 +237,7 @@ struct ShellWord<'a> {
 impl<'a> ShellWord<'a> {
     fn new(lex: &'a Lexer, word: &str, vars: &'a dyn Fn(&str) -> Option<String>) -> Self {
         Self {
+            depth: 0,
             lex,
             chars: word.chars().collect(),
             pos: 0,
@@ -269,10 +278,16 @@ impl<'a> ShellWord<'a> {
         stop: Option<char>,
         raw_escapes: bool,
     ) -> Result<(String, Vec<String>), ExpandError> {
+        // Each nested `${…}` word comes through here: bound the recursion.
+        if self.depth >= MAX_NESTING {
+            return Err(ExpandError::TooDeep);
+        }
+        self.depth += 1;
         let saved = self.raw_escapes;
         self.raw_escapes = raw_escapes;
         let r = self.process_stop_on_inner(stop);
         self.raw_escapes = saved;
+        self.depth -= 1;
         r
     }
 
@@ -579,6 +594,24 @@ fn reverse_pattern(pattern: &str) -> String {
         .rev()
         .flat_map(|p| p.iter().copied().filter(|&c| c != '\0').collect::<Vec<_>>())
         .collect()
+}
+
+#[cfg(test)]
+mod depth_tests {
+    use super::*;
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        let mut word = String::from("x");
+        for _ in 0..20_000 {
+            word = format!("${{A:-{word}}}");
+        }
+        let lex = Lexer::new('\\');
+        let r = lex.expand_word(&word, &|_| None);
+        assert_eq!(r.unwrap_err(), ExpandError::TooDeep);
+        let ok = "${A:-${B:-${C:-deep}}}";
+        assert_eq!(lex.expand_word(ok, &|_| None).unwrap().value, "deep");
+    }
 }
 
 #[cfg(test)]
