@@ -91,7 +91,7 @@ pub enum ErrorKind {
     #[error("{0}")]
     Syntax(String),
     /// Variable expansion of a word failed (`${V:?}` on an unset variable, bad pattern, …).
-    #[error("failed to process {word:?}")]
+    #[error("failed to process {:?}", shorten(.word))]
     Expand {
         /// The word as written in the Dockerfile.
         word: String,
@@ -110,6 +110,19 @@ pub struct Warning {
     pub rule: &'static str,
     /// Human readable description.
     pub message: String,
+}
+
+/// A word as errors show it: whole when short, else its start and end (a hostile Dockerfile's
+/// megabyte-long word must not come back in full).
+fn shorten(word: &str) -> String {
+    const KEEP: usize = 60;
+    let chars: Vec<char> = word.chars().collect();
+    if chars.len() <= 2 * KEEP {
+        return word.to_owned();
+    }
+    let head: String = chars[..KEEP].iter().collect();
+    let tail: String = chars[chars.len() - KEEP..].iter().collect();
+    format!("{head}…{tail}")
 }
 
 #[cfg(test)]

@@ -108,7 +108,7 @@ impl Builder {
             file: file.clone(),
             line: e.line(),
             column: e.column(),
-            message: e.kind().to_string(),
+            message: crate::error::dockerfile_message(&e),
         })?;
         for w in &df.warnings {
             self.progress.event(BuildEvent::Warning(format!(

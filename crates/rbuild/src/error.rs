@@ -111,3 +111,16 @@ impl Error {
         }
     }
 }
+
+/// What a parser error says, with its cause (`failed to process "${X:?}": X: is required`),
+/// without the parser's own `line N:` prefix: the engine adds `FILE:LINE:`.
+pub(crate) fn dockerfile_message(e: &rbuild_dockerfile::Error) -> String {
+    let mut msg = e.kind().to_string();
+    let mut cause = std::error::Error::source(e.kind());
+    while let Some(c) = cause {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cause = c.source();
+    }
+    msg
+}

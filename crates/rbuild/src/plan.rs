@@ -54,18 +54,14 @@ impl Build<'_> {
             let lookup = |n: &str| lookup_state.lookup(n);
             let (expanded, report) = inst
                 .expand(&lexer, &lookup)
-                .map_err(|e| self.err(line, e.kind().to_string()))?;
+                .map_err(|e| self.err(line, crate::error::dockerfile_message(&e)))?;
             for name in &report.unset {
                 self.progress.event(BuildEvent::Warning(format!(
                     "{}:{line}: variable ${name} is not set (it expands to an empty string)",
                     self.file
                 )));
             }
-            let display = format!(
-                "{} {}",
-                expanded.keyword(),
-                display_args(&inst.original)
-            );
+            let display = format!("{} {}", expanded.keyword(), display_args(&inst.original));
             let mut extra_key = String::new();
             let parent = st.key.clone();
             let (action, created_by) = match &expanded.kind {

@@ -161,9 +161,9 @@ impl<'a> Build<'a> {
         let metas = self.df.meta_args.clone();
         for inst in &metas {
             let lookup = |n: &str| self.meta_args.get(n).cloned().flatten();
-            let (expanded, _) = inst
-                .expand(&lexer, &lookup)
-                .map_err(|e| self.err(inst.span.start_line, e.kind().to_string()))?;
+            let (expanded, _) = inst.expand(&lexer, &lookup).map_err(|e| {
+                self.err(inst.span.start_line, crate::error::dockerfile_message(&e))
+            })?;
             if let InstructionKind::Arg(decls) = &expanded.kind {
                 for d in decls {
                     let v = self
@@ -241,10 +241,12 @@ impl<'a> Build<'a> {
     fn base_name_of(&self, idx: usize) -> Result<String> {
         let stage = &self.df.stages[idx];
         let lookup = |n: &str| self.meta_args.get(n).cloned().flatten();
-        let (from, _) = stage
-            .from
-            .expand(&self.lexer(), &lookup)
-            .map_err(|e| self.err(stage.from.span.start_line, e.kind().to_string()))?;
+        let (from, _) = stage.from.expand(&self.lexer(), &lookup).map_err(|e| {
+            self.err(
+                stage.from.span.start_line,
+                crate::error::dockerfile_message(&e),
+            )
+        })?;
         match &from.kind {
             InstructionKind::From(f) => {
                 if let Some(p) = &f.platform
