@@ -316,7 +316,6 @@ pub fn healthcheck_json(h: &rbuild_dockerfile::Healthcheck, shell: &[String]) ->
     v
 }
 
-
 /// The lexer for a Dockerfile's escape character.
 pub fn lexer(escape: char) -> Lexer {
     Lexer::new(escape)
