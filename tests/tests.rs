@@ -6,9 +6,9 @@
 
 mod build_image;
 mod builder_features;
+mod cache;
 mod deploy_cli;
 mod pipeline_cli;
-mod cache;
 mod registry_cli;
 mod reliability;
 mod support;

@@ -108,7 +108,10 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        if matches!(cli.command, Command::Build(_) | Command::Pull(_) | Command::Push(_)) {
+        if matches!(
+            cli.command,
+            Command::Build(_) | Command::Pull(_) | Command::Push(_)
+        ) {
             interrupt::install(&root);
         }
         match cli.command {

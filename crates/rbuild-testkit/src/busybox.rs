@@ -37,6 +37,9 @@ pub fn write_context(dir: &Path) -> io::Result<()> {
         dir.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
     )?;
-    fs::write(dir.join("etc/group"), "root:x:0:\napp:x:1000:\nnogroup:x:65534:\n")?;
+    fs::write(
+        dir.join("etc/group"),
+        "root:x:0:\napp:x:1000:\nnogroup:x:65534:\n",
+    )?;
     Ok(())
 }

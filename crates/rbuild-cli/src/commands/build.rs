@@ -151,11 +151,15 @@ pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Resu
         opts = opts.annotation(k, v);
     }
     for r in &args.cache_from {
-        let repo: Reference = r.parse().with_context(|| format!("invalid --cache-from `{r}`"))?;
+        let repo: Reference = r
+            .parse()
+            .with_context(|| format!("invalid --cache-from `{r}`"))?;
         opts = opts.cache_from(repo);
     }
     if let Some(r) = &args.cache_to {
-        let repo: Reference = r.parse().with_context(|| format!("invalid --cache-to `{r}`"))?;
+        let repo: Reference = r
+            .parse()
+            .with_context(|| format!("invalid --cache-to `{r}`"))?;
         opts = opts.cache_to(repo);
     }
     for f in &args.no_cache_filter {
