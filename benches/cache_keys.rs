@@ -68,6 +68,8 @@ fn bench(c: &mut Criterion) {
                     chown: None,
                     chmod: None,
                     keyword: "COPY",
+                    exclude: &[],
+                    parents: false,
                 };
                 copy::plan(&mut ctx, &mut warm, &view, &req).unwrap().digest
             });

@@ -463,3 +463,76 @@ fn dockerfile_and_context_from_stdin_and_foreign_platforms_refused() {
         stderr(&o)
     );
 }
+
+/// Serves `body` over HTTP on a loopback port for `requests` requests; returns the URL.
+fn serve_once(body: &'static [u8], requests: usize) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(requests) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(body);
+        }
+    });
+    format!("http://{addr}/files/tool.txt")
+}
+
+#[test]
+fn add_downloads_urls_with_checksums_and_copy_excludes_and_keeps_parents() {
+    let Some((work, root)) = setup_with_base() else {
+        return;
+    };
+    let body: &'static [u8] = b"downloaded\n";
+    let url = serve_once(body, 2);
+    let sum = format!("sha256:{}", rbuild::Digest::sha256_of(body).hex());
+    let df = format!(
+        "FROM localhost/busybox:test\n\
+         ADD --checksum={sum} {url} /opt/\n\
+         COPY --exclude=*.tmp src/ /app/\n\
+         COPY --parents src/deep/x.txt /p/\n"
+    );
+    let ctx = context_with(work.path(), "add-url", &df);
+    fs::create_dir_all(ctx.join("src/deep")).unwrap();
+    fs::write(ctx.join("src/keep.txt"), "keep\n").unwrap();
+    fs::write(ctx.join("src/drop.tmp"), "drop\n").unwrap();
+    fs::write(ctx.join("src/deep/x.txt"), "x\n").unwrap();
+    build(&root, &ctx, &["-t", "localhost/addurl:1"]);
+    let img = "localhost/addurl:1";
+    assert_eq!(cat(&root, img, "/opt/tool.txt"), "downloaded\n");
+    let mode = ok(&rbuild(
+        &root,
+        &["run", img, "--", "stat", "-c", "%a", "/opt/tool.txt"],
+    ));
+    assert_eq!(mode.trim(), "600", "downloaded files are 0600 as in docker");
+    let ls = ok(&rbuild(
+        &root,
+        &[
+            "run",
+            img,
+            "--",
+            "sh",
+            "-c",
+            "ls /app; cat /p/src/deep/x.txt",
+        ],
+    ));
+    assert_eq!(
+        ls, "deep\nkeep.txt\nx\n",
+        "*.tmp excluded; --parents keeps src/deep"
+    );
+    // A wrong checksum is refused, naming both digests.
+    let bad = df.replace(&sum, &format!("sha256:{}", "0".repeat(64)));
+    fs::write(ctx.join("Dockerfile"), bad).unwrap();
+    let o = rbuild(
+        &root,
+        &["build", "--progress", "plain", ctx.to_str().unwrap()],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("checksum mismatch"), "{}", stderr(&o));
+}

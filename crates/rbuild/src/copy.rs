@@ -162,6 +162,11 @@ pub struct CopyRequest<'a> {
     pub chmod: Option<u32>,
     /// The instruction keyword, for messages.
     pub keyword: &'a str,
+    /// `--exclude` patterns (`.dockerignore` syntax, matched against the path below each
+    /// source and against the full context path).
+    pub exclude: &'a [String],
+    /// `--parents`: keep each source's context path under the destination.
+    pub parents: bool,
 }
 
 /// Resolves a COPY against the context; hashes the files it ships (through the hash cache).
@@ -232,10 +237,34 @@ pub fn plan(
             _ => format!("{a}/{b}"),
         }
     };
+    let exclude = if req.exclude.is_empty() {
+        None
+    } else {
+        Some(
+            rbuild_dockerfile::Ignore::parse(&req.exclude.join("\n"))
+                .map_err(|e| format!("{kw} --exclude: {e}"))?,
+        )
+    };
+    let excluded = |full: &str, below: &str| {
+        exclude
+            .as_ref()
+            .is_some_and(|x| x.is_excluded(full) || (!below.is_empty() && x.is_excluded(below)))
+    };
     let mut items = Vec::new();
     let mut seen = BTreeSet::new();
     for rel in &matched {
         let is_dir = rel.is_empty() || ctx.entries()[rel].kind == EntryKind::Dir;
+        // --parents: `COPY --parents a/b/c.txt /d/` lands at /d/a/b/c.txt.
+        let dest_rel = if req.parents {
+            let parent = if is_dir {
+                rel.as_str()
+            } else {
+                rel.rsplit_once('/').map_or("", |(p, _)| p)
+            };
+            join(&dest_rel, parent)
+        } else {
+            dest_rel.clone()
+        };
         if is_dir {
             let prefix = if rel.is_empty() {
                 String::new()
@@ -246,6 +275,9 @@ pub fn plan(
                 let Some(suffix) = k.strip_prefix(&prefix) else {
                     break;
                 };
+                if excluded(k, suffix) {
+                    continue;
+                }
                 let dest = join(&dest_rel, suffix);
                 if seen.insert(dest.clone()) {
                     items.push(item(dest, k, e, req));
@@ -254,7 +286,10 @@ pub fn plan(
         } else {
             let e = &ctx.entries()[rel];
             let name = rel.rsplit('/').next().unwrap_or(rel);
-            let dest = if dest_is_dir {
+            if excluded(rel, name) {
+                continue;
+            }
+            let dest = if dest_is_dir || req.parents {
                 join(&dest_rel, name)
             } else {
                 dest_rel.clone()

@@ -19,6 +19,37 @@ use crate::step::{self, Action, PlanState, Step};
 use crate::view::LayerView;
 
 impl Build<'_> {
+    /// ADD of a URL: the body, checked against `--checksum` when given. Downloaded at planning
+    /// time, so the content is part of the step's key (a changed file misses the cache).
+    fn download(&self, url: &str, checksum: Option<&str>, line: usize) -> Result<Vec<u8>> {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            self.err(
+                line,
+                format!("ADD {url}: downloading needs a tokio runtime"),
+            )
+        })?;
+        let fetched = handle.block_on(async {
+            let resp = reqwest::get(url).await?.error_for_status()?;
+            resp.bytes().await
+        });
+        let bytes = fetched
+            .map_err(|e| self.err(line, format!("ADD {url}: download failed: {e}")))?
+            .to_vec();
+        if let Some(want) = checksum {
+            let want: rbuild_oci::Digest = want
+                .parse()
+                .map_err(|e| self.err(line, format!("ADD --checksum={want}: {e}")))?;
+            let got = rbuild_oci::Digest::sha256_of(&bytes);
+            if got != want {
+                return Err(self.err(
+                    line,
+                    format!("ADD {url}: checksum mismatch: expected {want}, got {got}"),
+                ));
+            }
+        }
+        Ok(bytes)
+    }
+
     /// Plans every instruction of a stage: expansion, config effects, cache keys.
     pub(crate) fn plan(
         &self,
@@ -96,6 +127,9 @@ impl Build<'_> {
                         heredocs: &c.heredocs,
                         expand_heredocs: true,
                         add: false,
+                        exclude: &c.exclude,
+                        parents: c.parents,
+                        checksum: None,
                     };
                     self.plan_copy(idx, &st, view, line, &spec, &mut extra_key)?
                 }
@@ -110,6 +144,9 @@ impl Build<'_> {
                         heredocs: &a.heredocs,
                         expand_heredocs: true,
                         add: a.unpack != Some(false),
+                        exclude: &a.exclude,
+                        parents: false,
+                        checksum: a.checksum.as_deref(),
                     };
                     self.plan_copy(idx, &st, view, line, &spec, &mut extra_key)?
                 }
@@ -320,12 +357,6 @@ impl Build<'_> {
                 !remote
             });
         }
-        if !urls.is_empty() {
-            return Err(self.err(
-                line,
-                format!("ADD of a URL ({}) is not supported yet", urls.join(", ")),
-            ));
-        }
         let req = CopyRequest {
             sources: &sources,
             dest: spec.dest,
@@ -333,8 +364,10 @@ impl Build<'_> {
             chown,
             chmod,
             keyword: kw,
+            exclude: spec.exclude,
+            parents: spec.parents,
         };
-        let mut plan = if !spec.heredocs.is_empty() && sources.is_empty() {
+        let mut plan = if sources.is_empty() && (!spec.heredocs.is_empty() || !urls.is_empty()) {
             copy::CopyPlan::empty(chown.unwrap_or((0, 0)))
         } else if let Some(from) = spec.from {
             let src = self.source_image(from, idx, line)?;
@@ -370,6 +403,29 @@ impl Build<'_> {
                 chmod,
             );
         }
+        for url in &urls {
+            let bytes = self.download(url, spec.checksum, line)?;
+            let name = url
+                .split(['?', '#'])
+                .next()
+                .unwrap_or(url)
+                .rsplit('/')
+                .find(|s| !s.is_empty() && !s.contains(':'))
+                .unwrap_or("index.html")
+                .to_owned();
+            // docker: a file downloaded by ADD gets mode 0600 unless --chmod says otherwise.
+            plan.add_inline(
+                &name,
+                bytes,
+                spec.dest,
+                &workdir,
+                chown,
+                Some(chmod.unwrap_or(0o600)),
+            );
+            if let Some(last) = plan.items.last_mut() {
+                last.label.clone_from(url);
+            }
+        }
         if spec.add {
             plan.mark_archives();
         }
@@ -397,6 +453,9 @@ pub(crate) struct CopySpec<'s> {
     pub heredocs: &'s [rbuild_dockerfile::Heredoc],
     pub expand_heredocs: bool,
     pub add: bool,
+    pub exclude: &'s [String],
+    pub parents: bool,
+    pub checksum: Option<&'s str>,
 }
 
 /// The longest directory all sources share (absolute sources of `COPY --from` are relative to
