@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::*;
+use crate::support::{context_with as context, setup_with_base as setup};
 
 const EPOCH: &str = "1700000000";
 
@@ -17,23 +18,6 @@ RUN mkdir -p /data && head -c 24000000 /dev/zero | tr \"\\\\0\" z > /data/blob &
 COPY . /src\n\
 RUN sha256sum /src/big.bin > /src.sum\n\
 CMD [\"cat\", \"/ran\"]\n";
-
-fn setup() -> Option<(tempfile::TempDir, PathBuf)> {
-    if !can_build() {
-        return None;
-    }
-    let work = tempfile::tempdir().unwrap();
-    let root = work.path().join("root");
-    build_base(&root, work.path());
-    Some((work, root))
-}
-
-fn context(work: &Path, name: &str, dockerfile: &str) -> PathBuf {
-    let ctx = work.join(name);
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
-    ctx
-}
 
 fn build_cmd(root: &Path, ctx: &Path, extra: &[&str]) -> Command {
     let mut c = Command::new(bin());
