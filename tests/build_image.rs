@@ -280,19 +280,14 @@ fn copy_of_a_missing_or_ignored_source_names_it() {
 
 #[test]
 fn a_failing_run_shows_command_status_and_output_and_keeps_earlier_steps_cached() {
-    if !can_build() {
+    let Some((work, root)) = setup_with_base() else {
         return;
-    }
-    let work = tempfile::tempdir().unwrap();
-    let root = work.path().join("root");
-    build_base(&root, work.path());
-    let ctx = work.path().join("ctx");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
+    };
+    let ctx = context_with(
+        work.path(),
+        "ctx",
         "FROM localhost/busybox:test\nRUN echo first > /first\nRUN echo 'about to fail'; exit 3\n",
-    )
-    .unwrap();
+    );
     let o = rbuild(
         &root,
         &[
@@ -329,19 +324,14 @@ fn a_failing_run_shows_command_status_and_output_and_keeps_earlier_steps_cached(
 
 #[test]
 fn save_formats_rmi_and_prune() {
-    if !can_build() {
+    let Some((work, root)) = setup_with_base() else {
         return;
-    }
-    let work = tempfile::tempdir().unwrap();
-    let root = work.path().join("root");
-    build_base(&root, work.path());
-    let ctx = work.path().join("ctx");
-    fs::create_dir_all(&ctx).unwrap();
-    fs::write(
-        ctx.join("Dockerfile"),
+    };
+    let ctx = context_with(
+        work.path(),
+        "ctx",
         "FROM localhost/busybox:test\nRUN echo hi > /hi\n",
-    )
-    .unwrap();
+    );
     let digest = last_line(&ok(&rbuild(
         &root,
         &[
