@@ -17,9 +17,11 @@
 mod digest;
 mod json;
 pub mod media_type;
+mod platform;
 mod reference;
 
 pub use digest::{Digest, DigestError, Sha256Writer};
 pub use json::{canonical_json, to_canonical_value};
 pub use oci_spec;
+pub use platform::{Platform, PlatformError};
 pub use reference::{Reference, ReferenceError};

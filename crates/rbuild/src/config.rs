@@ -158,44 +158,7 @@ impl ImageConfig {
     }
 }
 
-/// An OS/architecture pair (`linux/amd64`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
-    /// GOOS.
-    pub os: String,
-    /// GOARCH.
-    pub architecture: String,
-    /// Variant (`v8` on arm64), if any.
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    /// The platform this process runs on, in Go's names.
-    pub fn host() -> Self {
-        let architecture = match std::env::consts::ARCH {
-            "x86_64" => "amd64",
-            "aarch64" => "arm64",
-            "x86" => "386",
-            "powerpc64" => "ppc64le",
-            other => other,
-        };
-        Self {
-            os: "linux".to_owned(),
-            architecture: architecture.to_owned(),
-            variant: None,
-        }
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.architecture)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
+pub use rbuild_oci::Platform;
 
 #[cfg(test)]
 mod tests {

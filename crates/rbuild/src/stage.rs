@@ -352,7 +352,7 @@ impl<'a> Build<'a> {
                 self.progress.event(BuildEvent::Pulling {
                     reference: reference.to_string(),
                 });
-                let platform = rbuild_registry::Platform::host();
+                let platform = self.platform.clone();
                 crate::registry::pull_blocking(
                     &handle,
                     self.store,
