@@ -202,3 +202,59 @@ fn prune_keeps_the_newest_cache_within_keep_storage_and_drops_the_rest() {
     let cold = build(&root, &ctx, &[]);
     assert!(missed(&cold).contains(&3), "{cold}");
 }
+
+#[test]
+fn a_rebuilt_copy_links_unchanged_files_and_gives_the_same_layer_as_a_fresh_copy() {
+    if !can_build() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let epoch = ["--source-date-epoch", "1700000000"];
+    let build_in = |root: &Path, ctx: &Path| -> serde_json::Value {
+        build(root, ctx, &[epoch[0], epoch[1], "-t", "localhost/linked:1"]);
+        serde_json::from_str(&ok(&rbuild(root, &["inspect", "localhost/linked:1"]))).unwrap()
+    };
+    let base = |name: &str| {
+        let root = work.path().join(name);
+        let b = work.path().join(format!("base-{name}"));
+        rbuild_testkit::busybox::write_context(&b).unwrap();
+        ok(&rbuild(
+            &root,
+            &[
+                "build",
+                "--progress",
+                "plain",
+                epoch[0],
+                epoch[1],
+                "-t",
+                "localhost/busybox:test",
+                b.to_str().unwrap(),
+            ],
+        ));
+        root
+    };
+    // Store one: build, change one file, rebuild (unchanged files are linked from the last layer).
+    let one = base("one");
+    let ctx = work.path().join("ctx");
+    write_context(&ctx);
+    build_in(&one, &ctx);
+    fs::write(ctx.join("app/lib.sh"), "echo lib v2\n").unwrap();
+    let linked = build_in(&one, &ctx);
+    // Store two: the changed context built from nothing.
+    let two = base("two");
+    let fresh = build_in(&two, &ctx);
+    assert_eq!(
+        linked["config"]["rootfs"]["diff_ids"], fresh["config"]["rootfs"]["diff_ids"],
+        "linking unchanged files changes no byte of the layers"
+    );
+    // The unchanged file is one inode shared by the old and the new COPY layer directories.
+    let mut links = 0;
+    for e in fs::read_dir(one.join("layers")).unwrap().flatten() {
+        let f = e.path().join("app/main.sh");
+        if let Ok(md) = fs::metadata(&f) {
+            use std::os::unix::fs::MetadataExt;
+            links = links.max(md.nlink());
+        }
+    }
+    assert_eq!(links, 2, "main.sh is linked, not copied");
+}

@@ -337,7 +337,12 @@ fn item(dest: String, label: &str, e: &crate::context::Entry, req: &CopyRequest<
 /// # Errors
 ///
 /// IO errors, with the path.
-pub fn execute(plan: &CopyPlan, upper: &Path, view: &LayerView) -> io::Result<()> {
+pub fn execute(
+    plan: &CopyPlan,
+    upper: &Path,
+    view: &LayerView,
+    reuse: Option<&Reuse<'_>>,
+) -> io::Result<()> {
     let mut dirs_to_stamp: Vec<(PathBuf, (i64, i64))> = Vec::new();
     for it in &plan.items {
         let target = upper.join(&it.dest);
@@ -367,6 +372,9 @@ pub fn execute(plan: &CopyPlan, upper: &Path, view: &LayerView) -> io::Result<()
                         fs::write(&target, bytes.as_slice()).map_err(|e| with_path(e, &target))?
                     }
                     None => {
+                        if !it.extract && reuse.is_some_and(|r| r.link(it, &target)) {
+                            continue;
+                        }
                         fs::copy(&it.src, &target).map_err(|e| with_path(e, &it.src))?;
                     }
                 }
@@ -388,6 +396,51 @@ pub fn execute(plan: &CopyPlan, upper: &Path, view: &LayerView) -> io::Result<()
         set_mtime(d, *t)?;
     }
     Ok(())
+}
+
+/// The previous result of the same COPY step, whose unchanged files can be hard-linked into
+/// the new layer directory instead of copied (layer directories are never modified after
+/// they are committed).
+pub struct Reuse<'a> {
+    /// The previous layer directory.
+    pub dir: &'a Path,
+    /// The previous step's sources in `--explain` form (label → kind, mode, owner, content, dest).
+    pub files: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl Reuse<'_> {
+    /// Links the previous copy of `it` at `target` when it is the same file: same recorded
+    /// content, mode, owner and destination, and the same size and mtime on disk. False when it
+    /// must be copied.
+    fn link(&self, it: &CopyItem, target: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        if self.files.get(&it.label) != Some(&describe(it)) {
+            return false;
+        }
+        let prev = self.dir.join(&it.dest);
+        let (Ok(old), Ok(src)) = (fs::symlink_metadata(&prev), fs::metadata(&it.src)) else {
+            return false;
+        };
+        let same = old.is_file()
+            && old.len() == src.len()
+            && old.mode() & 0o7777 == it.mode
+            && (old.uid(), old.gid()) == (it.uid, it.gid)
+            && (old.mtime(), old.mtime_nsec()) == it.mtime;
+        same && fs::hard_link(&prev, target).is_ok()
+    }
+}
+
+/// An item as `--explain` records it: `kind mode uid:gid content → /dest`.
+pub fn describe(it: &CopyItem) -> String {
+    let (kind, content) = match &it.kind {
+        EntryKind::File => ("file", it.sha256.clone().unwrap_or_default()),
+        EntryKind::Dir => ("dir", String::new()),
+        EntryKind::Symlink(t) => ("link", t.display().to_string()),
+    };
+    format!(
+        "{kind} {:o} {}:{} {content} → /{}",
+        it.mode, it.uid, it.gid, it.dest
+    )
 }
 
 /// Creates the directories of `rel` under `upper`, each a copy of the image's directory

@@ -51,7 +51,28 @@ impl Build<'_> {
                     .map_err(|e| (self.step_err(st.line, format!("create {path}")))(e.into()))?;
             }
             Action::Copy(plan) => {
-                copy::execute(plan, &upper, view)
+                // The last build of this step: its unchanged files are linked, not copied.
+                let prev = self
+                    .last_record
+                    .stages
+                    .get(&stage)
+                    .and_then(|steps| steps.get(st.index - 2));
+                let prev_dir = prev
+                    .and_then(|p| self.store.cache_get(&p.key).ok().flatten())
+                    .and_then(|e| {
+                        serde_json::from_value::<crate::stage::StepRecord>(e.payload).ok()
+                    })
+                    .and_then(|r| r.layer)
+                    .map(|l| self.store.layer_dir(&l.diff_id))
+                    .filter(|d| d.is_dir());
+                let reuse = match (&prev_dir, prev) {
+                    (Some(dir), Some(p)) => Some(copy::Reuse {
+                        dir,
+                        files: &p.files,
+                    }),
+                    _ => None,
+                };
+                copy::execute(plan, &upper, view, reuse.as_ref())
                     .map_err(|e| (self.step_err(st.line, "copy files into the layer"))(e.into()))?;
             }
             Action::Run {

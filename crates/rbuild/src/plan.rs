@@ -8,7 +8,7 @@ use rbuild_dockerfile::{Instruction, InstructionKind, MountType};
 use serde_json::json;
 use sha2::Digest as _;
 
-use crate::context::{Context, EntryKind, HashCache, clean_rel};
+use crate::context::{Context, HashCache, clean_rel};
 use crate::copy::{self, CopyRequest};
 use crate::error::{Error, Result};
 use crate::events::BuildEvent;
@@ -491,20 +491,7 @@ fn common_prefix(sources: &[String], _workdir: &str) -> String {
 fn files_of(plan: &copy::CopyPlan) -> BTreeMap<String, String> {
     plan.items
         .iter()
-        .map(|it| {
-            let (kind, content) = match &it.kind {
-                EntryKind::File => ("file", it.sha256.clone().unwrap_or_default()),
-                EntryKind::Dir => ("dir", String::new()),
-                EntryKind::Symlink(t) => ("link", t.display().to_string()),
-            };
-            (
-                it.label.clone(),
-                format!(
-                    "{kind} {:o} {}:{} {content} → /{}",
-                    it.mode, it.uid, it.gid, it.dest
-                ),
-            )
-        })
+        .map(|it| (it.label.clone(), copy::describe(it)))
         .collect()
 }
 
