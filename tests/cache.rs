@@ -258,3 +258,25 @@ fn a_rebuilt_copy_links_unchanged_files_and_gives_the_same_layer_as_a_fresh_copy
     }
     assert_eq!(links, 2, "main.sh is linked, not copied");
 }
+
+#[test]
+fn no_cache_filter_reruns_only_the_named_stage() {
+    let Some((work, root)) = setup_with_base() else {
+        return;
+    };
+    let ctx = context_with(
+        work.path(),
+        "filter",
+        "FROM localhost/busybox:test AS deps\nRUN echo deps > /deps\n\
+         FROM localhost/busybox:test\nCOPY --from=deps /deps /deps\nRUN echo app > /app\n",
+    );
+    build(&root, &ctx, &[]);
+    let out = build(&root, &ctx, &["--no-cache-filter", "deps"]);
+    assert!(
+        out.contains("[deps 2/2] RUN echo deps"),
+        "deps re-run:\n{out}"
+    );
+    assert!(out.contains("cache miss: --no-cache"), "{out}");
+    // The final stage's RUN still hits: the deps layer came out the same.
+    assert!(out.contains("CACHED [3/3] RUN echo app"), "{out}");
+}
