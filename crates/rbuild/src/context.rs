@@ -57,6 +57,9 @@ struct Identity {
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct HashCache {
     files: HashMap<String, (Identity, String)>,
+    /// Whether this build changed the cache (only then is it written back).
+    #[serde(skip)]
+    dirty: bool,
 }
 
 /// A walked build context.
@@ -273,6 +276,7 @@ impl Context {
         prefixes: &[String],
         cache: &mut HashCache,
     ) -> Result<usize, ContextError> {
+        let dirs: Vec<String> = prefixes.iter().map(|p| format!("{p}/")).collect();
         let wanted: Vec<String> = self
             .entries
             .iter()
@@ -281,7 +285,8 @@ impl Context {
                     && e.sha256.is_none()
                     && prefixes
                         .iter()
-                        .any(|p| p.is_empty() || *rel == p || rel.starts_with(&format!("{p}/")))
+                        .zip(&dirs)
+                        .any(|(p, d)| p.is_empty() || *rel == p || rel.starts_with(d.as_str()))
             })
             .map(|(rel, _)| rel.clone())
             .collect();
@@ -315,6 +320,7 @@ impl Context {
                 e.sha256 = Some(hash.clone());
             }
             cache.files.insert(rel, (id, hash));
+            cache.dirty = true;
         }
         Ok(read)
     }
@@ -323,8 +329,16 @@ impl Context {
 impl HashCache {
     /// Drops entries for files that are no longer in `context`.
     pub fn retain_present(&mut self, context: &Context) {
+        let before = self.files.len();
         self.files
             .retain(|rel, _| context.entries.contains_key(rel));
+        self.dirty |= self.files.len() != before;
+    }
+
+    /// Whether files were hashed or forgotten since the cache was loaded: a no-change rebuild
+    /// leaves it clean and does not rewrite it.
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
     }
 }
 

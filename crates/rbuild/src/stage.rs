@@ -192,7 +192,9 @@ impl<'a> Build<'a> {
             let st = &mut *st;
             if let Some(ctx) = &st.context {
                 st.hash_cache.retain_present(ctx);
-                if let Ok(bytes) = serde_json::to_vec(&st.hash_cache) {
+                if st.hash_cache.is_dirty()
+                    && let Ok(bytes) = serde_json::to_vec(&st.hash_cache)
+                {
                     // A lost hash cache only costs re-reading files next time.
                     let _ = self.store.state_put(&self.hash_cache_name, &bytes);
                 }
