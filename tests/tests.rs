@@ -7,6 +7,7 @@
 mod build_image;
 mod builder_features;
 mod cache;
+mod containment;
 mod deploy_cli;
 mod pipeline_cli;
 mod registry_cli;

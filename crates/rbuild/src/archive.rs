@@ -74,6 +74,13 @@ pub fn is_archive(path: &Path) -> bool {
     block[0] != 0 && stored == Some(sum)
 }
 
+/// Whether the open file `f` is a tar archive (see [`is_archive`]); read through the
+/// descriptor, so the name it was opened by cannot be swapped in between.
+pub fn is_archive_file(f: File) -> bool {
+    use std::os::fd::AsRawFd;
+    is_archive(Path::new(&format!("/proc/self/fd/{}", f.as_raw_fd())))
+}
+
 /// Extracts the archive at `path` into `dest`.
 ///
 /// # Errors

@@ -215,7 +215,27 @@ fn read_dockerfile(opts: &BuildOptions) -> Result<(String, String)> {
         DockerfileSource::Default => opts.context.join("Dockerfile"),
         DockerfileSource::Path(p) => p.clone(),
     };
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::ReadDockerfile {
+    let read = || -> std::io::Result<String> {
+        if !matches!(opts.dockerfile, DockerfileSource::Default) {
+            return std::fs::read_to_string(&path);
+        }
+        // CONTEXT/Dockerfile comes from the build input: resolved inside the context, so a
+        // `Dockerfile` that is a symlink can name another file of the context but never one
+        // outside it.
+        use std::io::Read as _;
+        let root = crate::rootfs::open_root(&opts.context)?;
+        let fd = rustix::fs::openat2(
+            &root,
+            "Dockerfile",
+            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+            rustix::fs::ResolveFlags::IN_ROOT | rustix::fs::ResolveFlags::NO_MAGICLINKS,
+        )?;
+        let mut text = String::new();
+        std::fs::File::from(fd).read_to_string(&mut text)?;
+        Ok(text)
+    };
+    let text = read().map_err(|source| Error::ReadDockerfile {
         path: path.clone(),
         source,
     })?;

@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use rbuild_dockerfile::Ignore;
@@ -29,8 +31,11 @@ pub enum EntryKind {
 /// A file, directory or link of the context.
 #[derive(Debug, Clone)]
 pub struct Entry {
-    /// Absolute path on the host.
+    /// Absolute path on the host (for messages and metadata; reads of context files go
+    /// through [`Context::open`], beneath the context root).
     pub path: PathBuf,
+    /// Path relative to the root it was found in (for a followed symlink: its target's).
+    pub rel: String,
     /// Kind.
     pub kind: EntryKind,
     /// Permission bits (with setuid/setgid/sticky).
@@ -41,6 +46,11 @@ pub struct Entry {
     pub mtime: (i64, i64),
     /// Content sha256 (files; filled by [`Context::hash_files`]).
     pub sha256: Option<String>,
+    /// Owner to keep when no `--chown` is given: a stage's or image's files keep theirs
+    /// (BuildKit); context files have none (they land as 0:0).
+    pub owner: Option<(u32, u32)>,
+    /// Device and inode of a file with several links, so a COPY keeps hard links linked.
+    pub link_id: Option<(u64, u64)>,
     identity: Identity,
 }
 
@@ -66,6 +76,9 @@ pub struct HashCache {
 #[derive(Debug)]
 pub struct Context {
     root: PathBuf,
+    /// The context directory, open: every read is resolved beneath it (`None` for a tree
+    /// taken from layers, whose directories are immutable and read by host path).
+    root_fd: Option<Arc<OwnedFd>>,
     /// Included entries by slash-separated path relative to the root (no leading `/`).
     entries: BTreeMap<String, Entry>,
     ignore: Ignore,
@@ -108,7 +121,19 @@ impl Context {
             path: root.to_owned(),
             source,
         })?;
-        let ignore = match fs::read_to_string(root.join(".dockerignore")) {
+        let root_fd = crate::rootfs::open_root(&root)
+            .map(Arc::new)
+            .map_err(|source| ContextError::Walk {
+                path: root.clone(),
+                source,
+            })?;
+        // Read beneath the root: a `.dockerignore` that is a symlink is refused, never followed.
+        let ignore_text = crate::rootfs::open_beneath(&*root_fd, ".dockerignore").and_then(|f| {
+            let mut text = String::new();
+            (&f).take(16 << 20).read_to_string(&mut text)?;
+            Ok(text)
+        });
+        let ignore = match ignore_text {
             Ok(text) => Ignore::parse(&text).map_err(|e| ContextError::Ignore(e.to_string()))?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Ignore::parse("").map_err(|e| ContextError::Ignore(e.to_string()))?
@@ -168,15 +193,19 @@ impl Context {
                 // Sockets, fifos and devices are not part of a build context (docker skips them too).
                 continue;
             };
+            let link_id = (md.nlink() > 1 && kind == EntryKind::File).then_some((md.dev(), md.ino()));
             entries.insert(
-                rel,
+                rel.clone(),
                 Entry {
                     path: item.path().to_owned(),
+                    rel,
                     kind,
                     mode: md.permissions().mode() & 0o7777,
                     size: md.len(),
                     mtime: (md.mtime(), md.mtime_nsec()),
                     sha256: None,
+                    owner: None,
+                    link_id,
                     identity: Identity {
                         size: md.len(),
                         mtime_ns: i128::from(md.mtime()) * 1_000_000_000
@@ -190,36 +219,72 @@ impl Context {
         }
         Ok(Self {
             root,
+            root_fd: Some(root_fd),
             entries,
             ignore,
         })
     }
 
-    /// A source tree taken from an image's or stage's merged layers (`COPY --from`). The
-    /// layers are immutable and named by `source_key`, so a file's content id is derived from
-    /// that key and the file's identity instead of reading it.
-    pub fn from_view(view: &crate::view::LayerView, prefix: &str, source_key: &str) -> Self {
-        let mut entries = BTreeMap::new();
-        for (rel, e) in view.list(prefix) {
-            let md = &e.metadata;
-            let kind = if md.file_type().is_symlink() {
-                match fs::read_link(&e.host) {
-                    Ok(t) => EntryKind::Symlink(t),
-                    Err(_) => continue,
+    /// A source tree taken from an image's or stage's merged layers (`COPY --from`): each
+    /// source path is resolved inside that root (symlinks followed within it, as BuildKit does
+    /// for COPY sources) and listed as overlayfs shows it. The layers are immutable and named
+    /// by `source_key`, so a file's content id is derived from that key and the file's
+    /// identity instead of reading it.
+    ///
+    /// # Errors
+    ///
+    /// When the layers cannot be read or a source resolves through a non-directory.
+    pub fn from_view(
+        view: &crate::view::LayerView,
+        sources: &[String],
+        source_key: &str,
+    ) -> io::Result<Self> {
+        let mut listed = BTreeMap::new();
+        for src in sources {
+            let rel = clean_rel(src).unwrap_or_default();
+            if has_glob(&rel) {
+                // List the directory above the first pattern, then follow matches that are links.
+                let fixed: Vec<&str> = rel
+                    .split('/')
+                    .take_while(|c| !has_glob(c))
+                    .collect();
+                let parent = fixed.join("/");
+                let all = view.list(&parent)?;
+                let links: Vec<String> = all
+                    .iter()
+                    .filter(|(k, e)| glob_match(&rel, k) && e.node.file_type() == rustix::fs::FileType::Symlink)
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                listed.extend(all);
+                for k in links {
+                    let below = format!("{k}/");
+                    listed.retain(|key: &String, _| key != &k && !key.starts_with(&below));
+                    listed.extend(view.list(&k)?);
                 }
-            } else if md.is_dir() {
-                EntryKind::Dir
-            } else if md.is_file() {
-                EntryKind::File
             } else {
-                continue;
+                listed.extend(view.list(&rel)?);
+            }
+        }
+        let mut entries = BTreeMap::new();
+        for (rel, e) in listed {
+            let st = &e.node.stat;
+            let kind = match e.node.file_type() {
+                rustix::fs::FileType::Symlink => match e.node.read_link() {
+                    Ok(t) => EntryKind::Symlink(PathBuf::from(t)),
+                    Err(_) => continue,
+                },
+                rustix::fs::FileType::Directory => EntryKind::Dir,
+                rustix::fs::FileType::RegularFile => EntryKind::File,
+                _ => continue,
             };
+            let mtime = (st.st_mtime, st.st_mtime_nsec as i64);
+            let size = st.st_size as u64;
             let sha256 = (kind == EntryKind::File).then(|| {
                 hex::encode(Sha256::digest(
                     format!(
-                        "{source_key}\0{rel}\0{}\0{}",
-                        md.len(),
-                        md.mtime_nsec() + md.mtime() * 1_000_000_000
+                        "{source_key}\0{}\0{size}\0{}",
+                        e.node.rel,
+                        i128::from(mtime.0) * 1_000_000_000 + i128::from(mtime.1)
                     )
                     .as_bytes(),
                 ))
@@ -228,25 +293,99 @@ impl Context {
                 rel,
                 Entry {
                     path: e.host.clone(),
+                    rel: e.node.rel.clone(),
                     kind,
-                    mode: md.permissions().mode() & 0o7777,
-                    size: md.len(),
-                    mtime: (md.mtime(), md.mtime_nsec()),
+                    mode: st.st_mode & 0o7777,
+                    size,
+                    mtime,
                     sha256,
+                    owner: Some((st.st_uid, st.st_gid)),
+                    link_id: (st.st_nlink > 1 && e.node.file_type() == rustix::fs::FileType::RegularFile)
+                        .then_some((st.st_dev, st.st_ino)),
                     identity: Identity {
-                        size: md.len(),
+                        size,
                         mtime_ns: 0,
                         ctime_ns: 0,
-                        ino: md.ino(),
+                        ino: st.st_ino,
                     },
                 },
             );
         }
-        Self {
+        Ok(Self {
             root: PathBuf::new(),
+            root_fd: None,
             entries,
             ignore: Ignore::parse("").unwrap_or_else(|_| unreachable!("empty ignore file")),
+        })
+    }
+
+    /// Opens a file entry for reading: beneath the context root for context files (a symlink
+    /// planted on the way since the walk is refused), by its host path in an immutable layer
+    /// directory otherwise — never following a symlink.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be opened.
+    pub fn open(&self, e: &Entry) -> io::Result<fs::File> {
+        open_entry(self.root_fd.as_deref(), e)
+    }
+
+    /// The open context root, when this is a context directory.
+    pub fn root_fd(&self) -> Option<&Arc<OwnedFd>> {
+        self.root_fd.as_ref()
+    }
+
+    /// Resolves a context path that is a symlink to what it points at, inside the context
+    /// (an absolute target starts at the context root, `..` stops there; what `.dockerignore`
+    /// excludes is not there). BuildKit follows a COPY source that is a symlink this way;
+    /// symlinks inside a copied directory stay symlinks.
+    pub fn follow(&self, rel: &str) -> Option<String> {
+        let mut cur = rel.to_owned();
+        for _ in 0..40 {
+            let e = self.entries.get(&cur)?;
+            let EntryKind::Symlink(target) = &e.kind else {
+                return Some(cur);
+            };
+            let t = target.to_string_lossy();
+            let joined = if t.starts_with('/') {
+                t.into_owned()
+            } else {
+                match cur.rsplit_once('/') {
+                    Some((dir, _)) => format!("{dir}/{t}"),
+                    None => t.into_owned(),
+                }
+            };
+            cur = clamp_rel(&joined);
+            if cur.is_empty() {
+                return Some(cur);
+            }
+            // Directories on the way may themselves be links.
+            let comps: Vec<&str> = cur.split('/').collect();
+            let mut prefix = String::new();
+            for (i, c) in comps.iter().enumerate() {
+                if i + 1 == comps.len() {
+                    break;
+                }
+                let next = if prefix.is_empty() {
+                    (*c).to_owned()
+                } else {
+                    format!("{prefix}/{c}")
+                };
+                let resolved = match self.entries.get(&next).map(|e| &e.kind) {
+                    Some(EntryKind::Symlink(_)) => self.follow(&next)?,
+                    Some(EntryKind::Dir) => next,
+                    _ => return None,
+                };
+                prefix = resolved;
+            }
+            let last = comps.last().copied().unwrap_or_default();
+            cur = if prefix.is_empty() {
+                last.to_owned()
+            } else {
+                format!("{prefix}/{last}")
+            };
         }
+        None
     }
 
     /// The canonical root directory.
@@ -303,10 +442,15 @@ impl Context {
                 _ => to_read.push((rel.clone(), entry.path.clone(), entry.identity)),
             }
         }
+        let root_fd = self.root_fd.clone();
         let hashed: Vec<(String, Identity, String)> = to_read
             .par_iter()
             .map(|(rel, path, id)| {
-                hash_file(path)
+                let file = match &root_fd {
+                    Some(fd) => crate::rootfs::open_beneath(&**fd, rel),
+                    None => fs::File::open(path),
+                };
+                file.and_then(hash_file)
                     .map(|h| (rel.clone(), *id, h))
                     .map_err(|source| ContextError::Hash {
                         path: path.clone(),
@@ -342,8 +486,35 @@ impl HashCache {
     }
 }
 
-fn hash_file(path: &Path) -> io::Result<String> {
-    let mut f = fs::File::open(path)?;
+fn open_entry(root: Option<&OwnedFd>, e: &Entry) -> io::Result<fs::File> {
+    match root {
+        Some(fd) => crate::rootfs::open_beneath(fd, &e.rel),
+        None => {
+            use std::os::unix::fs::OpenOptionsExt;
+            fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&e.path)
+        }
+    }
+}
+
+/// Like [`clean_rel`], but `..` at the root stays at the root (symlink targets inside a root).
+pub fn clamp_rel(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    parts.join("/")
+}
+
+fn hash_file(mut f: fs::File) -> io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {

@@ -10,7 +10,7 @@ use rbuild_layer::LayerOptions;
 use rbuild_sandbox::{BindMount, Network, RunSpec, Stdio};
 use sha2::Digest as _;
 
-use crate::context::clean_rel;
+use crate::context::{Context, EntryKind, clean_rel};
 use crate::copy;
 use crate::error::{Error, Result};
 use crate::events::BuildEvent;
@@ -38,17 +38,16 @@ impl Build<'_> {
         match &st.action {
             Action::ConfigOnly => return Ok(None),
             Action::Mkdir { path, user } => {
-                let rel = path.trim_start_matches('/');
-                if rel.is_empty() || view.find(rel).is_some() {
-                    return Ok(None);
-                }
+                // BuildKit: the directories WORKDIR creates belong to the step's user.
                 let owner = match user {
-                    Some(u) => view.resolve_user(u).unwrap_or((0, 0)),
+                    Some(u) => view.resolve_chown(u).unwrap_or((0, 0)),
                     None => (0, 0),
                 };
-                let mut stamps = Vec::new();
-                copy::ensure_parents(&upper, Path::new(rel), view, owner, &mut stamps)
-                    .map_err(|e| (self.step_err(st.line, format!("create {path}")))(e.into()))?;
+                let made = copy::mkdir(&upper, view, path, owner)
+                    .map_err(|e| self.copy_err(st.line, e))?;
+                if !made {
+                    return Ok(None);
+                }
             }
             Action::Copy(plan) => {
                 // The last build of this step: its unchanged files are linked, not copied.
@@ -73,7 +72,7 @@ impl Build<'_> {
                     _ => None,
                 };
                 copy::execute(plan, &upper, view, reuse.as_ref())
-                    .map_err(|e| (self.step_err(st.line, "copy files into the layer"))(e.into()))?;
+                    .map_err(|e| self.copy_err(st.line, e))?;
             }
             Action::Run {
                 args,
@@ -89,6 +88,11 @@ impl Build<'_> {
                 fs::create_dir_all(&scratch)
                     .map_err(|e| (self.step_err(st.line, "prepare the step's mounts"))(e.into()))?;
                 let mut env = env.clone();
+                // runc (under docker and BuildKit) sets HOME from the image's passwd entry of
+                // the step's user when the config does not: `/` for a user it does not know.
+                if !env.iter().any(|e| e.starts_with("HOME=")) {
+                    env.push(format!("HOME={}", home_of(view, user.as_deref())));
+                }
                 let mut binds = Vec::new();
                 for (i, m) in mounts.iter().enumerate() {
                     if let Some(b) =
@@ -179,6 +183,15 @@ impl Build<'_> {
             size: desc.size,
             media_type: desc.media_type.to_owned(),
         }))
+    }
+
+    /// A COPY/ADD/WORKDIR failure: the user's mistake as a Dockerfile error at its line, an
+    /// IO failure as a step error.
+    fn copy_err(&self, line: usize, e: copy::CopyError) -> Error {
+        match e {
+            copy::CopyError::Input(m) => self.err(line, m),
+            copy::CopyError::Io { what, source } => (self.step_err(line, what))(source.into()),
+        }
     }
 
     /// Prepares one `RUN --mount`: the host side of a bind mount, or an environment variable
@@ -273,29 +286,32 @@ impl Build<'_> {
                     target.ok_or_else(|| self.err(line, "RUN --mount=type=bind needs a target"))?;
                 let rel = clean_rel(m.source.as_deref().unwrap_or(""))
                     .ok_or_else(|| self.err(line, "RUN --mount source climbs out of its root"))?;
+                // The source is resolved inside its root and copied: the step sees a snapshot
+                // it cannot write back through (a read-write bind writes into a throwaway copy,
+                // as BuildKit discards them), and what `.dockerignore` excludes is not there.
                 let host: PathBuf = match m.from.as_deref() {
                     None | Some("context") => {
-                        let root = self
-                            .opts
-                            .context
-                            .canonicalize()
-                            .map_err(io("read the build context"))?;
-                        let p = root.join(&rel);
-                        if fs::symlink_metadata(&p).is_err() {
-                            return Err(self.err(
-                                line,
-                                format!(
-                                    "RUN --mount source `{rel}` not found in the build context"
-                                ),
-                            ));
-                        }
-                        if m.read_only {
-                            p
-                        } else {
-                            // Writes to a read-write bind are thrown away, never written to the context.
-                            copy_tree(&p, scratch).map_err(io("copy the mount source"))?;
-                            scratch.to_owned()
-                        }
+                        self.with_context(|ctx, _| {
+                            let Some(resolved) = ctx.follow(&rel).or_else(|| rel.is_empty().then(String::new)) else {
+                                return Err(self.err(
+                                    line,
+                                    format!(
+                                        "RUN --mount source `{rel}` not found in the build context"
+                                    ),
+                                ));
+                            };
+                            if !resolved.is_empty() && !ctx.entries().contains_key(&resolved) {
+                                return Err(self.err(
+                                    line,
+                                    format!(
+                                        "RUN --mount source `{rel}` not found in the build context"
+                                    ),
+                                ));
+                            }
+                            snapshot_context(ctx, &resolved, scratch)
+                                .map_err(io("copy the mount source"))
+                        })?;
+                        scratch.to_owned()
                     }
                     Some(from) => {
                         let src = self.source_image(from, stage, line)?;
@@ -318,49 +334,120 @@ impl Build<'_> {
     }
 }
 
-/// Copies a host file or tree (symlinks as symlinks).
-fn copy_tree(src: &Path, dest: &Path) -> std::io::Result<()> {
-    let md = fs::symlink_metadata(src)?;
-    if md.is_file() {
-        if let Some(p) = dest.parent() {
-            fs::create_dir_all(p)?;
-        }
-        fs::copy(src, dest)?;
-        return Ok(());
+/// The home directory of a USER spec (`name`, `uid`, with an optional `:group`) in the image's
+/// `/etc/passwd`; `/` when it has none.
+fn home_of(view: &LayerView, user: Option<&str>) -> String {
+    let name = user.unwrap_or("0").split(':').next().unwrap_or("0");
+    let name = if name.is_empty() { "0" } else { name };
+    let passwd = view.read("etc/passwd").unwrap_or_default();
+    String::from_utf8_lossy(&passwd)
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 5 && (f[0] == name || f[2] == name))
+        .map_or_else(|| "/".to_owned(), |f| f[5].to_owned())
+}
+
+/// Copies what the context has at `rel` (a file, or a directory and everything below it that
+/// `.dockerignore` lets through) to the fresh directory `dest`, reading beneath the context
+/// root; symlinks are copied as symlinks.
+fn snapshot_context(ctx: &Context, rel: &str, dest: &Path) -> std::io::Result<()> {
+    let entries = ctx.entries();
+    if let Some(e) = entries.get(rel)
+        && e.kind == EntryKind::File
+    {
+        return copy_entry(ctx, e, dest);
     }
-    for e in walkdir::WalkDir::new(src).follow_links(false) {
-        let e = e.map_err(std::io::Error::other)?;
-        let rel = e.path().strip_prefix(src).map_err(std::io::Error::other)?;
-        let to = dest.join(rel);
-        let ft = e.file_type();
-        if ft.is_dir() {
-            fs::create_dir_all(&to)?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(e.path())?, &to)?;
-        } else if ft.is_file() {
-            fs::copy(e.path(), &to)?;
-        }
+    fs::create_dir_all(dest)?;
+    let prefix = if rel.is_empty() {
+        String::new()
+    } else {
+        format!("{rel}/")
+    };
+    for (k, e) in entries.range(prefix.clone()..) {
+        let Some(sub) = k.strip_prefix(&prefix) else {
+            break;
+        };
+        write_below(dest, sub, &e.kind, |to| copy_entry(ctx, e, to))?;
     }
     Ok(())
 }
 
-/// Copies what a merged layer view shows below `rel` into `dest`.
+fn copy_entry(ctx: &Context, e: &crate::context::Entry, to: &Path) -> std::io::Result<()> {
+    let mut src = ctx.open(e)?;
+    let mut out = new_file(to)?;
+    std::io::copy(&mut src, &mut out)?;
+    out.set_permissions(fs::Permissions::from_mode(e.mode))
+}
+
+/// Creates a new file without following a symlink at its name.
+fn new_file(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+/// Creates `sub` below the fresh directory `dest`: a directory, a symlink (as a symlink), or a
+/// file through `file`. Each parent must be a directory created here before (listings are
+/// sorted, parents first), so no path below `dest` can pass through a symlink.
+fn write_below(
+    dest: &Path,
+    sub: &str,
+    kind: &EntryKind,
+    file: impl FnOnce(&Path) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let to = dest.join(sub);
+    if let Some(parent) = Path::new(sub).parent()
+        && !parent.as_os_str().is_empty()
+        && !fs::symlink_metadata(dest.join(parent)).is_ok_and(|m| m.is_dir())
+    {
+        return Ok(()); // below a link or a file: not part of the tree
+    }
+    match kind {
+        EntryKind::Dir => match fs::create_dir(&to) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(e),
+        },
+        EntryKind::Symlink(t) => std::os::unix::fs::symlink(t, &to),
+        EntryKind::File => file(&to),
+    }
+}
+
+/// Copies what a merged layer view shows at `rel` (symlinks on the way followed inside the
+/// image) into `dest`.
 fn materialise(view: &LayerView, rel: &str, dest: &Path) -> std::io::Result<()> {
+    let listing = view.list(rel)?;
+    let given = clean_rel(rel).unwrap_or_default();
+    if let Some(top) = listing.get(&given)
+        && top.node.file_type() == rustix::fs::FileType::RegularFile
+    {
+        let mut out = new_file(dest)?;
+        std::io::copy(&mut top.node.open()?, &mut out)?;
+        return Ok(());
+    }
     fs::create_dir_all(dest)?;
-    for (path, e) in view.list(rel) {
+    for (path, e) in &listing {
         let sub = path
-            .strip_prefix(rel)
-            .unwrap_or(&path)
+            .strip_prefix(&given)
+            .unwrap_or(path)
             .trim_start_matches('/');
-        let to = dest.join(sub);
-        let ft = e.metadata.file_type();
-        if ft.is_dir() {
-            fs::create_dir_all(&to)?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(fs::read_link(&e.host)?, &to)?;
-        } else if ft.is_file() {
-            fs::copy(&e.host, &to)?;
+        if sub.is_empty() {
+            continue;
         }
+        let kind = match e.node.file_type() {
+            rustix::fs::FileType::Directory => EntryKind::Dir,
+            rustix::fs::FileType::Symlink => EntryKind::Symlink(PathBuf::from(e.node.read_link()?)),
+            rustix::fs::FileType::RegularFile => EntryKind::File,
+            _ => continue,
+        };
+        write_below(dest, sub, &kind, |to| {
+            let mut out = new_file(to)?;
+            std::io::copy(&mut e.node.open()?, &mut out)?;
+            out.set_permissions(fs::Permissions::from_mode(e.node.stat.st_mode & 0o7777))
+        })?;
     }
     Ok(())
 }

@@ -39,6 +39,7 @@ pub mod image;
 mod options;
 mod plan;
 pub mod registry;
+pub mod rootfs;
 mod remote_cache;
 mod stage;
 pub mod step;

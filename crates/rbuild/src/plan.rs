@@ -16,7 +16,6 @@ use crate::explain::StepInputs;
 use crate::image;
 use crate::stage::{Build, StageResult};
 use crate::step::{self, Action, PlanState, Step};
-use crate::view::LayerView;
 
 impl Build<'_> {
     /// ADD of a URL: the body, checked against `--checksum` when given. Downloaded at planning
@@ -56,7 +55,6 @@ impl Build<'_> {
         idx: usize,
         instructions: &[Instruction],
         base: &StageResult,
-        view: &LayerView,
     ) -> Result<Vec<Step>> {
         let lexer = self.lexer();
         let shell = base
@@ -131,7 +129,7 @@ impl Build<'_> {
                         parents: c.parents,
                         checksum: None,
                     };
-                    self.plan_copy(idx, &st, view, line, &spec, &mut extra_key)?
+                    self.plan_copy(idx, &st, line, &spec, &mut extra_key)?
                 }
                 InstructionKind::Add(a) => {
                     let spec = CopySpec {
@@ -148,7 +146,7 @@ impl Build<'_> {
                         parents: false,
                         checksum: a.checksum.as_deref(),
                     };
-                    self.plan_copy(idx, &st, view, line, &spec, &mut extra_key)?
+                    self.plan_copy(idx, &st, line, &spec, &mut extra_key)?
                 }
                 InstructionKind::Run(run) => {
                     let (action, text) =
@@ -319,19 +317,16 @@ impl Build<'_> {
         &self,
         idx: usize,
         st: &PlanState,
-        view: &LayerView,
         line: usize,
         spec: &CopySpec<'_>,
         extra_key: &mut String,
     ) -> Result<(Action, String)> {
         let kw = spec.keyword;
-        let chown = match spec.chown {
-            Some(u) => Some(
-                view.resolve_user(u)
-                    .map_err(|m| self.err(line, format!("{kw} --chown: {m}")))?,
-            ),
-            None => None,
-        };
+        if let Some(u) = spec.chown
+            && u.is_empty()
+        {
+            return Err(self.err(line, format!("{kw} --chown: empty user")));
+        }
         let chmod = match spec.chmod {
             Some(m) => Some(u32::from_str_radix(m, 8).map_err(|_| {
                 self.err(
@@ -361,26 +356,29 @@ impl Build<'_> {
             sources: &sources,
             dest: spec.dest,
             workdir: &workdir,
-            chown,
+            chown: spec.chown,
             chmod,
             keyword: kw,
             exclude: spec.exclude,
             parents: spec.parents,
+            keep_owners: spec.from.is_some(),
         };
         let mut plan = if sources.is_empty() && (!spec.heredocs.is_empty() || !urls.is_empty()) {
-            copy::CopyPlan::empty(chown.unwrap_or((0, 0)))
+            copy::CopyPlan::empty(kw, spec.dest, &workdir, spec.chown)
         } else if let Some(from) = spec.from {
             let src = self.source_image(from, idx, line)?;
             let src_view = image::ensure_unpacked(self.store, &src.layers)?;
-            let prefix = common_prefix(&sources, &workdir);
-            let mut ctx = Context::from_view(&src_view, &prefix, &src.key);
+            let mut ctx = Context::from_view(&src_view, &sources, &src.key).map_err(|e| {
+                self.err(line, format!("{kw} --from={from}: {e}"))
+            })?;
             let mut cache = HashCache::default();
-            copy::plan(&mut ctx, &mut cache, view, &req).map_err(|m| self.err(line, m))?
+            copy::plan(&mut ctx, &mut cache, &req).map_err(|m| self.err(line, m))?
         } else {
             self.with_context(|ctx, cache| {
-                copy::plan(ctx, cache, view, &req).map_err(|m| self.err(line, m))
+                copy::plan(ctx, cache, &req).map_err(|m| self.err(line, m))
             })?
         };
+        let named = spec.sources.len() + spec.heredocs.len();
         for h in spec.heredocs {
             let body = h.body();
             let content = if spec.expand_heredocs && h.expand {
@@ -396,11 +394,9 @@ impl Build<'_> {
             };
             plan.add_inline(
                 &h.name,
+                format!("<<{}", h.name),
                 content.into_bytes(),
-                spec.dest,
-                &workdir,
-                chown,
-                chmod,
+                chmod.unwrap_or(0o644),
             );
         }
         for url in &urls {
@@ -414,16 +410,12 @@ impl Build<'_> {
                 .unwrap_or("index.html")
                 .to_owned();
             // docker: a file downloaded by ADD gets mode 0600 unless --chmod says otherwise.
-            plan.add_inline(
-                &name,
-                bytes,
-                spec.dest,
-                &workdir,
-                chown,
-                Some(chmod.unwrap_or(0o600)),
-            );
-            if let Some(last) = plan.items.last_mut() {
-                last.label.clone_from(url);
+            plan.add_inline(&name, url.clone(), bytes, chmod.unwrap_or(0o600));
+        }
+        if named > 1 {
+            plan.many_sources = true;
+            for it in &mut plan.items {
+                it.whole = false;
             }
         }
         if spec.add {
@@ -456,35 +448,6 @@ pub(crate) struct CopySpec<'s> {
     pub exclude: &'s [String],
     pub parents: bool,
     pub checksum: Option<&'s str>,
-}
-
-/// The longest directory all sources share (absolute sources of `COPY --from` are relative to
-/// the source image's root), so only that subtree of the source image is listed.
-fn common_prefix(sources: &[String], _workdir: &str) -> String {
-    let dirs: Vec<Vec<String>> = sources
-        .iter()
-        .map(|s| {
-            let rel = clean_rel(s).unwrap_or_default();
-            let mut comps: Vec<String> = Vec::new();
-            for c in rel.split('/').filter(|c| !c.is_empty()) {
-                if crate::context::has_glob(c) {
-                    break;
-                }
-                comps.push(c.to_owned());
-            }
-            // The last component may be a file: list its parent.
-            comps.pop();
-            comps
-        })
-        .collect();
-    let Some(first) = dirs.first() else {
-        return String::new();
-    };
-    let mut n = first.len();
-    for d in &dirs[1..] {
-        n = n.min(first.iter().zip(d).take_while(|(a, b)| a == b).count());
-    }
-    first[..n].join("/")
 }
 
 /// A COPY's sources in `--explain` form: source path → what lands where.

@@ -441,7 +441,7 @@ impl<'a> Build<'a> {
             cached: false,
         });
         let mut view = image::ensure_unpacked(self.store, &base.layers)?;
-        let steps = self.plan(idx, &instructions, &base, &view)?;
+        let steps = self.plan(idx, &instructions, &base)?;
         let no_cache = self.opts.no_cache
             || stage.name.as_deref().is_some_and(|n| {
                 self.opts

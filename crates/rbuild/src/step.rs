@@ -121,6 +121,34 @@ pub fn render_command(args: &[String]) -> String {
     serde_json::to_string(args).unwrap_or_default()
 }
 
+/// The `ExposedPorts` keys of one EXPOSE argument: `80`, `80/udp`, and ranges such as
+/// `9000-9001/tcp`, which docker and BuildKit expand into one key per port.
+///
+/// # Errors
+///
+/// A message for a port that is not a number or a range that runs backwards.
+pub fn expose_keys(spec: &str) -> Result<Vec<String>, String> {
+    let (ports, proto) = match spec.split_once('/') {
+        Some((p, proto)) => (p, proto.to_lowercase()),
+        None => (spec, "tcp".to_owned()),
+    };
+    let bad = || format!("EXPOSE {spec}: invalid port (expected PORT, PORT/PROTO or START-END/PROTO)");
+    let (lo, hi) = match ports.split_once('-') {
+        Some((a, b)) => (
+            a.parse::<u16>().map_err(|_| bad())?,
+            b.parse::<u16>().map_err(|_| bad())?,
+        ),
+        None => {
+            let p = ports.parse::<u16>().map_err(|_| bad())?;
+            (p, p)
+        }
+    };
+    if hi < lo {
+        return Err(bad());
+    }
+    Ok((lo..=hi).map(|p| format!("{p}/{proto}")).collect())
+}
+
 /// Cleans an absolute path lexically (`/a/./b/../c` → `/a/c`).
 pub fn clean_abs(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
@@ -185,12 +213,9 @@ pub fn plan_simple(st: &mut PlanState, inst: &Instruction) -> Result<(Action, St
         InstructionKind::Expose(ports) => {
             let map = c.exposed_ports.get_or_insert_with(BTreeMap::new);
             for p in ports {
-                let p = if p.contains('/') {
-                    p.to_lowercase()
-                } else {
-                    format!("{p}/tcp")
-                };
-                map.insert(p, json!({}));
+                for key in expose_keys(p)? {
+                    map.insert(key, json!({}));
+                }
             }
             (
                 Action::ConfigOnly,

@@ -4,26 +4,16 @@
 //! Layer directories are in overlay upperdir form: a deleted path is a character device 0/0, a
 //! directory that replaces a lower one carries `trusted.overlay.opaque=y`.
 
-use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::PathBuf;
+
+use crate::rootfs::{Layers, Node};
 
 /// The layer directories of an image, top-most first.
 #[derive(Debug, Clone, Default)]
 pub struct LayerView {
     dirs: Vec<PathBuf>,
-}
-
-fn is_whiteout(md: &fs::Metadata) -> bool {
-    md.file_type().is_char_device() && md.rdev() == 0
-}
-
-fn is_opaque(path: &Path) -> bool {
-    matches!(xattr_get(path, "trusted.overlay.opaque"), Some(v) if v == b"y")
-}
-
-fn xattr_get(path: &Path, name: &str) -> Option<Vec<u8>> {
-    xattr::get(path, name).ok().flatten()
 }
 
 impl LayerView {
@@ -37,48 +27,27 @@ impl LayerView {
         &self.dirs
     }
 
-    /// The host path of `rel` (slash-separated, relative to `/`) in the merged view, if it
-    /// exists. Symlinks inside the image are not followed.
-    pub fn find(&self, rel: &str) -> Option<PathBuf> {
-        let comps: Vec<&str> = rel
-            .split('/')
-            .filter(|c| !c.is_empty() && *c != ".")
-            .collect();
-        'layers: for dir in &self.dirs {
-            let mut p = dir.clone();
-            for (i, c) in comps.iter().enumerate() {
-                p.push(c);
-                match fs::symlink_metadata(&p) {
-                    Ok(md) if is_whiteout(&md) => return None,
-                    Ok(md) if i + 1 == comps.len() => {
-                        let _ = md;
-                        return Some(p);
-                    }
-                    Ok(md) if md.is_dir() => {
-                        if is_opaque(&p) {
-                            // Nothing below this directory comes from lower layers.
-                            let rest: PathBuf = comps[i + 1..].iter().collect();
-                            let full = p.join(rest);
-                            return fs::symlink_metadata(&full)
-                                .ok()
-                                .filter(|m| !is_whiteout(m))
-                                .map(|_| full);
-                        }
-                    }
-                    Ok(_) => return None, // a file where a directory was expected
-                    Err(_) => continue 'layers,
-                }
-            }
-            if comps.is_empty() {
-                return Some(dir.clone());
-            }
-        }
-        None
+    /// Opens the layer directories for in-root lookups.
+    ///
+    /// # Errors
+    ///
+    /// When a layer directory cannot be opened.
+    pub fn layers(&self) -> io::Result<Layers> {
+        Layers::open(&self.dirs)
+    }
+
+    /// Whether `rel` (slash-separated, relative to `/`) exists in the merged view; symlinks on
+    /// the way are followed inside the image, the last one is not.
+    pub fn exists(&self, rel: &str) -> bool {
+        self.layers()
+            .ok()
+            .and_then(|l| l.resolve(rel, false).ok())
+            .is_some_and(|r| r.node.is_some())
     }
 
     /// Reads a small file from the merged view.
     pub fn read(&self, rel: &str) -> Option<Vec<u8>> {
-        self.find(rel).and_then(|p| fs::read(p).ok())
+        self.layers().ok()?.read(rel, 16 << 20).ok().flatten()
     }
 
     /// Resolves a USER / `--chown` spec (`uid`, `uid:gid`, `name`, `name:group`) against the
@@ -89,6 +58,21 @@ impl LayerView {
     ///
     /// A message naming the user or group that the image does not define.
     pub fn resolve_user(&self, spec: &str) -> Result<(u32, u32), String> {
+        self.resolve_owner(spec, false)
+    }
+
+    /// Resolves a `--chown` spec (and the owner WORKDIR gives the directories it creates) as
+    /// BuildKit's file operations do: like [`LayerView::resolve_user`], except that a numeric
+    /// user without a group gets the same number as its group (`--chown=1234` is 1234:1234).
+    ///
+    /// # Errors
+    ///
+    /// A message naming the user or group that the image does not define.
+    pub fn resolve_chown(&self, spec: &str) -> Result<(u32, u32), String> {
+        self.resolve_owner(spec, true)
+    }
+
+    fn resolve_owner(&self, spec: &str, numeric_group: bool) -> Result<(u32, u32), String> {
         let (user, group) = match spec.split_once(':') {
             Some((u, g)) => (u, Some(g)),
             None => (spec, None),
@@ -96,6 +80,9 @@ impl LayerView {
         let passwd =
             String::from_utf8_lossy(&self.read("etc/passwd").unwrap_or_default()).into_owned();
         let (uid, primary) = if let Ok(uid) = user.parse::<u32>() {
+            if numeric_group {
+                (uid, uid)
+            } else {
             let primary = passwd
                 .lines()
                 .map(|l| l.split(':').collect::<Vec<_>>())
@@ -103,6 +90,7 @@ impl LayerView {
                 .and_then(|f| f[3].parse().ok())
                 .unwrap_or(0);
             (uid, primary)
+            }
         } else {
             passwd
                 .lines()
@@ -139,117 +127,47 @@ impl LayerView {
 /// One path of a merged listing.
 #[derive(Debug, Clone)]
 pub struct ViewEntry {
-    /// The host path in the layer directory that provides it.
+    /// The host path in the layer directory that provides it (every directory on the way is a
+    /// real directory of that layer; layer directories are immutable).
     pub host: PathBuf,
-    /// Its metadata (not following symlinks).
-    pub metadata: fs::Metadata,
+    /// The entry itself, readable through descriptors.
+    pub node: Node,
 }
 
 impl LayerView {
-    /// Lists everything at and below `prefix` (relative, slash-separated; empty for the whole
-    /// root) in the merged view, as overlayfs would show it: upper layers win, whiteouts hide
-    /// lower paths, an opaque directory hides what lower layers have below it.
-    pub fn list(&self, prefix: &str) -> std::collections::BTreeMap<String, ViewEntry> {
-        use std::collections::{BTreeMap, BTreeSet};
-        let prefix = prefix.trim_matches('/');
-        let comps: Vec<&str> = prefix.split('/').filter(|c| !c.is_empty()).collect();
-        let mut out: BTreeMap<String, ViewEntry> = BTreeMap::new();
-        let mut deleted: BTreeSet<String> = BTreeSet::new();
-        let mut opaque: BTreeSet<String> = BTreeSet::new();
-        let hidden = |rel: &str, deleted: &BTreeSet<String>, opaque: &BTreeSet<String>| {
-            let mut cur = String::new();
-            for c in rel.split('/') {
-                if !cur.is_empty() {
-                    if opaque.contains(&cur) {
-                        return true;
-                    }
-                    cur.push('/');
-                }
-                cur.push_str(c);
-                if deleted.contains(&cur) {
-                    return true;
-                }
-            }
-            false
+    /// Lists `path` and everything below it in the merged view, as overlayfs would show it:
+    /// upper layers win, whiteouts and opaque directories hide lower paths, a non-directory
+    /// hides everything below it in lower layers. Symlinks in `path` itself are followed inside
+    /// the image (BuildKit follows them in COPY sources); the listing's keys keep the path as
+    /// given (cleaned, no leading `/`), with what is below it appended.
+    ///
+    /// # Errors
+    ///
+    /// When a layer cannot be read, or `path` resolves through a non-directory or a loop.
+    pub fn list(&self, path: &str) -> io::Result<BTreeMap<String, ViewEntry>> {
+        let layers = self.layers()?;
+        let mut out = BTreeMap::new();
+        let Some(start) = layers.find(path)? else {
+            return Ok(out);
         };
-        for dir in &self.dirs {
-            // Ancestors of the prefix in this layer: a whiteout or non-directory ends the search.
-            let mut p = dir.clone();
-            let mut blocked = false;
-            let mut so_far = String::new();
-            for c in &comps[..comps.len().saturating_sub(1)] {
-                p.push(c);
-                if !so_far.is_empty() {
-                    so_far.push('/');
-                }
-                so_far.push_str(c);
-                match fs::symlink_metadata(&p) {
-                    Ok(md) if is_whiteout(&md) => {
-                        deleted.insert(so_far.clone());
-                        blocked = true;
-                        break;
-                    }
-                    Ok(md) if md.is_dir() => {
-                        if is_opaque(&p) {
-                            opaque.insert(so_far.clone());
-                        }
-                    }
-                    Ok(_) => {
-                        blocked = true;
-                        break;
-                    }
-                    Err(_) => {
-                        blocked = true;
-                        break;
-                    }
-                }
-            }
-            if blocked && hidden(prefix, &deleted, &opaque) {
-                break;
-            }
-            if blocked {
-                continue;
-            }
-            let start = dir.join(prefix);
-            if fs::symlink_metadata(&start).is_err() {
-                continue;
-            }
-            // Whiteouts and opaque dirs of this layer hide lower layers only.
-            let mut new_deleted = BTreeSet::new();
-            let mut new_opaque = BTreeSet::new();
-            for item in walkdir::WalkDir::new(&start)
-                .follow_links(false)
-                .sort_by_file_name()
-            {
-                let Ok(item) = item else { continue };
-                let Ok(rel) = item.path().strip_prefix(dir) else {
-                    continue;
-                };
-                let rel = rel.to_string_lossy().into_owned();
-                if rel.is_empty() || hidden(&rel, &deleted, &opaque) {
-                    continue;
-                }
-                let Ok(md) = item.path().symlink_metadata() else {
-                    continue;
-                };
-                if is_whiteout(&md) {
-                    new_deleted.insert(rel);
-                    continue;
-                }
-                if md.is_dir() && is_opaque(item.path()) {
-                    new_opaque.insert(rel.clone());
-                }
-                out.entry(rel).or_insert(ViewEntry {
-                    host: item.path().to_owned(),
-                    metadata: md,
-                });
-            }
-            deleted.extend(new_deleted);
-            opaque.extend(new_opaque);
-            if hidden(prefix, &deleted, &opaque) {
-                break;
-            }
-        }
-        out
+        let given = crate::context::clean_rel(path).unwrap_or_default();
+        let base = start.rel.clone();
+        layers.walk(&start, &mut |n| {
+            let below = n.rel.strip_prefix(&base).unwrap_or(&n.rel).trim_start_matches('/');
+            let key = match (given.is_empty(), below.is_empty()) {
+                (true, _) => below.to_owned(),
+                (_, true) => given.clone(),
+                _ => format!("{given}/{below}"),
+            };
+            out.insert(
+                key,
+                ViewEntry {
+                    host: layers.host_path(n),
+                    node: n.clone(),
+                },
+            );
+            Ok(())
+        })?;
+        Ok(out)
     }
 }
