@@ -13,7 +13,6 @@ use std::path::Path;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rbuild::context::{Context, HashCache};
 use rbuild::copy::{self, CopyRequest};
-use rbuild::view::LayerView;
 
 fn make_context(dir: &Path, files: usize) {
     for i in 0..files {
@@ -57,7 +56,6 @@ fn bench(c: &mut Criterion) {
             });
         });
         group.bench_with_input(BenchmarkId::new("copy_key_warm", files), &files, |b, _| {
-            let view = LayerView::default();
             let sources = vec![".".to_owned()];
             b.iter(|| {
                 let mut ctx = Context::walk(dir.path()).unwrap();
@@ -70,8 +68,10 @@ fn bench(c: &mut Criterion) {
                     keyword: "COPY",
                     exclude: &[],
                     parents: false,
+                    keep_owners: false,
+                    origin: "the build context",
                 };
-                copy::plan(&mut ctx, &mut warm, &view, &req).unwrap().digest
+                copy::plan(&mut ctx, &mut warm, &req).unwrap().digest
             });
         });
     }

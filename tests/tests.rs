@@ -12,4 +12,5 @@ mod deploy_cli;
 mod pipeline_cli;
 mod registry_cli;
 mod reliability;
+mod semantics;
 mod support;

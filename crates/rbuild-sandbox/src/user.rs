@@ -40,9 +40,10 @@ pub(crate) fn split_spec(spec: Option<&str>) -> (Vec<u8>, Option<Vec<u8>>) {
 /// (`None` when the file does not exist), filling `groups` with the supplementary gids.
 ///
 /// Follows runc's `libcontainer/user.GetExecUser`: a numeric uid missing from passwd is used as
-/// is with gid 0; a name must exist; an explicit group replaces the primary gid and means no
+/// is with gid 0; a name must exist; an explicit group replaces the primary gid and means no other
 /// supplementary groups; otherwise the supplementary groups are those of `/etc/group` that list
-/// the user's name as a member.
+/// the user's name as a member. The primary gid is added to the supplementary groups, as
+/// docker's and BuildKit's steps have it.
 pub(crate) fn resolve(
     user: &[u8],
     group: Option<&[u8]>,
@@ -96,6 +97,12 @@ pub(crate) fn resolve(
                 }
             }
         }
+    }
+    // docker and BuildKit run a step with its primary group among its supplementary groups
+    // too (`id` shows `groups=0(root)` for root, `groups=1000(app),…` for app).
+    if !groups[..ngroups].contains(&gid) {
+        *groups.get_mut(ngroups).ok_or(UserError::TooManyGroups)? = gid;
+        ngroups += 1;
     }
     Ok(Ids { uid, gid, ngroups })
 }
@@ -162,27 +169,28 @@ mod tests {
     fn name_gets_primary_and_supplementary_groups() {
         let (ids, groups) = run("app", None).unwrap();
         assert_eq!((ids.uid, ids.gid), (1000, 1000));
-        assert_eq!(groups, vec![10, 29]);
+        assert_eq!(groups, vec![10, 29, 1000]);
     }
 
     #[test]
     fn numeric_uid_in_passwd_uses_its_name_for_groups() {
         let (ids, groups) = run("0", None).unwrap();
         assert_eq!((ids.uid, ids.gid), (0, 0));
-        assert_eq!(groups, vec![10]);
+        assert_eq!(groups, vec![10, 0]);
     }
 
     #[test]
     fn numeric_uid_missing_from_passwd_gets_gid_zero() {
         let (ids, groups) = run("4242", None).unwrap();
         assert_eq!((ids.uid, ids.gid), (4242, 0));
-        assert!(groups.is_empty());
+        assert_eq!(groups, vec![0]);
     }
 
     #[test]
-    fn explicit_group_by_name_or_number_drops_supplementary_groups() {
+    fn explicit_group_by_name_or_number_replaces_supplementary_groups() {
         let (ids, groups) = run("app", Some("staff")).unwrap();
-        assert_eq!((ids.uid, ids.gid, groups.len()), (1000, 50, 0));
+        assert_eq!((ids.uid, ids.gid), (1000, 50));
+        assert_eq!(groups, vec![50]);
         let (ids, _) = run("1000", Some("7")).unwrap();
         assert_eq!((ids.uid, ids.gid), (1000, 7));
     }
@@ -197,7 +205,7 @@ mod tests {
     fn missing_files_allow_numeric_ids_only() {
         let mut buf = [0u32; 1];
         let ids = resolve(b"5", Some(b"6"), None, None, &mut buf).unwrap();
-        assert_eq!((ids.uid, ids.gid, ids.ngroups), (5, 6, 0));
+        assert_eq!((ids.uid, ids.gid, ids.ngroups), (5, 6, 1));
         assert_eq!(
             resolve(b"app", None, None, None, &mut buf),
             Err(UserError::UnknownUser)

@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -193,7 +193,8 @@ impl Context {
                 // Sockets, fifos and devices are not part of a build context (docker skips them too).
                 continue;
             };
-            let link_id = (md.nlink() > 1 && kind == EntryKind::File).then_some((md.dev(), md.ino()));
+            let link_id =
+                (md.nlink() > 1 && kind == EntryKind::File).then_some((md.dev(), md.ino()));
             entries.insert(
                 rel.clone(),
                 Entry {
@@ -244,15 +245,14 @@ impl Context {
             let rel = clean_rel(src).unwrap_or_default();
             if has_glob(&rel) {
                 // List the directory above the first pattern, then follow matches that are links.
-                let fixed: Vec<&str> = rel
-                    .split('/')
-                    .take_while(|c| !has_glob(c))
-                    .collect();
+                let fixed: Vec<&str> = rel.split('/').take_while(|c| !has_glob(c)).collect();
                 let parent = fixed.join("/");
                 let all = view.list(&parent)?;
                 let links: Vec<String> = all
                     .iter()
-                    .filter(|(k, e)| glob_match(&rel, k) && e.node.file_type() == rustix::fs::FileType::Symlink)
+                    .filter(|(k, e)| {
+                        glob_match(&rel, k) && e.node.file_type() == rustix::fs::FileType::Symlink
+                    })
                     .map(|(k, _)| k.clone())
                     .collect();
                 listed.extend(all);
@@ -300,7 +300,8 @@ impl Context {
                     mtime,
                     sha256,
                     owner: Some((st.st_uid, st.st_gid)),
-                    link_id: (st.st_nlink > 1 && e.node.file_type() == rustix::fs::FileType::RegularFile)
+                    link_id: (st.st_nlink > 1
+                        && e.node.file_type() == rustix::fs::FileType::RegularFile)
                         .then_some((st.st_dev, st.st_ino)),
                     identity: Identity {
                         size,

@@ -133,7 +133,7 @@ impl CopyPlan {
             if it.kind == EntryKind::File && it.content.is_none() {
                 let probe = match &root {
                     Some(fd) => rootfs::open_beneath(&**fd, &it.src_rel)
-                        .map(|f| crate::archive::is_archive_file(f)),
+                        .map(crate::archive::is_archive_file),
                     None => Ok(crate::archive::is_archive(&it.src)),
                 };
                 if probe.unwrap_or(false) {
@@ -225,6 +225,8 @@ pub struct CopyRequest<'a> {
     pub parents: bool,
     /// Sources come from a stage or an image: their owners are kept without `--chown`.
     pub keep_owners: bool,
+    /// Where the sources come from, for messages (`the build context`, `stage build`).
+    pub origin: &'a str,
 }
 
 /// Resolves a COPY against its source tree (the context, or a stage's or image's files);
@@ -244,7 +246,10 @@ pub fn plan(
     let mut matched: Vec<(String, String)> = Vec::new();
     for src in req.sources {
         let rel = clean_rel(src).ok_or_else(|| {
-            format!("{kw} source `{src}` is outside the build context (sources are relative to the context directory)")
+            format!(
+                "{kw} source `{src}` is outside {} (sources are relative to it)",
+                req.origin
+            )
         })?;
         let follow = |ctx: &Context, rel: &str| -> Result<String, String> {
             ctx.follow(rel).ok_or_else(|| {
@@ -252,7 +257,10 @@ pub fn plan(
                     EntryKind::Symlink(t) => t.display().to_string(),
                     _ => String::new(),
                 };
-                format!("{kw} source `{rel}` is a symbolic link to `{target}`, which is not in the build context")
+                format!(
+                    "{kw} source `{rel}` is a symbolic link to `{target}`, which is not in {}",
+                    req.origin
+                )
             })
         };
         if has_glob(&rel) {
@@ -276,15 +284,14 @@ pub fn plan(
         } else if ctx.is_excluded(&rel) {
             return Err(format!("{kw} source `{src}` is excluded by .dockerignore"));
         } else {
-            return Err(format!(
-                "{kw} source `{src}` not found in the build context"
-            ));
+            return Err(format!("{kw} source `{src}` not found in {}", req.origin));
         }
     }
     let (dest, dest_is_dir) = dest_of(req.dest, req.workdir);
     let many = matched.len() > 1;
     let prefixes: Vec<String> = matched.iter().map(|(_, to)| to.clone()).collect();
-    ctx.hash_files(&prefixes, cache).map_err(|e| e.to_string())?;
+    ctx.hash_files(&prefixes, cache)
+        .map_err(|e| e.to_string())?;
     let join = |a: &str, b: &str| -> String {
         match (a.is_empty(), b.is_empty()) {
             (true, _) => b.to_owned(),
@@ -320,6 +327,18 @@ pub fn plan(
             String::new()
         };
         if is_dir {
+            // The directory itself lands as the destination (or `dest/its path` with
+            // --parents) and gives it its owner and mode, as BuildKit's copy does; the
+            // context's own root does not.
+            if !rel.is_empty() && seen.insert((false, base.clone())) {
+                items.push(item(
+                    base.clone(),
+                    false,
+                    name_rel,
+                    &ctx.entries()[rel],
+                    req,
+                ));
+            }
             let prefix = if rel.is_empty() {
                 String::new()
             } else {
@@ -454,7 +473,9 @@ pub fn execute(
     };
     let mut links: HashMap<(u64, u64), (Arc<OwnedFd>, OsString)> = HashMap::new();
     for it in &plan.items {
-        let target = if it.whole && !dest_is_dir {
+        // An archive is extracted into the destination itself, a directory whether or not it
+        // ends in `/` (docker: "ADD app.tar /opt2" fills /opt2).
+        let target = if (it.whole && !dest_is_dir) || it.sub.is_empty() || it.extract {
             dest_rel.clone()
         } else if dest_rel.is_empty() {
             it.sub.clone()
@@ -470,6 +491,8 @@ pub fn execute(
             continue;
         }
         match &it.kind {
+            // The image's root keeps its own metadata.
+            EntryKind::Dir if target.is_empty() => {}
             EntryKind::Dir => {
                 let dir = w.dir_at(&target, (uid, gid))?;
                 rustix::fs::fchown(
@@ -481,11 +504,12 @@ pub fn execute(
                     what: format!("set the owner of /{target}"),
                     source: e.into(),
                 })?;
-                rustix::fs::fchmod(&*dir, Mode::from_raw_mode(it.mode))
-                    .map_err(|e| CopyError::Io {
+                rustix::fs::fchmod(&*dir, Mode::from_raw_mode(it.mode)).map_err(|e| {
+                    CopyError::Io {
                         what: format!("set the mode of /{target}"),
                         source: e.into(),
-                    })?;
+                    }
+                })?;
                 w.stamps.push((dir, it.mtime));
             }
             EntryKind::Symlink(t) => {
@@ -599,7 +623,9 @@ impl Writer {
         }
         let mut comps: Vec<OsString> = r.dir.clone();
         if r.node.is_some() && !r.rel().is_empty() {
-            comps.push(OsString::from(r.rel().rsplit('/').next().unwrap_or_default()));
+            comps.push(OsString::from(
+                r.rel().rsplit('/').next().unwrap_or_default(),
+            ));
         }
         let existing = comps.len();
         comps.extend(r.missing.iter().cloned());
@@ -649,12 +675,12 @@ impl Writer {
             } else {
                 None
             };
-            rustix::fs::mkdirat(&*cur, c.as_os_str(), Mode::from_raw_mode(0o755)).map_err(
-                |e| CopyError::Io {
+            rustix::fs::mkdirat(&*cur, c.as_os_str(), Mode::from_raw_mode(0o755)).map_err(|e| {
+                CopyError::Io {
                     what: format!("create /{rel}"),
                     source: e.into(),
-                },
-            )?;
+                }
+            })?;
             let fd = Arc::new(open_dir_at(&*cur, c).map_err(io_err(format!("open /{rel}")))?);
             let (uid, gid, mode) = match &image_dir {
                 Some(n) => (n.stat.st_uid, n.stat.st_gid, n.stat.st_mode & 0o7777),
@@ -682,10 +708,8 @@ impl Writer {
                         rustix::fs::XattrFlags::empty(),
                     );
                 }
-                self.stamps.push((
-                    fd.clone(),
-                    (n.stat.st_mtime, n.stat.st_mtime_nsec as i64),
-                ));
+                self.stamps
+                    .push((fd.clone(), (n.stat.st_mtime, n.stat.st_mtime_nsec as i64)));
             }
             cur = fd;
         }
@@ -848,7 +872,25 @@ fn write_file(
         }
         None => {
             let mut src = open_source(plan, it)?;
-            io::copy(&mut src, &mut out).map_err(io_err(format!("copy {}", it.label)))?;
+            if plan.root.is_some() {
+                // Context files: copy exactly what the key was computed from. A file edited
+                // after planning would otherwise be stored under its old content's key and
+                // served to the next build.
+                let mut hashing = HashingWriter {
+                    inner: &mut out,
+                    hasher: Sha256::new(),
+                };
+                io::copy(&mut src, &mut hashing).map_err(io_err(format!("copy {}", it.label)))?;
+                let got = hex::encode(hashing.hasher.finalize());
+                if it.sha256.as_deref() != Some(got.as_str()) {
+                    return Err(CopyError::Input(format!(
+                        "{} source `{}` changed during the build (its content is not what the cache key was computed from); build again",
+                        plan.keyword, it.label
+                    )));
+                }
+            } else {
+                io::copy(&mut src, &mut out).map_err(io_err(format!("copy {}", it.label)))?;
+            }
         }
     }
     rustix::fs::fchown(
@@ -880,6 +922,24 @@ fn write_file(
         what: format!("set the times of /{target}"),
         source: e.into(),
     })
+}
+
+/// Hashes what passes through it.
+struct HashingWriter<'a, W> {
+    inner: &'a mut W,
+    hasher: Sha256,
+}
+
+impl<W: io::Write> io::Write for HashingWriter<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// `/proc/self/fd/N` for an open file or directory (for calls that take a path).

@@ -292,7 +292,10 @@ impl Build<'_> {
                 let host: PathBuf = match m.from.as_deref() {
                     None | Some("context") => {
                         self.with_context(|ctx, _| {
-                            let Some(resolved) = ctx.follow(&rel).or_else(|| rel.is_empty().then(String::new)) else {
+                            let Some(resolved) = ctx
+                                .follow(&rel)
+                                .or_else(|| rel.is_empty().then(String::new))
+                            else {
                                 return Err(self.err(
                                     line,
                                     format!(

@@ -169,15 +169,55 @@ impl Build<'_> {
                 }
                 _ => step::plan_simple(&mut st, &expanded).map_err(|m| self.err(line, m))?,
             };
+            // The build args a step reads: RUN sees every visible one in its environment (and
+            // heredoc bodies are expanded with all of them); any other instruction only those
+            // its text uses — an unused arg must not miss the cache (BuildKit).
+            let reads_all_args = match &expanded.kind {
+                InstructionKind::Run(_) => true,
+                InstructionKind::Copy(c) => !c.heredocs.is_empty(),
+                InstructionKind::Add(a) => !a.heredocs.is_empty(),
+                _ => false,
+            };
+            let keyed_args: Vec<String> = visible_before
+                .iter()
+                .filter(|kv| {
+                    reads_all_args
+                        || report
+                            .used
+                            .contains(kv.split_once('=').map_or(kv.as_str(), |(k, _)| k))
+                })
+                .cloned()
+                .collect();
             let key = step::key_of(&json!([
+                step::KEY_SCHEMA,
                 parent,
                 created_by,
-                visible_before,
+                keyed_args,
                 extra_key,
                 platform,
-                compression
+                compression,
+                self.opts.source_date_epoch
             ]));
-            st.key = key.clone();
+            // Instructions that only shape the image config (LABEL, EXPOSE, CMD, ...) and ARG
+            // (whose value reaches later steps through their own keys) do not change what
+            // later steps run on: they stay out of the key chain, so changing one does not
+            // re-run every step after it.
+            let chains = !matches!(
+                &expanded.kind,
+                InstructionKind::Arg(_)
+                    | InstructionKind::Label(_)
+                    | InstructionKind::Expose(_)
+                    | InstructionKind::Cmd(_)
+                    | InstructionKind::Entrypoint(_)
+                    | InstructionKind::Healthcheck(_)
+                    | InstructionKind::StopSignal(_)
+                    | InstructionKind::Maintainer(_)
+                    | InstructionKind::Volume(_)
+                    | InstructionKind::Onbuild(_)
+            );
+            if chains {
+                st.key = key.clone();
+            }
             let files = match &action {
                 Action::Copy(plan) => files_of(plan),
                 _ => BTreeMap::new(),
@@ -255,10 +295,11 @@ impl Build<'_> {
         };
         let mut mounts = Vec::new();
         for m in &run.mounts {
-            extra_key.push_str(&format!(
-                "|mount:{:?}:{:?}:{:?}:{:?}",
-                m.kind, m.target, m.source, m.from
-            ));
+            // Every option the step can observe is in the key (ids, env, uid/gid/mode, rw,
+            // readonly, sharing, ...): the mount as written, after expansion. Secret values are
+            // not in it, only their ids (BuildKit keys secrets the same way).
+            extra_key.push_str("|mount:");
+            extra_key.push_str(&m.raw);
             let mut source_key = None;
             if m.kind == MountType::Bind {
                 match m.from.as_deref() {
@@ -268,21 +309,47 @@ impl Build<'_> {
                                 self.err(line, "RUN --mount source is outside the build context")
                             })?;
                         let digest = self.with_context(|ctx, cache| {
-                            ctx.hash_files(std::slice::from_ref(&rel), cache)
+                            // What the step will see: the source resolved inside the context
+                            // (a link followed), everything below it that .dockerignore lets
+                            // through, links with their targets.
+                            let resolved = if rel.is_empty() {
+                                Some(String::new())
+                            } else {
+                                ctx.follow(&rel)
+                            };
+                            let Some(resolved) = resolved else {
+                                return Ok(String::from("missing"));
+                            };
+                            ctx.hash_files(std::slice::from_ref(&resolved), cache)
                                 .map_err(Error::op("hash the bind mount's source"))?;
                             let mut h = sha2::Sha256::new();
-                            for (k, e) in ctx.entries().range(rel.clone()..) {
-                                if !(rel.is_empty()
-                                    || *k == rel
-                                    || k.starts_with(&format!("{rel}/")))
-                                {
-                                    break;
-                                }
+                            let mut add = |k: &str, e: &crate::context::Entry| {
+                                let (kind, link) = match &e.kind {
+                                    crate::context::EntryKind::Symlink(t) => {
+                                        ("l", t.to_string_lossy().into_owned())
+                                    }
+                                    crate::context::EntryKind::Dir => ("d", String::new()),
+                                    crate::context::EntryKind::File => ("f", String::new()),
+                                };
                                 h.update(format!(
-                                    "{k}\0{:o}\0{}\n",
+                                    "{k}\0{kind}\0{:o}\0{link}\0{}\n",
                                     e.mode,
                                     e.sha256.as_deref().unwrap_or("")
                                 ));
+                            };
+                            if let Some(e) = ctx.entries().get(&resolved) {
+                                add("", e);
+                            }
+                            let prefix = if resolved.is_empty() {
+                                String::new()
+                            } else {
+                                format!("{resolved}/")
+                            };
+                            for (k, e) in ctx.entries().range(prefix.clone()..) {
+                                let Some(below) = k.strip_prefix(&prefix) else {
+                                    break;
+                                };
+                                add(below, e);
                             }
                             Ok(hex::encode(h.finalize()))
                         })?;
@@ -352,6 +419,10 @@ impl Build<'_> {
                 !remote
             });
         }
+        let origin = match spec.from {
+            Some(from) => format!("`{from}` (COPY --from)"),
+            None => "the build context".to_owned(),
+        };
         let req = CopyRequest {
             sources: &sources,
             dest: spec.dest,
@@ -362,15 +433,15 @@ impl Build<'_> {
             exclude: spec.exclude,
             parents: spec.parents,
             keep_owners: spec.from.is_some(),
+            origin: &origin,
         };
         let mut plan = if sources.is_empty() && (!spec.heredocs.is_empty() || !urls.is_empty()) {
             copy::CopyPlan::empty(kw, spec.dest, &workdir, spec.chown)
         } else if let Some(from) = spec.from {
             let src = self.source_image(from, idx, line)?;
             let src_view = image::ensure_unpacked(self.store, &src.layers)?;
-            let mut ctx = Context::from_view(&src_view, &sources, &src.key).map_err(|e| {
-                self.err(line, format!("{kw} --from={from}: {e}"))
-            })?;
+            let mut ctx = Context::from_view(&src_view, &sources, &src.key)
+                .map_err(|e| self.err(line, format!("{kw} --from={from}: {e}")))?;
             let mut cache = HashCache::default();
             copy::plan(&mut ctx, &mut cache, &req).map_err(|m| self.err(line, m))?
         } else {

@@ -435,7 +435,10 @@ impl Layers {
                         stack.truncate(1);
                         dir.clear();
                     }
-                    for t in components(&String::from_utf8_lossy(bytes)).into_iter().rev() {
+                    for t in components(&String::from_utf8_lossy(bytes))
+                        .into_iter()
+                        .rev()
+                    {
                         queue.push_front(t);
                     }
                 }

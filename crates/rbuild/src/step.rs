@@ -99,6 +99,10 @@ impl PlanState {
     }
 }
 
+/// The version of the step-key format: part of every key, so a format change makes old cache
+/// entries (local and remote) miss cleanly instead of matching by accident.
+pub const KEY_SCHEMA: &str = "rbuild-step-key/v2";
+
 /// Hashes the parts of a step key.
 pub fn key_of(parts: &serde_json::Value) -> String {
     hex::encode(Sha256::digest(parts.to_string().as_bytes()))
@@ -132,7 +136,8 @@ pub fn expose_keys(spec: &str) -> Result<Vec<String>, String> {
         Some((p, proto)) => (p, proto.to_lowercase()),
         None => (spec, "tcp".to_owned()),
     };
-    let bad = || format!("EXPOSE {spec}: invalid port (expected PORT, PORT/PROTO or START-END/PROTO)");
+    let bad =
+        || format!("EXPOSE {spec}: invalid port (expected PORT, PORT/PROTO or START-END/PROTO)");
     let (lo, hi) = match ports.split_once('-') {
         Some((a, b)) => (
             a.parse::<u16>().map_err(|_| bad())?,

@@ -17,8 +17,16 @@ pub struct LayerView {
 }
 
 impl LayerView {
-    /// A view over `dirs`, top-most first.
+    /// A view over `dirs`, top-most first. A layer that appears more than once (two steps
+    /// that produced identical layers) is kept only where it is top-most: everything its lower
+    /// copy provides, the upper copy provides too, so the merged view is the same — and
+    /// overlayfs refuses the same lower directory twice.
     pub fn new(dirs: Vec<PathBuf>) -> Self {
+        let mut seen = std::collections::HashSet::new();
+        let dirs = dirs
+            .into_iter()
+            .filter(|d| seen.insert(d.clone()))
+            .collect();
         Self { dirs }
     }
 
@@ -83,13 +91,13 @@ impl LayerView {
             if numeric_group {
                 (uid, uid)
             } else {
-            let primary = passwd
-                .lines()
-                .map(|l| l.split(':').collect::<Vec<_>>())
-                .find(|f| f.len() > 3 && f[2].parse() == Ok(uid))
-                .and_then(|f| f[3].parse().ok())
-                .unwrap_or(0);
-            (uid, primary)
+                let primary = passwd
+                    .lines()
+                    .map(|l| l.split(':').collect::<Vec<_>>())
+                    .find(|f| f.len() > 3 && f[2].parse() == Ok(uid))
+                    .and_then(|f| f[3].parse().ok())
+                    .unwrap_or(0);
+                (uid, primary)
             }
         } else {
             passwd
@@ -153,7 +161,11 @@ impl LayerView {
         let given = crate::context::clean_rel(path).unwrap_or_default();
         let base = start.rel.clone();
         layers.walk(&start, &mut |n| {
-            let below = n.rel.strip_prefix(&base).unwrap_or(&n.rel).trim_start_matches('/');
+            let below = n
+                .rel
+                .strip_prefix(&base)
+                .unwrap_or(&n.rel)
+                .trim_start_matches('/');
             let key = match (given.is_empty(), below.is_empty()) {
                 (true, _) => below.to_owned(),
                 (_, true) => given.clone(),
