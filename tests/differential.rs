@@ -179,8 +179,8 @@ fn apply_layer(fs: &mut BTreeMap<String, Node>, bytes: &[u8], next_inode: &mut u
         let mut e = e.expect("layer entry");
         let path = clean_path(&e.path().unwrap());
         if path.is_empty() {
-            // The root directory itself: docker-only metadata (`docker save` writes no entry
-            // for it; its mode comes from the runtime).
+            // The root directory itself: neither exporter writes an entry for it, and what a
+            // tool might put there is not image content (the runtime owns the root's mode).
             continue;
         }
         let (dir, base) = match path.rsplit_once('/') {
@@ -742,7 +742,6 @@ fn rbuild_builds_the_same_images_as_docker() {
     let summary = format!(
         "differential: {same} same, {documented} documented difference, {bugs} known rbuild bug, {unexpected} unexpected"
     );
-    println!("{summary}");
     eprintln!("{summary}");
     assert!(
         unexpected == 0,

@@ -8,8 +8,8 @@
 //! stops the daemon (SIGTERM, then SIGKILL), unmounts what it left mounted and removes the dir.
 //!
 //! A test process killed with SIGKILL cannot run that clean-up, so every daemon lives under
-//! one well-known parent ([`STATE_PARENT`] in the temp dir) with the pid of the process that
-//! started it; [`Dockerd::start`] first reaps the daemons whose owner is gone.
+//! one well-known parent ([`STATE_PARENT`] in the temp dir) with the pid and start time of the
+//! process that started it; [`Dockerd::start`] first reaps the daemons whose owner is gone.
 //!
 //! ```no_run
 //! use rbuild_testkit::docker::Dockerd;
@@ -24,6 +24,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -99,14 +100,22 @@ impl Dockerd {
         reap_orphans(&parent);
         // Short names: containerd's sockets live under the exec root and a unix socket path
         // must fit in 108 bytes.
-        let dir = parent.join(format!("d{}", std::process::id()));
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = parent.join(format!(
+            "d{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
         if dir.exists() {
-            // The same pid from an earlier boot or a pid-reusing run: nothing there is live
-            // (reap_orphans would have stopped it otherwise, or it is ours and already stopped).
+            // Left by an earlier process that had the same pid (its owner file does not
+            // match us, so reap_orphans stopped what ran there).
             cleanup_dir(&dir);
         }
         fs::create_dir_all(&dir)?;
-        fs::write(dir.join("owner"), std::process::id().to_string())?;
+        fs::write(
+            dir.join("owner"),
+            owner_id(std::process::id()).unwrap_or_default(),
+        )?;
         let log = fs::File::create(dir.join("dockerd.log"))?;
         let child = Command::new(dockerd)
             .args([
@@ -217,17 +226,27 @@ fn reap_orphans(parent: &Path) {
     };
     for entry in entries.flatten() {
         let dir = entry.path();
-        let owner = fs::read_to_string(dir.join("owner"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok());
-        let owner_alive = owner.is_some_and(|pid| {
-            pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
-        });
+        let owner = fs::read_to_string(dir.join("owner")).unwrap_or_default();
+        let owner_alive = owner
+            .split_whitespace()
+            .next()
+            .and_then(|pid| pid.parse::<u32>().ok())
+            .and_then(owner_id)
+            .is_some_and(|live| !owner.trim().is_empty() && live == owner.trim());
         if owner_alive {
             continue;
         }
         cleanup_dir(&dir);
     }
+}
+
+/// `PID STARTTIME` of a live process (start time in clock ticks since boot, field 22 of
+/// `/proc/PID/stat`): unlike the pid alone it does not match a later process reusing the pid.
+fn owner_id(pid: u32) -> Option<String> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which may contain spaces, start after the last `)`.
+    let start = stat.rsplit(')').next()?.split_whitespace().nth(19)?;
+    Some(format!("{pid} {start}"))
 }
 
 /// Stops whatever daemon (dockerd and the containerd it started) still runs from `dir`,
@@ -338,18 +357,69 @@ mod tests {
     }
 
     #[test]
+    fn starts_answers_and_leaves_nothing_behind() {
+        let is_root = fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                == Some("0")
+        });
+        if !available() || !is_root {
+            let why = "skipping: needs root and dockerd (Debian package docker.io)";
+            assert!(
+                std::env::var_os("RBUILD_REQUIRE_SANDBOX").is_none(),
+                "{why}"
+            );
+            eprintln!("{why}");
+            return;
+        }
+        let daemon = Dockerd::start().unwrap();
+        let out = daemon
+            .docker()
+            .args(["info", "--format", "{{.DockerRootDir}}"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let data_root = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(Path::new(&data_root), daemon.dir().join("data"));
+        let dir = daemon.dir().to_path_buf();
+        drop(daemon);
+        assert!(!dir.exists(), "state dir removed");
+        let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            !mounts.contains(dir.to_str().unwrap()),
+            "nothing left mounted"
+        );
+        let left = fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|p| p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()))
+            .filter(|pid| runs_from(*pid, &dir))
+            .count();
+        assert_eq!(left, 0, "no process of the daemon left");
+    }
+
+    #[test]
     fn reaping_removes_dirs_of_dead_owners_and_keeps_live_ones() {
         let parent = tempfile::tempdir().unwrap();
         let dead = parent.path().join("d1");
         fs::create_dir_all(dead.join("data/x")).unwrap();
         // pid_max is at most 2^22: this pid cannot exist.
-        fs::write(dead.join("owner"), "99999999").unwrap();
-        let live = parent.path().join("d2");
+        fs::write(dead.join("owner"), "99999999 1").unwrap();
+        // pid 1 is alive, but this is not its start time: a reused pid.
+        let reused = parent.path().join("d2");
+        fs::create_dir_all(&reused).unwrap();
+        fs::write(reused.join("owner"), "1 123456789012").unwrap();
+        let live = parent.path().join("d3");
         fs::create_dir_all(&live).unwrap();
-        // pid 1 is always alive.
-        fs::write(live.join("owner"), "1").unwrap();
+        fs::write(live.join("owner"), owner_id(std::process::id()).unwrap()).unwrap();
         reap_orphans(parent.path());
         assert!(!dead.exists());
+        assert!(!reused.exists());
         assert!(live.exists());
     }
 }
