@@ -9,6 +9,7 @@ mod builder_features;
 mod cache;
 mod containment;
 mod deploy_cli;
+mod differential;
 mod pipeline_cli;
 mod registry_cli;
 mod reliability;

@@ -1,6 +1,7 @@
-//! Test fixtures for rbuild's tests: a registry process, a fake Kubernetes API server and a
-//! base-image maker. Dev-dependency only; never published.
+//! Test fixtures for rbuild's tests: a registry process, a private Docker engine, a fake
+//! Kubernetes API server and a base-image maker. Dev-dependency only; never published.
 
 pub mod busybox;
+pub mod docker;
 pub mod kube;
 pub mod registry;
