@@ -185,7 +185,9 @@ fn copy_from_keeps_owners_and_hard_links_stay_linked() {
         "stat -c '%u:%g' /g /dir; stat -c '%i %h' /h/a /h/b /h/c | sort -u",
     );
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(&lines[..2], ["7:8", "9:10"], "{out}");
+    // The destination directory is made, not given the source directory's owner (BuildKit
+    // copies a directory's contents).
+    assert_eq!(&lines[..2], ["7:8", "0:0"], "{out}");
     assert_eq!(lines.len(), 3, "one inode for the three links: {out}");
     assert!(lines[2].ends_with(" 3"), "{out}");
 }

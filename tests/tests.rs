@@ -7,6 +7,7 @@
 mod build_image;
 mod builder_features;
 mod cache;
+mod cache_correctness;
 mod containment;
 mod deploy_cli;
 mod differential;

@@ -63,8 +63,10 @@ pub struct CopyItem {
     pub content: Option<Arc<Vec<u8>>>,
     /// ADD: a local archive to extract at the destination instead of copying it.
     pub extract: bool,
-    /// Files of one COPY that share this id are written as hard links of each other.
-    pub link_group: Option<(u64, u64)>,
+    /// Files of one source (a directory) that share this id are written as hard links of
+    /// each other: (source index, device, inode). Separately named sources are copied
+    /// separately, as BuildKit does.
+    pub link_group: Option<(usize, u64, u64)>,
 }
 
 /// Everything a COPY will write, and the digest of it.
@@ -156,7 +158,7 @@ impl CopyPlan {
             self.chown.as_deref().unwrap_or("-")
         ));
         // Hard-link groups are keyed by their first member, not by inode numbers.
-        let mut groups: HashMap<(u64, u64), String> = HashMap::new();
+        let mut groups: HashMap<(usize, u64, u64), String> = HashMap::new();
         for it in &self.items {
             let (kind, link) = match &it.kind {
                 EntryKind::File if it.extract => ("x", String::new()),
@@ -314,7 +316,7 @@ pub fn plan(
     };
     let mut items = Vec::new();
     let mut seen = BTreeSet::new();
-    for (name_rel, rel) in &matched {
+    for (source, (name_rel, rel)) in matched.iter().enumerate() {
         let is_dir = rel.is_empty() || ctx.entries()[rel].kind == EntryKind::Dir;
         // --parents: `COPY --parents a/b/c.txt /d/` lands at /d/a/b/c.txt.
         let base = if req.parents {
@@ -327,9 +329,9 @@ pub fn plan(
             String::new()
         };
         if is_dir {
-            // The directory itself lands as the destination (or `dest/its path` with
-            // --parents) and gives it its owner and mode, as BuildKit's copy does; the
-            // context's own root does not.
+            // The destination directory is made even when the source directory is empty;
+            // like BuildKit (which copies a directory's contents only), it does not take the
+            // source directory's owner or mode.
             if !rel.is_empty() && seen.insert((false, base.clone())) {
                 items.push(item(
                     base.clone(),
@@ -337,6 +339,7 @@ pub fn plan(
                     name_rel,
                     &ctx.entries()[rel],
                     req,
+                    source,
                 ));
             }
             let prefix = if rel.is_empty() {
@@ -353,7 +356,7 @@ pub fn plan(
                 }
                 let sub = join(&base, suffix);
                 if seen.insert((false, sub.clone())) {
-                    items.push(item(sub, false, k, e, req));
+                    items.push(item(sub, false, k, e, req, source));
                 }
             }
         } else {
@@ -365,7 +368,7 @@ pub fn plan(
             let whole = !req.parents && !many;
             let sub = join(&base, name);
             if seen.insert((whole, sub.clone())) {
-                items.push(item(sub, whole, name_rel, e, req));
+                items.push(item(sub, whole, name_rel, e, req, source));
             }
         }
     }
@@ -389,6 +392,7 @@ fn item(
     label: &str,
     e: &crate::context::Entry,
     req: &CopyRequest<'_>,
+    source: usize,
 ) -> CopyItem {
     let mode = match (&e.kind, req.chmod) {
         (EntryKind::Symlink(_), _) => 0o777,
@@ -408,7 +412,7 @@ fn item(
         label: label.to_owned(),
         content: None,
         extract: false,
-        link_group: e.link_id,
+        link_group: e.link_id.map(|(dev, ino)| (source, dev, ino)),
     }
 }
 
@@ -471,7 +475,7 @@ pub fn execute(
         Some(r) => rootfs::open_root(r.dir).ok().map(|fd| (r, fd)),
         None => None,
     };
-    let mut links: HashMap<(u64, u64), (Arc<OwnedFd>, OsString)> = HashMap::new();
+    let mut links: HashMap<(usize, u64, u64), (Arc<OwnedFd>, OsString)> = HashMap::new();
     for it in &plan.items {
         // An archive is extracted into the destination itself, a directory whether or not it
         // ends in `/` (docker: "ADD app.tar /opt2" fills /opt2).
@@ -486,13 +490,33 @@ pub fn execute(
         if it.extract {
             let dir = w.dir_at(&target, (uid, gid))?;
             let src = open_source(plan, it)?;
+            // The archive's own `./` entry does not change the destination (docker).
+            let before = rustix::fs::fstat(&*dir).map_err(|e| CopyError::Io {
+                what: format!("read /{target}"),
+                source: e.into(),
+            })?;
             crate::archive::extract(&proc_fd(&src), &proc_fd(&*dir))
                 .map_err(io_err(format!("extract {}", it.label)))?;
+            // BuildKit: an explicit --chown overrides the owners the archive records.
+            if let Some((u, g)) = owner {
+                chown_tree(&dir, u, g).map_err(io_err(format!("set the owners of /{target}")))?;
+            }
+            rustix::fs::fchown(
+                &*dir,
+                Some(rustix::fs::Uid::from_raw(before.st_uid)),
+                Some(rustix::fs::Gid::from_raw(before.st_gid)),
+            )
+            .and_then(|()| rustix::fs::fchmod(&*dir, Mode::from_raw_mode(before.st_mode & 0o7777)))
+            .map_err(|e| CopyError::Io {
+                what: format!("restore the metadata of /{target}"),
+                source: e.into(),
+            })?;
             continue;
         }
         match &it.kind {
-            // The image's root keeps its own metadata.
-            EntryKind::Dir if target.is_empty() => {}
+            EntryKind::Dir if it.sub.is_empty() || target.is_empty() => {
+                w.dir_at(&target, owner.unwrap_or((0, 0)))?;
+            }
             EntryKind::Dir => {
                 let dir = w.dir_at(&target, (uid, gid))?;
                 rustix::fs::fchown(
@@ -792,6 +816,25 @@ fn remove_all_at(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
         rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?;
     } else {
         rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
+    }
+    Ok(())
+}
+
+/// Sets the owner of everything below the directory `dir`, never following a symlink.
+fn chown_tree(dir: &OwnedFd, uid: u32, gid: u32) -> io::Result<()> {
+    for name in rootfs::list_dir(dir)? {
+        rustix::fs::chownat(
+            dir,
+            name.as_os_str(),
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )?;
+        let st = rootfs::lstat_at(dir, &name)?;
+        if rootfs::file_type(&st) == FileType::Directory {
+            let sub = open_dir_at(dir, &name)?;
+            chown_tree(&sub, uid, gid)?;
+        }
     }
     Ok(())
 }
