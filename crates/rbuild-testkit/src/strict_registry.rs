@@ -297,7 +297,8 @@ fn valid_name(name: &str) -> bool {
             let b = component.as_bytes();
             !b.is_empty()
                 && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-                && b.last().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && b.last()
+                    .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
                 && b.iter().all(|c| {
                     c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
                 })
@@ -313,7 +314,13 @@ fn valid_tag(tag: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
-fn handle(shared: &Shared, method: &Method, target: &str, headers: &HeaderMap, body: Bytes) -> Resp {
+fn handle(
+    shared: &Shared,
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Resp {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let query = query_map(query);
     if path == "/v2/" || path == "/v2" {
@@ -328,7 +335,13 @@ fn handle(shared: &Shared, method: &Method, target: &str, headers: &HeaderMap, b
     };
     // The name may itself contain `blobs` or `manifests` components: the route is the last
     // marker in the path.
-    let routes = ["/blobs/uploads/", "/blobs/", "/manifests/", "/tags/list", "/referrers/"];
+    let routes = [
+        "/blobs/uploads/",
+        "/blobs/",
+        "/manifests/",
+        "/tags/list",
+        "/referrers/",
+    ];
     let Some((name, route, tail)) = routes
         .iter()
         .filter_map(|r| rest.rfind(r).map(|i| (i, *r)))
@@ -338,7 +351,11 @@ fn handle(shared: &Shared, method: &Method, target: &str, headers: &HeaderMap, b
         return error(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "unknown endpoint");
     };
     if !valid_name(name) {
-        return error(StatusCode::BAD_REQUEST, "NAME_INVALID", "invalid repository name");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "NAME_INVALID",
+            "invalid repository name",
+        );
     }
     match (route, method.as_str()) {
         ("/blobs/uploads/", "POST") if tail.is_empty() => start_upload(shared, name, &query, body),
@@ -350,7 +367,11 @@ fn handle(shared: &Shared, method: &Method, target: &str, headers: &HeaderMap, b
         ("/manifests/", "DELETE") => delete_manifest(shared, name, tail),
         ("/tags/list", "GET") if tail.is_empty() => tags(shared, name, &query),
         ("/referrers/", "GET") => referrers(shared, name, tail, &query),
-        _ => error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", "method not allowed"),
+        _ => error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "UNSUPPORTED",
+            "method not allowed",
+        ),
     }
 }
 
@@ -436,8 +457,13 @@ fn start_upload(shared: &Shared, name: &str, query: &HashMap<String, String>, bo
         return created(shared, format!("/v2/{name}/blobs/{digest}"), digest);
     }
     state.next_upload += 1;
-    let id = format!("{:08x}-0000-4000-8000-{:012x}", state.next_upload, state.next_upload);
-    state.uploads.insert(id.clone(), (name.to_owned(), Vec::new()));
+    let id = format!(
+        "{:08x}-0000-4000-8000-{:012x}",
+        state.next_upload, state.next_upload
+    );
+    state
+        .uploads
+        .insert(id.clone(), (name.to_owned(), Vec::new()));
     drop(state);
     session(name, &id, 0, shared, StatusCode::ACCEPTED)
 }
@@ -448,7 +474,7 @@ fn append_chunk(
     data: &mut Vec<u8>,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(), Resp> {
+) -> Result<(), Box<Resp>> {
     if let Some(range) = header(headers, "content-range")
         && !shared.has(Fault::AcceptOutOfOrderChunks)
     {
@@ -458,20 +484,20 @@ fn append_chunk(
             .split_once('-')
             .and_then(|(s, e)| Some((s.parse::<usize>().ok()?, e.parse::<usize>().ok()?)));
         let Some((start, end)) = parsed else {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::BAD_REQUEST,
                 "BLOB_UPLOAD_INVALID",
                 "invalid Content-Range",
-            ));
+            )));
         };
         // "Chunks MUST be uploaded in order, with the first byte of a chunk being the last
         // chunk's <end-of-range> plus one" — else 416.
         if start != data.len() || end < start || end - start + 1 != body.len() {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 "BLOB_UPLOAD_INVALID",
                 "chunk out of order",
-            ));
+            )));
         }
     }
     data.extend_from_slice(body);
@@ -489,11 +515,19 @@ fn upload(
 ) -> Resp {
     let mut state = shared.state();
     let Some((owner, mut data)) = state.uploads.remove(id) else {
-        return error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "upload unknown");
+        return error(
+            StatusCode::NOT_FOUND,
+            "BLOB_UPLOAD_UNKNOWN",
+            "upload unknown",
+        );
     };
     if owner != name {
         state.uploads.insert(id.to_owned(), (owner, data));
-        return error(StatusCode::NOT_FOUND, "BLOB_UPLOAD_UNKNOWN", "upload unknown");
+        return error(
+            StatusCode::NOT_FOUND,
+            "BLOB_UPLOAD_UNKNOWN",
+            "upload unknown",
+        );
     }
     match method.as_str() {
         "GET" => {
@@ -510,7 +544,7 @@ fn upload(
             drop(state);
             match result {
                 Ok(()) => session(name, id, len, shared, StatusCode::ACCEPTED),
-                Err(r) => r,
+                Err(r) => *r,
             }
         }
         "PUT" => {
@@ -518,7 +552,7 @@ fn upload(
                 && let Err(r) = append_chunk(shared, &mut data, headers, &body)
             {
                 state.uploads.insert(id.to_owned(), (owner, data));
-                return r;
+                return *r;
             }
             let Some(digest) = query.get("digest").filter(|d| valid_digest(d)) else {
                 state.uploads.insert(id.to_owned(), (owner, data));
@@ -539,7 +573,11 @@ fn upload(
         }
         _ => {
             state.uploads.insert(id.to_owned(), (owner, data));
-            error(StatusCode::METHOD_NOT_ALLOWED, "UNSUPPORTED", "method not allowed")
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "UNSUPPORTED",
+                "method not allowed",
+            )
         }
     }
 }
@@ -556,7 +594,13 @@ fn parse_range(value: &str, len: usize) -> Option<(usize, usize)> {
     (first <= last).then_some((first, last))
 }
 
-fn get_blob(shared: &Shared, method: &Method, name: &str, digest: &str, headers: &HeaderMap) -> Resp {
+fn get_blob(
+    shared: &Shared,
+    method: &Method,
+    name: &str,
+    digest: &str,
+    headers: &HeaderMap,
+) -> Resp {
     if !valid_digest(digest) {
         return error(StatusCode::BAD_REQUEST, "DIGEST_INVALID", "invalid digest");
     }
@@ -571,7 +615,11 @@ fn get_blob(shared: &Shared, method: &Method, name: &str, digest: &str, headers:
         .flatten()
         .cloned()
     else {
-        return error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown to registry");
+        return error(
+            StatusCode::NOT_FOUND,
+            "BLOB_UNKNOWN",
+            "blob unknown to registry",
+        );
     };
     drop(state);
     let dcd = content_digest(shared, digest);
@@ -628,13 +676,19 @@ fn delete_blob(shared: &Shared, name: &str, digest: &str) -> Resp {
     if repo.blobs.remove(digest) {
         respond(StatusCode::ACCEPTED, &[], Bytes::new())
     } else {
-        error(StatusCode::NOT_FOUND, "BLOB_UNKNOWN", "blob unknown to registry")
+        error(
+            StatusCode::NOT_FOUND,
+            "BLOB_UNKNOWN",
+            "blob unknown to registry",
+        )
     }
 }
 
 fn resolve(repo: &Repo, reference: &str) -> Option<String> {
     if valid_digest(reference) {
-        repo.manifests.contains_key(reference).then(|| reference.to_owned())
+        repo.manifests
+            .contains_key(reference)
+            .then(|| reference.to_owned())
     } else {
         repo.tags.get(reference).cloned()
     }
@@ -642,16 +696,24 @@ fn resolve(repo: &Repo, reference: &str) -> Option<String> {
 
 fn get_manifest(shared: &Shared, method: &Method, name: &str, reference: &str) -> Resp {
     if !valid_digest(reference) && !valid_tag(reference) {
-        return error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", "invalid reference");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "MANIFEST_INVALID",
+            "invalid reference",
+        );
     }
     let state = shared.state();
     let Some(repo) = state.repos.get(name) else {
         return error(StatusCode::NOT_FOUND, "NAME_UNKNOWN", "repository unknown");
     };
-    let Some((digest, (media_type, bytes))) = resolve(repo, reference)
-        .and_then(|d| repo.manifests.get(&d).cloned().map(|m| (d, m)))
+    let Some((digest, (media_type, bytes))) =
+        resolve(repo, reference).and_then(|d| repo.manifests.get(&d).cloned().map(|m| (d, m)))
     else {
-        return error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "manifest unknown");
+        return error(
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+            "manifest unknown",
+        );
     };
     drop(state);
     // Served whatever the `Accept` header says: the spec's client SHOULD send one, but the
@@ -687,25 +749,47 @@ fn references(manifest: &Value) -> Vec<(String, bool)> {
     out
 }
 
-fn put_manifest(shared: &Shared, name: &str, reference: &str, headers: &HeaderMap, body: Bytes) -> Resp {
+fn put_manifest(
+    shared: &Shared,
+    name: &str,
+    reference: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Resp {
     let by_digest = valid_digest(reference);
     if !by_digest && !valid_tag(reference) {
-        return error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", "invalid reference");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "MANIFEST_INVALID",
+            "invalid reference",
+        );
     }
     if body.len() > 4 << 20 {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "MANIFEST_INVALID", "manifest too large");
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "MANIFEST_INVALID",
+            "manifest too large",
+        );
     }
     let Ok(manifest) = serde_json::from_slice::<Value>(&body) else {
-        return error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", "manifest is not JSON");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "MANIFEST_INVALID",
+            "manifest is not JSON",
+        );
     };
     let content_type = header(headers, "content-type")
         .map(|v| v.split(';').next().unwrap_or(v).trim().to_owned())
         .filter(|v| !v.is_empty());
-    let Some(media_type) = content_type.or_else(|| manifest["mediaType"].as_str().map(String::from))
+    let Some(media_type) =
+        content_type.or_else(|| manifest["mediaType"].as_str().map(String::from))
     else {
         return error(StatusCode::BAD_REQUEST, "MANIFEST_INVALID", "no media type");
     };
-    if manifest["mediaType"].as_str().is_some_and(|m| m != media_type) {
+    if manifest["mediaType"]
+        .as_str()
+        .is_some_and(|m| m != media_type)
+    {
         return error(
             StatusCode::BAD_REQUEST,
             "MANIFEST_INVALID",
@@ -769,7 +853,11 @@ fn delete_manifest(shared: &Shared, name: &str, reference: &str) -> Resp {
     };
     if valid_digest(reference) {
         if repo.manifests.remove(reference).is_none() {
-            return error(StatusCode::NOT_FOUND, "MANIFEST_UNKNOWN", "manifest unknown");
+            return error(
+                StatusCode::NOT_FOUND,
+                "MANIFEST_UNKNOWN",
+                "manifest unknown",
+            );
         }
         // "Once deleted, a GET to … any tag pointing to that digest will return a 404."
         repo.tags.retain(|_, d| d != reference);
@@ -805,7 +893,11 @@ fn tags(shared: &Shared, name: &str, query: &HashMap<String, String>) -> Resp {
     let start = match query.get("last") {
         Some(last) => all.iter().position(|t| t == last).map_or_else(
             // A `last` that is not a tag: start after where it would sort.
-            || all.iter().take_while(|t| t.as_str() <= last.as_str()).count(),
+            || {
+                all.iter()
+                    .take_while(|t| t.as_str() <= last.as_str())
+                    .count()
+            },
             |i| i + 1,
         ),
         None => 0,
@@ -819,7 +911,8 @@ fn tags(shared: &Shared, name: &str, query: &HashMap<String, String>) -> Resp {
         && let Some(last) = page.last()
     {
         let mut next = url::form_urlencoded::Serializer::new(String::new());
-        next.append_pair("n", &n.to_string()).append_pair("last", last);
+        next.append_pair("n", &n.to_string())
+            .append_pair("last", last);
         headers.push((
             "Link",
             format!("</v2/{name}/tags/list?{}>; rel=\"next\"", next.finish()),

@@ -80,7 +80,9 @@ fn split_target(target: &str) -> anyhow::Result<(String, String, bool)> {
 /// suite reads them.
 fn target_from_env() -> anyhow::Result<String> {
     let root = std::env::var("OCI_ROOT_URL").ok().filter(|v| !v.is_empty());
-    let ns = std::env::var("OCI_NAMESPACE").ok().filter(|v| !v.is_empty());
+    let ns = std::env::var("OCI_NAMESPACE")
+        .ok()
+        .filter(|v| !v.is_empty());
     match (root, ns) {
         (Some(root), Some(ns)) => Ok(format!("{}/{ns}", root.trim_end_matches('/'))),
         _ => anyhow::bail!(
@@ -138,9 +140,7 @@ async fn conformance(flags: &RegistryFlags, args: ConformanceArgs) -> anyhow::Re
             std::env::var("OCI_PASSWORD").unwrap_or_default()
         };
         if password.is_empty() {
-            anyhow::bail!(
-                "a password is needed for {username}: --password-stdin or $OCI_PASSWORD"
-            );
+            anyhow::bail!("a password is needed for {username}: --password-stdin or $OCI_PASSWORD");
         }
         options = options.credentials(&registry, Credentials::password(username, &password));
     } else if args.password_stdin {

@@ -20,17 +20,47 @@ const SBOM: &str = "application/vnd.rbuild.conformance.sbom.v1";
 const SIGNATURE: &str = "application/vnd.rbuild.conformance.signature.v1";
 
 const CHECKS: [(&str, &str); 11] = [
-    ("GET tag list answers 200 with the name and every pushed tag", "§Listing Tags, end-8a"),
+    (
+        "GET tag list answers 200 with the name and every pushed tag",
+        "§Listing Tags, end-8a",
+    ),
     ("tag list is in lexical order", "§Listing Tags, end-8a"),
-    ("tag list with n returns the first n tags", "§Listing Tags, end-8b"),
-    ("tag list with n and last returns the tags after last", "§Listing Tags, end-8b"),
-    ("tag list pages walk every tag once, in order", "§Listing Tags, end-8b"),
-    ("tag list with n=0 is empty, without Link", "§Listing Tags, end-8b"),
-    ("GET tag list of an unknown repository answers 404", "§Listing Tags, end-8a"),
-    ("GET referrers answers an image index of the referrers", "§Listing Referrers, end-12a"),
-    ("GET referrers with artifactType filters them", "§Listing Referrers, end-12b"),
-    ("GET referrers of an unreferenced digest answers an empty index", "§Listing Referrers, end-12a"),
-    ("referrers tag schema: the fallback index is pushed and served under sha256-<hex>", "§Unavailable Referrers API, §Referrers Tag Schema"),
+    (
+        "tag list with n returns the first n tags",
+        "§Listing Tags, end-8b",
+    ),
+    (
+        "tag list with n and last returns the tags after last",
+        "§Listing Tags, end-8b",
+    ),
+    (
+        "tag list pages walk every tag once, in order",
+        "§Listing Tags, end-8b",
+    ),
+    (
+        "tag list with n=0 is empty, without Link",
+        "§Listing Tags, end-8b",
+    ),
+    (
+        "GET tag list of an unknown repository answers 404",
+        "§Listing Tags, end-8a",
+    ),
+    (
+        "GET referrers answers an image index of the referrers",
+        "§Listing Referrers, end-12a",
+    ),
+    (
+        "GET referrers with artifactType filters them",
+        "§Listing Referrers, end-12b",
+    ),
+    (
+        "GET referrers of an unreferenced digest answers an empty index",
+        "§Listing Referrers, end-12a",
+    ),
+    (
+        "referrers tag schema: the fallback index is pushed and served under sha256-<hex>",
+        "§Unavailable Referrers API, §Referrers Tag Schema",
+    ),
 ];
 
 /// Runs the content discovery checks.
@@ -82,7 +112,12 @@ pub(crate) async fn run(cx: &mut Cx<'_>) {
         let mut processed = true;
         for r in &referrers {
             let (_, x) = cx
-                .ensure_manifest(&ns, &Digest::sha256_of(r).to_string(), media_type::OCI_MANIFEST, r)
+                .ensure_manifest(
+                    &ns,
+                    &Digest::sha256_of(r).to_string(),
+                    media_type::OCI_MANIFEST,
+                    r,
+                )
                 .await?;
             processed &= x.header("oci-subject") == Some(subject_digest.to_string().as_str());
         }
@@ -130,7 +165,12 @@ fn sorted(tags: &[String]) -> bool {
 /// A page of at most `n` answering `n`: the whole `expected` prefix, or (with a `Link`) a
 /// shorter prefix ("MAY return fewer than <int> results, but only when the total number of
 /// tags … is less than <int> or a Link header is provided").
-fn page_matches(x: &Exchange, got: &[String], link: bool, expected: &[String]) -> Result<(), String> {
+fn page_matches(
+    x: &Exchange,
+    got: &[String],
+    link: bool,
+    expected: &[String],
+) -> Result<(), String> {
     let full = &expected[..expected.len().min(N)];
     let ok = if link {
         !got.is_empty() && got.len() <= N && got == &expected[..got.len().min(expected.len())]
@@ -142,7 +182,11 @@ fn page_matches(x: &Exchange, got: &[String], link: bool, expected: &[String]) -
     }
     Err(format!(
         "expected {full:?}{}, got {got:?}\n{}",
-        if link { " (or a prefix, with Link)" } else { "" },
+        if link {
+            " (or a prefix, with Link)"
+        } else {
+            ""
+        },
         x.transcript()
     ))
 }
@@ -154,11 +198,18 @@ async fn tag_checks(cx: &mut Cx<'_>, ns: &str, tags: &[String]) {
         let v = json_body(&x)?;
         let (list, _) = page(&x)?;
         if v["name"].as_str() != Some(ns) {
-            return Err(format!("`name` is {}, expected {ns:?}\n{}", v["name"], x.transcript()));
+            return Err(format!(
+                "`name` is {}, expected {ns:?}\n{}",
+                v["name"],
+                x.transcript()
+            ));
         }
         let missing: Vec<&String> = tags.iter().filter(|t| !list.contains(t)).collect();
         if !missing.is_empty() {
-            return Err(format!("pushed tags missing: {missing:?}\n{}", x.transcript()));
+            return Err(format!(
+                "pushed tags missing: {missing:?}\n{}",
+                x.transcript()
+            ));
         }
         all = Some((list, x));
         Ok(String::new())
@@ -175,7 +226,10 @@ async fn tag_checks(cx: &mut Cx<'_>, ns: &str, tags: &[String]) {
     let o = if sorted(&all) {
         Ok(String::new())
     } else {
-        Err(format!("tags out of order: {all:?}\n{}", listing.transcript()))
+        Err(format!(
+            "tags out of order: {all:?}\n{}",
+            listing.transcript()
+        ))
     };
     cx.record(CHECKS[1].0, CHECKS[1].1, o);
 
@@ -202,7 +256,10 @@ async fn tag_checks(cx: &mut Cx<'_>, ns: &str, tags: &[String]) {
             .await?;
         let (got, link) = page(&x)?;
         if got.contains(last) {
-            return Err(format!("the page includes `last` ({last})\n{}", x.transcript()));
+            return Err(format!(
+                "the page includes `last` ({last})\n{}",
+                x.transcript()
+            ));
         }
         page_matches(&x, &got, link.is_some(), &all[N..])?;
         Ok(String::new())
@@ -226,7 +283,11 @@ async fn tag_checks(cx: &mut Cx<'_>, ns: &str, tags: &[String]) {
             let x = cx.send(cx.req_url(Method::GET, ns, url)).await?;
             let (got, link) = page(&x)?;
             if got.len() > N {
-                return Err(format!("a page of n={N} holds {} tags\n{}", got.len(), x.transcript()));
+                return Err(format!(
+                    "a page of n={N} holds {} tags\n{}",
+                    got.len(),
+                    x.transcript()
+                ));
             }
             walked.extend(got.iter().cloned());
             last_page = Some(x.transcript());
@@ -283,7 +344,11 @@ fn referrer_index(x: &Exchange) -> Result<Vec<Value>, String> {
     status(x, &[200])?;
     let ct = super::need(x, "content-type")?;
     if ct.split(';').next().unwrap_or(ct).trim() != media_type::OCI_INDEX {
-        return Err(format!("Content-Type is {ct}, expected {}\n{}", media_type::OCI_INDEX, x.transcript()));
+        return Err(format!(
+            "Content-Type is {ct}, expected {}\n{}",
+            media_type::OCI_INDEX,
+            x.transcript()
+        ));
     }
     let v = json_body(x)?;
     v["manifests"]
@@ -311,7 +376,11 @@ fn find_referrer(
         (d["artifactType"] != artifact_type, "artifactType"),
         (d["annotations"] != pushed["annotations"], "annotations"),
     ];
-    let wrong: Vec<&str> = problems.iter().filter(|(bad, _)| *bad).map(|(_, f)| *f).collect();
+    let wrong: Vec<&str> = problems
+        .iter()
+        .filter(|(bad, _)| *bad)
+        .map(|(_, f)| *f)
+        .collect();
     if wrong.is_empty() {
         return Ok(());
     }
@@ -336,7 +405,11 @@ async fn referrer_checks(cx: &mut Cx<'_>, ns: &str, subject: &Digest, referrers:
     cx.record(CHECKS[7].0, CHECKS[7].1, o);
     let o = async {
         let x = cx
-            .send(cx.req(Method::GET, ns, &format!("referrers/{subject}?artifactType={SBOM}")))
+            .send(cx.req(
+                Method::GET,
+                ns,
+                &format!("referrers/{subject}?artifactType={SBOM}"),
+            ))
             .await?;
         let list = referrer_index(&x)?;
         find_referrer(&x, &list, &referrers[0], SBOM)?;

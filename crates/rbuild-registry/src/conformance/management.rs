@@ -11,15 +11,36 @@ use super::{
 use crate::request::MANIFEST_ACCEPT;
 
 const CHECKS: [(&str, &str); 9] = [
-    ("DELETE tag answers 202, or 400/405 where tag deletion is disabled", "§Deleting tags, end-9"),
+    (
+        "DELETE tag answers 202, or 400/405 where tag deletion is disabled",
+        "§Deleting tags, end-9",
+    ),
     ("GET deleted tag answers 404", "§Deleting tags, end-3"),
-    ("DELETE manifest by digest answers 202, or 400/405 where deletion is disabled", "§Deleting Manifests, end-9"),
-    ("GET deleted manifest answers 404", "§Deleting Manifests, end-3"),
-    ("tags of a deleted manifest answer 404", "§Deleting Manifests, end-3"),
-    ("DELETE blob answers 202, or 400/405 where deletion is disabled", "§Deleting Blobs, end-10"),
+    (
+        "DELETE manifest by digest answers 202, or 400/405 where deletion is disabled",
+        "§Deleting Manifests, end-9",
+    ),
+    (
+        "GET deleted manifest answers 404",
+        "§Deleting Manifests, end-3",
+    ),
+    (
+        "tags of a deleted manifest answer 404",
+        "§Deleting Manifests, end-3",
+    ),
+    (
+        "DELETE blob answers 202, or 400/405 where deletion is disabled",
+        "§Deleting Blobs, end-10",
+    ),
     ("GET deleted blob answers 404", "§Deleting Blobs, end-2"),
-    ("DELETE unknown blob answers 404", "§Deleting Blobs, end-10, code-1"),
-    ("DELETE manifest in an unknown repository answers 404", "§Deleting Manifests, end-9"),
+    (
+        "DELETE unknown blob answers 404",
+        "§Deleting Blobs, end-10, code-1",
+    ),
+    (
+        "DELETE manifest in an unknown repository answers 404",
+        "§Deleting Manifests, end-9",
+    ),
 ];
 
 /// How a delete went: done (202), refused because deletion is disabled (400/405), or failed.

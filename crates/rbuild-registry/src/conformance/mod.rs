@@ -112,9 +112,7 @@ impl fmt::Display for Workflow {
 
 /// A workflow name that is none of the four.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error(
-    "unknown workflow `{0}` (expected pull, push, content-discovery or content-management)"
-)]
+#[error("unknown workflow `{0}` (expected pull, push, content-discovery or content-management)")]
 pub struct UnknownWorkflow(pub String);
 
 impl FromStr for Workflow {
@@ -402,7 +400,8 @@ impl<'a> Cx<'a> {
 
     /// Notes a manifest for deletion at the end.
     pub fn pushed_manifest(&mut self, repo: &str, digest: &Digest) {
-        self.pushed_manifests.push((repo.to_owned(), digest.clone()));
+        self.pushed_manifests
+            .push((repo.to_owned(), digest.clone()));
     }
 
     /// Notes a blob for deletion at the end.
@@ -647,9 +646,7 @@ pub(crate) fn body_is(x: &Exchange, want: &[u8]) -> Result<(), String> {
 /// code from the registry MAY return a body in any format"); a JSON body MUST have the
 /// `errors` shape with codes from the table.
 pub(crate) fn error_codes(x: &Exchange) -> Result<Vec<String>, String> {
-    let is_json = x
-        .header("content-type")
-        .is_some_and(|t| t.contains("json"))
+    let is_json = x.header("content-type").is_some_and(|t| t.contains("json"))
         || x.body.first() == Some(&b'{');
     if x.body.is_empty() || !is_json {
         return Ok(Vec::new());

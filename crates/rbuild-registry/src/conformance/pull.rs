@@ -51,8 +51,14 @@ pub(crate) async fn run(cx: &mut Cx<'_>) {
     };
 
     for (reference, name) in [
-        (tag.clone(), "HEAD manifest by tag answers 200 with Docker-Content-Digest and Content-Length"),
-        (digest.to_string(), "HEAD manifest by digest answers 200 with Docker-Content-Digest and Content-Length"),
+        (
+            tag.clone(),
+            "HEAD manifest by tag answers 200 with Docker-Content-Digest and Content-Length",
+        ),
+        (
+            digest.to_string(),
+            "HEAD manifest by digest answers 200 with Docker-Content-Digest and Content-Length",
+        ),
     ] {
         let o = async {
             let x = cx
@@ -71,8 +77,14 @@ pub(crate) async fn run(cx: &mut Cx<'_>) {
     }
 
     for (reference, name) in [
-        (tag.clone(), "GET manifest by tag answers 200 with the manifest, its Content-Type and Docker-Content-Digest"),
-        (digest.to_string(), "GET manifest by digest answers 200 with the manifest, its Content-Type and Docker-Content-Digest"),
+        (
+            tag.clone(),
+            "GET manifest by tag answers 200 with the manifest, its Content-Type and Docker-Content-Digest",
+        ),
+        (
+            digest.to_string(),
+            "GET manifest by digest answers 200 with the manifest, its Content-Type and Docker-Content-Digest",
+        ),
     ] {
         let o = async {
             let x = cx
@@ -266,21 +278,51 @@ pub(crate) async fn run(cx: &mut Cx<'_>) {
 
 /// Every check's name and section, for skipping them all when setup fails.
 const CHECKS: [(&str, &str); 15] = [
-    ("HEAD manifest by tag answers 200 with Docker-Content-Digest and Content-Length", CONTENT),
-    ("HEAD manifest by digest answers 200 with Docker-Content-Digest and Content-Length", CONTENT),
-    ("GET manifest by tag answers 200 with the manifest, its Content-Type and Docker-Content-Digest", MANIFESTS),
-    ("GET manifest by digest answers 200 with the manifest, its Content-Type and Docker-Content-Digest", MANIFESTS),
-    ("GET manifest without Accept answers 200 with the manifest", MANIFESTS),
+    (
+        "HEAD manifest by tag answers 200 with Docker-Content-Digest and Content-Length",
+        CONTENT,
+    ),
+    (
+        "HEAD manifest by digest answers 200 with Docker-Content-Digest and Content-Length",
+        CONTENT,
+    ),
+    (
+        "GET manifest by tag answers 200 with the manifest, its Content-Type and Docker-Content-Digest",
+        MANIFESTS,
+    ),
+    (
+        "GET manifest by digest answers 200 with the manifest, its Content-Type and Docker-Content-Digest",
+        MANIFESTS,
+    ),
+    (
+        "GET manifest without Accept answers 200 with the manifest",
+        MANIFESTS,
+    ),
     ("HEAD unknown manifest answers 404", CONTENT),
     ("GET unknown tag answers 404 MANIFEST_UNKNOWN", MANIFESTS),
-    ("GET unknown manifest digest answers 404 MANIFEST_UNKNOWN", MANIFESTS),
-    ("GET manifest of an unknown repository answers 404", MANIFESTS),
-    ("HEAD blob answers 200 with Docker-Content-Digest and Content-Length", CONTENT),
-    ("GET blob answers 200 with the blob and Docker-Content-Digest", BLOBS),
+    (
+        "GET unknown manifest digest answers 404 MANIFEST_UNKNOWN",
+        MANIFESTS,
+    ),
+    (
+        "GET manifest of an unknown repository answers 404",
+        MANIFESTS,
+    ),
+    (
+        "HEAD blob answers 200 with Docker-Content-Digest and Content-Length",
+        CONTENT,
+    ),
+    (
+        "GET blob answers 200 with the blob and Docker-Content-Digest",
+        BLOBS,
+    ),
     ("GET blob with Range answers 206 with those bytes", BLOBS),
     ("HEAD unknown blob answers 404", CONTENT),
     ("GET unknown blob answers 404 BLOB_UNKNOWN", BLOBS),
-    ("GET blob with an invalid digest answers 400 or 404 with a spec error body", "§Error Codes"),
+    (
+        "GET blob with an invalid digest answers 400 or 404 with a spec error body",
+        "§Error Codes",
+    ),
 ];
 
 /// Fails unless `Content-Length` is `len` ("A successful response MUST contain the size in

@@ -58,9 +58,7 @@ async fn cancel(cx: &Cx<'_>, repo: &str, url: &Url) {
     if !url.path().contains("/blobs/uploads/") {
         return;
     }
-    let _ = cx
-        .send(cx.req_url(Method::DELETE, repo, url.clone()))
-        .await;
+    let _ = cx.send(cx.req_url(Method::DELETE, repo, url.clone())).await;
 }
 
 /// `Range: 0-<end>` of a chunk or status answer must name `end` (inclusive).
@@ -144,9 +142,13 @@ async fn monolithic(cx: &mut Cx<'_>) {
     let o = async {
         let x = cx
             .send(
-                cx.req(Method::POST, &ns, &format!("blobs/uploads/?digest={digest}"))
-                    .header("content-type", "application/octet-stream")
-                    .body(blob.clone()),
+                cx.req(
+                    Method::POST,
+                    &ns,
+                    &format!("blobs/uploads/?digest={digest}"),
+                )
+                .header("content-type", "application/octet-stream")
+                .body(blob.clone()),
             )
             .await?;
         status(&x, &[201, 202])?;
@@ -179,11 +181,26 @@ async fn monolithic(cx: &mut Cx<'_>) {
 async fn chunked(cx: &mut Cx<'_>) {
     let ns = cx.ns().to_owned();
     let names = [
-        ("POST chunked upload session answers 202 with Location and a usable OCI-Chunk-Min-Length", "end-4a"),
-        ("PATCH first chunk answers 202 with Location and Range 0-<end>", "end-5"),
-        ("GET upload session answers 204 with Location and Range 0-<end>", "end-13"),
-        ("PATCH next chunk answers 202 with Location and Range 0-<end>", "end-5"),
-        ("PUT with the final chunk answers 201 with Location, and the blob is whole", "end-6"),
+        (
+            "POST chunked upload session answers 202 with Location and a usable OCI-Chunk-Min-Length",
+            "end-4a",
+        ),
+        (
+            "PATCH first chunk answers 202 with Location and Range 0-<end>",
+            "end-5",
+        ),
+        (
+            "GET upload session answers 204 with Location and Range 0-<end>",
+            "end-13",
+        ),
+        (
+            "PATCH next chunk answers 202 with Location and Range 0-<end>",
+            "end-5",
+        ),
+        (
+            "PUT with the final chunk answers 201 with Location, and the blob is whole",
+            "end-6",
+        ),
     ];
     let mut chunk = 1024usize;
     let mut session = None;
@@ -191,7 +208,10 @@ async fn chunked(cx: &mut Cx<'_>) {
         let (x, url) = open_session(cx, &ns).await?;
         if let Some(v) = x.header("oci-chunk-min-length") {
             let min: usize = v.trim().parse().map_err(|_| {
-                format!("OCI-Chunk-Min-Length `{v}` is not a byte count\n{}", x.transcript())
+                format!(
+                    "OCI-Chunk-Min-Length `{v}` is not a byte count\n{}",
+                    x.transcript()
+                )
             })?;
             if min > MAX_CHUNK {
                 return Err(format!(
@@ -503,12 +523,27 @@ async fn mounts(cx: &mut Cx<'_>) {
 async fn manifests(cx: &mut Cx<'_>) {
     let ns = cx.ns().to_owned();
     let names = [
-        ("PUT manifest by tag answers 201 with Location and Docker-Content-Digest", "§Pushing Manifests, end-7a"),
+        (
+            "PUT manifest by tag answers 201 with Location and Docker-Content-Digest",
+            "§Pushing Manifests, end-7a",
+        ),
         ("pushed manifest is stored byte for byte", MANIFESTS),
-        ("PUT manifest by digest, without layers, answers 201 with Location and Docker-Content-Digest", "§Pushing Manifests, end-7a"),
-        ("PUT manifest with an unknown blob answers 400 MANIFEST_BLOB_UNKNOWN, or is accepted", "§Push, code-5"),
-        ("PUT manifest whose subject does not exist answers 201", "§Push"),
-        ("PUT manifest with subject answers OCI-Subject", "§Pushing Manifests with Subject"),
+        (
+            "PUT manifest by digest, without layers, answers 201 with Location and Docker-Content-Digest",
+            "§Pushing Manifests, end-7a",
+        ),
+        (
+            "PUT manifest with an unknown blob answers 400 MANIFEST_BLOB_UNKNOWN, or is accepted",
+            "§Push, code-5",
+        ),
+        (
+            "PUT manifest whose subject does not exist answers 201",
+            "§Push",
+        ),
+        (
+            "PUT manifest with subject answers OCI-Subject",
+            "§Pushing Manifests with Subject",
+        ),
     ];
     let config = config_blob(cx, "push");
     let empty_config = config_blob(cx, "push-empty");
@@ -548,7 +583,11 @@ async fn manifests(cx: &mut Cx<'_>) {
     .await;
     cx.record(names[1].0, names[1].1, o);
 
-    let no_layers = image_manifest(descriptor(media_type::OCI_CONFIG, &empty_config), vec![], None);
+    let no_layers = image_manifest(
+        descriptor(media_type::OCI_CONFIG, &empty_config),
+        vec![],
+        None,
+    );
     let no_layers_digest = Digest::sha256_of(&no_layers);
     let o = put_manifest(cx, &ns, &no_layers_digest.to_string(), &no_layers).await;
     cx.pushed_manifest(&ns, &no_layers_digest);
@@ -570,7 +609,9 @@ async fn manifests(cx: &mut Cx<'_>) {
             )
             .await?;
         if x.status.as_u16() == 201 {
-            return Ok("accepted: the registry does not check references (it MAY reject)".to_owned());
+            return Ok(
+                "accepted: the registry does not check references (it MAY reject)".to_owned(),
+            );
         }
         // "When a manifest is rejected for this reason, it MUST result in one or more
         // MANIFEST_BLOB_UNKNOWN errors."
@@ -633,7 +674,11 @@ async fn manifests(cx: &mut Cx<'_>) {
             };
             cx.record(names[5].0, names[5].1, o);
         }
-        None => cx.skip(names[5].0, names[5].1, "the manifest with subject was refused"),
+        None => cx.skip(
+            names[5].0,
+            names[5].1,
+            "the manifest with subject was refused",
+        ),
     }
 }
 

@@ -126,7 +126,10 @@ impl Report {
         let _ = writeln!(
             out,
             "<testsuites name=\"{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\" time=\"{:.3}\">",
-            xml(&format!("OCI distribution-spec conformance: {}", self.target)),
+            xml(&format!(
+                "OCI distribution-spec conformance: {}",
+                self.target
+            )),
             self.count(Status::Passed) + self.count(Status::Failed) + self.count(Status::Skipped),
             self.count(Status::Failed),
             self.count(Status::Skipped),

@@ -72,9 +72,17 @@ impl Exchange {
 /// URLs): their values are never printed.
 fn secret_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
-    ["sig", "token", "credential", "key", "auth", "secret", "password"]
-        .iter()
-        .any(|s| k.contains(s))
+    [
+        "sig",
+        "token",
+        "credential",
+        "key",
+        "auth",
+        "secret",
+        "password",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
 }
 
 fn redact(url: &Url) -> String {
@@ -115,7 +123,12 @@ fn redact_text(value: &str) -> String {
         _ => ("", value, ""),
     };
     match base.join(inner) {
-        Ok(u) if u.query().is_some_and(|q| q.split('&').any(|p| secret_key(p.split('=').next().unwrap_or("")))) => {
+        Ok(u)
+            if u.query().is_some_and(|q| {
+                q.split('&')
+                    .any(|p| secret_key(p.split('=').next().unwrap_or("")))
+            }) =>
+        {
             format!("{prefix}{}{suffix}", redact(&u))
         }
         _ => value.to_owned(),
