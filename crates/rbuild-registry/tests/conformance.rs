@@ -75,7 +75,12 @@ async fn invalid_namespace_and_unreachable_registry_are_errors() {
     )
     .await
     .unwrap_err();
-    assert!(e.to_string().contains("does not answer /v2/"), "{e}");
+    let m = e.to_string();
+    assert!(m.contains("does not answer /v2/"), "{m}");
+    assert!(
+        m.contains("> GET /v2/") && m.contains("Connection refused"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
