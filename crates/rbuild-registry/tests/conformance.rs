@@ -2,9 +2,15 @@
 //! exactly the checks of the behaviour it breaks) and against the real docker-registry 2.8
 //! (the run completes and fails exactly the documented gaps of 2.8).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::io;
+use std::process::Command;
 use std::time::Instant;
+
+use common::{MemBlobs, make_image, quiet};
+use rbuild_oci::Reference;
 
 use rbuild_registry::conformance::{self, ConformanceOptions, Report, Status, Workflow};
 use rbuild_registry::{Client, ClientOptions, Credentials};
@@ -331,4 +337,76 @@ async fn credentials_never_appear_in_the_report() {
         assert!(!text.contains(password) && !text.contains(&basic));
         assert!(!text.to_ascii_lowercase().contains("authorization:"));
     }
+}
+
+/// The strict fixture is a registry real clients use: this crate's client pushes (streamed and
+/// in `Content-Range` chunks above its `OCI-Chunk-Min-Length`) and pulls through it, and skopeo
+/// reads from it and copies within it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_registry_serves_the_client_and_skopeo() {
+    let reg = StrictRegistry::start(&[]).unwrap();
+    for (seed, chunk) in [(7, None), (8, Some(1500))] {
+        let client =
+            Client::new(ClientOptions::default().max_retries(0).chunk_size(chunk)).unwrap();
+        let (image, blobs) = make_image(seed, 2, 5000);
+        let target: Reference = format!("{}/strict/app:{seed}", reg.host()).parse().unwrap();
+        let pushed = client
+            .push_image(&target, &image, &blobs, &quiet)
+            .await
+            .unwrap();
+        let sink = MemBlobs::default();
+        let pulled = client
+            .pull_image(&target, None, &sink, &quiet)
+            .await
+            .unwrap();
+        assert_eq!(pulled.manifest.digest, pushed.digest);
+        assert_eq!(sink.len(), 3);
+    }
+    let chunked = reg
+        .requests()
+        .iter()
+        .filter(|r| r.starts_with("PATCH ") && r.ends_with(" 202"))
+        .count();
+    assert!(chunked >= 6, "{:?}", reg.requests());
+
+    if Command::new("skopeo").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true")
+                && std::env::var_os("RBUILD_REQUIRE_SANDBOX").is_none(),
+            "skopeo is not installed"
+        );
+        eprintln!("skipping the skopeo half: skopeo is not installed");
+        return;
+    }
+    let host = reg.host();
+    let skopeo = |args: &[&str]| {
+        let out = Command::new("skopeo").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "skopeo {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let raw = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{host}/strict/app:7"),
+    ]);
+    let (image, _) = make_image(7, 2, 5000);
+    assert_eq!(raw, image.manifest_bytes);
+    skopeo(&[
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-tls-verify=false",
+        &format!("docker://{host}/strict/app:8"),
+        &format!("docker://{host}/strict/copy:1"),
+    ]);
+    let tags = skopeo(&[
+        "list-tags",
+        "--tls-verify=false",
+        &format!("docker://{host}/strict/copy"),
+    ]);
+    assert!(String::from_utf8_lossy(&tags).contains("\"1\""));
 }
