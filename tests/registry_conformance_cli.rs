@@ -92,9 +92,12 @@ fn conformance_command_passes_a_strict_registry_in_every_format() {
 fn conformance_command_reads_the_reference_suite_environment() {
     let reg = StrictRegistry::start(&[]).unwrap();
     let root = format!("http://{}", reg.host());
+    let reports = tempfile::tempdir().unwrap();
+    let report_dir = reports.path().join("out");
     let o = conformance(
         &["--format", "json"],
         &[
+            ("OCI_REPORT_DIR", report_dir.to_str().unwrap()),
             ("OCI_ROOT_URL", &root),
             ("OCI_NAMESPACE", "conformance/env"),
             ("OCI_TEST_PULL", "1"),
@@ -113,6 +116,12 @@ fn conformance_command_reads_the_reference_suite_environment() {
         .collect();
     assert_eq!(names, ["pull", "content-management"]);
     assert_eq!(json["target"], format!("{}/conformance/env", reg.host()));
+    // OCI_REPORT_DIR: where CI jobs of the reference suite collect junit.xml.
+    let junit = std::fs::read_to_string(report_dir.join("junit.xml")).unwrap();
+    assert_eq!(junit.matches("<testsuite ").count(), 2, "{junit}");
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report_dir.join("report.json")).unwrap()).unwrap();
+    assert_eq!(saved["workflows"], json["workflows"]);
     // --workflows wins over the variables; the cross-mount namespace is used.
     let o = conformance(
         &["--workflows", "push", "--keep", "--format", "json"],

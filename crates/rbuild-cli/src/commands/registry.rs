@@ -3,6 +3,7 @@
 //! changing the command.
 
 use std::io::Read as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -57,6 +58,10 @@ pub struct ConformanceArgs {
     /// Report format.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
+    /// Also write `junit.xml` and `report.json` into this directory (the reference suite's
+    /// `OCI_REPORT_DIR`, where CI jobs collect its `junit.xml`).
+    #[arg(long, env = "OCI_REPORT_DIR", value_name = "DIR")]
+    report_dir: Option<PathBuf>,
 }
 
 /// Splits `[scheme://]host[:port]/namespace`; `http://` marks the registry as plain HTTP.
@@ -159,6 +164,16 @@ async fn conformance(flags: &RegistryFlags, args: ConformanceArgs) -> anyhow::Re
     let report = conformance::run(&client, &registry, &namespace, &options)
         .await
         .with_context(|| format!("failed to check {registry}/{namespace}"))?;
+    if let Some(dir) = &args.report_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("failed to create the report directory {}", dir.display()))?;
+        let json = serde_json::to_string_pretty(&report.to_json())?;
+        for (name, content) in [("junit.xml", report.to_junit()), ("report.json", json)] {
+            let path = dir.join(name);
+            std::fs::write(&path, content)
+                .with_context(|| format!("failed to write {}", path.display()))?;
+        }
+    }
     match args.format {
         Format::Text => print!("{}", report.to_text()),
         Format::Junit => print!("{}", report.to_junit()),
