@@ -254,6 +254,15 @@ async fn selection_and_keep() {
     assert_eq!(reg.manifest_count(), 3);
     let json = report.to_json();
     assert_eq!(json["workflows"][0]["name"], "content-discovery");
+    // The run ID names what --keep left.
+    let run_id = json["run_id"].as_str().unwrap();
+    assert_eq!(run_id.len(), 10);
+    assert!(report.to_text().contains(&format!("(run {run_id})")));
+    assert!(
+        reg.requests()
+            .iter()
+            .any(|r| r.starts_with(&format!("PUT /v2/{NS}/manifests/disc-{run_id}-a ")))
+    );
     assert!(json["workflows"][0]["checks"][0]["spec"].is_string());
 }
 

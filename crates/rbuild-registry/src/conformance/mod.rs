@@ -334,6 +334,7 @@ pub async fn run(
     }
     Ok(Report {
         target: format!("{registry}/{namespace}"),
+        run_id: session.run_id.clone(),
         workflows,
         leftovers,
         elapsed: started.elapsed(),

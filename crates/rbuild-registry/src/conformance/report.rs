@@ -66,6 +66,9 @@ impl WorkflowReport {
 pub struct Report {
     /// `registry/namespace` the run was against.
     pub target: String,
+    /// The ID in every tag and test blob of the run (`pull-<id>`, `disc-<id>-a`, …): how to
+    /// find what `--keep` left.
+    pub run_id: String,
     /// The selected workflows, in the order they ran.
     pub workflows: Vec<WorkflowReport>,
     /// What the run pushed and could not delete afterwards (`--keep` leaves everything).
@@ -94,7 +97,7 @@ impl Report {
 
     /// The JSON shape scripts read (stable):
     /// `{"workflows": [{"name": "pull", "checks": [{"name", "status", "spec", "detail"}]}]}`,
-    /// plus `target`, `summary` counts, `leftovers` and `elapsed_seconds`.
+    /// plus `target`, `run_id`, `summary` counts, `leftovers` and `elapsed_seconds`.
     pub fn to_json(&self) -> serde_json::Value {
         let workflows: Vec<serde_json::Value> = self
             .workflows
@@ -108,6 +111,7 @@ impl Report {
             .collect();
         serde_json::json!({
             "target": self.target,
+            "run_id": self.run_id,
             "workflows": workflows,
             "summary": {
                 "passed": self.count(Status::Passed),
@@ -181,7 +185,10 @@ impl Report {
     /// The human summary: per workflow a count line, then each failed check with its spec
     /// section and request/response lines, and skipped checks with their reason.
     pub fn to_text(&self) -> String {
-        let mut out = format!("OCI distribution-spec 1.1 conformance: {}\n", self.target);
+        let mut out = format!(
+            "OCI distribution-spec 1.1 conformance: {} (run {})\n",
+            self.target, self.run_id
+        );
         for w in &self.workflows {
             let _ = writeln!(
                 out,
@@ -247,6 +254,7 @@ mod tests {
     fn report() -> Report {
         Report {
             target: "127.0.0.1:5000/conf".into(),
+            run_id: "0123456789".into(),
             workflows: vec![WorkflowReport {
                 workflow: Workflow::Push,
                 checks: vec![
