@@ -13,6 +13,7 @@ mod deploy_cli;
 mod differential;
 mod pipeline_cli;
 mod registry_cli;
+mod registry_conformance_cli;
 mod reliability;
 mod semantics;
 mod support;

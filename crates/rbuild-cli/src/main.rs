@@ -66,6 +66,9 @@ enum Command {
     /// Run or plan a `.gitlab-ci.yml` pipeline locally.
     #[command(subcommand)]
     Pipeline(commands::pipeline::Command),
+    /// Registry tools: `conformance` checks a registry against the OCI distribution spec.
+    #[command(subcommand)]
+    Registry(commands::registry::Command),
     /// What the `docker` and `deploy` names of this binary run.
     #[command(subcommand, hide = true)]
     Shim(shim::Shim),
@@ -134,6 +137,7 @@ fn main() -> ExitCode {
             Command::Rollback(a) => commands::rollback::run(a).await,
             Command::History(a) => commands::history::run(a).await,
             Command::Pipeline(c) => commands::pipeline::run(&root, &cli.registry, c).await,
+            Command::Registry(c) => commands::registry::run(&cli.registry, c).await,
             Command::Shim(s) => shim::run(&root, &cli.registry, s).await,
         }
     });

@@ -1,5 +1,6 @@
 //! OCI distribution client: push that skips what the registry has, pull with digest
-//! verification, login, tags, catalog, referrers; conformant against a real registry.
+//! verification, login, tags, catalog, referrers; conformant against a real registry. The
+//! [`conformance`] module checks a registry against the distribution spec's four workflows.
 //!
 //! The crate is split like kube-rs: [`request`] builds `http::Request`s and [`response`] parses
 //! answers (both pure, unit-tested without a network); [`Client`] sends them with reqwest,
@@ -41,6 +42,7 @@
 mod auth;
 mod blob;
 mod client;
+pub mod conformance;
 pub mod credentials;
 mod error;
 mod manifest;

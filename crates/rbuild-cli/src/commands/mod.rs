@@ -14,6 +14,7 @@ pub mod pipeline;
 pub mod prune;
 pub mod pull;
 pub mod push;
+pub mod registry;
 pub mod rmi;
 pub mod rollback;
 pub mod run;
