@@ -8,6 +8,8 @@
 #! RUN find /src -type f | wc -l > /app/count, ENV, WORKDIR, CMD.
 #!
 #! Run (as root):   benches/reference_workload.sh [RUNS]
+#! With RBUILD_BASELINE=/path/to/an/older/rbuild, that binary is measured the same way in the same
+#! run (interleaved) and a third table compares the two rbuild builds (e.g. the cost of a change).
 #! Needs: buildah, runc, busybox-static, GNU time (/usr/bin/time).
 set -euo pipefail
 runs=${1:-5}
@@ -70,6 +72,14 @@ for i in $(seq 1 "$runs"); do
   timed "$work/rbuild.nochange" $(rb "$r") build --progress plain -t app:1 -f "$work/Dockerfile" "$ctx"
   echo "change $i" >> "$ctx/dir00/file000.txt"
   timed "$work/rbuild.onefile" $(rb "$r") build --progress plain -t app:1 -f "$work/Dockerfile" "$ctx"
+  if [ -n "${RBUILD_BASELINE:-}" ]; then
+    o=$work/base-$i; mkdir -p "$o"
+    "$RBUILD_BASELINE" --root "$o" build --progress plain -t localhost/busybox:latest "$base_ctx" >/dev/null
+    timed "$work/baseline.cold" "$RBUILD_BASELINE" --root "$o" build --progress plain -t app:1 -f "$work/Dockerfile" "$ctx"
+    timed "$work/baseline.nochange" "$RBUILD_BASELINE" --root "$o" build --progress plain -t app:1 -f "$work/Dockerfile" "$ctx"
+    echo "change o$i" >> "$ctx/dir00/file000.txt"
+    timed "$work/baseline.onefile" "$RBUILD_BASELINE" --root "$o" build --progress plain -t app:1 -f "$work/Dockerfile" "$ctx"
+  fi
   # buildah
   b=$work/buildah-$i; mkdir -p "$b"
   $(bh_bud "$b") -t localhost/busybox:latest "$base_ctx" >/dev/null
@@ -91,4 +101,11 @@ for s in ["cold", "nochange", "onefile"]:
     rt, rm = load(f"rbuild.{s}"); bt, bm = load(f"buildah.{s}")
     print(f"{s:<12} {rt:>9.2f} {bt:>10.2f} {rt/bt if bt else float('nan'):>7.2f} {rm:>11.1f} {bm:>12.1f}")
 print("ratio = rbuild / buildah (lower is better); times are medians, RSS is the peak of the runs")
+import os
+if os.path.exists(f"{w}/baseline.cold"):
+    print(f"\n{'scenario':<12} {'rbuild s':>9} {'baseline s':>11} {'ratio':>7}")
+    for s in ["cold", "nochange", "onefile"]:
+        rt, _ = load(f"rbuild.{s}"); ot, _ = load(f"baseline.{s}")
+        print(f"{s:<12} {rt:>9.3f} {ot:>11.3f} {rt/ot if ot else float('nan'):>7.2f}")
+    print("ratio = this rbuild / RBUILD_BASELINE (1.00 = no change)")
 PY

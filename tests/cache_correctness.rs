@@ -108,7 +108,14 @@ fn every_input_a_step_reads_is_in_its_key_and_nothing_else() {
             name: "bind-mount-ignored-file",
             dockerfile: "FROM localhost/busybox:test\nRUN --mount=type=bind,source=src,target=/s sh -c 'cat /s/ign 2>/dev/null; cat /s/a' > /out\n",
             setup: |c| {
-                files(c, &[("src/a", "A"), ("src/ign", "secret-1"), (".dockerignore", "src/ign\n")]);
+                files(
+                    c,
+                    &[
+                        ("src/a", "A"),
+                        ("src/ign", "secret-1"),
+                        (".dockerignore", "src/ign\n"),
+                    ],
+                );
             },
             change: |c| files(c, &[("src/ign", "secret-2")]),
             before: e.clone(),
@@ -188,7 +195,13 @@ fn a_file_edited_during_the_build_is_not_cached_under_its_old_content() {
     fs::write(ctx.join("f"), "original").unwrap();
     // The keys are computed before the RUN starts: edit f while it runs.
     let mut child = Command::new(bin())
-        .args(["--root", root.to_str().unwrap(), "build", "--progress", "plain"])
+        .args([
+            "--root",
+            root.to_str().unwrap(),
+            "build",
+            "--progress",
+            "plain",
+        ])
         .arg(&ctx)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -210,6 +223,9 @@ fn a_file_edited_during_the_build_is_not_cached_under_its_old_content() {
     // Restored: the next build copies the original, and nothing stale was cached.
     fs::write(ctx.join("f"), "original").unwrap();
     build(&root, &ctx, &["-t", "localhost/mid:1"]);
-    let got = ok(&rbuild(&root, &["run", "localhost/mid:1", "--", "cat", "/f"]));
+    let got = ok(&rbuild(
+        &root,
+        &["run", "localhost/mid:1", "--", "cat", "/f"],
+    ));
     assert_eq!(got, "original");
 }

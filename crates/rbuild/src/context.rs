@@ -228,18 +228,14 @@ impl Context {
 
     /// A source tree taken from an image's or stage's merged layers (`COPY --from`): each
     /// source path is resolved inside that root (symlinks followed within it, as BuildKit does
-    /// for COPY sources) and listed as overlayfs shows it. The layers are immutable and named
-    /// by `source_key`, so a file's content id is derived from that key and the file's
-    /// identity instead of reading it.
+    /// for COPY sources) and listed as overlayfs shows it. File contents are hashed by
+    /// [`Context::hash_files`] like context files, with the cache keyed by their path in the
+    /// store (layer directories never change).
     ///
     /// # Errors
     ///
     /// When the layers cannot be read or a source resolves through a non-directory.
-    pub fn from_view(
-        view: &crate::view::LayerView,
-        sources: &[String],
-        source_key: &str,
-    ) -> io::Result<Self> {
+    pub fn from_view(view: &crate::view::LayerView, sources: &[String]) -> io::Result<Self> {
         let mut listed = BTreeMap::new();
         for src in sources {
             let rel = clean_rel(src).unwrap_or_default();
@@ -279,16 +275,6 @@ impl Context {
             };
             let mtime = (st.st_mtime, st.st_mtime_nsec as i64);
             let size = st.st_size as u64;
-            let sha256 = (kind == EntryKind::File).then(|| {
-                hex::encode(Sha256::digest(
-                    format!(
-                        "{source_key}\0{}\0{size}\0{}",
-                        e.node.rel,
-                        i128::from(mtime.0) * 1_000_000_000 + i128::from(mtime.1)
-                    )
-                    .as_bytes(),
-                ))
-            });
             entries.insert(
                 rel,
                 Entry {
@@ -298,15 +284,16 @@ impl Context {
                     mode: st.st_mode & 0o7777,
                     size,
                     mtime,
-                    sha256,
+                    sha256: None,
                     owner: Some((st.st_uid, st.st_gid)),
                     link_id: (st.st_nlink > 1
                         && e.node.file_type() == rustix::fs::FileType::RegularFile)
                         .then_some((st.st_dev, st.st_ino)),
                     identity: Identity {
                         size,
-                        mtime_ns: 0,
-                        ctime_ns: 0,
+                        mtime_ns: i128::from(mtime.0) * 1_000_000_000 + i128::from(mtime.1),
+                        ctime_ns: i128::from(st.st_ctime) * 1_000_000_000
+                            + i128::from(st.st_ctime_nsec as i64),
                         ino: st.st_ino,
                     },
                 },
@@ -329,6 +316,16 @@ impl Context {
     /// When the file cannot be opened.
     pub fn open(&self, e: &Entry) -> io::Result<fs::File> {
         open_entry(self.root_fd.as_deref(), e)
+    }
+
+    /// The hash-cache key of an entry: its context path, or for a tree taken from layers its
+    /// path in the store (unique and immutable).
+    fn cache_key(&self, rel: &str, e: &Entry) -> String {
+        if self.root_fd.is_some() {
+            rel.to_owned()
+        } else {
+            e.path.to_string_lossy().into_owned()
+        }
     }
 
     /// The open context root, when this is a context directory.
@@ -433,7 +430,7 @@ impl Context {
         let mut to_read = Vec::new();
         for rel in &wanted {
             let entry = &self.entries[rel];
-            match cache.files.get(rel) {
+            match cache.files.get(&self.cache_key(rel, entry)) {
                 Some((id, hash)) if *id == entry.identity => {
                     let hash = hash.clone();
                     if let Some(e) = self.entries.get_mut(rel) {
@@ -461,10 +458,15 @@ impl Context {
             .collect::<Result<_, _>>()?;
         let read = hashed.len();
         for (rel, id, hash) in hashed {
-            if let Some(e) = self.entries.get_mut(&rel) {
-                e.sha256 = Some(hash.clone());
-            }
-            cache.files.insert(rel, (id, hash));
+            let key = match self.entries.get_mut(&rel) {
+                Some(e) => {
+                    e.sha256 = Some(hash.clone());
+                    let e = e.clone();
+                    self.cache_key(&rel, &e)
+                }
+                None => rel,
+            };
+            cache.files.insert(key, (id, hash));
             cache.dirty = true;
         }
         Ok(read)

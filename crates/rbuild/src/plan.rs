@@ -8,7 +8,7 @@ use rbuild_dockerfile::{Instruction, InstructionKind, MountType};
 use serde_json::json;
 use sha2::Digest as _;
 
-use crate::context::{Context, HashCache, clean_rel};
+use crate::context::{Context, clean_rel};
 use crate::copy::{self, CopyRequest};
 use crate::error::{Error, Result};
 use crate::events::BuildEvent;
@@ -440,10 +440,12 @@ impl Build<'_> {
         } else if let Some(from) = spec.from {
             let src = self.source_image(from, idx, line)?;
             let src_view = image::ensure_unpacked(self.store, &src.layers)?;
-            let mut ctx = Context::from_view(&src_view, &sources, &src.key)
+            let mut ctx = Context::from_view(&src_view, &sources)
                 .map_err(|e| self.err(line, format!("{kw} --from={from}: {e}")))?;
-            let mut cache = HashCache::default();
-            copy::plan(&mut ctx, &mut cache, &req).map_err(|m| self.err(line, m))?
+            // Keyed by the content of what is copied (BuildKit's file op does the same): a
+            // source stage rebuilt with the same files does not re-run this step.
+            self.with_layer_hashes(|cache| copy::plan(&mut ctx, cache, &req))?
+                .map_err(|m| self.err(line, m))?
         } else {
             self.with_context(|ctx, cache| {
                 copy::plan(ctx, cache, &req).map_err(|m| self.err(line, m))

@@ -43,7 +43,13 @@ pub(crate) struct StageResult {
 pub(crate) struct ContextState {
     pub context: Option<Context>,
     pub hash_cache: HashCache,
+    /// Content hashes of files in unpacked layer directories (`COPY --from` sources), keyed by
+    /// their path in the store; layer directories never change, so entries stay valid.
+    pub layer_hashes: Option<HashCache>,
 }
+
+/// The state file of the layer-file hash cache.
+const LAYER_HASHES: &str = "layer-hashes";
 
 /// One build in progress. Shared by the threads that build independent stages.
 pub(crate) struct Build<'a> {
@@ -199,7 +205,30 @@ impl<'a> Build<'a> {
                     let _ = self.store.state_put(&self.hash_cache_name, &bytes);
                 }
             }
+            if let Some(h) = &st.layer_hashes
+                && h.is_dirty()
+                && let Ok(bytes) = serde_json::to_vec(h)
+            {
+                let _ = self.store.state_put(LAYER_HASHES, &bytes);
+            }
         }
+    }
+
+    /// Runs `f` with the hash cache of layer files (loaded on first use).
+    pub(crate) fn with_layer_hashes<T>(&self, f: impl FnOnce(&mut HashCache) -> T) -> Result<T> {
+        let mut st = self.ctx.lock().map_err(|_| Error::Operation {
+            op: "read the layer hash cache".into(),
+            source: "a parallel stage panicked".into(),
+        })?;
+        let cache = st.layer_hashes.get_or_insert_with(|| {
+            self.store
+                .state_get(LAYER_HASHES)
+                .ok()
+                .flatten()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default()
+        });
+        Ok(f(cache))
     }
 
     pub(crate) fn with_context<T>(
