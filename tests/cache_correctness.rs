@@ -229,3 +229,45 @@ fn a_file_edited_during_the_build_is_not_cached_under_its_old_content() {
     ));
     assert_eq!(got, "original");
 }
+
+#[test]
+fn proxy_args_reach_run_without_an_arg_and_stay_out_of_the_key_and_the_image() {
+    let Some((work, root)) = setup_with_base() else {
+        return;
+    };
+    let ctx = context_with(
+        work.path(),
+        "proxy",
+        "FROM localhost/busybox:test\nRUN echo \"$HTTP_PROXY\" > /p\n",
+    );
+    let first = build(
+        &root,
+        &ctx,
+        &[
+            "-t",
+            "localhost/proxy:1",
+            "--build-arg",
+            "HTTP_PROXY=http://proxy.invalid:3128",
+        ],
+    );
+    assert_eq!(missed(&first), vec![2], "{first}");
+    let got = ok(&rbuild(
+        &root,
+        &["run", "localhost/proxy:1", "--", "cat", "/p"],
+    ));
+    assert_eq!(got, "http://proxy.invalid:3128\n");
+    let inspect = ok(&rbuild(&root, &["inspect", "localhost/proxy:1"]));
+    assert!(!inspect.contains("proxy.invalid"), "{inspect}");
+    // Another proxy is the same build (BuildKit leaves proxies out of the cache key).
+    let again = build(
+        &root,
+        &ctx,
+        &[
+            "-t",
+            "localhost/proxy:1",
+            "--build-arg",
+            "HTTP_PROXY=http://other.invalid:8080",
+        ],
+    );
+    assert_eq!(missed(&again), Vec::<usize>::new(), "{again}");
+}

@@ -93,6 +93,17 @@ impl Build<'_> {
                 if !env.iter().any(|e| e.starts_with("HOME=")) {
                     env.push(format!("HOME={}", home_of(view, user.as_deref())));
                 }
+                // Predefined proxy args reach every RUN without an ARG, and stay out of the
+                // cache key and the image (BuildKit).
+                for name in PROXY_ARGS {
+                    if let Some(v) = self.opts.build_args.get(*name)
+                        && !env
+                            .iter()
+                            .any(|e| e.split_once('=').is_some_and(|(k, _)| k == *name))
+                    {
+                        env.push(format!("{name}={v}"));
+                    }
+                }
                 let mut binds = Vec::new();
                 for (i, m) in mounts.iter().enumerate() {
                     if let Some(b) =
@@ -336,6 +347,20 @@ impl Build<'_> {
         })
     }
 }
+
+/// Build args docker and BuildKit predefine: usable without an `ARG`, never in a key.
+const PROXY_ARGS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
 
 /// The home directory of a USER spec (`name`, `uid`, with an optional `:group`) in the image's
 /// `/etc/passwd`; `/` when it has none.
