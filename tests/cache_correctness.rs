@@ -176,6 +176,130 @@ fn every_input_a_step_reads_is_in_its_key_and_nothing_else() {
             after: vec!["--source-date-epoch", EPOCH, "--build-arg", "A=g"],
             expected: vec![3, 4],
         },
+        Row {
+            name: "context-file-owner",
+            dockerfile: "FROM localhost/busybox:test\nCOPY d/ /d/\nRUN true\n",
+            setup: |c| files(c, &[("d/a", "a")]),
+            // Context files land as 0:0 whatever their owner: not an input.
+            change: |c| std::os::unix::fs::chown(c.join("d/a"), Some(4321), Some(4321)).unwrap(),
+            before: e.clone(),
+            after: e.clone(),
+            expected: vec![],
+        },
+        Row {
+            name: "context-link-target",
+            dockerfile: "FROM localhost/busybox:test\nCOPY d/ /d/\nRUN true\n",
+            setup: |c| {
+                files(c, &[("d/a", "a")]);
+                symlink("a", c.join("d/l")).unwrap();
+            },
+            change: |c| {
+                fs::remove_file(c.join("d/l")).unwrap();
+                symlink("b", c.join("d/l")).unwrap();
+            },
+            before: e.clone(),
+            after: e.clone(),
+            expected: vec![2, 3],
+        },
+        Row {
+            name: "context-file-added-removed-renamed",
+            dockerfile: "FROM localhost/busybox:test\nCOPY d/ /d/\nRUN true\n",
+            setup: |c| files(c, &[("d/a", "a"), ("d/b", "b")]),
+            change: |c| {
+                fs::rename(c.join("d/a"), c.join("d/a2")).unwrap();
+                fs::remove_file(c.join("d/b")).unwrap();
+                files(c, &[("d/c", "c")]);
+            },
+            before: e.clone(),
+            after: e.clone(),
+            expected: vec![2, 3],
+        },
+        Row {
+            name: "context-hardlink",
+            dockerfile: "FROM localhost/busybox:test\nCOPY d/ /d/\nRUN true\n",
+            setup: |c| files(c, &[("d/a", "a"), ("d/b", "a")]),
+            change: |c| {
+                fs::remove_file(c.join("d/b")).unwrap();
+                fs::hard_link(c.join("d/a"), c.join("d/b")).unwrap();
+            },
+            before: e.clone(),
+            after: e.clone(),
+            expected: vec![2, 3],
+        },
+        Row {
+            name: "dockerignore-change",
+            dockerfile: "FROM localhost/busybox:test\nCOPY . /c/\n",
+            setup: |c| {
+                files(
+                    c,
+                    &[("a", "a"), ("b.log", "b"), (".dockerignore", "*.log\n")],
+                )
+            },
+            change: |c| files(c, &[(".dockerignore", "a\n")]),
+            before: e.clone(),
+            after: e.clone(),
+            expected: vec![2],
+        },
+        Row {
+            name: "env-shell-workdir-user",
+            dockerfile: "FROM localhost/busybox:test\nENV A=1\nSHELL [\"/bin/sh\", \"-c\"]\nWORKDIR /w\nUSER root\nRUN echo \"$A\" > a\n",
+            setup: |_| {},
+            change: |c| {
+                let df = fs::read_to_string(c.join("Dockerfile")).unwrap();
+                fs::write(
+                    c.join("Dockerfile"),
+                    df.replace("WORKDIR /w", "WORKDIR /w2"),
+                )
+                .unwrap();
+            },
+            before: e.clone(),
+            after: e.clone(),
+            expected: vec![4, 5, 6],
+        },
+        Row {
+            name: "heredoc-body",
+            dockerfile: "FROM localhost/busybox:test\nCOPY <<EOF /h\none\nEOF\nRUN cat /h > /h2\n",
+            setup: |_| {},
+            change: |c| {
+                let df = fs::read_to_string(c.join("Dockerfile")).unwrap();
+                fs::write(c.join("Dockerfile"), df.replace("one", "two")).unwrap();
+            },
+            before: e.clone(),
+            after: e.clone(),
+            expected: vec![2, 3],
+        },
+        Row {
+            name: "cache-mount-id",
+            dockerfile: "FROM localhost/busybox:test\nRUN --mount=type=cache,id=one,target=/c sh -c 'touch /c/x; echo built > /b'\n",
+            setup: |_| {},
+            change: |c| {
+                let df = fs::read_to_string(c.join("Dockerfile")).unwrap();
+                fs::write(c.join("Dockerfile"), df.replace("id=one", "id=two")).unwrap();
+            },
+            before: e.clone(),
+            after: e.clone(),
+            expected: vec![2],
+        },
+        Row {
+            name: "copy-from-stage-rebuilt-with-the-same-files",
+            dockerfile: "FROM localhost/busybox:test AS s\nRUN echo same > /f\nFROM localhost/busybox:test\nCOPY --from=s /f /f\nRUN true\n",
+            setup: |_| {},
+            change: |_| {},
+            before: e.clone(),
+            after: vec!["--source-date-epoch", EPOCH, "--no-cache-filter", "s"],
+            // Stage s runs again (its lines are `[s 2/2]`, not counted here); the final
+            // stage's COPY and RUN hit because the copied file has the same content.
+            expected: vec![],
+        },
+        Row {
+            name: "compression",
+            dockerfile: "FROM localhost/busybox:test\nRUN echo x > /x\n",
+            setup: |_| {},
+            change: |_| {},
+            before: e.clone(),
+            after: vec!["--source-date-epoch", EPOCH, "--compression", "zstd"],
+            expected: vec![2],
+        },
     ];
     for row in &rows {
         check(&root, work.path(), row);
