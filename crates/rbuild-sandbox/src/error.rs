@@ -95,6 +95,21 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The seccomp filter could not be compiled.
+    #[error("cannot compile the seccomp filter: {reason}")]
+    Seccomp {
+        /// What seccompiler said.
+        reason: String,
+    },
+    /// Creating, configuring or reading a per-run cgroup failed.
+    #[error("failed to {op}")]
+    Cgroup {
+        /// What was being done, with the path.
+        op: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// This process cannot run sandboxes (see [`check_support`](crate::check_support)).
     #[error("{what}: {remedy}")]
     Unsupported {

@@ -45,15 +45,25 @@
 //! # }
 //! ```
 
+mod cgroup;
 mod error;
+mod limits;
 mod plan;
 mod run;
+mod security;
 mod spec;
 mod support;
 mod sys;
 mod user;
 
 pub use error::{Error, Result};
+pub use limits::{Limits, ParseLimitError, Ulimit, UlimitResource, parse_size};
 pub use run::run;
+pub use seccompiler::TargetArch;
+pub use security::{
+    Capability, DEFAULT_CAPABILITIES, DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS,
+    DENIED_SYSCALLS, DENIED_SYSCALLS_X86_64, ENOSYS_SYSCALLS, NAMESPACE_FLAGS, Profile,
+    SeccompRules, compile_seccomp,
+};
 pub use spec::{BindMount, Network, OUTPUT_TAIL_LIMIT, Outcome, RunSpec, Stdio};
 pub use support::check_support;

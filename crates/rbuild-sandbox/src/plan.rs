@@ -27,7 +27,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
+use std::sync::OnceLock;
+
+use seccompiler::BpfProgram;
+
+use crate::cgroup::StepCgroup;
 use crate::error::{Error, Result};
+use crate::security::{self, SeccompRules};
 use crate::spec::{Network, RunSpec};
 use crate::user;
 
@@ -73,6 +79,89 @@ pub(crate) struct Plan {
     pub user: Vec<u8>,
     pub group: Option<Vec<u8>>,
     pub buffers: Buffers,
+    pub security: SecurityPlan,
+    /// The run's cgroups (with limits), removed when the plan is dropped.
+    pub cgroup: Option<StepCgroup>,
+}
+
+/// The profile and limits, ready for the child (see `sys::harden`).
+#[derive(Debug, Default)]
+pub(crate) struct SecurityPlan {
+    /// Capabilities kept (bit mask); `None` keeps all.
+    pub capabilities: Option<u64>,
+    /// The highest capability number of this kernel (`/proc/sys/kernel/cap_last_cap`).
+    pub last_cap: u32,
+    pub no_new_privileges: bool,
+    /// Filters to install, in order (empty: none).
+    pub seccomp: Vec<BpfProgram>,
+    pub masked_paths: Vec<CString>,
+    pub readonly_paths: Vec<CString>,
+    /// `(RLIMIT_*, limit)` pairs for `setrlimit`.
+    pub rlimits: Vec<(u32, libc::rlimit)>,
+}
+
+/// The compiled filters of `rules` for this machine; the default profile's are compiled once.
+fn seccomp_programs(rules: &SeccompRules) -> Result<Vec<BpfProgram>> {
+    static DEFAULT: OnceLock<Vec<BpfProgram>> = OnceLock::new();
+    if *rules == SeccompRules::default() {
+        if let Some(programs) = DEFAULT.get() {
+            return Ok(programs.clone());
+        }
+        let programs = security::compile_seccomp(rules, security::host_arch()?)?;
+        let _ = DEFAULT.set(programs.clone());
+        return Ok(programs);
+    }
+    security::compile_seccomp(rules, security::host_arch()?)
+}
+
+/// Prepares the profile and limits of `spec` for the child.
+fn security_plan(spec: &RunSpec) -> Result<SecurityPlan> {
+    let profile = &spec.security;
+    let paths = |what, list: &[String]| -> Result<Vec<CString>> {
+        list.iter()
+            .map(|p| {
+                if p.starts_with('/') {
+                    cstring(what, p.as_bytes())
+                } else {
+                    Err(Error::InvalidSpec {
+                        what,
+                        value: p.clone(),
+                        reason: "must be absolute",
+                    })
+                }
+            })
+            .collect()
+    };
+    let last_cap = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(63);
+    let infinity = |v: Option<u64>| v.unwrap_or(libc::RLIM_INFINITY);
+    Ok(SecurityPlan {
+        capabilities: profile.capability_mask(),
+        last_cap,
+        no_new_privileges: profile.no_new_privileges,
+        seccomp: match &profile.seccomp {
+            Some(rules) => seccomp_programs(rules)?,
+            None => Vec::new(),
+        },
+        masked_paths: paths("masked path", &profile.masked_paths)?,
+        readonly_paths: paths("read-only path", &profile.readonly_paths)?,
+        rlimits: spec
+            .limits
+            .ulimits
+            .iter()
+            .map(|u| {
+                (
+                    u.resource.resource(),
+                    libc::rlimit {
+                        rlim_cur: infinity(u.soft),
+                        rlim_max: infinity(u.hard),
+                    },
+                )
+            })
+            .collect(),
+    })
 }
 
 /// Buffers the child fills after `fork` (it cannot allocate): taken out of the [`Plan`] so
@@ -309,6 +398,8 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
 
     let (candidates, exec_searched) = exec_candidates(prog, &spec.env);
     let (user, group) = user::split_spec(spec.user.as_deref());
+    let security = security_plan(spec)?;
+    let cgroup = StepCgroup::create(&spec.limits)?;
     Ok(Plan {
         scratch_c: cstring("path", dir.as_os_str().as_bytes())?,
         scratch,
@@ -342,6 +433,8 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
             group: vec![0; DATABASE_BUFFER],
             groups: vec![0; MAX_GROUPS],
         },
+        security,
+        cgroup,
     })
 }
 

@@ -54,9 +54,11 @@ pub fn run(spec: &RunSpec, on_output: &mut dyn FnMut(&[u8])) -> Result<Outcome> 
             },
         });
     }
+    let oom_killed = plan.cgroup.as_ref().is_some_and(|c| c.oom_killed());
     Ok(Outcome {
         status,
         output_tail: tail,
+        oom_killed,
     })
 }
 
@@ -157,11 +159,51 @@ fn failure_error(plan: &Plan, spec: &RunSpec, failure: Failure) -> Error {
         Step::SetGid => "set the group id".to_owned(),
         Step::SetUid => "set the user id".to_owned(),
         Step::WaitInit => "wait for pid 1 of the sandbox".to_owned(),
+        Step::JoinCgroup => "join the run's cgroup (for --memory/--pids-limit)".to_owned(),
+        Step::CgroupNamespace => "create the cgroup namespace".to_owned(),
+        Step::Setsid => "start a new session (setsid)".to_owned(),
+        Step::MaskPath => format!("mask {}", path_of(&spec.security.masked_paths, index)),
+        Step::ReadonlyPath => format!(
+            "make {} read-only",
+            path_of(&spec.security.readonly_paths, index)
+        ),
+        Step::Rlimit => format!(
+            "set the ulimit {}",
+            spec.limits
+                .ulimits
+                .get(index)
+                .map_or_else(|| "?".to_owned(), ToString::to_string)
+        ),
+        Step::DropBounding => format!(
+            "drop {} from the capability bounding set",
+            crate::Capability(failure.index).name()
+        ),
+        Step::SetCapabilities => "set the capabilities".to_owned(),
+        Step::NoNewPrivileges => "set no_new_privs".to_owned(),
+        Step::Seccomp => {
+            if matches!(failure.errno, libc::EINVAL | libc::ENOSYS) {
+                // Never run without the filter the profile asks for: say what is missing.
+                return Error::Unsupported {
+                    what: format!(
+                        "the kernel refused the seccomp filter ({}): it lacks \
+                         CONFIG_SECCOMP_FILTER, or runs on another architecture",
+                        io::Error::from_raw_os_error(failure.errno)
+                    ),
+                    remedy: "use a kernel with seccomp filters, or (for a build you trust) \
+                             RUN --security=insecure with --allow security.insecure",
+                };
+            }
+            "install the seccomp filter".to_owned()
+        }
     };
     Error::Setup {
         step,
         source: io::Error::from_raw_os_error(failure.errno),
     }
+}
+
+fn path_of(paths: &[String], index: usize) -> String {
+    paths.get(index).cloned().unwrap_or_else(|| "?".to_owned())
 }
 
 #[cfg(test)]

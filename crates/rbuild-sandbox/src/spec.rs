@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+use crate::limits::Limits;
+use crate::security::Profile;
+
 /// The network a sandboxed process sees.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Network {
@@ -77,6 +80,11 @@ pub struct RunSpec {
     pub stdio: Stdio,
     /// More bind mounts (build mounts), applied after the standard ones, in order.
     pub extra_mounts: Vec<BindMount>,
+    /// Capabilities, seccomp filter, masked and read-only paths: docker's default unless
+    /// [`Profile::insecure`] is asked for.
+    pub security: Profile,
+    /// Memory, process and `ulimit` limits (none by default).
+    pub limits: Limits,
 }
 
 impl Default for RunSpec {
@@ -93,6 +101,8 @@ impl Default for RunSpec {
             hostname: "rbuild".to_owned(),
             stdio: Stdio::Capture,
             extra_mounts: Vec::new(),
+            security: Profile::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -176,6 +186,20 @@ impl RunSpec {
         self
     }
 
+    /// Sets the security profile.
+    #[must_use]
+    pub fn security(mut self, profile: Profile) -> Self {
+        self.security = profile;
+        self
+    }
+
+    /// Sets the resource limits.
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Adds a bind mount.
     #[must_use]
     pub fn mount(mut self, mount: BindMount) -> Self {
@@ -193,6 +217,9 @@ pub struct Outcome {
     /// The last [`OUTPUT_TAIL_LIMIT`] bytes of the captured output (empty with
     /// [`Stdio::Inherit`]), for error messages.
     pub output_tail: Vec<u8>,
+    /// Whether the kernel's OOM killer killed a process of the run because of
+    /// [`Limits::memory`] (then a status of 137 means "out of memory").
+    pub oom_killed: bool,
 }
 
 impl Outcome {

@@ -27,6 +27,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use crate::plan::{Buffers, ExecArrays, Plan};
 
+mod harden;
 mod mounts;
 mod process;
 
@@ -67,10 +68,20 @@ pub(crate) enum Step {
     SetGid,
     SetUid,
     WaitInit,
+    JoinCgroup,
+    CgroupNamespace,
+    Setsid,
+    MaskPath,
+    ReadonlyPath,
+    Rlimit,
+    DropBounding,
+    SetCapabilities,
+    NoNewPrivileges,
+    Seccomp,
 }
 
 impl Step {
-    const ALL: [Step; 30] = [
+    const ALL: [Step; 40] = [
         Step::Stdio,
         Step::Unshare,
         Step::ForkInit,
@@ -101,6 +112,16 @@ impl Step {
         Step::SetGid,
         Step::SetUid,
         Step::WaitInit,
+        Step::JoinCgroup,
+        Step::CgroupNamespace,
+        Step::Setsid,
+        Step::MaskPath,
+        Step::ReadonlyPath,
+        Step::Rlimit,
+        Step::DropBounding,
+        Step::SetCapabilities,
+        Step::NoNewPrivileges,
+        Step::Seccomp,
     ];
 
     fn from_u32(n: u32) -> Option<Step> {
@@ -337,9 +358,12 @@ fn middle(
     }
 }
 
-/// Pid 1 of the sandbox: builds the rootfs, switches to it, drops to the user and executes
-/// the command. Returns only on failure.
+/// Pid 1 of the sandbox: joins its cgroup, builds the rootfs, switches to it, masks what the
+/// profile masks, drops to the user and to the profile's privileges (see `harden` for the
+/// order) and executes the command. Returns only on failure.
 fn init(plan: &Plan, buffers: &mut Buffers, arrays: &ExecArrays) -> Result<Infallible, Failure> {
+    harden::join_cgroup(plan)?;
+    harden::new_session()?;
     // SAFETY: umask cannot fail; modes below are then exactly what is asked.
     unsafe { libc::umask(0) };
     // Private first: otherwise the mounts below would propagate to the host's shared `/`
@@ -392,8 +416,12 @@ fn init(plan: &Plan, buffers: &mut Buffers, arrays: &ExecArrays) -> Result<Infal
     mounts::mount_kernel_filesystems(root)?;
     mounts::bind_mounts(root, plan)?;
     mounts::pivot(root)?;
+    harden::mask_paths(&plan.security)?;
     process::enter_cwd(plan)?;
+    harden::set_rlimits(&plan.security)?;
+    harden::drop_bounding(&plan.security)?;
     process::set_user(plan, buffers)?;
+    harden::restrict(&plan.security)?;
     process::exec(plan, arrays)
 }
 
