@@ -15,5 +15,6 @@ mod pipeline_cli;
 mod registry_cli;
 mod registry_conformance_cli;
 mod reliability;
+mod sandbox;
 mod semantics;
 mod support;

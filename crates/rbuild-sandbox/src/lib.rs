@@ -13,11 +13,27 @@
 //! `/etc/passwd` and `/etc/group`, with exactly the environment given. Every mount lives in
 //! the sandbox's mount namespace, so nothing on the host changes.
 //!
+//! Every run gets, by default, what `docker run` gives a container ([`Profile::default`]):
+//! the bounding, permitted and effective capability sets reduced to docker's 14 (none
+//! effective for a non-root user), empty inheritable and ambient sets, `no_new_privs`, a
+//! seccomp filter refusing what docker's default profile refuses (`mount`, `unshare`/`clone`
+//! of namespaces, `open_by_handle_at`, `keyctl`, module loading, `kexec`, `bpf`, … with
+//! `EPERM`; `clone3` with `ENOSYS`), runc's masked and read-only `/proc` and `/sys` paths, a
+//! new session without a controlling terminal, and its own cgroup namespace. [`Limits`] adds
+//! a per-run cgroup (memory, pids; cgroup v1, v2 or hybrid) and `ulimit`s;
+//! [`Profile::insecure`] is the explicit escape hatch. The profile is data (see `security`),
+//! compiled before `fork` and applied by pid 1 of the sandbox in the order runc uses.
+//!
+//! The seccomp filter is compiled with [`seccompiler`] (rust-vmm): pure Rust, so nothing to
+//! link or install, x86_64 and aarch64 syscall tables, and its output is a plain BPF program
+//! the child installs with one `seccomp(2)` call — `libseccomp` builds the program inside
+//! `seccomp_load`, which allocates, and a child forked from a multi-threaded process must not.
+//!
 //! Synchronous and blocking: async callers use `tokio::task::spawn_blocking`. Root is
 //! required for now (kernel overlayfs and namespaces); [`check_support`] says what is missing.
 //!
 //! ```no_run
-//! use rbuild_sandbox::{Network, RunSpec, Stdio};
+//! use rbuild_sandbox::{Limits, Network, RunSpec, Stdio};
 //!
 //! # fn main() -> Result<(), rbuild_sandbox::Error> {
 //! rbuild_sandbox::check_support()?;
@@ -34,6 +50,7 @@
 //!     .cwd("/src")
 //!     .user("app")
 //!     .network(Network::Host)
+//!     .limits(Limits { memory: Some(512 << 20), pids: Some(1024), ..Limits::default() })
 //!     .stdio(Stdio::Capture);
 //! let outcome = rbuild_sandbox::run(&spec, &mut |chunk| {
 //!     eprint!("{}", String::from_utf8_lossy(chunk));

@@ -255,7 +255,9 @@ pub struct Profile {
     /// the inheritable and ambient sets are always empty (CVE-2022-24769).
     pub capabilities: Option<Vec<Capability>>,
     /// `PR_SET_NO_NEW_PRIVS`: setuid bits and file capabilities no longer raise privileges at
-    /// exec (a root process keeps what it has).
+    /// exec (a root process keeps what it has). The kernel installs a seccomp filter for a
+    /// process without `CAP_SYS_ADMIN` only with it set (seccomp(2)), so a profile with a filter
+    /// and without `SYS_ADMIN` needs it.
     pub no_new_privileges: bool,
     /// The seccomp filter; `None` for no filter.
     pub seccomp: Option<SeccompRules>,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rbuild_dockerfile::{Mount, MountType};
 use rbuild_layer::LayerOptions;
-use rbuild_sandbox::{BindMount, Network, RunSpec, Stdio};
+use rbuild_sandbox::{BindMount, Network, Profile, RunSpec, Stdio};
 use sha2::Digest as _;
 
 use crate::context::{Context, EntryKind, clean_rel};
@@ -81,6 +81,7 @@ impl Build<'_> {
                 user,
                 mounts,
                 network_none,
+                insecure,
                 heredoc_file,
             } => {
                 rbuild_sandbox::check_support().map_err(Error::SandboxUnavailable)?;
@@ -145,6 +146,12 @@ impl Build<'_> {
                     hostname: "rbuild".to_owned(),
                     stdio: Stdio::Capture,
                     extra_mounts: binds,
+                    security: if *insecure {
+                        Profile::insecure()
+                    } else {
+                        Profile::default()
+                    },
+                    limits: self.opts.limits.clone(),
                 };
                 let progress = self.progress;
                 let index = st.index;
@@ -159,12 +166,20 @@ impl Build<'_> {
                 // Secret files and mount scratch never reach the layer: they live beside it.
                 let _ = fs::remove_dir_all(&scratch);
                 if outcome.status != 0 {
+                    let mut output = String::from_utf8_lossy(&outcome.output_tail).into_owned();
+                    if outcome.oom_killed {
+                        output.push_str(&format!(
+                            "\nrbuild: the step was killed for running out of memory: it \
+                             needed more than --memory {} bytes\n",
+                            self.opts.limits.memory.unwrap_or_default()
+                        ));
+                    }
                     return Err(Error::RunFailed {
                         file: self.file.clone(),
                         line: st.line,
                         command: st.display.trim_start_matches("RUN ").to_owned(),
                         status: outcome.status,
-                        output: String::from_utf8_lossy(&outcome.output_tail).into_owned(),
+                        output,
                     });
                 }
             }

@@ -68,6 +68,14 @@ pub struct BuildOptions {
     pub cache_from: Vec<Reference>,
     /// Registry repository to push step results to (`--cache-to`).
     pub cache_to: Option<Reference>,
+    /// The network of RUN steps without `--network` (`--network none|host`).
+    pub network: rbuild_sandbox::Network,
+    /// Memory, process and `ulimit` limits of every RUN step (`--memory`, `--pids-limit`,
+    /// `--ulimit`).
+    pub limits: rbuild_sandbox::Limits,
+    /// Honour `RUN --security=insecure` (`--allow security.insecure`, BuildKit's entitlement);
+    /// without it such a step is an error.
+    pub allow_insecure: bool,
 }
 
 /// Where a build secret's value comes from.
@@ -131,6 +139,9 @@ impl BuildOptions {
             format: ImageFormat::Oci,
             cache_from: Vec::new(),
             cache_to: None,
+            network: rbuild_sandbox::Network::Host,
+            limits: rbuild_sandbox::Limits::default(),
+            allow_insecure: false,
         }
     }
 
@@ -246,6 +257,27 @@ impl BuildOptions {
     #[must_use]
     pub fn cache_to(mut self, repo: Reference) -> Self {
         self.cache_to = Some(repo);
+        self
+    }
+
+    /// Sets the network of RUN steps that do not say `--network`.
+    #[must_use]
+    pub fn network(mut self, network: rbuild_sandbox::Network) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// Sets the resource limits of every RUN step.
+    #[must_use]
+    pub fn limits(mut self, limits: rbuild_sandbox::Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Allows (or not) `RUN --security=insecure`.
+    #[must_use]
+    pub fn allow_insecure(mut self, yes: bool) -> Self {
+        self.allow_insecure = yes;
         self
     }
 

@@ -284,7 +284,8 @@ impl Build<'_> {
             extra_key.push_str(&script);
         }
         let network_none = match run.network.as_deref() {
-            None | Some("default" | "host") => false,
+            None | Some("default") => self.opts.network == rbuild_sandbox::Network::None,
+            Some("host") => false,
             Some("none") => true,
             Some(other) => {
                 return Err(self.err(
@@ -369,6 +370,28 @@ impl Build<'_> {
         if network_none {
             extra_key.push_str("|network:none");
         }
+        // BuildKit's entitlement: the Dockerfile asks, the person running the build allows.
+        let insecure = match run.security.as_deref() {
+            None | Some("sandbox") => false,
+            Some("insecure") if self.opts.allow_insecure => true,
+            Some("insecure") => {
+                return Err(self.err(
+                    line,
+                    "RUN --security=insecure is not allowed: it runs the step with every \
+                     capability and no seccomp filter; pass --allow security.insecure to \
+                     rbuild build if you trust this Dockerfile",
+                ));
+            }
+            Some(other) => {
+                return Err(self.err(
+                    line,
+                    format!("RUN --security={other} is not supported (use sandbox or insecure)"),
+                ));
+            }
+        };
+        if insecure {
+            extra_key.push_str("|security:insecure");
+        }
         Ok(Action::Run {
             args,
             env,
@@ -376,6 +399,7 @@ impl Build<'_> {
             user,
             mounts,
             network_none,
+            insecure,
             heredoc_file,
         })
     }

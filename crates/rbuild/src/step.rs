@@ -29,6 +29,8 @@ pub enum Action {
         mounts: Vec<rbuild_dockerfile::Mount>,
         /// `--network=none`.
         network_none: bool,
+        /// `--security=insecure` (allowed by the build's options).
+        insecure: bool,
         /// A heredoc script to run as a file (`/dev/pipes/NAME`): (name, content).
         heredoc_file: Option<(String, String)>,
     },
@@ -300,6 +302,7 @@ pub fn plan_simple(st: &mut PlanState, inst: &Instruction) -> Result<(Action, St
                     user: c.user.clone(),
                     mounts: Vec::new(),
                     network_none: false,
+                    insecure: false,
                     heredoc_file: None,
                 },
                 format!("RUN {prefix}{shown} # buildkit"),

@@ -71,8 +71,58 @@ pub struct Args {
     /// Ignore the cache for this stage's steps (repeatable).
     #[arg(long = "no-cache-filter", value_name = "STAGE")]
     no_cache_filter: Vec<String>,
+    /// Memory limit of each RUN step, swap included (`512m`, `2g`; a cgroup limit).
+    #[arg(long, value_name = "SIZE")]
+    memory: Option<String>,
+    /// Most processes and threads at once in each RUN step (a cgroup limit).
+    #[arg(long = "pids-limit", value_name = "N")]
+    pids_limit: Option<u64>,
+    /// A resource limit of each RUN step, `NAME=SOFT[:HARD]` like `nofile=1024:2048` (repeatable).
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]")]
+    ulimits: Vec<String>,
+    /// The network of RUN steps without `--network`: `host` (default) or `none`.
+    #[arg(long, value_name = "MODE")]
+    network: Option<String>,
+    /// Grant an entitlement: `security.insecure` lets `RUN --security=insecure` run with every
+    /// capability and no seccomp filter (repeatable).
+    #[arg(long = "allow", value_name = "ENTITLEMENT")]
+    allow: Vec<String>,
     /// The build context directory, or `-` for a tar archive on stdin (then `-f` names a file in it).
     context: PathBuf,
+}
+
+/// `--memory`, `--pids-limit`, `--ulimit`, `--network`, `--allow`.
+fn sandbox_options(mut opts: BuildOptions, args: &Args) -> anyhow::Result<BuildOptions> {
+    let mut limits = rbuild::sandbox::Limits::default();
+    if let Some(m) = &args.memory {
+        limits.memory = Some(rbuild::sandbox::parse_size(m).context("invalid --memory")?);
+    }
+    if let Some(n) = args.pids_limit {
+        anyhow::ensure!(n > 0, "invalid --pids-limit 0: must be at least 1");
+        limits.pids = Some(n);
+    }
+    for u in &args.ulimits {
+        limits.ulimits.push(u.parse().context("invalid --ulimit")?);
+    }
+    opts = opts.limits(limits);
+    if let Some(n) = &args.network {
+        opts = opts.network(match n.as_str() {
+            "host" | "default" => rbuild::sandbox::Network::Host,
+            "none" => rbuild::sandbox::Network::None,
+            other => anyhow::bail!("unknown --network `{other}` (expected host or none)"),
+        });
+    }
+    for a in &args.allow {
+        match a.as_str() {
+            "security.insecure" => opts = opts.allow_insecure(true),
+            // The host network is already the default for RUN steps.
+            "network.host" => {}
+            other => anyhow::bail!(
+                "unknown --allow `{other}` (expected security.insecure or network.host)"
+            ),
+        }
+    }
+    Ok(opts)
 }
 
 /// `--secret id=ID,src=FILE|env=VAR` (docker buildx's syntax; `source=` and `type=` accepted).
@@ -165,6 +215,7 @@ pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Resu
     for f in &args.no_cache_filter {
         opts = opts.no_cache_filter(f);
     }
+    opts = sandbox_options(opts, &args)?;
     opts = opts.compression(match args.compression.as_str() {
         "gzip" => rbuild::layer::Compression::Gzip,
         "zstd" => rbuild::layer::Compression::Zstd,
