@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Build an image from a Dockerfile.
-    Build(commands::build::Args),
+    Build(Box<commands::build::Args>),
     /// List the images in the store.
     Images(commands::images::Args),
     /// Print an image's digest, manifest and config as JSON.
@@ -118,7 +118,7 @@ fn main() -> ExitCode {
             interrupt::install(&root);
         }
         match cli.command {
-            Command::Build(a) => commands::build::run(&root, &cli.registry, a).await,
+            Command::Build(a) => commands::build::run(&root, &cli.registry, *a).await,
             Command::Images(a) => commands::images::run(&root, a),
             Command::Inspect(a) => commands::inspect::run(&root, &cli.registry, a).await,
             Command::Save(a) => commands::save::run(&root, a),

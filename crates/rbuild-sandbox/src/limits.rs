@@ -54,6 +54,7 @@ pub struct UlimitResource {
     resource: u32,
 }
 
+#[allow(clippy::unnecessary_cast)] // RLIMIT_* are u32 on glibc but c_int on musl
 const RESOURCES: [(&str, u32); 16] = [
     ("as", libc::RLIMIT_AS as u32),
     ("core", libc::RLIMIT_CORE as u32),
@@ -190,7 +191,7 @@ mod tests {
     fn ulimits_parse_like_docker() {
         let u: Ulimit = "nofile=1024:2048".parse().unwrap();
         assert_eq!(u.resource.name(), "nofile");
-        assert_eq!(u.resource.resource(), libc::RLIMIT_NOFILE as u32);
+        assert_eq!(u64::from(u.resource.resource()), libc::RLIMIT_NOFILE as u64);
         assert_eq!((u.soft, u.hard), (Some(1024), Some(2048)));
         let u: Ulimit = "core=0".parse().unwrap();
         assert_eq!((u.soft, u.hard), (Some(0), Some(0)));
