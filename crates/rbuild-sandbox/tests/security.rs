@@ -269,6 +269,9 @@ fn ulimits_apply() {
     assert_eq!(output, "256\n512\n");
 }
 
+/// The cgroup tests look for leftovers by this process's prefix: they must not overlap.
+static CGROUP_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The run's cgroups, found by the name prefix the sandbox gives them.
 fn leftover_cgroups() -> Vec<PathBuf> {
     let prefix = format!("rbuild-{}-", std::process::id());
@@ -303,6 +306,7 @@ fn limits_supported(limits: &Limits, f: &Fixture) -> bool {
 
 #[test]
 fn memory_limit_stops_an_allocation_loop_and_is_cleaned_up() {
+    let _serial = CGROUP_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let Some(f) = fixture() else { return };
     let limits = Limits {
         memory: Some(32 << 20),
@@ -323,6 +327,7 @@ fn memory_limit_stops_an_allocation_loop_and_is_cleaned_up() {
 
 #[test]
 fn pids_limit_stops_a_fork_bomb() {
+    let _serial = CGROUP_TESTS.lock().unwrap_or_else(|e| e.into_inner());
     let Some(f) = fixture() else { return };
     let limits = Limits {
         pids: Some(16),
