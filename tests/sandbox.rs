@@ -350,15 +350,23 @@ fn debian_base_apt_get_useradd_and_setuid_files_work_under_the_profile() {
          USER builder\n\
          RUN /usr/local/bin/suid-true && touch /home/builder/ok && echo user-step-ok\n\
          USER root\n\
+         COPY tool /bin/\n\
+         RUN /bin/sh -c 'test -L /bin && readlink /bin && cat /usr/bin/tool'\n\
          CMD [\"stat\", \"-c\", \"%a %U\", \"/usr/local/bin/suid-true\", \"/usr/bin/passwd\"]\n",
     )
     .unwrap();
+    // Merged /usr (`/bin -> usr/bin`): a COPY into /bin/ lands in /usr/bin and keeps the link.
+    fs::write(ctx.join("tool"), "merged-usr-tool\n").unwrap();
     let o = build(&root, &ctx, &["-t", "localhost/debian-profile:1"]);
     let out = all(&o);
     assert!(o.status.success(), "{out}");
     assert!(out.contains("Hello, world!"), "{out}");
     assert!(out.contains("uid=1500(builder)"), "{out}");
     assert!(out.contains("user-step-ok"), "{out}");
+    assert!(
+        out.lines().any(|l| l.trim_end().ends_with("usr/bin")) && out.contains("merged-usr-tool"),
+        "{out}"
+    );
     let shown = ok(&rbuild(&root, &["run", "localhost/debian-profile:1"]));
     assert_eq!(
         shown, "4755 root\n4755 root\n",
