@@ -111,6 +111,22 @@ impl Store {
         })
     }
 
+    /// A private (0600) temp file under `<root>/tmp`, on the store's filesystem, removed when
+    /// dropped; a crash leaves an entry that the next [`Store::open`] or prune removes. `kind`
+    /// starts its name (`<kind>-<pid>-…`, see the crate docs), e.g. `download`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::CreateTemp`] when the file cannot be created.
+    pub fn temp_file(&self, kind: &str) -> Result<NamedTempFile> {
+        let dir = self.tmp_dir();
+        tempfile::Builder::new()
+            .prefix(&atomic::temp_prefix(kind))
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .tempfile_in(&dir)
+            .map_err(|source| Error::CreateTemp { dir, source })
+    }
+
     /// Stores `bytes` as a blob and returns its digest. A blob already present is not rewritten.
     ///
     /// # Errors

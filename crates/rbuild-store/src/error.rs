@@ -22,6 +22,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// Setting a store directory to mode 0700 failed.
+    #[error("cannot restrict store directory {path} to its owner (mode 0700)")]
+    Restrict {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
     /// The directory exists, is not empty and holds no `oci-layout` file: refusing to write into
     /// someone else's data.
     #[error(

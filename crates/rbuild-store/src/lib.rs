@@ -12,9 +12,20 @@
 //! <root>/cache/entries/      step cache: sha256(key) -> JSON entry
 //! <root>/cache/state/        small named state files of the engine
 //! <root>/tmp/                same-filesystem temp area; stale entries are removed on open
+//! <root>/mounts/             persistent `RUN --mount=type=cache` directories
 //! <root>/lock                flock(2) file: the garbage-collection lock (see below)
 //! <root>/index.lock          flock(2) file serialising read-modify-write of index.json
 //! ```
+//!
+//! # Permissions
+//!
+//! The root, `layers/`, `tmp/` and `mounts/` are mode 0700, and [`Store::open`] tightens them in
+//! a store made by an older version. Layer directories hold image content as the image has it
+//! (setuid-root binaries, world-writable directories), and the root runs as root: if any local
+//! user could reach them, they could run a setuid binary of any pulled image with the host's
+//! root (the class of docker's CVE-2021-41091, fixed there by making `/var/lib/docker` 0710 and
+//! its overlay dirs 0700). Overlay and bind mounts resolve these paths once, with the mounter's
+//! credentials, so a RUN step as a non-root user is not affected.
 //!
 //! `skopeo inspect oci:<root>:docker.io/library/busybox:latest` and
 //! `umoci unpack --image <root>:docker.io/library/busybox:latest` read the root as is, provided
@@ -110,7 +121,11 @@ const KNOWN_ENTRIES: &[&str] = &[
     "tmp",
     "lock",
     "index.lock",
+    "mounts",
 ];
+
+/// Mode of the root and of the directories holding layer content, staging and cache mounts.
+const PRIVATE_DIR_MODE: u32 = 0o700;
 
 /// An opened store root. Cheap to share by reference across threads: every operation opens its
 /// own files, and cross-process safety comes from `flock(2)` and atomic renames.
@@ -179,12 +194,24 @@ impl Store {
             }
         }
         // Directories a layout made by another tool (skopeo, umoci) lacks.
-        for dir in [store.blob_dir(), store.layers_dir(), store.cache_dir()] {
+        for dir in [store.blob_dir(), store.cache_dir()] {
             create_dir(&dir)?;
         }
         create_dir(&store.cache_entries_dir())?;
         create_dir(&store.state_dir())?;
-        create_dir(&store.tmp_dir())?;
+        for dir in [store.layers_dir(), store.tmp_dir(), store.mounts_dir()] {
+            create_private_dir(&dir)?;
+        }
+        // After creating: a store made by an older version (0755) is tightened here, and so is
+        // a root whose mode the umask or another tool loosened.
+        for dir in [
+            store.root.clone(),
+            store.layers_dir(),
+            store.tmp_dir(),
+            store.mounts_dir(),
+        ] {
+            restrict_dir(&dir)?;
+        }
         if let Some(_guard) = store.try_lock_exclusive()? {
             atomic::clean_stale_temps(&store.tmp_dir())?;
         }
@@ -215,8 +242,13 @@ impl Store {
                 });
             }
         }
-        create_dir(&self.root)?;
-        create_dir(&self.tmp_dir())?;
+        if let Some(parent) = self.root.parent().filter(|p| !p.as_os_str().is_empty()) {
+            create_dir(parent)?;
+        }
+        // 0700 from the start: created 0755 and tightened later, a local user could open a
+        // directory of it (and keep the descriptor) in between.
+        create_private_dir(&self.root)?;
+        create_private_dir(&self.tmp_dir())?;
         create_dir(&self.blob_dir())?;
         let index = self.index_path();
         atomic::create_atomic(&self.tmp_dir(), &index, EMPTY_INDEX).map_err(|source| {
@@ -336,6 +368,11 @@ impl Store {
         self.root.join("tmp")
     }
 
+    /// Where persistent cache mounts live (`<root>/mounts`); created 0700 by [`Store::open`].
+    pub fn mounts_dir(&self) -> PathBuf {
+        self.root.join("mounts")
+    }
+
     pub(crate) fn index_path(&self) -> PathBuf {
         self.root.join("index.json")
     }
@@ -368,6 +405,42 @@ fn create_dir(path: &Path) -> Result<()> {
     })
 }
 
+/// Creates `path` (its parent exists) with mode [`PRIVATE_DIR_MODE`]; an existing directory is
+/// left as it is (see [`restrict_dir`]).
+fn create_private_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    match fs::DirBuilder::new().mode(PRIVATE_DIR_MODE).create(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(source) => Err(Error::CreateRoot {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Sets `path`'s mode to [`PRIVATE_DIR_MODE`] unless it is that already. The directory is
+/// opened with `O_NOFOLLOW` and changed through the descriptor, so a symlink planted in its
+/// place is refused rather than followed.
+fn restrict_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let err = |source| Error::Restrict {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(err)?;
+    let mode = dir.metadata().map_err(err)?.permissions().mode() & 0o7777;
+    if mode != PRIVATE_DIR_MODE {
+        dir.set_permissions(fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+            .map_err(err)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,12 +461,53 @@ mod tests {
             "cache/entries",
             "cache/state",
             "tmp",
+            "mounts",
         ] {
             assert!(root.join(d).is_dir(), "{d} missing");
         }
         // Reopening keeps the contents.
         fs::write(root.join("index.json"), EMPTY_INDEX).unwrap();
         Store::open(&root).unwrap();
+    }
+
+    #[test]
+    fn open_makes_private_dirs_and_tightens_old_stores() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let private = ["", "layers", "tmp", "mounts"];
+        Store::open(&root).unwrap();
+        for d in private {
+            assert_eq!(mode(&root.join(d)), 0o700, "{d}");
+        }
+        // A store made 0755 by an older version is tightened on open.
+        for d in private {
+            fs::set_permissions(root.join(d), fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        Store::open(&root).unwrap();
+        for d in private {
+            assert_eq!(mode(&root.join(d)), 0o700, "{d}");
+        }
+    }
+
+    #[test]
+    fn open_refuses_a_private_dir_replaced_by_a_symlink() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        Store::open(&root).unwrap();
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).unwrap();
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::remove_dir(root.join("layers")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("layers")).unwrap();
+        let err = Store::open(&root).unwrap_err();
+        assert!(matches!(err, Error::Restrict { .. }), "{err:?}");
+        // The link's target was neither re-moded nor written.
+        let m = fs::metadata(&outside).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(m, 0o755);
+        assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
     }
 
     #[test]
