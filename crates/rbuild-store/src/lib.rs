@@ -485,10 +485,13 @@ mod tests {
         for d in private {
             fs::set_permissions(root.join(d), fs::Permissions::from_mode(0o755)).unwrap();
         }
-        Store::open(&root).unwrap();
+        let store = Store::open(&root).unwrap();
         for d in private {
             assert_eq!(mode(&root.join(d)), 0o700, "{d}");
         }
+        // Staging directories (RUN upper dirs, secret and mount scratch) are private too.
+        let staging = store.staging().unwrap();
+        assert_eq!(mode(staging.path()), 0o700);
     }
 
     #[test]

@@ -2,9 +2,12 @@
 //! restoring them into a later job's directory.
 
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use regex::Regex;
+
+use super::rooted;
 
 /// Copies `src` into `dst` (created if needed), recursively, keeping symlinks as symlinks and
 /// file modes (`fs::copy` copies permission bits). Entries whose path equals `skip` are left
@@ -48,13 +51,27 @@ fn remove_any(p: &Path) -> io::Result<()> {
     }
 }
 
+/// What [`resolve_paths`] found.
+#[derive(Debug, Default)]
+pub(crate) struct Resolved {
+    /// Matched paths, relative to the root.
+    pub found: Vec<PathBuf>,
+    /// Patterns that matched nothing.
+    pub unmatched: Vec<String>,
+    /// Patterns whose directories lead out of the root through a symlink (GitLab Runner
+    /// skips these too: "artifact path is not a subpath of project directory").
+    pub outside: Vec<String>,
+}
+
 /// Resolves `artifacts:paths` entries against `root`: plain paths (files or whole directories)
 /// and globs with `*` (within one path component) and `**` (any depth), as GitLab Runner's
-/// doublestar matching does. Paths that would leave `root` (`..`, absolute) are ignored.
-/// Returns the matched paths relative to `root`, and the patterns that matched nothing.
-pub(crate) fn resolve_paths(root: &Path, patterns: &[String]) -> (Vec<PathBuf>, Vec<String>) {
-    let mut found = Vec::new();
-    let mut unmatched = Vec::new();
+/// doublestar matching does. Paths that would leave `root` (`..`, absolute) match nothing;
+/// paths whose directories are symlinks out of `root` are reported in
+/// [`Resolved::outside`]. Globs never descend into a symlinked directory. Nothing outside
+/// `root` is looked at (see [`rooted`]).
+pub(crate) fn resolve_paths(root: &Path, patterns: &[String]) -> io::Result<Resolved> {
+    let root_fd = rooted::open_root(root)?;
+    let mut r = Resolved::default();
     for pattern in patterns {
         let rel = pattern.trim_start_matches("./").trim_end_matches('/');
         let rel_path = Path::new(rel);
@@ -62,13 +79,25 @@ pub(crate) fn resolve_paths(root: &Path, patterns: &[String]) -> (Vec<PathBuf>, 
             || rel_path.is_absolute()
             || rel_path.components().any(|c| c.as_os_str() == "..")
         {
-            unmatched.push(pattern.clone());
+            r.unmatched.push(pattern.clone());
             continue;
         }
-        let before = found.len();
+        let before = r.found.len();
         if !rel.contains(['*', '?', '[']) {
-            if std::fs::symlink_metadata(root.join(rel)).is_ok() {
-                found.push(rel_path.to_owned());
+            let parent = rel_path.parent().unwrap_or(Path::new(""));
+            let name = rel_path.file_name().unwrap_or_default();
+            match rooted::open_dir_beneath(root_fd.as_fd(), parent) {
+                Ok(dir) => {
+                    if rooted::kind_at(dir.as_fd(), name)?.is_some() {
+                        r.found.push(rel_path.to_owned());
+                    }
+                }
+                Err(e) if rooted::is_escape(&e) => {
+                    r.outside.push(pattern.clone());
+                    continue;
+                }
+                // Missing or not a directory: nothing matches.
+                Err(_) => {}
             }
         } else if let Some(re) = glob_regex(rel) {
             // Walk only below the literal prefix of the pattern.
@@ -76,30 +105,38 @@ pub(crate) fn resolve_paths(root: &Path, patterns: &[String]) -> (Vec<PathBuf>, 
                 .components()
                 .take_while(|c| !c.as_os_str().to_string_lossy().contains(['*', '?', '[']))
                 .collect();
-            walk(root, &prefix, &mut |p| {
-                if re.is_match(&p.to_string_lossy()) {
-                    found.push(p.to_owned());
+            match rooted::open_dir_beneath(root_fd.as_fd(), &prefix) {
+                Ok(dir) => walk(dir.as_fd(), &prefix, &mut |p| {
+                    if re.is_match(&p.to_string_lossy()) {
+                        r.found.push(p.to_owned());
+                    }
+                })?,
+                Err(e) if rooted::is_escape(&e) => {
+                    r.outside.push(pattern.clone());
+                    continue;
                 }
-            });
+                Err(_) => {}
+            }
         }
-        if found.len() == before {
-            unmatched.push(pattern.clone());
+        if r.found.len() == before {
+            r.unmatched.push(pattern.clone());
         }
     }
-    (found, unmatched)
+    Ok(r)
 }
 
-fn walk(root: &Path, rel: &Path, f: &mut dyn FnMut(&Path)) {
-    let Ok(entries) = std::fs::read_dir(root.join(rel)) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let child = rel.join(entry.file_name());
+/// Calls `f` with every entry below `dir` (named `rel` relative to the root), descending into
+/// real directories only.
+fn walk(dir: BorrowedFd<'_>, rel: &Path, f: &mut dyn FnMut(&Path)) -> io::Result<()> {
+    for (name, kind) in rooted::list(dir)? {
+        let child = rel.join(&name);
         f(&child);
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            walk(root, &child, f);
+        if kind == rustix::fs::FileType::Directory {
+            let sub = rooted::open_dir_beneath(dir, Path::new(&name))?;
+            walk(sub.as_fd(), &child, f)?;
         }
     }
+    Ok(())
 }
 
 fn glob_regex(pattern: &str) -> Option<Regex> {
@@ -126,11 +163,31 @@ fn glob_regex(pattern: &str) -> Option<Regex> {
     Regex::new(&re).ok()
 }
 
-/// Copies the matched `paths` (relative to `workdir`) into `store`.
+/// Copies the matched `paths` (relative to `workdir`) into `store` (a fresh directory of the
+/// runner's), keeping symlinks as symlinks (see [`rooted::copy_entry`]): a job that links an
+/// artifact path to a host file gets the link saved, never the file's bytes.
 pub(crate) fn save(workdir: &Path, paths: &[PathBuf], store: &Path) -> io::Result<()> {
     std::fs::create_dir_all(store)?;
+    let src_root = rooted::open_root(workdir)?;
+    let dst_root = rooted::open_root(store)?;
     for p in paths {
-        copy_tree(&workdir.join(p), &store.join(p), None)?;
+        let parent = p.parent().unwrap_or(Path::new(""));
+        let Some(name) = p.file_name() else { continue };
+        let src = rooted::open_dir_beneath(src_root.as_fd(), parent)?;
+        let dst = rooted::ensure_dirs(dst_root.as_fd(), parent)?;
+        rooted::copy_entry(src.as_fd(), name, dst.as_fd(), name)?;
+    }
+    Ok(())
+}
+
+/// Restores the artifacts saved in `saved` into `workdir`, a job's checkout, without following
+/// any symlink the checkout holds (see [`rooted`]): a planted `out -> /host/dir` is replaced by
+/// the artifact's `out/` directory, never written through.
+pub(crate) fn restore(saved: &Path, workdir: &Path) -> io::Result<()> {
+    let src = rooted::open_root(saved)?;
+    let dst = rooted::open_root(workdir)?;
+    for (name, _) in rooted::list(src.as_fd())? {
+        rooted::copy_entry(src.as_fd(), &name, dst.as_fd(), &name)?;
     }
     Ok(())
 }
@@ -157,7 +214,8 @@ mod tests {
         .iter()
         .map(|s| (*s).into())
         .collect();
-        let (mut found, unmatched) = resolve_paths(r, &pats);
+        let res = resolve_paths(r, &pats).unwrap();
+        let (mut found, unmatched) = (res.found, res.unmatched);
         found.sort();
         let want: Vec<PathBuf> = ["out/a.txt", "out/sub/b.txt", "top.bin"]
             .iter()

@@ -2,6 +2,7 @@
 //! between jobs, masked and prefixed output, and a summary.
 
 mod artifacts;
+mod rooted;
 mod shell;
 
 use std::collections::BTreeMap;
@@ -420,25 +421,33 @@ impl<R: JobRunner> Runner<R> {
     {
         let sink: Arc<dyn Fn(&Event) + Send + Sync> = Arc::new(on_event);
         let started = Instant::now();
+        // The work directory holds every job's checkout copy and saved artifacts: 0700, so
+        // other local users can read none of it. A temporary one gets a random name, created
+        // exclusively (a predictable name in a shared /tmp could be a planted symlink).
         let (work, temporary) = match &self.opts.work_dir {
-            Some(d) => (d.clone(), false),
+            Some(d) => {
+                private_dir(d).map_err(|source| Error::JobIo {
+                    job: String::new(),
+                    action: format!("create work directory {}", d.display()),
+                    source,
+                })?;
+                (d.clone(), false)
+            }
             None => {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_nanos();
-                (
-                    std::env::temp_dir()
-                        .join(format!("rbuild-pipeline-{}-{nanos}", std::process::id())),
-                    true,
-                )
+                let dir = tempfile::Builder::new()
+                    .prefix("rbuild-pipeline-")
+                    .tempdir()
+                    .map_err(|source| Error::JobIo {
+                        job: String::new(),
+                        action: format!(
+                            "create a work directory in {}",
+                            std::env::temp_dir().display()
+                        ),
+                        source,
+                    })?;
+                (dir.keep(), true)
             }
         };
-        std::fs::create_dir_all(&work).map_err(|source| Error::JobIo {
-            job: String::new(),
-            action: format!("create work directory {}", work.display()),
-            source,
-        })?;
         let result = self.run_stages(plan, &sink, &work).await;
         if temporary {
             // Best effort: a leftover temporary directory is not worth failing the run for.
@@ -538,7 +547,7 @@ impl<R: JobRunner> Runner<R> {
         for from in &job.artifacts_from {
             let saved = artifacts_root.join(artifact_dir_name(from));
             if saved.exists() {
-                artifacts::copy_tree(&saved, &workdir, None)
+                artifacts::restore(&saved, &workdir)
                     .map_err(io(format!("restore artifacts of {from:?}")))?;
                 out.line(Stream::System, &format!("restored artifacts of {from}"));
             }
@@ -571,10 +580,20 @@ impl<R: JobRunner> Runner<R> {
                 _ => outcome.succeeded(),
             };
             if wanted && !a.paths.is_empty() {
-                let (found, unmatched) = artifacts::resolve_paths(&workdir, &a.paths);
-                for p in unmatched {
+                let resolved = artifacts::resolve_paths(&workdir, &a.paths)
+                    .map_err(io("look up artifacts".into()))?;
+                for p in resolved.unmatched {
                     out.line(Stream::System, &format!("WARNING: {p}: no matching files"));
                 }
+                for p in resolved.outside {
+                    out.line(
+                        Stream::System,
+                        &format!(
+                            "WARNING: {p}: leads out of the project directory through a symlink, not saved"
+                        ),
+                    );
+                }
+                let found = resolved.found;
                 let store = artifacts_root.join(artifact_dir_name(&job.name));
                 artifacts::save(&workdir, &found, &store).map_err(io("save artifacts".into()))?;
                 out.line(
@@ -603,6 +622,21 @@ impl<R: JobRunner> Runner<R> {
             duration,
             exit_code: outcome.exit_code,
         })
+    }
+}
+
+/// Creates `dir` (and its parents) if missing and makes it mode 0700.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        }
+        Err(e) => Err(e),
     }
 }
 
