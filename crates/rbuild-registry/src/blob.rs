@@ -355,6 +355,9 @@ impl Client {
     /// resuming with `Range` after a dropped connection. Returns the byte count. Bytes
     /// received are stored into `progress`.
     ///
+    /// Prefer [`Client::fetch_blob_sized`] when a descriptor gives the size: without one, a
+    /// registry can send an endless body into `out`.
+    ///
     /// # Errors
     ///
     /// [`Error::DigestMismatch`] when the bytes do not match (nothing should be committed
@@ -366,7 +369,47 @@ impl Client {
         out: W,
         progress: &AtomicU64,
     ) -> Result<(W, u64)> {
+        self.fetch_blob_limited(repo, digest, None, out, progress)
+            .await
+    }
+
+    /// As [`Client::fetch_blob`] for a blob whose descriptor says it has `size` bytes: reading
+    /// stops as soon as the registry has sent one byte more (or announces more in
+    /// `Content-Length`), so a hostile or broken registry cannot fill the disk before the
+    /// digest check. A shorter blob fails the digest check or, with a matching digest, is
+    /// the caller's to compare with `size` (the returned count).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BlobTooLarge`] when the registry sends more than `size` bytes (nothing past
+    /// `size` reaches `out`), otherwise as [`Client::fetch_blob`].
+    pub async fn fetch_blob_sized<W: Write + Send + 'static>(
+        &self,
+        repo: &Reference,
+        digest: &Digest,
+        size: u64,
+        out: W,
+        progress: &AtomicU64,
+    ) -> Result<(W, u64)> {
+        self.fetch_blob_limited(repo, digest, Some(size), out, progress)
+            .await
+    }
+
+    async fn fetch_blob_limited<W: Write + Send + 'static>(
+        &self,
+        repo: &Reference,
+        digest: &Digest,
+        limit: Option<u64>,
+        out: W,
+        progress: &AtomicU64,
+    ) -> Result<(W, u64)> {
         let ctx = Ctx::new("pull", repo);
+        let too_large = |size| Error::BlobTooLarge {
+            operation: ctx.operation,
+            target: ctx.target(),
+            digest: digest.clone(),
+            size,
+        };
         let ep = self.endpoint(repo)?;
         let (tx, rx) = std::sync::mpsc::sync_channel::<Bytes>(8);
         // The sink is written and hashed on a blocking thread: file writes never stall the
@@ -405,6 +448,12 @@ impl Client {
                     }
                     _ => return Err(ctx.status_error(resp, &format!("blob {digest}")).await),
                 };
+                // A body announced longer than what is left of the blob fails before a byte.
+                if let (Some(size), Some(len)) = (limit, resp.content_length())
+                    && offset.saturating_add(len.saturating_sub(skip)) > size
+                {
+                    return Err(too_large(size));
+                }
                 let mut stream = resp.bytes_stream();
                 let mut broken = None;
                 while let Some(item) = stream.next().await {
@@ -418,6 +467,13 @@ impl Client {
                             }
                             if b.is_empty() {
                                 continue;
+                            }
+                            // Checked per chunk, before writing: the byte after `size` ends the
+                            // download, whatever Content-Length said (or did not say).
+                            if let Some(size) = limit
+                                && offset + b.len() as u64 > size
+                            {
+                                return Err(too_large(size));
                             }
                             offset += b.len() as u64;
                             progress.store(offset, Ordering::Relaxed);

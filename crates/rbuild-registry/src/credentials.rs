@@ -361,27 +361,36 @@ fn parse_error(path: &Path, what: &str) -> CredentialsError {
 }
 
 /// Writes `doc` to a 0600 temp file next to `path`, then renames it over `path`.
+///
+/// The temp file has a random name and is created with `O_CREAT | O_EXCL` (tempfile's
+/// `Builder`), mode 0600 from the start: a fixed name such as `config.json.tmp` opened with
+/// `O_TRUNC` would follow a symlink planted there by anyone who can write the directory (a
+/// job sharing the home directory) and write the credentials into its target, then rename the
+/// link itself over `config.json`. `O_EXCL` never follows a symlink at the final component
+/// (POSIX `open`).
 fn write_private(path: &Path, doc: &serde_json::Value) -> Result<(), CredentialsError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
+    use std::os::unix::fs::PermissionsExt as _;
     let io = |source| CredentialsError::File {
         path: path.to_owned(),
         source,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
-    }
-    let tmp = path.with_extension("json.tmp");
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
     let bytes = serde_json::to_vec_pretty(doc).map_err(|e| io(std::io::Error::other(e)))?;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(0o600))
+        .tempfile_in(dir)
         .map_err(io)?;
-    f.write_all(&bytes).map_err(io)?;
-    f.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    tmp.write_all(&bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
 }
 
 /// The key docker uses for `registry` in `auths` and with helpers.
@@ -549,5 +558,40 @@ mod tests {
         assert_eq!(e.resolve("r:5000").unwrap(), None);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("psFormat"));
+    }
+
+    #[test]
+    fn store_never_writes_through_a_planted_temp_symlink() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let e = env(dir.path());
+        let path = e.docker_config_path().unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // A sentinel outside the config directory, and links to it at the temp names a
+        // writer might use.
+        let sentinel = dir.path().join("sentinel");
+        std::fs::create_dir(&sentinel).unwrap();
+        let secret = sentinel.join("secret");
+        std::fs::write(&secret, "host secret").unwrap();
+        for name in ["config.json.tmp", ".config.json.tmp", "config.tmp"] {
+            std::os::unix::fs::symlink(&secret, path.with_file_name(name)).unwrap();
+        }
+        e.store("r:5000", "user", "pa55word").unwrap();
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "host secret");
+        assert_eq!(std::fs::read_dir(&sentinel).unwrap().count(), 1);
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.is_file(), "config.json must be a regular file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            e.resolve("r:5000").unwrap(),
+            Some(Credentials::password("user", "pa55word"))
+        );
+        // No temp file is left next to it.
+        let left: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp") && !n.contains("config.json.tmp") && n != "config.tmp")
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

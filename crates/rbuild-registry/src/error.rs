@@ -90,6 +90,20 @@ pub enum Error {
         /// What the bytes hash to.
         actual: Digest,
     },
+    /// The registry sent more bytes than the blob's descriptor gives; reading stopped there.
+    #[error(
+        "{operation} {target}: blob {digest}: registry sent more than the descriptor's size of {size} bytes"
+    )]
+    BlobTooLarge {
+        /// What we were doing.
+        operation: &'static str,
+        /// `registry/repository`.
+        target: String,
+        /// The blob.
+        digest: Digest,
+        /// The size in the descriptor.
+        size: u64,
+    },
     /// The registry answered something this client cannot use (bad header, bad JSON, …).
     #[error("{operation} {target}: invalid registry response: {reason}")]
     Protocol {

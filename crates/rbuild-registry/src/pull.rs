@@ -173,7 +173,7 @@ impl Client {
         };
         let writer = sink.write(&blob.digest).map_err(io)?;
         let progress = AtomicU64::new(0);
-        let fetch = self.fetch_blob(repo, &blob.digest, writer, &progress);
+        let fetch = self.fetch_blob_sized(repo, &blob.digest, blob.size, writer, &progress);
         tokio::pin!(fetch);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let emit = |done| {

@@ -730,3 +730,141 @@ async fn oversized_manifest_is_refused_not_buffered() {
         .unwrap_err();
     assert!(err.to_string().contains("larger than 4 MiB"), "{err}");
 }
+
+/// A sink that only counts what reaches it, shared with the test.
+#[derive(Debug)]
+struct CountingSink(Arc<std::sync::atomic::AtomicU64>);
+
+impl std::io::Write for CountingSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.fetch_add(buf.len() as u64, Ordering::SeqCst);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endless_blob_body_stops_one_byte_past_the_descriptor_size() {
+    use std::io::{BufRead, Write};
+    // A registry that answers a blob GET with no Content-Length and a close-delimited body far
+    // longer than the descriptor (RFC 9112 §6.3: the body then ends when the connection does).
+    // It counts what it managed to send before the client hung up.
+    const ENDLESS: u64 = 256 << 20;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let server = {
+        let sent = Arc::clone(&sent);
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let mut out = stream;
+            out.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let chunk = vec![0u8; 64 * 1024];
+            while sent.load(Ordering::SeqCst) < ENDLESS {
+                if out.write_all(&chunk).is_err() {
+                    return;
+                }
+                sent.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+            }
+        })
+    };
+    let size = 1000u64;
+    let digest = Digest::sha256_of(&vec![0u8; size as usize]);
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let client = Client::new(options()).unwrap();
+    let progress = std::sync::atomic::AtomicU64::new(0);
+    let err = client
+        .fetch_blob_sized(
+            &reference(&host, "app:1"),
+            &digest,
+            size,
+            CountingSink(Arc::clone(&written)),
+            &progress,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::BlobTooLarge { size: 1000, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("registry sent more than the descriptor's size of 1000 bytes"),
+        "{err}"
+    );
+    assert!(
+        written.load(Ordering::SeqCst) <= size,
+        "bytes past the size reached the sink"
+    );
+    server.join().unwrap();
+    // The client hung up: the server could not push the whole body (socket buffers hold a
+    // few MiB at most).
+    let n = sent.load(Ordering::SeqCst);
+    assert!(n < 64 << 20, "the client kept reading: {n} bytes sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blob_announced_longer_than_its_descriptor_is_refused_before_reading() {
+    let server = FakeServer::start(|_| Resp::new(200).body(vec![b'x'; 10_000]));
+    let digest = Digest::sha256_of(&[b'x'; 1000]);
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let client = Client::new(options()).unwrap();
+    let progress = std::sync::atomic::AtomicU64::new(0);
+    let err = client
+        .fetch_blob_sized(
+            &reference(&server.host(), "app:1"),
+            &digest,
+            1000,
+            CountingSink(Arc::clone(&written)),
+            &progress,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::BlobTooLarge { size: 1000, .. }),
+        "{err}"
+    );
+    assert_eq!(written.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pull_of_a_layer_longer_than_its_manifest_says_fails_and_commits_nothing() {
+    let (m, server) = mini(Knobs::default());
+    let (image, blobs) = make_image(21, 1, 5000);
+    let client = Client::new(options()).unwrap();
+    let target = reference(&server.host(), "app:1");
+    client
+        .push_image(&target, &image, &blobs, &quiet)
+        .await
+        .unwrap();
+    // The layer's bytes grow behind the manifest's back.
+    let layer = image.layers[0].digest.clone();
+    m.blobs
+        .lock()
+        .unwrap()
+        .get_mut(&layer.to_string())
+        .unwrap()
+        .extend_from_slice(&[0u8; 100_000]);
+    let sink = MemBlobs::default();
+    let err = client
+        .pull_image(&target, None, &sink, &quiet)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::BlobTooLarge { digest, .. } if *digest == layer),
+        "{err}"
+    );
+    assert!(
+        sink.get(&layer).is_none(),
+        "an oversized blob reached the sink"
+    );
+}
