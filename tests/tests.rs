@@ -11,6 +11,7 @@ mod cache_correctness;
 mod containment;
 mod deploy_cli;
 mod differential;
+mod hardening;
 mod pipeline_cli;
 mod registry_cli;
 mod registry_conformance_cli;

@@ -162,9 +162,14 @@ pub fn load(store: &Store, manifest_digest: &Digest) -> Result<LoadedImage> {
 /// Makes sure every layer has its unpacked directory (unpacking blobs where needed) and returns
 /// the view over them, top-most first.
 ///
+/// Every unpack checks the uncompressed stream against the layer's `diff_id` (see [`unpack`]),
+/// whichever way the blob came: a pull, a `--cache-from` record, an image saved before its
+/// layer directories were pruned.
+///
 /// # Errors
 ///
-/// [`Error::Operation`] when a blob cannot be read or unpacked.
+/// [`Error::Operation`] when a blob cannot be read or unpacked, or does not hash to its
+/// `diff_id`.
 pub fn ensure_unpacked(store: &Store, layers: &[LayerRecord]) -> Result<LayerView> {
     let mut dirs = Vec::with_capacity(layers.len());
     for layer in layers.iter().rev() {
@@ -176,12 +181,36 @@ pub fn ensure_unpacked(store: &Store, layers: &[LayerRecord]) -> Result<LayerVie
     Ok(LayerView::new(dirs))
 }
 
-fn unpack(store: &Store, layer: &LayerRecord) -> Result<()> {
+/// Unpacks `layer`'s blob into a staging directory, hashing the uncompressed stream on the
+/// way, and makes it the layer directory of `layer.diff_id` only when the hash matches.
+///
+/// Layer directories are shared by every image and cache entry naming that `diff_id`, so the
+/// `diff_id` must be proven, not believed: a config or a `--cache-from` record claiming a
+/// popular base layer's `diff_id` for its own blob would otherwise plant its files under that
+/// name for every later build. On a mismatch the staging directory is removed (dropped) and
+/// nothing appears under `layers/`.
+///
+/// # Errors
+///
+/// [`Error::Operation`] naming the layer's blob, with the expected and actual `diff_id`.
+pub fn unpack(store: &Store, layer: &LayerRecord) -> Result<()> {
     let op = || format!("unpack layer {}", layer.digest);
     let blob = store.open_blob(&layer.digest).map_err(Error::op(op()))?;
     let staging = store.staging().map_err(Error::op(op()))?;
-    rbuild_layer::unpack_layer(std::io::BufReader::new(blob), &staging.upper())
+    let stats = rbuild_layer::unpack_layer(std::io::BufReader::new(blob), &staging.upper())
         .map_err(Error::op(op()))?;
+    if stats.diff_id != layer.diff_id {
+        // `staging` is dropped on return, which removes the extracted tree.
+        return Err(Error::Operation {
+            op: op(),
+            source: format!(
+                "its uncompressed content hashes to {}, but the image claims diff_id {}; \
+                 the layer was not stored",
+                stats.diff_id, layer.diff_id
+            )
+            .into(),
+        });
+    }
     store
         .commit_layer_dir(staging, &layer.diff_id)
         .map_err(Error::op(op()))?;
@@ -252,4 +281,87 @@ pub fn write(
         .put_blob(&bytes)
         .map_err(Error::op("write the manifest"))?;
     Ok(descriptor(manifest_mt, &digest, bytes.len() as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn tar_of(files: &[(&str, &str)]) -> Vec<u8> {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (path, content) in files {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(content.len() as u64);
+            h.set_mode(0o644);
+            h.set_mtime(0);
+            h.set_entry_type(tar::EntryType::Regular);
+            tar.append_data(&mut h, path, content.as_bytes()).unwrap();
+        }
+        tar.into_inner().unwrap()
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn record(store: &Store, blob: &[u8], diff_id: Digest) -> LayerRecord {
+        LayerRecord {
+            digest: store.put_blob(blob).unwrap(),
+            diff_id,
+            size: blob.len() as u64,
+            media_type: media_type::OCI_LAYER_GZIP.to_owned(),
+        }
+    }
+
+    fn entries(dir: &std::path::Path) -> Vec<std::ffi::OsString> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    }
+
+    /// A cache record or config claiming a popular layer's diff_id for a blob of its own must
+    /// not plant that blob's files under the popular layer's directory.
+    #[test]
+    fn a_blob_whose_diff_id_lies_is_not_unpacked() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let honest = tar_of(&[("etc/os-release", "honest base\n")]);
+        let evil = tar_of(&[
+            ("etc/os-release", "EVIL-MARKER\n"),
+            ("usr/bin/backdoor", "EVIL-MARKER\n"),
+        ]);
+        let claimed = Digest::sha256_of(&honest);
+        let lying = record(&store, &gzip(&evil), claimed.clone());
+
+        let err = ensure_unpacked(&store, std::slice::from_ref(&lying)).unwrap_err();
+        let mut msg = err.to_string();
+        let mut src = std::error::Error::source(&err);
+        while let Some(s) = src {
+            msg.push_str(&format!(": {s}"));
+            src = s.source();
+        }
+        assert!(msg.contains(&lying.digest.to_string()), "{msg}");
+        assert!(msg.contains(&claimed.to_string()), "{msg}");
+        assert!(msg.contains(&Digest::sha256_of(&evil).to_string()), "{msg}");
+        assert!(!store.has_layer_dir(&claimed));
+        assert!(entries(&store.root().join("layers")).is_empty());
+        assert!(entries(&store.root().join("tmp")).is_empty());
+
+        // The honest blob under the same diff_id unpacks; afterwards the lying record only
+        // ever sees the honest directory.
+        let good = record(&store, &gzip(&honest), claimed.clone());
+        let view = ensure_unpacked(&store, std::slice::from_ref(&good)).unwrap();
+        let layer = &view.dirs()[0];
+        assert_eq!(
+            std::fs::read_to_string(layer.join("etc/os-release")).unwrap(),
+            "honest base\n"
+        );
+        ensure_unpacked(&store, std::slice::from_ref(&lying)).unwrap();
+        assert!(!layer.join("usr").exists());
+    }
 }

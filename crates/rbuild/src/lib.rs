@@ -30,6 +30,7 @@ pub mod config;
 pub mod container;
 pub mod context;
 pub mod copy;
+pub mod download;
 mod error;
 mod events;
 mod execute;

@@ -76,6 +76,8 @@ pub struct BuildOptions {
     /// Honour `RUN --security=insecure` (`--allow security.insecure`, BuildKit's entitlement);
     /// without it such a step is an error.
     pub allow_insecure: bool,
+    /// How `ADD <url>` fetches: size cap, TLS verification.
+    pub download: crate::download::DownloadOptions,
 }
 
 /// Where a build secret's value comes from.
@@ -142,6 +144,7 @@ impl BuildOptions {
             network: rbuild_sandbox::Network::Host,
             limits: rbuild_sandbox::Limits::default(),
             allow_insecure: false,
+            download: crate::download::DownloadOptions::default(),
         }
     }
 
@@ -278,6 +281,13 @@ impl BuildOptions {
     #[must_use]
     pub fn allow_insecure(mut self, yes: bool) -> Self {
         self.allow_insecure = yes;
+        self
+    }
+
+    /// Sets how `ADD <url>` fetches (size cap, TLS verification).
+    #[must_use]
+    pub fn download(mut self, download: crate::download::DownloadOptions) -> Self {
+        self.download = download;
         self
     }
 

@@ -21,32 +21,8 @@ impl Build<'_> {
     /// ADD of a URL: the body, checked against `--checksum` when given. Downloaded at planning
     /// time, so the content is part of the step's key (a changed file misses the cache).
     fn download(&self, url: &str, checksum: Option<&str>, line: usize) -> Result<Vec<u8>> {
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
-            self.err(
-                line,
-                format!("ADD {url}: downloading needs a tokio runtime"),
-            )
-        })?;
-        let fetched = handle.block_on(async {
-            let resp = reqwest::get(url).await?.error_for_status()?;
-            resp.bytes().await
-        });
-        let bytes = fetched
-            .map_err(|e| self.err(line, format!("ADD {url}: download failed: {e}")))?
-            .to_vec();
-        if let Some(want) = checksum {
-            let want: rbuild_oci::Digest = want
-                .parse()
-                .map_err(|e| self.err(line, format!("ADD --checksum={want}: {e}")))?;
-            let got = rbuild_oci::Digest::sha256_of(&bytes);
-            if got != want {
-                return Err(self.err(
-                    line,
-                    format!("ADD {url}: checksum mismatch: expected {want}, got {got}"),
-                ));
-            }
-        }
-        Ok(bytes)
+        crate::download::fetch(self.store, &self.opts.download, url, checksum)
+            .map_err(|e| (self.step_err(line, format!("ADD {url}")))(e.into()))
     }
 
     /// Plans every instruction of a stage: expansion, config effects, cache keys.

@@ -40,7 +40,7 @@ use rbuild_oci::{Digest, Reference, media_type};
 use rbuild_store::Store;
 
 use crate::error::{Error, Result};
-use crate::image::{self, LayerRecord};
+use crate::image;
 
 /// The distribution client's error type (the cause inside this crate's [`Error::Operation`]).
 pub use rbuild_registry::Error as RegistryError;
@@ -177,8 +177,7 @@ fn finish_pull(
         .put_blob(&manifest.bytes)
         .map_err(Error::op(op("store the manifest")))?;
     let img = image::load(store, &digest)?;
-    unpack_verified(store, &img.layers)?;
-    // Every layer dir is present now: this only builds the view, unpacking nothing.
+    // Unpacks the missing layer dirs, each checked against its diff_id.
     image::ensure_unpacked(store, &img.layers)?;
     if reference.tag().is_some() {
         let desc = image::descriptor(&manifest.media_type, &digest, manifest.bytes.len() as u64);
@@ -190,37 +189,6 @@ fn finish_pull(
     blobs.extend(pulled.layers.iter().map(|l| &l.digest));
     record_origin(store, &blobs, reference);
     Ok(digest)
-}
-
-/// Unpacks the layers that have no directory yet, refusing a layer whose uncompressed stream
-/// does not hash to the config's `diff_id`: layer directories are shared by every image with
-/// that `diff_id`, so a lying config must not plant its content under another layer's name.
-fn unpack_verified(store: &Store, layers: &[LayerRecord]) -> Result<()> {
-    for layer in layers {
-        if store.has_layer_dir(&layer.diff_id) {
-            continue;
-        }
-        let op = || format!("unpack layer {}", layer.digest);
-        let blob = store.open_blob(&layer.digest).map_err(Error::op(op()))?;
-        let staging = store.staging().map_err(Error::op(op()))?;
-        let stats = rbuild_layer::unpack_layer(io::BufReader::new(blob), &staging.upper())
-            .map_err(Error::op(op()))?;
-        if stats.diff_id != layer.diff_id {
-            // `staging` is dropped here, which removes the extracted tree.
-            return Err(Error::Operation {
-                op: op(),
-                source: format!(
-                    "uncompressed content hashes to {}, the image config says {}",
-                    stats.diff_id, layer.diff_id
-                )
-                .into(),
-            });
-        }
-        store
-            .commit_layer_dir(staging, &layer.diff_id)
-            .map_err(Error::op(op()))?;
-    }
-    Ok(())
 }
 
 /// Pushes the image `src` (a reference in the store or a manifest digest, as
@@ -515,12 +483,12 @@ mod tests {
         let mut img = image::load(&store, &manifest).unwrap();
         let lie = Digest::sha256_of(b"another layer");
         img.layers[0].diff_id = lie.clone();
-        let err = unpack_verified(&store, &img.layers).unwrap_err();
+        let err = image::ensure_unpacked(&store, &img.layers).unwrap_err();
         assert!(
             std::error::Error::source(&err)
                 .unwrap()
                 .to_string()
-                .contains("the image config says"),
+                .contains(&format!("the image claims diff_id {lie}")),
             "{err}"
         );
         assert!(!store.has_layer_dir(&lie));

@@ -50,9 +50,10 @@ pub(crate) fn lookup(
                 return None;
             }
             let cfg: Digest = v["config"]["digest"].as_str()?.parse().ok()?;
+            let cfg_size = v["config"]["size"].as_u64()?;
             let progress = AtomicU64::new(0);
             let (bytes, _) = client
-                .fetch_blob(repo, &cfg, Vec::new(), &progress)
+                .fetch_blob_sized(repo, &cfg, cfg_size, Vec::new(), &progress)
                 .await
                 .ok()?;
             if Digest::sha256_of(&bytes) != cfg {
@@ -76,8 +77,10 @@ pub(crate) fn lookup(
     hits
 }
 
-/// Brings a remote hit into the local store: the layer blob (digest-checked), its unpacked
-/// directory, and a local cache entry under `key`.
+/// Brings a remote hit into the local store: the layer blob (digest- and size-checked), its
+/// unpacked directory (checked against the record's `diff_id`: a record from a shared cache
+/// repository is input like any other, and may claim a popular base layer's `diff_id` for a
+/// blob of its own), and a local cache entry under `key`.
 ///
 /// # Errors
 ///
@@ -96,7 +99,13 @@ pub(crate) fn fetch(
                 .map_err(Error::op("write a cached layer"))?;
             let progress = AtomicU64::new(0);
             let (writer, _) = handle
-                .block_on(client.fetch_blob(&hit.repo, &layer.digest, writer, &progress))
+                .block_on(client.fetch_blob_sized(
+                    &hit.repo,
+                    &layer.digest,
+                    layer.size,
+                    writer,
+                    &progress,
+                ))
                 .map_err(Error::op(format!(
                     "pull cached layer {} from {}",
                     layer.digest,

@@ -87,6 +87,9 @@ pub struct Args {
     /// capability and no seccomp filter (repeatable).
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     allow: Vec<String>,
+    /// Largest body an `ADD <url>` may download, in bytes (default 1 GiB).
+    #[arg(long = "add-max-bytes", value_name = "BYTES")]
+    add_max_bytes: Option<u64>,
     /// The build context directory, or `-` for a tar archive on stdin (then `-f` names a file in it).
     context: PathBuf,
 }
@@ -229,6 +232,12 @@ pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Resu
     if let Some(p) = &args.platform {
         opts = opts.platform(p);
     }
+    // ADD URLs follow the registry client's `--tls-verify`.
+    let mut download = rbuild::download::DownloadOptions::default().tls_verify(flags.tls_verify);
+    if let Some(n) = args.add_max_bytes {
+        download = download.max_bytes(n);
+    }
+    opts = opts.download(download);
     // `-f -`: the Dockerfile from stdin; `-` as context: a tar of the context on stdin.
     let _stdin_context;
     if args.context.as_os_str() == "-" {
