@@ -347,7 +347,7 @@ pub struct RunOptions {
     /// in the project itself; artifacts are then the only way files travel between jobs.
     pub isolate: bool,
     /// Where job copies and saved artifacts go (default: a temporary directory, removed at the
-    /// end of the run).
+    /// end of the run). Created, or set, mode 0700.
     pub work_dir: Option<PathBuf>,
     /// Directories put first on every job's `PATH`.
     pub path_prepend: Vec<PathBuf>,
