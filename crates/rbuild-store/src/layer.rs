@@ -74,6 +74,14 @@ impl Store {
             .map_err(|source| Error::CreateTemp { dir, source })?
             .keep();
         let staging = Staging { path };
+        // 0700 whatever the tempfile version or umask gives: a staging directory holds a RUN
+        // step's upper dir, its secrets and mount scratch while the step runs.
+        fs::set_permissions(staging.path(), fs::Permissions::from_mode(0o700)).map_err(
+            |source| Error::CreateStaging {
+                path: staging.path().to_owned(),
+                source,
+            },
+        )?;
         for sub in [staging.upper(), staging.work()] {
             fs::create_dir(&sub)
                 .and_then(|()| fs::set_permissions(&sub, fs::Permissions::from_mode(0o755)))
