@@ -395,3 +395,56 @@ fn proxy_args_reach_run_without_an_arg_and_stay_out_of_the_key_and_the_image() {
     );
     assert_eq!(missed(&again), Vec::<usize>::new(), "{again}");
 }
+
+#[test]
+fn a_retagged_base_image_and_a_changed_archive_miss_from_where_they_are_read() {
+    let Some((work, root)) = setup_with_base() else {
+        return;
+    };
+    // A second base, then `localhost/base:moving` pointing at one and then the other.
+    let alt = context_with(
+        work.path(),
+        "alt-base",
+        "FROM localhost/busybox:test\nRUN echo alt > /alt\n",
+    );
+    build(&root, &alt, &["-t", "localhost/base:alt"]);
+    ok(&rbuild(
+        &root,
+        &["tag", "localhost/busybox:test", "localhost/base:moving"],
+    ));
+    let ctx = context_with(
+        work.path(),
+        "retag",
+        "FROM localhost/base:moving\nADD a.tar /x/\nRUN ls /x > /list\n",
+    );
+    let tar = |name: &str| {
+        let src = work.path().join("tar-src");
+        let _ = fs::remove_dir_all(&src);
+        fs::create_dir_all(&src).unwrap();
+        fs::write(src.join(name), name).unwrap();
+        sh(Command::new("tar")
+            .arg("-C")
+            .arg(&src)
+            .arg("-cf")
+            .arg(ctx.join("a.tar"))
+            .arg(name));
+    };
+    tar("one");
+    let e = ["--source-date-epoch", EPOCH];
+    build(&root, &ctx, &e);
+    assert_eq!(missed(&build(&root, &ctx, &e)), Vec::<usize>::new());
+    // The archive's content: the ADD and what follows.
+    tar("two");
+    let out = build(&root, &ctx, &e);
+    assert_eq!(missed(&out), vec![2, 3], "{out}");
+    // The base re-tagged: everything.
+    ok(&rbuild(
+        &root,
+        &["tag", "localhost/base:alt", "localhost/base:moving"],
+    ));
+    let out = build(&root, &ctx, &e);
+    assert_eq!(missed(&out), vec![2, 3], "{out}");
+    assert!(out.contains("base image changed"), "{out}");
+    let clean = build(&root, &ctx, &["--source-date-epoch", EPOCH, "--no-cache"]);
+    assert_eq!(last_line(&out), last_line(&clean));
+}

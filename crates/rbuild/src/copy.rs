@@ -501,16 +501,13 @@ pub fn execute(
             if let Some((u, g)) = owner {
                 chown_tree(&dir, u, g).map_err(io_err(format!("set the owners of /{target}")))?;
             }
-            rustix::fs::fchown(
+            set_owner_mode(
                 &*dir,
-                Some(rustix::fs::Uid::from_raw(before.st_uid)),
-                Some(rustix::fs::Gid::from_raw(before.st_gid)),
-            )
-            .and_then(|()| rustix::fs::fchmod(&*dir, Mode::from_raw_mode(before.st_mode & 0o7777)))
-            .map_err(|e| CopyError::Io {
-                what: format!("restore the metadata of /{target}"),
-                source: e.into(),
-            })?;
+                before.st_uid,
+                before.st_gid,
+                before.st_mode & 0o7777,
+                &target,
+            )?;
             continue;
         }
         match &it.kind {
@@ -519,21 +516,7 @@ pub fn execute(
             }
             EntryKind::Dir => {
                 let dir = w.dir_at(&target, (uid, gid))?;
-                rustix::fs::fchown(
-                    &*dir,
-                    Some(rustix::fs::Uid::from_raw(uid)),
-                    Some(rustix::fs::Gid::from_raw(gid)),
-                )
-                .map_err(|e| CopyError::Io {
-                    what: format!("set the owner of /{target}"),
-                    source: e.into(),
-                })?;
-                rustix::fs::fchmod(&*dir, Mode::from_raw_mode(it.mode)).map_err(|e| {
-                    CopyError::Io {
-                        what: format!("set the mode of /{target}"),
-                        source: e.into(),
-                    }
-                })?;
+                set_owner_mode(&*dir, uid, gid, it.mode, &target)?;
                 w.stamps.push((dir, it.mtime));
             }
             EntryKind::Symlink(t) => {
@@ -710,19 +693,7 @@ impl Writer {
                 Some(n) => (n.stat.st_uid, n.stat.st_gid, n.stat.st_mode & 0o7777),
                 None => (owner.0, owner.1, 0o755),
             };
-            rustix::fs::fchown(
-                &*fd,
-                Some(rustix::fs::Uid::from_raw(uid)),
-                Some(rustix::fs::Gid::from_raw(gid)),
-            )
-            .map_err(|e| CopyError::Io {
-                what: format!("set the owner of /{rel}"),
-                source: e.into(),
-            })?;
-            rustix::fs::fchmod(&*fd, Mode::from_raw_mode(mode)).map_err(|e| CopyError::Io {
-                what: format!("set the mode of /{rel}"),
-                source: e.into(),
-            })?;
+            set_owner_mode(&*fd, uid, gid, mode, &rel)?;
             if let Some(n) = &image_dir {
                 for (name, value) in n.xattrs() {
                     let _ = rustix::fs::fsetxattr(
@@ -775,22 +746,48 @@ impl Writer {
     /// Sets the recorded directory times, deepest first.
     fn finish(self) -> Result<(), CopyError> {
         for (fd, t) in self.stamps.iter().rev() {
-            let ts = Timestamps {
-                last_access: Timespec {
-                    tv_sec: t.0,
-                    tv_nsec: t.1 as _,
-                },
-                last_modification: Timespec {
-                    tv_sec: t.0,
-                    tv_nsec: t.1 as _,
-                },
-            };
-            rustix::fs::futimens(&**fd, &ts).map_err(|e| CopyError::Io {
+            rustix::fs::futimens(&**fd, &stamp(*t)).map_err(|e| CopyError::Io {
                 what: "set directory times".into(),
                 source: e.into(),
             })?;
         }
         Ok(())
+    }
+}
+
+/// Sets the owner, then the mode (chown clears setuid bits), of an open file or directory.
+fn set_owner_mode(
+    fd: impl AsFd,
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    shown: &str,
+) -> Result<(), CopyError> {
+    let fd = fd.as_fd();
+    rustix::fs::fchown(
+        fd,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+    )
+    .map_err(|e| CopyError::Io {
+        what: format!("set the owner of /{shown}"),
+        source: e.into(),
+    })?;
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(|e| CopyError::Io {
+        what: format!("set the mode of /{shown}"),
+        source: e.into(),
+    })
+}
+
+/// Access and modification times both set to `t` (seconds, nanoseconds).
+fn stamp(t: (i64, i64)) -> Timestamps {
+    let ts = Timespec {
+        tv_sec: t.0,
+        tv_nsec: t.1 as _,
+    };
+    Timestamps {
+        last_access: ts,
+        last_modification: ts,
     }
 }
 
@@ -854,22 +851,11 @@ fn chown_at(dir: &OwnedFd, name: &OsStr, uid: u32, gid: u32, shown: &str) -> Res
 }
 
 fn set_times_at(dir: &OwnedFd, name: &OsStr, t: (i64, i64), shown: &str) -> Result<(), CopyError> {
-    let ts = Timespec {
-        tv_sec: t.0,
-        tv_nsec: t.1 as _,
-    };
-    rustix::fs::utimensat(
-        dir,
-        name,
-        &Timestamps {
-            last_access: ts,
-            last_modification: ts,
-        },
-        AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| CopyError::Io {
-        what: format!("set the times of /{shown}"),
-        source: e.into(),
+    rustix::fs::utimensat(dir, name, &stamp(t), AtFlags::SYMLINK_NOFOLLOW).map_err(|e| {
+        CopyError::Io {
+            what: format!("set the times of /{shown}"),
+            source: e.into(),
+        }
     })
 }
 
@@ -936,32 +922,8 @@ fn write_file(
             }
         }
     }
-    rustix::fs::fchown(
-        &out,
-        Some(rustix::fs::Uid::from_raw(uid)),
-        Some(rustix::fs::Gid::from_raw(gid)),
-    )
-    .map_err(|e| CopyError::Io {
-        what: format!("set the owner of /{target}"),
-        source: e.into(),
-    })?;
-    // chown clears setuid bits: set the mode after it.
-    rustix::fs::fchmod(&out, Mode::from_raw_mode(it.mode)).map_err(|e| CopyError::Io {
-        what: format!("set the mode of /{target}"),
-        source: e.into(),
-    })?;
-    let ts = Timespec {
-        tv_sec: it.mtime.0,
-        tv_nsec: it.mtime.1 as _,
-    };
-    rustix::fs::futimens(
-        &out,
-        &Timestamps {
-            last_access: ts,
-            last_modification: ts,
-        },
-    )
-    .map_err(|e| CopyError::Io {
+    set_owner_mode(&out, uid, gid, it.mode, target)?;
+    rustix::fs::futimens(&out, &stamp(it.mtime)).map_err(|e| CopyError::Io {
         what: format!("set the times of /{target}"),
         source: e.into(),
     })

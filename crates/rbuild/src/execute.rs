@@ -416,9 +416,29 @@ fn snapshot_context(ctx: &Context, rel: &str, dest: &Path) -> std::io::Result<()
 }
 
 fn copy_entry(ctx: &Context, e: &crate::context::Entry, to: &Path) -> std::io::Result<()> {
+    use std::io::Read as _;
     let mut src = ctx.open(e)?;
     let mut out = new_file(to)?;
-    std::io::copy(&mut src, &mut out)?;
+    // The step's key holds this file's hash: deliver exactly those bytes (a file edited since
+    // planning is an error, never a result cached under the old content's key).
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 128 * 1024];
+    loop {
+        let n = src.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        std::io::Write::write_all(&mut out, &buf[..n])?;
+    }
+    if let Some(want) = &e.sha256
+        && *want != hex::encode(hasher.finalize())
+    {
+        return Err(std::io::Error::other(format!(
+            "{} changed during the build (its content is not what the cache key was computed from); build again",
+            e.rel
+        )));
+    }
     out.set_permissions(fs::Permissions::from_mode(e.mode))
 }
 

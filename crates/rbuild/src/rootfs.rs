@@ -313,16 +313,16 @@ impl Layers {
             if is_whiteout(&st) {
                 return Ok(None);
             }
-            let rel = child_rel(&dir.rel, name);
+            let node = |dirs| Node {
+                layer,
+                rel: child_rel(&dir.rel, name),
+                stat: st,
+                parent: Some(d.clone()),
+                name: name.to_owned(),
+                dirs,
+            };
             if file_type(&st) != FileType::Directory {
-                return Ok(Some(Node {
-                    layer,
-                    rel,
-                    stat: st,
-                    parent: Some(d.clone()),
-                    name: name.to_owned(),
-                    dirs: Vec::new(),
-                }));
+                return Ok(Some(node(Vec::new())));
             }
             let top = Arc::new(open_dir_at(d.as_fd(), name)?);
             let mut dirs = vec![(layer, top.clone())];
@@ -344,14 +344,7 @@ impl Layers {
                     }
                 }
             }
-            return Ok(Some(Node {
-                layer,
-                rel,
-                stat: st,
-                parent: Some(d.clone()),
-                name: name.to_owned(),
-                dirs,
-            }));
+            return Ok(Some(node(dirs)));
         }
         Ok(None)
     }
