@@ -55,6 +55,8 @@ pub struct CopyItem {
     pub owner: Option<(u32, u32)>,
     /// Source mtime (docker keeps it).
     pub mtime: (i64, i64),
+    /// Source size in bytes (files), as walked.
+    pub size: u64,
     /// Content hash (files).
     pub sha256: Option<String>,
     /// The source as the user names it (context path, or `<<NAME` for a heredoc).
@@ -119,6 +121,7 @@ impl CopyPlan {
             mode,
             owner: None,
             mtime: (0, 0),
+            size: content.len() as u64,
             sha256: Some(hex::encode(Sha256::digest(&content))),
             label,
             content: Some(Arc::new(content)),
@@ -408,6 +411,7 @@ fn item(
         mode,
         owner: if req.keep_owners { e.owner } else { None },
         mtime: e.mtime,
+        size: e.size,
         sha256: e.sha256.clone(),
         label: label.to_owned(),
         content: None,
@@ -476,6 +480,7 @@ pub fn execute(
         None => None,
     };
     let mut links: HashMap<(usize, u64, u64), (Arc<OwnedFd>, OsString)> = HashMap::new();
+    let mut prev_dirs = HashMap::new();
     for it in &plan.items {
         // An archive is extracted into the destination itself, a directory whether or not it
         // ends in `/` (docker: "ADD app.tar /opt2" fills /opt2).
@@ -551,7 +556,9 @@ pub fn execute(
                     continue;
                 }
                 let linked = match (&reuse, &it.content) {
-                    (Some((r, fd)), None) => r.link(it, fd, &target, &parent, &name),
+                    (Some((r, fd)), None) => {
+                        r.link(it, fd, &mut prev_dirs, &target, &parent, &name, (uid, gid))
+                    }
                     _ => false,
                 };
                 if !linked {
@@ -968,47 +975,51 @@ impl Reuse<'_> {
     /// previous layer, every directory entered without following links) as `name` in
     /// `parent` when it is the same file: same recorded content, mode, owner and
     /// destination, and the same size and mtime on disk. False when it must be copied.
+    #[allow(clippy::too_many_arguments)] // one call site; the pieces are all different
     fn link(
         &self,
         it: &CopyItem,
         prev_root: &OwnedFd,
+        prev_dirs: &mut HashMap<String, Option<Arc<OwnedFd>>>,
         target: &str,
         parent: &OwnedFd,
         name: &OsStr,
+        (uid, gid): (u32, u32),
     ) -> bool {
         if self.files.get(&it.label) != Some(&describe(it)) {
             return false;
         }
-        let comps = rootfs::components(target);
-        let Some((last, dirs)) = comps.split_last() else {
+        let (dir_rel, last) = target.rsplit_once('/').unwrap_or(("", target));
+        // Files of one directory come together: open each directory of the previous layer
+        // once (entered component by component without following links).
+        let prev_dir = prev_dirs
+            .entry(dir_rel.to_owned())
+            .or_insert_with(|| {
+                let mut cur: Option<OwnedFd> = None;
+                for c in rootfs::components(dir_rel) {
+                    let base: &OwnedFd = cur.as_ref().unwrap_or(prev_root);
+                    cur = Some(open_dir_at(base, &c).ok()?);
+                }
+                match cur {
+                    Some(fd) => Some(Arc::new(fd)),
+                    None => rustix::io::dup(prev_root).ok().map(Arc::new),
+                }
+            })
+            .clone();
+        let Some(prev_dir) = prev_dir else {
             return false;
         };
-        let mut cur: Option<OwnedFd> = None;
-        for c in dirs {
-            let base: &OwnedFd = cur.as_ref().unwrap_or(prev_root);
-            match open_dir_at(base, c) {
-                Ok(fd) => cur = Some(fd),
-                Err(_) => return false,
-            }
-        }
-        let prev_dir: &OwnedFd = cur.as_ref().unwrap_or(prev_root);
-        let Ok(old) = rootfs::lstat_at(prev_dir, last) else {
+        let last = OsStr::new(last);
+        let Ok(old) = rootfs::lstat_at(&*prev_dir, last) else {
             return false;
         };
-        let (uid, gid) = it.owner.unwrap_or((0, 0));
         let same = rootfs::file_type(&old) == FileType::RegularFile
-            && old.st_size as u64 == it_size(it)
+            && old.st_size as u64 == it.size
             && old.st_mode & 0o7777 == it.mode
             && (old.st_uid, old.st_gid) == (uid, gid)
             && (old.st_mtime, old.st_mtime_nsec as i64) == it.mtime;
-        same && rustix::fs::linkat(prev_dir, last.as_os_str(), parent, name, AtFlags::empty())
-            .is_ok()
+        same && rustix::fs::linkat(&*prev_dir, last, parent, name, AtFlags::empty()).is_ok()
     }
-}
-
-fn it_size(it: &CopyItem) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    fs::symlink_metadata(&it.src).map_or(u64::MAX, |m| m.size())
 }
 
 /// An item as `--explain` records it: `kind mode owner content → sub`.
