@@ -482,6 +482,14 @@ impl HashCache {
         self.dirty |= self.files.len() != before;
     }
 
+    /// Keeps only the entries whose key `keep` accepts (marks the cache changed when any
+    /// went).
+    pub fn retain_keys(&mut self, mut keep: impl FnMut(&str) -> bool) {
+        let before = self.files.len();
+        self.files.retain(|k, _| keep(k));
+        self.dirty |= self.files.len() != before;
+    }
+
     /// Whether files were hashed or forgotten since the cache was loaded: a no-change rebuild
     /// leaves it clean and does not rewrite it.
     pub fn is_dirty(&self) -> bool {

@@ -205,11 +205,29 @@ impl<'a> Build<'a> {
                     let _ = self.store.state_put(&self.hash_cache_name, &bytes);
                 }
             }
-            if let Some(h) = &st.layer_hashes
+            if let Some(h) = &mut st.layer_hashes
                 && h.is_dirty()
-                && let Ok(bytes) = serde_json::to_vec(h)
             {
-                let _ = self.store.state_put(LAYER_HASHES, &bytes);
+                // Forget the files of layer directories that are gone (pruned), one check
+                // per directory.
+                let layers = self.store.root().join("layers");
+                let mut present: std::collections::HashMap<String, bool> = Default::default();
+                h.retain_keys(|k| {
+                    let Some(dir) = std::path::Path::new(k)
+                        .strip_prefix(&layers)
+                        .ok()
+                        .and_then(|r| r.components().next())
+                    else {
+                        return false;
+                    };
+                    let dir = dir.as_os_str().to_string_lossy().into_owned();
+                    *present
+                        .entry(dir.clone())
+                        .or_insert_with(|| layers.join(&dir).is_dir())
+                });
+                if let Ok(bytes) = serde_json::to_vec(&*h) {
+                    let _ = self.store.state_put(LAYER_HASHES, &bytes);
+                }
             }
         }
     }
