@@ -396,6 +396,19 @@ impl Context {
         &self.entries
     }
 
+    /// Everything strictly below the directory `rel` (`""` for the root), in path order, as
+    /// (path, path below `rel`, entry).
+    pub fn below<'s>(&'s self, rel: &str) -> impl Iterator<Item = (&'s str, &'s str, &'s Entry)> {
+        let prefix = if rel.is_empty() {
+            String::new()
+        } else {
+            format!("{rel}/")
+        };
+        self.entries
+            .range(prefix.clone()..)
+            .map_while(move |(k, e)| Some((k.as_str(), k.strip_prefix(prefix.as_str())?, e)))
+    }
+
     /// Whether `.dockerignore` excludes `rel`.
     pub fn is_excluded(&self, rel: &str) -> bool {
         self.ignore.is_excluded(rel)
@@ -525,15 +538,26 @@ pub fn clamp_rel(path: &str) -> String {
     parts.join("/")
 }
 
-fn hash_file(mut f: fs::File) -> io::Result<String> {
+fn hash_file(f: fs::File) -> io::Result<String> {
+    copy_hashed(f, &mut io::sink())
+}
+
+/// Copies `src` to `out` and returns the sha256 (hex) of what was copied: one read of the
+/// bytes serves both, so a copy can be checked against the hash its cache key was built from.
+///
+/// # Errors
+///
+/// IO errors of either side.
+pub fn copy_hashed(mut src: impl Read, out: &mut impl io::Write) -> io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = f.read(&mut buf)?;
+        let n = src.read(&mut buf)?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
     }
     Ok(hex::encode(hasher.finalize()))
 }

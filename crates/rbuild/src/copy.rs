@@ -345,15 +345,7 @@ pub fn plan(
                     source,
                 ));
             }
-            let prefix = if rel.is_empty() {
-                String::new()
-            } else {
-                format!("{rel}/")
-            };
-            for (k, e) in ctx.entries().range(prefix.clone()..) {
-                let Some(suffix) = k.strip_prefix(&prefix) else {
-                    break;
-                };
+            for (k, suffix, e) in ctx.below(rel) {
                 if excluded(k, suffix) {
                     continue;
                 }
@@ -500,7 +492,7 @@ pub fn execute(
                 what: format!("read /{target}"),
                 source: e.into(),
             })?;
-            crate::archive::extract(&proc_fd(&src), &proc_fd(&*dir))
+            crate::archive::extract(&rootfs::proc_fd(&src), &rootfs::proc_fd(&*dir))
                 .map_err(io_err(format!("extract {}", it.label)))?;
             // BuildKit: an explicit --chown overrides the owners the archive records.
             if let Some((u, g)) = owner {
@@ -907,17 +899,13 @@ fn write_file(
                 .map_err(io_err(format!("write /{target}")))?;
         }
         None => {
-            let mut src = open_source(plan, it)?;
+            let src = open_source(plan, it)?;
             if plan.root.is_some() {
                 // Context files: copy exactly what the key was computed from. A file edited
                 // after planning would otherwise be stored under its old content's key and
                 // served to the next build.
-                let mut hashing = HashingWriter {
-                    inner: &mut out,
-                    hasher: Sha256::new(),
-                };
-                io::copy(&mut src, &mut hashing).map_err(io_err(format!("copy {}", it.label)))?;
-                let got = hex::encode(hashing.hasher.finalize());
+                let got = crate::context::copy_hashed(src, &mut out)
+                    .map_err(io_err(format!("copy {}", it.label)))?;
                 if it.sha256.as_deref() != Some(got.as_str()) {
                     return Err(CopyError::Input(format!(
                         "{} source `{}` changed during the build (its content is not what the cache key was computed from); build again",
@@ -925,7 +913,7 @@ fn write_file(
                     )));
                 }
             } else {
-                io::copy(&mut src, &mut out).map_err(io_err(format!("copy {}", it.label)))?;
+                io::copy(&mut { src }, &mut out).map_err(io_err(format!("copy {}", it.label)))?;
             }
         }
     }
@@ -934,30 +922,6 @@ fn write_file(
         what: format!("set the times of /{target}"),
         source: e.into(),
     })
-}
-
-/// Hashes what passes through it.
-struct HashingWriter<'a, W> {
-    inner: &'a mut W,
-    hasher: Sha256,
-}
-
-impl<W: io::Write> io::Write for HashingWriter<'_, W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// `/proc/self/fd/N` for an open file or directory (for calls that take a path).
-fn proc_fd(fd: &impl AsFd) -> PathBuf {
-    use std::os::fd::AsRawFd;
-    PathBuf::from(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd()))
 }
 
 /// The previous result of the same COPY step, whose unchanged files can be hard-linked into

@@ -92,7 +92,7 @@ impl Build<'_> {
                 // runc (under docker and BuildKit) sets HOME from the image's passwd entry of
                 // the step's user when the config does not: `/` for a user it does not know.
                 if !env.iter().any(|e| e.starts_with("HOME=")) {
-                    env.push(format!("HOME={}", home_of(view, user.as_deref())));
+                    env.push(format!("HOME={}", view.home_of(user.as_deref())));
                 }
                 // Predefined proxy args reach every RUN without an ARG, and stay out of the
                 // cache key and the image (BuildKit).
@@ -377,19 +377,6 @@ const PROXY_ARGS: &[&str] = &[
     "all_proxy",
 ];
 
-/// The home directory of a USER spec (`name`, `uid`, with an optional `:group`) in the image's
-/// `/etc/passwd`; `/` when it has none.
-fn home_of(view: &LayerView, user: Option<&str>) -> String {
-    let name = user.unwrap_or("0").split(':').next().unwrap_or("0");
-    let name = if name.is_empty() { "0" } else { name };
-    let passwd = view.read("etc/passwd").unwrap_or_default();
-    String::from_utf8_lossy(&passwd)
-        .lines()
-        .map(|l| l.split(':').collect::<Vec<_>>())
-        .find(|f| f.len() > 5 && (f[0] == name || f[2] == name))
-        .map_or_else(|| "/".to_owned(), |f| f[5].to_owned())
-}
-
 /// Copies what the context has at `rel` (a file, or a directory and everything below it that
 /// `.dockerignore` lets through) to the fresh directory `dest`, reading beneath the context
 /// root; symlinks are copied as symlinks.
@@ -401,38 +388,19 @@ fn snapshot_context(ctx: &Context, rel: &str, dest: &Path) -> std::io::Result<()
         return copy_entry(ctx, e, dest);
     }
     fs::create_dir_all(dest)?;
-    let prefix = if rel.is_empty() {
-        String::new()
-    } else {
-        format!("{rel}/")
-    };
-    for (k, e) in entries.range(prefix.clone()..) {
-        let Some(sub) = k.strip_prefix(&prefix) else {
-            break;
-        };
+    for (_, sub, e) in ctx.below(rel) {
         write_below(dest, sub, &e.kind, |to| copy_entry(ctx, e, to))?;
     }
     Ok(())
 }
 
 fn copy_entry(ctx: &Context, e: &crate::context::Entry, to: &Path) -> std::io::Result<()> {
-    use std::io::Read as _;
-    let mut src = ctx.open(e)?;
     let mut out = new_file(to)?;
     // The step's key holds this file's hash: deliver exactly those bytes (a file edited since
     // planning is an error, never a result cached under the old content's key).
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 128 * 1024];
-    loop {
-        let n = src.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        std::io::Write::write_all(&mut out, &buf[..n])?;
-    }
+    let got = crate::context::copy_hashed(ctx.open(e)?, &mut out)?;
     if let Some(want) = &e.sha256
-        && *want != hex::encode(hasher.finalize())
+        && *want != got
     {
         return Err(std::io::Error::other(format!(
             "{} changed during the build (its content is not what the cache key was computed from); build again",

@@ -317,15 +317,7 @@ impl Build<'_> {
                             if let Some(e) = ctx.entries().get(&resolved) {
                                 add("", e);
                             }
-                            let prefix = if resolved.is_empty() {
-                                String::new()
-                            } else {
-                                format!("{resolved}/")
-                            };
-                            for (k, e) in ctx.entries().range(prefix.clone()..) {
-                                let Some(below) = k.strip_prefix(&prefix) else {
-                                    break;
-                                };
+                            for (_, below, e) in ctx.below(&resolved) {
                                 add(below, e);
                             }
                             Ok(hex::encode(h.finalize()))

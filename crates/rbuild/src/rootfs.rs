@@ -62,8 +62,6 @@ pub struct Node {
 pub struct Resolved {
     /// The directories of the path, symlinks resolved, that exist in the merged view.
     pub dir: Vec<OsString>,
-    /// The directory node of `dir`.
-    pub dir_node: Node,
     /// Components below `dir` that do not exist (all but the last are directories to create).
     pub missing: Vec<OsString>,
     /// The final entry when it exists (`missing` is then empty).
@@ -260,11 +258,6 @@ impl Layers {
         })
     }
 
-    /// The layer directories, top-most first.
-    pub fn paths(&self) -> &[PathBuf] {
-        &self.paths
-    }
-
     /// The host path of an entry: its layer directory joined with its path. Every directory on
     /// the way was entered with `O_NOFOLLOW` in that layer, and layer directories are
     /// immutable, so the path names the same entry (for tools that only take paths).
@@ -410,7 +403,6 @@ impl Layers {
                     }
                     return Ok(Resolved {
                         dir,
-                        dir_node: cur,
                         missing,
                         node: None,
                     });
@@ -438,7 +430,6 @@ impl Layers {
                 Some(n) if last => {
                     return Ok(Resolved {
                         dir,
-                        dir_node: cur,
                         missing: Vec::new(),
                         node: Some(n),
                     });
@@ -454,11 +445,9 @@ impl Layers {
         }
         // The path named the root itself (or climbed to it).
         let node = stack.pop().unwrap_or_else(|| unreachable!());
-        let dir_node = stack.pop().unwrap_or_else(|| node.clone());
         let name = dir.pop();
         Ok(Resolved {
             dir,
-            dir_node,
             missing: Vec::new(),
             node: if name.is_some() || node.rel.is_empty() {
                 Some(node)
@@ -586,11 +575,6 @@ impl Node {
         self.parent.as_deref().map(|p| (p, self.name.as_os_str()))
     }
 
-    /// The top-most directory of a merged directory.
-    pub fn dir_fd(&self) -> Option<&OwnedFd> {
-        self.dirs.first().map(|(_, d)| &**d)
-    }
-
     /// Reads an extended attribute of the entry (not following a symlink).
     pub fn xattrs(&self) -> Vec<(OsString, Vec<u8>)> {
         let Some((parent, name)) = self.location() else {
@@ -617,10 +601,13 @@ impl Node {
 /// (`lgetxattr`): only the last component is looked up by name, and the `l*` calls do not
 /// follow it.
 pub fn proc_path(dir: &OwnedFd, name: &OsStr) -> PathBuf {
+    proc_fd(dir).join(name)
+}
+
+/// `/proc/self/fd/N`: the very file or directory open as `fd`, for calls that take a path.
+pub fn proc_fd(fd: &impl AsFd) -> PathBuf {
     use std::os::fd::AsRawFd;
-    let mut p = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
-    p.push(name);
-    p
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd()))
 }
 
 #[cfg(test)]

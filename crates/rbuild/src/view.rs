@@ -44,15 +44,6 @@ impl LayerView {
         Layers::open(&self.dirs)
     }
 
-    /// Whether `rel` (slash-separated, relative to `/`) exists in the merged view; symlinks on
-    /// the way are followed inside the image, the last one is not.
-    pub fn exists(&self, rel: &str) -> bool {
-        self.layers()
-            .ok()
-            .and_then(|l| l.resolve(rel, false).ok())
-            .is_some_and(|r| r.node.is_some())
-    }
-
     /// Reads a small file from the merged view.
     pub fn read(&self, rel: &str) -> Option<Vec<u8>> {
         self.layers().ok()?.read(rel, 16 << 20).ok().flatten()
@@ -80,30 +71,50 @@ impl LayerView {
         self.resolve_owner(spec, true)
     }
 
+    /// The `/etc/passwd` fields (at least four) of `user`: looked up by uid when it is a
+    /// number (runc's rule), by name otherwise.
+    fn passwd_entry(&self, user: &str) -> Option<Vec<String>> {
+        let passwd = self.read("etc/passwd")?;
+        let uid = user.parse::<u32>().ok();
+        String::from_utf8_lossy(&passwd)
+            .lines()
+            .map(|l| l.split(':').map(str::to_owned).collect::<Vec<_>>())
+            .find(|f| {
+                f.len() > 3
+                    && match uid {
+                        Some(uid) => f[2].parse() == Ok(uid),
+                        None => f[0] == user,
+                    }
+            })
+    }
+
+    /// The home directory of a USER spec (`name` or `uid`, with an optional `:group`) in the
+    /// image's `/etc/passwd`; `/` when it has none (runc sets HOME this way).
+    pub fn home_of(&self, user: Option<&str>) -> String {
+        let name = user.unwrap_or("0").split(':').next().unwrap_or("0");
+        let name = if name.is_empty() { "0" } else { name };
+        self.passwd_entry(name)
+            .and_then(|f| f.get(5).cloned())
+            .unwrap_or_else(|| "/".to_owned())
+    }
+
     fn resolve_owner(&self, spec: &str, numeric_group: bool) -> Result<(u32, u32), String> {
         let (user, group) = match spec.split_once(':') {
             Some((u, g)) => (u, Some(g)),
             None => (spec, None),
         };
-        let passwd =
-            String::from_utf8_lossy(&self.read("etc/passwd").unwrap_or_default()).into_owned();
         let (uid, primary) = if let Ok(uid) = user.parse::<u32>() {
             if numeric_group {
                 (uid, uid)
             } else {
-                let primary = passwd
-                    .lines()
-                    .map(|l| l.split(':').collect::<Vec<_>>())
-                    .find(|f| f.len() > 3 && f[2].parse() == Ok(uid))
+                let primary = self
+                    .passwd_entry(user)
                     .and_then(|f| f[3].parse().ok())
                     .unwrap_or(0);
                 (uid, primary)
             }
         } else {
-            passwd
-                .lines()
-                .map(|l| l.split(':').collect::<Vec<_>>())
-                .find(|f| f.len() > 3 && f[0] == user)
+            self.passwd_entry(user)
                 .and_then(|f| Some((f[2].parse().ok()?, f[3].parse().ok()?)))
                 .ok_or_else(|| {
                     format!("unable to find user {user}: no matching entries in passwd file")
