@@ -7,9 +7,11 @@ use std::sync::Arc;
 use rbuild_oci::{Digest, Reference};
 use rbuild_store::Store;
 
+use crate::cancel::{CancelOnDrop, CancelToken};
 use crate::config::Platform;
 use crate::error::{Error, Result};
 use crate::events::{BuildEvent, NoProgress, Progress};
+use crate::executor::{Executor, SandboxExecutor};
 use crate::image;
 use crate::options::{BuildOptions, DockerfileSource, ImageFormat};
 use crate::stage::Build;
@@ -46,6 +48,18 @@ pub struct Builder {
     store: Arc<Store>,
     progress: Arc<dyn Progress>,
     registry: Option<Arc<rbuild_registry::Client>>,
+    executor: Arc<dyn Executor>,
+    runtime: Option<tokio::runtime::Handle>,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("store", &self.store.root())
+            .field("executor", &self.executor)
+            .field("registry", &self.registry.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Builder {
@@ -55,7 +69,32 @@ impl Builder {
             store: Arc::new(store),
             progress: Arc::new(NoProgress),
             registry: None,
+            executor: Arc::new(SandboxExecutor),
+            runtime: None,
         }
+    }
+
+    /// Runs RUN steps with `executor` instead of the default [`SandboxExecutor`].
+    ///
+    /// ```
+    /// use rbuild::executor::{FnExecutor, RunOutcome};
+    /// # fn demo(store: rbuild::Store) {
+    /// let builder = rbuild::Builder::new(store)
+    ///     .executor(FnExecutor::new(|_step, _upper| Ok(RunOutcome::exited(0))));
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn executor(mut self, executor: impl Executor + 'static) -> Self {
+        self.executor = Arc::new(executor);
+        self
+    }
+
+    /// The tokio runtime that [`Builder::build_blocking`] uses for registry requests and
+    /// downloads ([`Builder::build`] uses the runtime it is awaited on).
+    #[must_use]
+    pub fn runtime(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(handle);
+        self
     }
 
     /// Reports progress to `progress`.
@@ -86,11 +125,21 @@ impl Builder {
     /// [`Error::Dockerfile`] for an invalid Dockerfile (with file:line), [`Error::RunFailed`] for
     /// a RUN step that exits non-zero, others for store, sandbox and IO failures. On error no tag
     /// is created or moved; steps that completed stay cached.
+    ///
+    /// Dropping the returned future cancels the build (as [`BuildOptions::cancel_token`] would):
+    /// a running RUN step's processes are killed and the blocking work stops at the next step.
     pub async fn build(&self, opts: BuildOptions) -> Result<BuildOutput> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.build_blocking(&opts))
-            .await
-            .map_err(Error::op("run the build"))?
+        let mut this = self.clone();
+        this.runtime = Some(tokio::runtime::Handle::current());
+        let token = opts.cancel.clone().unwrap_or_default();
+        let mut guard = CancelOnDrop(Some(token.clone()));
+        let result = tokio::task::spawn_blocking(move || this.solve(&opts, token)).await;
+        guard.0 = None;
+        match result {
+            Ok(r) => r,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(Error::Cancelled),
+        }
     }
 
     /// Builds an image on the calling thread.
@@ -99,6 +148,10 @@ impl Builder {
     ///
     /// As [`Builder::build`].
     pub fn build_blocking(&self, opts: &BuildOptions) -> Result<BuildOutput> {
+        self.solve(opts, opts.cancel.clone().unwrap_or_default())
+    }
+
+    fn solve(&self, opts: &BuildOptions, cancel: CancelToken) -> Result<BuildOutput> {
         let _lock = self
             .store
             .lock_shared()
@@ -138,34 +191,40 @@ impl Builder {
                 })?,
         };
         if let Some(p) = &opts.platform
-            && *p != Platform::host().to_string()
+            && *p != Platform::host()
         {
-            return Err(Error::Operation {
-                op: format!("build for {p}"),
-                source: format!(
+            return Err(Error::invalid(
+                format!("build for {p}"),
+                format!(
                     "only the host platform {} can be built (multi-platform builds come later)",
                     Platform::host()
-                )
-                .into(),
-            });
+                ),
+            ));
         }
         let mut run = Build::new(&self.store, &*self.progress, opts, file, df, target);
         run.registry = self.registry.as_deref();
+        run.executor = &*self.executor;
+        run.cancel = cancel;
+        run.rt = self.runtime.clone();
         run.resolve_meta_args()?;
         let result = run.stage(target);
         run.save_state();
         let result = result?;
         if let Some(repo) = &opts.cache_to {
-            let client = self.registry.as_deref().ok_or_else(|| Error::Operation {
-                op: format!("export the build cache to {}", repo.name()),
-                source: "no registry client configured".into(),
+            let client = self.registry.as_deref().ok_or_else(|| {
+                Error::invalid(
+                    format!("export the build cache to {}", repo.name()),
+                    "no registry client configured",
+                )
             })?;
-            let handle = tokio::runtime::Handle::try_current().map_err(Error::op(format!(
-                "export the build cache to {}",
-                repo.name()
-            )))?;
+            let handle = self.runtime.as_ref().ok_or_else(|| {
+                Error::invalid(
+                    format!("export the build cache to {}", repo.name()),
+                    "no tokio runtime (build with Builder::build, or give the builder one)",
+                )
+            })?;
             let steps = run.exported.lock().map(|e| e.clone()).unwrap_or_default();
-            crate::remote_cache::export(&handle, client, &self.store, repo, &steps)?;
+            crate::remote_cache::export(handle, client, &self.store, repo, &steps)?;
         }
         let mut config = result.config;
         if !opts.labels.is_empty() {

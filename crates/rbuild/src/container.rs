@@ -42,17 +42,18 @@ pub fn argv(img: &LoadedImage, opts: &RunOptions) -> Vec<String> {
 ///
 /// # Errors
 ///
-/// [`Error::SandboxUnavailable`] when the machine cannot run it, [`Error::Operation`] when the
+/// [`Error::Executor`] when the machine cannot run it, an error naming the operation when the
 /// image has no command or a layer cannot be prepared.
 pub fn run(store: &Store, img: &LoadedImage, opts: &RunOptions) -> Result<i32> {
     let args = argv(img, opts);
     if args.is_empty() {
-        return Err(Error::Operation {
-            op: format!("run {}", img.digest),
-            source: "no command given and the image has neither ENTRYPOINT nor CMD".into(),
-        });
+        return Err(Error::invalid(
+            format!("run {}", img.digest),
+            "no command given and the image has neither ENTRYPOINT nor CMD",
+        ));
     }
-    rbuild_sandbox::check_support().map_err(Error::SandboxUnavailable)?;
+    rbuild_sandbox::check_support()
+        .map_err(|e| Error::Executor(crate::executor::ExecutorError::Unavailable(e.into())))?;
     let _lock = store.lock_shared().map_err(Error::op("lock the store"))?;
     let view = image::ensure_unpacked(store, &img.layers)?;
     let staging = store

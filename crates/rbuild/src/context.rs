@@ -75,7 +75,6 @@ pub struct HashCache {
 /// A walked build context.
 #[derive(Debug)]
 pub struct Context {
-    root: PathBuf,
     /// The context directory, open: every read is resolved beneath it (`None` for a tree
     /// taken from layers, whose directories are immutable and read by host path).
     root_fd: Option<Arc<OwnedFd>>,
@@ -219,7 +218,6 @@ impl Context {
             );
         }
         Ok(Self {
-            root,
             root_fd: Some(root_fd),
             entries,
             ignore,
@@ -300,7 +298,6 @@ impl Context {
             );
         }
         Ok(Self {
-            root: PathBuf::new(),
             root_fd: None,
             entries,
             ignore: Ignore::parse("").unwrap_or_else(|_| unreachable!("empty ignore file")),
@@ -384,11 +381,6 @@ impl Context {
             };
         }
         None
-    }
-
-    /// The canonical root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     /// Included entries, sorted by relative path.

@@ -184,17 +184,6 @@ impl CopyPlan {
         }
         self.digest = hex::encode(h.finalize());
     }
-
-    /// Where an item lands when the destination is (or is not) a directory, as the user
-    /// would read it (for `--explain`; symlinks in the image are resolved only when the step
-    /// runs).
-    pub fn landing(&self, it: &CopyItem, dest_is_dir: bool) -> String {
-        let dest = self.dest.trim_end_matches('/');
-        if it.whole && !dest_is_dir {
-            return self.dest.clone();
-        }
-        format!("{dest}/{}", it.sub)
-    }
 }
 
 /// The destination as an absolute clean path, and whether it is a directory by its form.

@@ -7,25 +7,6 @@
 //! from a merge request must not be able to do is make the builder hold an endless body in
 //! memory or let a redirect quietly drop TLS, so both are refused here with an error naming
 //! the URL.
-//!
-//! ```no_run
-//! use rbuild::download::{DownloadOptions, fetch};
-//! use rbuild::Store;
-//!
-//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let store = Store::open("/var/lib/rbuild".as_ref())?;
-//! let rt = tokio::runtime::Runtime::new()?;
-//! let opts = DownloadOptions::default().max_bytes(64 << 20);
-//! let body = rt.block_on(async {
-//!     tokio::task::spawn_blocking(move || {
-//!         fetch(&store, &opts, "https://example.com/app.tar.gz", None)
-//!     })
-//!     .await
-//! })??;
-//! println!("{} bytes", body.len());
-//! # Ok(())
-//! # }
-//! ```
 
 use std::io::{self, Read, Seek, Write};
 use std::time::Duration;
@@ -77,8 +58,10 @@ impl DownloadOptions {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum DownloadError {
-    /// Fetching needs a tokio runtime on the calling thread's context.
-    #[error("downloading needs a tokio runtime")]
+    /// The build was started without a tokio runtime to download on.
+    #[error(
+        "downloading needs a tokio runtime (build with Builder::build, or give the builder one)"
+    )]
     NoRuntime,
     /// The `--checksum` value is not a digest.
     #[error("--checksum={value} is not a valid digest")]
@@ -153,6 +136,7 @@ fn redirect_policy() -> reqwest::redirect::Policy {
 ///
 /// See [`DownloadError`]; nothing is left in the store on any of them.
 pub fn fetch(
+    handle: &tokio::runtime::Handle,
     store: &Store,
     opts: &DownloadOptions,
     url: &str,
@@ -167,7 +151,6 @@ pub fn fetch(
                 })
         })
         .transpose()?;
-    let handle = tokio::runtime::Handle::try_current().map_err(|_| DownloadError::NoRuntime)?;
     let mut file = store
         .temp_file("download")
         .map_err(|e| DownloadError::TempFile(io::Error::other(e)))?;
@@ -239,3 +222,6 @@ mod tests {
         assert_eq!((o.max_bytes, o.tls_verify), (10, false));
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -72,18 +72,198 @@ pub enum Error {
         /// What to do about it.
         hint: Option<String>,
     },
-    /// The machine cannot run RUN steps (not root, no overlayfs, namespaces refused).
-    #[error("cannot run RUN steps on this machine")]
-    SandboxUnavailable(#[source] rbuild_sandbox::Error),
-    /// Any other failed operation, named in `op`.
+    /// The executor cannot run RUN steps on this machine (not root, no overlayfs, namespaces
+    /// refused), or failed to start one.
+    #[error(transparent)]
+    Executor(#[from] crate::executor::ExecutorError),
+    /// The build was cancelled (its [`CancelToken`](crate::CancelToken) fired, or its future was
+    /// dropped).
+    #[error("the build was cancelled")]
+    Cancelled,
+    /// Pulling an image failed.
+    #[error("failed to pull {reference}")]
+    Pull {
+        /// The image.
+        reference: String,
+        /// The cause.
+        #[source]
+        source: Box<Error>,
+    },
+    /// An `ADD <url>` download failed.
+    #[error("{file}:{line}: failed to download {url}")]
+    Download {
+        /// The Dockerfile's name.
+        file: String,
+        /// 1-based line of the ADD instruction.
+        line: usize,
+        /// The URL as written.
+        url: String,
+        /// The cause.
+        #[source]
+        source: crate::download::DownloadError,
+    },
+    /// The local store failed.
     #[error("failed to {op}")]
-    Operation {
-        /// The operation, e.g. `write the image manifest`.
+    Store {
+        /// What was being done, e.g. `write the image manifest`.
         op: String,
         /// The cause.
         #[source]
-        source: BoxError,
+        source: rbuild_store::Error,
     },
+    /// Writing or applying a layer failed.
+    #[error("failed to {op}")]
+    Layer {
+        /// What was being done.
+        op: String,
+        /// The cause.
+        #[source]
+        source: rbuild_layer::Error,
+    },
+    /// A registry request failed.
+    #[error("failed to {op}")]
+    Registry {
+        /// What was being done, naming the registry and repository.
+        op: String,
+        /// The cause.
+        #[source]
+        source: rbuild_registry::Error,
+    },
+    /// The build context could not be read (a file, `.dockerignore`).
+    #[error("failed to {op}")]
+    Context {
+        /// What was being done.
+        op: String,
+        /// The cause.
+        #[source]
+        source: crate::context::ContextError,
+    },
+    /// `rbuild run`'s container could not be run.
+    #[error("failed to {op}")]
+    Sandbox {
+        /// What was being done.
+        op: String,
+        /// The cause.
+        #[source]
+        source: rbuild_sandbox::Error,
+    },
+    /// A file operation failed.
+    #[error("failed to {op}")]
+    Io {
+        /// What was being done, naming the file.
+        op: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Image metadata (a manifest, config or index) could not be read or written as JSON, or
+    /// holds an invalid digest.
+    #[error("failed to {op}")]
+    Metadata {
+        /// What was being done, naming the blob.
+        op: String,
+        /// The cause.
+        #[source]
+        source: MetadataError,
+    },
+    /// A request the engine cannot carry out, or data that breaks an invariant, with the
+    /// reason (e.g. a platform that cannot be built here, a layer whose content does not match
+    /// its `diff_id`).
+    #[error("cannot {op}: {reason}")]
+    Invalid {
+        /// What was asked.
+        op: String,
+        /// Why not.
+        reason: String,
+    },
+}
+
+/// The cause of [`Error::Metadata`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetadataError {
+    /// JSON that does not parse or serialise.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+    /// A digest that is not `sha256:<64 hex>`.
+    #[error(transparent)]
+    Digest(#[from] rbuild_oci::DigestError),
+    /// An OCI structure that the OCI types reject.
+    #[error(transparent)]
+    Oci(#[from] rbuild_oci::oci_spec::OciSpecError),
+}
+
+/// Sources the engine wraps with the name of the operation that failed ([`Error::op`]).
+pub(crate) trait OpSource {
+    fn with_op(self, op: String) -> Error;
+}
+
+impl OpSource for rbuild_store::Error {
+    fn with_op(self, op: String) -> Error {
+        Error::Store { op, source: self }
+    }
+}
+impl OpSource for rbuild_layer::Error {
+    fn with_op(self, op: String) -> Error {
+        Error::Layer { op, source: self }
+    }
+}
+impl OpSource for rbuild_registry::Error {
+    fn with_op(self, op: String) -> Error {
+        Error::Registry { op, source: self }
+    }
+}
+impl OpSource for std::io::Error {
+    fn with_op(self, op: String) -> Error {
+        Error::Io { op, source: self }
+    }
+}
+impl OpSource for serde_json::Error {
+    fn with_op(self, op: String) -> Error {
+        Error::Metadata {
+            op,
+            source: self.into(),
+        }
+    }
+}
+impl OpSource for rbuild_oci::DigestError {
+    fn with_op(self, op: String) -> Error {
+        Error::Metadata {
+            op,
+            source: self.into(),
+        }
+    }
+}
+impl OpSource for rbuild_oci::oci_spec::OciSpecError {
+    fn with_op(self, op: String) -> Error {
+        Error::Metadata {
+            op,
+            source: self.into(),
+        }
+    }
+}
+impl OpSource for crate::context::ContextError {
+    fn with_op(self, op: String) -> Error {
+        Error::Context { op, source: self }
+    }
+}
+impl OpSource for rbuild_sandbox::Error {
+    fn with_op(self, op: String) -> Error {
+        Error::Sandbox { op, source: self }
+    }
+}
+impl OpSource for tokio::task::JoinError {
+    fn with_op(self, op: String) -> Error {
+        if self.is_panic() {
+            std::panic::resume_unwind(self.into_panic());
+        }
+        Error::Cancelled.with_op(op)
+    }
+}
+impl OpSource for Error {
+    fn with_op(self, _op: String) -> Error {
+        self
+    }
 }
 
 fn format_output(output: &str) -> String {
@@ -102,12 +282,17 @@ fn format_output(output: &str) -> String {
 }
 
 impl Error {
-    /// Wraps any error as a failed operation.
-    pub(crate) fn op<E: Into<BoxError>>(op: impl Into<String>) -> impl FnOnce(E) -> Self {
+    /// Wraps a sub-crate's error with the operation that failed, in the variant for its kind.
+    pub(crate) fn op<E: OpSource>(op: impl Into<String>) -> impl FnOnce(E) -> Self {
         let op = op.into();
-        move |e| Self::Operation {
-            op,
-            source: e.into(),
+        move |e| e.with_op(op)
+    }
+
+    /// A request the engine cannot carry out, or data that breaks an invariant.
+    pub(crate) fn invalid(op: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            op: op.into(),
+            reason: reason.into(),
         }
     }
 }

@@ -5,9 +5,9 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use crate::executor::{BindMount, ExecutorError, Network, RunStep};
 use rbuild_dockerfile::{Mount, MountType};
 use rbuild_layer::LayerOptions;
-use rbuild_sandbox::{BindMount, Network, Profile, RunSpec, Stdio};
 use sha2::Digest as _;
 
 use crate::context::{Context, EntryKind, clean_rel};
@@ -84,7 +84,7 @@ impl Build<'_> {
                 insecure,
                 heredoc_file,
             } => {
-                rbuild_sandbox::check_support().map_err(Error::SandboxUnavailable)?;
+                self.executor.check().map_err(Error::Executor)?;
                 let scratch = staging.path().join("mounts");
                 fs::create_dir_all(&scratch)
                     .map_err(|e| (self.step_err(st.line, "prepare the step's mounts"))(e.into()))?;
@@ -130,7 +130,7 @@ impl Build<'_> {
                         readonly: true,
                     });
                 }
-                let spec = RunSpec {
+                let step = RunStep {
                     lower_dirs: view.dirs().to_vec(),
                     upper_dir: upper.clone(),
                     work_dir: staging.work(),
@@ -143,26 +143,30 @@ impl Build<'_> {
                     } else {
                         Network::Host
                     },
-                    hostname: "rbuild".to_owned(),
-                    stdio: Stdio::Capture,
-                    extra_mounts: binds,
-                    security: if *insecure {
-                        Profile::insecure()
-                    } else {
-                        Profile::default()
-                    },
+                    mounts: binds,
+                    insecure: *insecure,
                     limits: self.opts.limits.clone(),
                 };
                 let progress = self.progress;
                 let index = st.index;
-                let outcome = rbuild_sandbox::run(&spec, &mut |bytes: &[u8]| {
-                    progress.event(BuildEvent::StepOutput {
-                        stage,
-                        index,
-                        bytes: bytes.to_vec(),
-                    });
-                })
-                .map_err(|e| (self.step_err(st.line, "run the command"))(e.into()))?;
+                let outcome = self
+                    .executor
+                    .run(
+                        &step,
+                        &mut |bytes: &[u8]| {
+                            progress.event(BuildEvent::StepOutput {
+                                stage,
+                                index,
+                                bytes: bytes.to_vec(),
+                            });
+                        },
+                        &self.cancel,
+                    )
+                    .map_err(|e| match e {
+                        ExecutorError::Cancelled => Error::Cancelled,
+                        ExecutorError::Unavailable(_) => Error::Executor(e),
+                        e => (self.step_err(st.line, "run the command"))(e.into()),
+                    })?;
                 // Secret files and mount scratch never reach the layer: they live beside it.
                 let _ = fs::remove_dir_all(&scratch);
                 if outcome.status != 0 {

@@ -107,7 +107,7 @@ fn layout_files<'a>(
 ///
 /// # Errors
 ///
-/// [`Error::Operation`] naming the file that could not be written.
+/// an error naming the operation naming the file that could not be written.
 pub fn save(
     store: &Store,
     img: &LoadedImage,

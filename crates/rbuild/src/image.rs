@@ -42,7 +42,7 @@ pub struct LoadedImage {
 ///
 /// # Errors
 ///
-/// [`Error::ImageNotFound`] when nothing matches; [`Error::Operation`] when the store fails.
+/// [`Error::ImageNotFound`] when nothing matches; an error naming the operation when the store fails.
 pub fn resolve(store: &Store, reference: &str) -> Result<Descriptor> {
     if let Ok(digest) = reference.parse::<Digest>() {
         return descriptor_for_blob(store, &digest, reference);
@@ -100,7 +100,7 @@ pub fn descriptor(mt: &str, digest: &Digest, size: u64) -> Descriptor {
 ///
 /// # Errors
 ///
-/// [`Error::Operation`] when a blob is missing or malformed.
+/// an error naming the operation when a blob is missing or malformed.
 pub fn load(store: &Store, manifest_digest: &Digest) -> Result<LoadedImage> {
     let bytes = store
         .read_blob(manifest_digest)
@@ -121,15 +121,14 @@ pub fn load(store: &Store, manifest_digest: &Digest) -> Result<LoadedImage> {
         .map_err(Error::op(format!("parse image config {config_digest}")))?;
     let blobs = manifest["layers"].as_array().cloned().unwrap_or_default();
     if blobs.len() != config.rootfs.diff_ids.len() {
-        return Err(Error::Operation {
-            op: format!("load image {manifest_digest}"),
-            source: format!(
+        return Err(Error::invalid(
+            format!("load image {manifest_digest}"),
+            format!(
                 "manifest has {} layers but the config lists {} diff_ids",
                 blobs.len(),
                 config.rootfs.diff_ids.len()
-            )
-            .into(),
-        });
+            ),
+        ));
     }
     let mut layers = Vec::with_capacity(blobs.len());
     for (b, diff_id) in blobs.iter().zip(&config.rootfs.diff_ids) {
@@ -160,6 +159,16 @@ pub fn load(store: &Store, manifest_digest: &Digest) -> Result<LoadedImage> {
 }
 
 /// Makes sure every layer has its unpacked directory (unpacking blobs where needed) and returns
+/// those directories, top-most first (the lower directories of an overlay mount).
+///
+/// # Errors
+///
+/// As [`ensure_unpacked`].
+pub fn unpacked_dirs(store: &Store, layers: &[LayerRecord]) -> Result<Vec<std::path::PathBuf>> {
+    Ok(ensure_unpacked(store, layers)?.dirs().to_vec())
+}
+
+/// Makes sure every layer has its unpacked directory (unpacking blobs where needed) and returns
 /// the view over them, top-most first.
 ///
 /// Every unpack checks the uncompressed stream against the layer's `diff_id` (see [`unpack`]),
@@ -168,9 +177,9 @@ pub fn load(store: &Store, manifest_digest: &Digest) -> Result<LoadedImage> {
 ///
 /// # Errors
 ///
-/// [`Error::Operation`] when a blob cannot be read or unpacked, or does not hash to its
+/// an error naming the operation when a blob cannot be read or unpacked, or does not hash to its
 /// `diff_id`.
-pub fn ensure_unpacked(store: &Store, layers: &[LayerRecord]) -> Result<LayerView> {
+pub(crate) fn ensure_unpacked(store: &Store, layers: &[LayerRecord]) -> Result<LayerView> {
     let mut dirs = Vec::with_capacity(layers.len());
     for layer in layers.iter().rev() {
         if !store.has_layer_dir(&layer.diff_id) {
@@ -192,7 +201,7 @@ pub fn ensure_unpacked(store: &Store, layers: &[LayerRecord]) -> Result<LayerVie
 ///
 /// # Errors
 ///
-/// [`Error::Operation`] naming the layer's blob, with the expected and actual `diff_id`.
+/// an error naming the operation naming the layer's blob, with the expected and actual `diff_id`.
 pub fn unpack(store: &Store, layer: &LayerRecord) -> Result<()> {
     let op = || format!("unpack layer {}", layer.digest);
     let blob = store.open_blob(&layer.digest).map_err(Error::op(op()))?;
@@ -201,15 +210,14 @@ pub fn unpack(store: &Store, layer: &LayerRecord) -> Result<()> {
         .map_err(Error::op(op()))?;
     if stats.diff_id != layer.diff_id {
         // `staging` is dropped on return, which removes the extracted tree.
-        return Err(Error::Operation {
-            op: op(),
-            source: format!(
+        return Err(Error::invalid(
+            op(),
+            format!(
                 "its uncompressed content hashes to {}, but the image claims diff_id {}; \
                  the layer was not stored",
                 stats.diff_id, layer.diff_id
-            )
-            .into(),
-        });
+            ),
+        ));
     }
     store
         .commit_layer_dir(staging, &layer.diff_id)
@@ -221,7 +229,7 @@ pub fn unpack(store: &Store, layer: &LayerRecord) -> Result<()> {
 ///
 /// # Errors
 ///
-/// [`Error::Operation`] when the store fails.
+/// an error naming the operation when the store fails.
 pub fn write(
     store: &Store,
     config: &ImageConfig,
@@ -242,13 +250,10 @@ pub fn write(
         if media_type::is_gzip_layer(mt) {
             Ok(media_type::DOCKER_LAYER_GZIP.to_owned())
         } else {
-            Err(Error::Operation {
-                op: "write a Docker-format manifest".into(),
-                source: format!(
-                    "layer media type {mt} has no Docker equivalent (use gzip compression)"
-                )
-                .into(),
-            })
+            Err(Error::invalid(
+                "write a Docker-format manifest",
+                format!("layer media type {mt} has no Docker equivalent (use gzip compression)"),
+            ))
         }
     };
     let config_bytes = canonical_json(config).map_err(Error::op("serialise the image config"))?;

@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use rbuild_oci::Reference;
+use rbuild_oci::{Platform, Reference};
+
+use crate::cancel::CancelToken;
 
 /// Where the Dockerfile comes from.
 #[derive(Debug, Clone)]
@@ -33,51 +35,54 @@ pub enum DockerfileSource {
 /// assert_eq!(opts.tags.len(), 1);
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct BuildOptions {
     /// The build context directory.
-    pub context: PathBuf,
+    pub(crate) context: PathBuf,
     /// The Dockerfile.
-    pub dockerfile: DockerfileSource,
+    pub(crate) dockerfile: DockerfileSource,
     /// Tags for the result.
-    pub tags: Vec<Reference>,
+    pub(crate) tags: Vec<Reference>,
     /// `--build-arg` values.
-    pub build_args: BTreeMap<String, String>,
+    pub(crate) build_args: BTreeMap<String, String>,
     /// Ignore the step cache.
-    pub no_cache: bool,
+    pub(crate) no_cache: bool,
     /// The stage to build (default: the last one).
-    pub target: Option<String>,
+    pub(crate) target: Option<String>,
     /// `SOURCE_DATE_EPOCH`: image and history times, and clamp of file times in new layers.
-    pub source_date_epoch: Option<i64>,
+    pub(crate) source_date_epoch: Option<i64>,
     /// Labels added to the image config.
-    pub labels: BTreeMap<String, String>,
+    pub(crate) labels: BTreeMap<String, String>,
     /// Report why each step missed the cache ([`crate::BuildEvent::CacheMiss`]).
-    pub explain: bool,
+    pub(crate) explain: bool,
     /// Stages whose steps ignore the cache (`--no-cache-filter`).
-    pub no_cache_filter: Vec<String>,
+    pub(crate) no_cache_filter: Vec<String>,
     /// Build secrets by id (`--secret id=x,src=FILE|env=VAR`).
-    pub secrets: BTreeMap<String, SecretSource>,
+    pub(crate) secrets: BTreeMap<String, SecretSource>,
     /// Layer compression.
-    pub compression: rbuild_layer::Compression,
+    pub(crate) compression: rbuild_layer::Compression,
     /// Manifest annotations.
-    pub annotations: BTreeMap<String, String>,
-    /// Target platform (`os/arch`); only the host platform can be built.
-    pub platform: Option<String>,
+    pub(crate) annotations: BTreeMap<String, String>,
+    /// Target platform; only the host platform can be built.
+    pub(crate) platform: Option<Platform>,
     /// Image format: OCI (default) or Docker v2 schema 2.
-    pub format: ImageFormat,
+    pub(crate) format: ImageFormat,
     /// Registry repositories to look step results up in (`--cache-from`).
-    pub cache_from: Vec<Reference>,
+    pub(crate) cache_from: Vec<Reference>,
     /// Registry repository to push step results to (`--cache-to`).
-    pub cache_to: Option<Reference>,
+    pub(crate) cache_to: Option<Reference>,
     /// The network of RUN steps without `--network` (`--network none|host`).
-    pub network: rbuild_sandbox::Network,
+    pub(crate) network: rbuild_sandbox::Network,
     /// Memory, process and `ulimit` limits of every RUN step (`--memory`, `--pids-limit`,
     /// `--ulimit`).
-    pub limits: rbuild_sandbox::Limits,
+    pub(crate) limits: rbuild_sandbox::Limits,
     /// Honour `RUN --security=insecure` (`--allow security.insecure`, BuildKit's entitlement);
     /// without it such a step is an error.
-    pub allow_insecure: bool,
+    pub(crate) allow_insecure: bool,
     /// How `ADD <url>` fetches: size cap, TLS verification.
-    pub download: crate::download::DownloadOptions,
+    pub(crate) download: crate::download::DownloadOptions,
+    /// Cancels the build when it fires.
+    pub(crate) cancel: Option<CancelToken>,
 }
 
 /// Where a build secret's value comes from.
@@ -145,6 +150,7 @@ impl BuildOptions {
             limits: rbuild_sandbox::Limits::default(),
             allow_insecure: false,
             download: crate::download::DownloadOptions::default(),
+            cancel: None,
         }
     }
 
@@ -230,8 +236,8 @@ impl BuildOptions {
 
     /// Sets the target platform.
     #[must_use]
-    pub fn platform(mut self, platform: impl Into<String>) -> Self {
-        self.platform = Some(platform.into());
+    pub fn platform(mut self, platform: Platform) -> Self {
+        self.platform = Some(platform);
         self
     }
 
@@ -295,6 +301,25 @@ impl BuildOptions {
     #[must_use]
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Builds `context` instead of the directory given to [`BuildOptions::new`].
+    #[must_use]
+    pub fn context(mut self, context: impl Into<PathBuf>) -> Self {
+        self.context = context.into();
+        self
+    }
+
+    /// The build context directory.
+    pub fn context_dir(&self) -> &std::path::Path {
+        &self.context
+    }
+
+    /// Stops the build when `token` fires (see [`CancelToken`]).
+    #[must_use]
+    pub fn cancel_token(mut self, token: CancelToken) -> Self {
+        self.cancel = Some(token);
         self
     }
 }

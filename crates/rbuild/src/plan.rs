@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 
 use rbuild_dockerfile::{Instruction, InstructionKind, MountType};
-use serde_json::json;
 use sha2::Digest as _;
 
 use crate::context::{Context, clean_rel};
@@ -14,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::events::BuildEvent;
 use crate::explain::StepInputs;
 use crate::image;
+use crate::key::{self, Input, StepKey};
 use crate::stage::{Build, StageResult};
 use crate::step::{self, Action, PlanState, Step};
 
@@ -21,8 +21,16 @@ impl Build<'_> {
     /// ADD of a URL: the body, checked against `--checksum` when given. Downloaded at planning
     /// time, so the content is part of the step's key (a changed file misses the cache).
     fn download(&self, url: &str, checksum: Option<&str>, line: usize) -> Result<Vec<u8>> {
-        crate::download::fetch(self.store, &self.opts.download, url, checksum)
-            .map_err(|e| (self.step_err(line, format!("ADD {url}")))(e.into()))
+        let fetched = match &self.rt {
+            Some(rt) => crate::download::fetch(rt, self.store, &self.opts.download, url, checksum),
+            None => Err(crate::download::DownloadError::NoRuntime),
+        };
+        fetched.map_err(|source| Error::Download {
+            file: self.file.clone(),
+            line,
+            url: url.to_owned(),
+            source,
+        })
     }
 
     /// Plans every instruction of a stage: expansion, config effects, cache keys.
@@ -47,8 +55,6 @@ impl Build<'_> {
             cmd_set: false,
             key: base.key.clone(),
         };
-        let platform = self.platform.to_string();
-        let compression = format!("{:?}", self.opts.compression);
         let mut steps = Vec::with_capacity(instructions.len());
         for (i, inst) in instructions.iter().enumerate() {
             let line = inst.span.start_line;
@@ -67,7 +73,7 @@ impl Build<'_> {
                 )));
             }
             let display = format!("{} {}", expanded.keyword(), display_args(&inst.original));
-            let mut extra_key = String::new();
+            let mut inputs: Vec<Input> = Vec::new();
             let parent = st.key.clone();
             let (action, created_by) = match &expanded.kind {
                 InstructionKind::Arg(decls) => {
@@ -105,7 +111,7 @@ impl Build<'_> {
                         parents: c.parents,
                         checksum: None,
                     };
-                    self.plan_copy(idx, &st, line, &spec, &mut extra_key)?
+                    self.plan_copy(idx, &st, line, &spec, &mut inputs)?
                 }
                 InstructionKind::Add(a) => {
                     let spec = CopySpec {
@@ -122,12 +128,12 @@ impl Build<'_> {
                         parents: false,
                         checksum: a.checksum.as_deref(),
                     };
-                    self.plan_copy(idx, &st, line, &spec, &mut extra_key)?
+                    self.plan_copy(idx, &st, line, &spec, &mut inputs)?
                 }
                 InstructionKind::Run(run) => {
                     let (action, text) =
                         step::plan_simple(&mut st, &expanded).map_err(|m| self.err(line, m))?;
-                    let action = self.plan_run(idx, action, run, &st, line, &mut extra_key)?;
+                    let action = self.plan_run(idx, action, run, &st, line, &mut inputs)?;
                     (action, text)
                 }
                 InstructionKind::Healthcheck(h) => {
@@ -164,16 +170,19 @@ impl Build<'_> {
                 })
                 .cloned()
                 .collect();
-            let key = step::key_of(&json!([
-                step::KEY_SCHEMA,
-                parent,
-                created_by,
-                keyed_args,
-                extra_key,
-                platform,
-                compression,
-                self.opts.source_date_epoch
-            ]));
+            let key = StepKey {
+                schema: key::SCHEMA,
+                parent: &parent,
+                instruction: &created_by,
+                args: &keyed_args,
+                inputs: &inputs,
+                platform: &self.platform,
+                compression: self.opts.compression,
+                source_date_epoch: self.opts.source_date_epoch,
+            }
+            .digest()
+            .hex()
+            .to_owned();
             // Instructions that only shape the image config (LABEL, EXPOSE, CMD, ...) and ARG
             // (whose value reaches later steps through their own keys) do not change what
             // later steps run on: they stay out of the key chain, so changing one does not
@@ -228,7 +237,7 @@ impl Build<'_> {
         run: &rbuild_dockerfile::Run,
         st: &PlanState,
         line: usize,
-        extra_key: &mut String,
+        inputs: &mut Vec<Input>,
     ) -> Result<Action> {
         let Action::Run {
             mut args,
@@ -257,7 +266,9 @@ impl Build<'_> {
                 args = st.shell.clone();
                 args.push(script.clone());
             }
-            extra_key.push_str(&script);
+            inputs.push(Input::Heredoc {
+                script: script.clone(),
+            });
         }
         let network_none = match run.network.as_deref() {
             None | Some("default") => self.opts.network == rbuild_sandbox::Network::None,
@@ -275,8 +286,6 @@ impl Build<'_> {
             // Every option the step can observe is in the key (ids, env, uid/gid/mode, rw,
             // readonly, sharing, ...): the mount as written, after expansion. Secret values are
             // not in it, only their ids (BuildKit keys secrets the same way).
-            extra_key.push_str("|mount:");
-            extra_key.push_str(&m.raw);
             let mut source_key = None;
             if m.kind == MountType::Bind {
                 match m.from.as_deref() {
@@ -330,13 +339,14 @@ impl Build<'_> {
                     }
                 }
             }
-            if let Some(k) = &source_key {
-                extra_key.push_str(k);
-            }
+            inputs.push(Input::Mount {
+                spec: m.raw.clone(),
+                source: source_key,
+            });
             mounts.push(m.clone());
         }
         if network_none {
-            extra_key.push_str("|network:none");
+            inputs.push(Input::NetworkNone);
         }
         // BuildKit's entitlement: the Dockerfile asks, the person running the build allows.
         let insecure = match run.security.as_deref() {
@@ -358,7 +368,7 @@ impl Build<'_> {
             }
         };
         if insecure {
-            extra_key.push_str("|security:insecure");
+            inputs.push(Input::Insecure);
         }
         Ok(Action::Run {
             args,
@@ -378,7 +388,7 @@ impl Build<'_> {
         st: &PlanState,
         line: usize,
         spec: &CopySpec<'_>,
-        extra_key: &mut String,
+        inputs: &mut Vec<Input>,
     ) -> Result<(Action, String)> {
         let kw = spec.keyword;
         if let Some(u) = spec.chown
@@ -487,7 +497,9 @@ impl Build<'_> {
             plan.mark_archives();
         }
         plan.seal();
-        extra_key.push_str(&plan.digest);
+        inputs.push(Input::Copy {
+            digest: plan.digest.clone(),
+        });
         let mut shown: Vec<String> = spec.sources.to_vec();
         shown.extend(spec.heredocs.iter().map(|h| format!("<<{}", h.name)));
         let from = spec

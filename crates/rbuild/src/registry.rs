@@ -42,7 +42,7 @@ use rbuild_store::Store;
 use crate::error::{Error, Result};
 use crate::image;
 
-/// The distribution client's error type (the cause inside this crate's [`Error::Operation`]).
+/// The distribution client's error type (the cause inside this crate's an error naming the operation).
 pub use rbuild_registry::Error as RegistryError;
 pub use rbuild_registry::credentials;
 pub use rbuild_registry::{
@@ -126,7 +126,7 @@ impl BlobWriter for StoreBlobWriter {
 ///
 /// # Errors
 ///
-/// [`Error::Operation`] naming the pull, with the [`RegistryError`] (not found, unauthorized,
+/// an error naming the operation naming the pull, with the [`RegistryError`] (not found, unauthorized,
 /// digest mismatch, …) or the store/unpack failure as its source.
 pub async fn pull(
     store: &Store,
@@ -198,7 +198,7 @@ fn finish_pull(
 ///
 /// # Errors
 ///
-/// [`Error::ImageNotFound`] when `src` is not in the store; [`Error::Operation`] naming the
+/// [`Error::ImageNotFound`] when `src` is not in the store; an error naming the operation naming the
 /// push, with the [`RegistryError`] or store failure as its source.
 pub async fn push(
     store: &Store,
@@ -241,10 +241,10 @@ fn image_to_push(store: &Store, desc: &Descriptor) -> Result<ImageToPush> {
     let digest = Digest::try_from(desc.digest()).map_err(Error::op("read the image digest"))?;
     let mt = desc.media_type().to_string();
     if media_type::is_index(&mt) {
-        return Err(Error::Operation {
-            op: format!("push {digest}"),
-            source: "pushing an image index is not supported; push a platform's manifest".into(),
-        });
+        return Err(Error::invalid(
+            format!("push {digest}"),
+            "pushing an image index is not supported; push a platform's manifest",
+        ));
     }
     let bytes = store
         .read_blob(&digest)

@@ -10,13 +10,14 @@ use rbuild_dockerfile::{Dockerfile, Instruction, InstructionKind, Lexer};
 use rbuild_oci::{Digest, Reference};
 use rbuild_store::{CacheEntry, Store};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sha2::Digest as _;
 
+use crate::cancel::CancelToken;
 use crate::config::{History, ImageConfig, Platform};
 use crate::context::{Context, HashCache};
 use crate::error::{BoxError, Error, Result};
 use crate::events::{BuildEvent, Progress};
+use crate::executor::Executor;
 use crate::explain::{self, BuildRecord};
 use crate::image::{self, LayerRecord};
 use crate::options::BuildOptions;
@@ -57,6 +58,12 @@ pub(crate) struct Build<'a> {
     pub progress: &'a dyn Progress,
     /// Where missing `FROM` images are pulled from, if anywhere.
     pub registry: Option<&'a rbuild_registry::Client>,
+    /// Runs RUN steps.
+    pub executor: &'a dyn Executor,
+    /// Fires when the build is cancelled.
+    pub cancel: CancelToken,
+    /// The runtime registry requests and downloads run on (none: they fail with a clear error).
+    pub rt: Option<tokio::runtime::Handle>,
     pub opts: &'a BuildOptions,
     pub file: String,
     pub df: Dockerfile,
@@ -109,6 +116,9 @@ impl<'a> Build<'a> {
             store,
             progress,
             registry: None,
+            executor: &crate::executor::SandboxExecutor,
+            cancel: CancelToken::default(),
+            rt: None,
             opts,
             hash_cache_name: format!("context-{}", short_hash(&ctx_id.to_string_lossy())),
             record_name: format!(
@@ -234,9 +244,8 @@ impl<'a> Build<'a> {
 
     /// Runs `f` with the hash cache of layer files (loaded on first use).
     pub(crate) fn with_layer_hashes<T>(&self, f: impl FnOnce(&mut HashCache) -> T) -> Result<T> {
-        let mut st = self.ctx.lock().map_err(|_| Error::Operation {
-            op: "read the layer hash cache".into(),
-            source: "a parallel stage panicked".into(),
+        let mut st = self.ctx.lock().map_err(|_| {
+            Error::invalid("read the layer hash cache", "a parallel stage panicked")
         })?;
         let cache = st.layer_hashes.get_or_insert_with(|| {
             self.store
@@ -253,10 +262,10 @@ impl<'a> Build<'a> {
         &self,
         f: impl FnOnce(&mut Context, &mut HashCache) -> Result<T>,
     ) -> Result<T> {
-        let mut st = self.ctx.lock().map_err(|_| Error::Operation {
-            op: "read the build context".into(),
-            source: "a parallel stage panicked".into(),
-        })?;
+        let mut st = self
+            .ctx
+            .lock()
+            .map_err(|_| Error::invalid("read the build context", "a parallel stage panicked"))?;
         let st = &mut *st;
         if st.context.is_none() {
             let ctx =
@@ -342,9 +351,8 @@ impl<'a> Build<'a> {
 
     /// Builds stage `idx`, after building the stages it needs — those in parallel.
     pub fn stage(&self, idx: usize) -> Result<StageResult> {
-        let mut slot = self.slots[idx].lock().map_err(|_| Error::Operation {
-            op: format!("build stage {idx}"),
-            source: "a parallel stage panicked".into(),
+        let mut slot = self.slots[idx].lock().map_err(|_| {
+            Error::invalid(format!("build stage {idx}"), "a parallel stage panicked")
         })?;
         if let Some(r) = slot.as_ref() {
             return Ok(r.clone());
@@ -364,10 +372,10 @@ impl<'a> Build<'a> {
                             first_err.get_or_insert(e);
                         }
                         Err(_) => {
-                            first_err.get_or_insert(Error::Operation {
-                                op: "build a stage".into(),
-                                source: "the stage's thread panicked".into(),
-                            });
+                            first_err.get_or_insert(Error::invalid(
+                                "build a stage",
+                                "the stage's thread panicked",
+                            ));
                         }
                     }
                 }
@@ -393,7 +401,7 @@ impl<'a> Build<'a> {
 
     fn resolve_image(&self, name: &str, line: usize) -> Result<StageResult> {
         let found = image::resolve(self.store, name);
-        let found = match (found, self.registry, tokio::runtime::Handle::try_current()) {
+        let found = match (found, self.registry, self.rt.clone().ok_or(())) {
             (Err(Error::ImageNotFound { .. }), Some(client), Ok(handle)) => {
                 let reference: Reference = name.parse().map_err(|e| {
                     self.err(line, format!("invalid image reference `{name}`: {e}"))
@@ -442,7 +450,7 @@ impl<'a> Build<'a> {
                 StageResult {
                     config: ImageConfig::scratch(&self.platform),
                     layers: Vec::new(),
-                    key: step::key_of(&json!(["scratch", self.platform.to_string()])),
+                    key: crate::key::scratch(&self.platform).hex().to_owned(),
                 },
                 "FROM scratch".to_owned(),
             )
@@ -506,6 +514,9 @@ impl<'a> Build<'a> {
         let mut key = base.key.clone();
         let mut last_created = None;
         for st in &steps {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
             key = st.key.clone();
             let started = Instant::now();
             let mut hit = if no_cache {
@@ -607,8 +618,7 @@ impl<'a> Build<'a> {
 
     /// Asks the `--cache-from` repositories for every step of a stage, in one parallel batch.
     fn remote_lookup(&self, steps: &[Step]) {
-        let (Some(client), Ok(handle)) = (self.registry, tokio::runtime::Handle::try_current())
-        else {
+        let (Some(client), Ok(handle)) = (self.registry, self.rt.clone().ok_or(())) else {
             self.progress.event(BuildEvent::Warning(
                 "--cache-from needs a registry client and a tokio runtime; the remote cache is not used".to_owned(),
             ));
@@ -628,8 +638,7 @@ impl<'a> Build<'a> {
             Ok(h) => h.get(key).cloned(),
             Err(_) => None,
         };
-        let (Some(hit), Some(client), Ok(handle)) =
-            (hit, self.registry, tokio::runtime::Handle::try_current())
+        let (Some(hit), Some(client), Ok(handle)) = (hit, self.registry, self.rt.clone().ok_or(()))
         else {
             return false;
         };

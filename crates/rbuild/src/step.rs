@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 
 use rbuild_dockerfile::{Command, Instruction, InstructionKind, Lexer};
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 
 use crate::config::RuntimeConfig;
 use crate::copy::CopyPlan;
@@ -99,15 +98,6 @@ impl PlanState {
             .map(|(k, v)| format!("{k}={v}"))
             .collect()
     }
-}
-
-/// The version of the step-key format: part of every key, so a format change makes old cache
-/// entries (local and remote) miss cleanly instead of matching by accident.
-pub const KEY_SCHEMA: &str = "rbuild-step-key/v2";
-
-/// Hashes the parts of a step key.
-pub fn key_of(parts: &serde_json::Value) -> String {
-    hex::encode(Sha256::digest(parts.to_string().as_bytes()))
 }
 
 /// Shell form → argv through SHELL; exec form as is.

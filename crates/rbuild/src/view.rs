@@ -49,19 +49,9 @@ impl LayerView {
         self.layers().ok()?.read(rel, 16 << 20).ok().flatten()
     }
 
-    /// Resolves a USER / `--chown` spec (`uid`, `uid:gid`, `name`, `name:group`) against the
-    /// image's `/etc/passwd` and `/etc/group`, as docker does. A user without a group gets the
-    /// user's primary group (0 when the user is numeric and unknown).
-    ///
-    /// # Errors
-    ///
-    /// A message naming the user or group that the image does not define.
-    pub fn resolve_user(&self, spec: &str) -> Result<(u32, u32), String> {
-        self.resolve_owner(spec, false)
-    }
-
     /// Resolves a `--chown` spec (and the owner WORKDIR gives the directories it creates) as
-    /// BuildKit's file operations do: like [`LayerView::resolve_user`], except that a numeric
+    /// BuildKit's file operations do: like a USER (`uid`, `uid:gid`, `name`, `name:group`, looked up in the image's
+    /// `/etc/passwd` and `/etc/group`), except that a numeric
     /// user without a group gets the same number as its group (`--chown=1234` is 1234:1234).
     ///
     /// # Errors

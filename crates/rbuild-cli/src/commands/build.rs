@@ -230,10 +230,13 @@ pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Resu
         other => anyhow::bail!("unknown --format `{other}` (expected oci or docker)"),
     });
     if let Some(p) = &args.platform {
-        opts = opts.platform(p);
+        opts = opts.platform(
+            p.parse()
+                .with_context(|| format!("invalid --platform `{p}`"))?,
+        );
     }
     // ADD URLs follow the registry client's `--tls-verify`.
-    let mut download = rbuild::download::DownloadOptions::default().tls_verify(flags.tls_verify);
+    let mut download = rbuild::DownloadOptions::default().tls_verify(flags.tls_verify);
     if let Some(n) = args.add_max_bytes {
         download = download.max_bytes(n);
     }
@@ -245,7 +248,7 @@ pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Resu
             tempfile::tempdir().context("failed to create a directory for the stdin context")?;
         rbuild::layer::apply_layer(std::io::stdin().lock(), dir.path())
             .context("failed to read the build context tar from stdin")?;
-        opts.context = dir.path().to_owned();
+        opts = opts.context(dir.path());
         if let Some(f) = &args.file {
             opts = opts.dockerfile(dir.path().join(f));
         }
@@ -256,10 +259,10 @@ pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Resu
             .context("failed to read the Dockerfile from stdin")?;
         opts = opts.dockerfile_text("Dockerfile", text);
     }
-    if !opts.context.is_dir() {
+    if !opts.context_dir().is_dir() {
         anyhow::bail!(
             "build context {} is not a directory",
-            opts.context.display()
+            opts.context_dir().display()
         );
     }
     let store = super::open_store(root)?;

@@ -198,12 +198,12 @@ impl Executor {
         let layers = img.layers.clone();
         tokio::task::spawn_blocking(move || -> anyhow::Result<i32> {
             let _lock = store.lock_shared().context("failed to lock the store")?;
-            let view = rbuild::image::ensure_unpacked(&store, &layers)?;
+            let lower_dirs = rbuild::image::unpacked_dirs(&store, &layers)?;
             let staging = store
                 .staging()
                 .context("failed to prepare the container's upper directory")?;
             let spec = RunSpec {
-                lower_dirs: view.dirs().to_vec(),
+                lower_dirs,
                 upper_dir: staging.upper(),
                 work_dir: staging.work(),
                 args: vec!["sh".into(), "-e".into(), "-c".into(), script],

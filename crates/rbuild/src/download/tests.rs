@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::thread;
 
-use rbuild::Store;
-use rbuild::download::{DownloadError, DownloadOptions, fetch};
+use rbuild_store::Store;
+
+use super::{DownloadError, DownloadOptions, fetch};
 use rbuild_oci::Digest;
 
 /// What the server answers.
@@ -161,10 +162,13 @@ fn get(
 ) -> Result<Vec<u8>, DownloadError> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (store, url, checksum) = (store.clone(), url.to_owned(), checksum.map(str::to_owned));
+    let handle = rt.handle().clone();
     rt.block_on(async move {
-        tokio::task::spawn_blocking(move || fetch(&store, &opts, &url, checksum.as_deref()))
-            .await
-            .unwrap()
+        tokio::task::spawn_blocking(move || {
+            fetch(&handle, &store, &opts, &url, checksum.as_deref())
+        })
+        .await
+        .unwrap()
     })
 }
 
