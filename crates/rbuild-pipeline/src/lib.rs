@@ -44,7 +44,7 @@ pub mod slug;
 pub mod variables;
 mod yaml;
 
-pub use error::{Error, Result};
+pub use error::{Error, PatternError, Result};
 pub use model::{
     AllowFailure, Artifacts, DEFAULT_STAGES, Environment, Image, Job, Need, Pipeline, RefFilter,
     Rule, Warning, When,

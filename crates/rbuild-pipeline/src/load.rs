@@ -64,7 +64,34 @@ impl Ctx<'_> {
     }
 }
 
-pub(crate) fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
+impl Pipeline {
+    /// Reads and loads a pipeline file; `include: local` paths resolve against `project_dir`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReadFile`] for unreadable files, [`Error::ParseYaml`] for invalid YAML and
+    /// [`Error::Invalid`] (with file and line) for a configuration GitLab would reject, such as a
+    /// job in an unknown stage.
+    pub fn from_file(path: &Path, project_dir: &Path) -> Result<Pipeline> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path, project_dir)
+    }
+
+    /// Loads a pipeline from text (`path` names it in errors).
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipeline::from_file`].
+    pub fn parse(text: &str, path: &Path, project_dir: &Path) -> Result<Pipeline> {
+        let loaded = crate::yaml::load(text, path, project_dir)?;
+        build(&loaded, path)
+    }
+}
+
+fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
     let root = &loaded.root;
     let mut cx = Ctx {
         loaded,
@@ -174,6 +201,7 @@ pub(crate) fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
         return Err(Error::Invalid {
             path: path.to_owned(),
             line: 0,
+            key: String::new(),
             message:
                 "the pipeline has no visible jobs (a job is a top-level key not starting with `.`)"
                     .into(),

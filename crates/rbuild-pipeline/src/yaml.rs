@@ -55,6 +55,7 @@ impl Loaded {
         Error::Invalid {
             path,
             line,
+            key: key.to_owned(),
             message,
         }
     }
@@ -98,6 +99,7 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Mapping> {
         _ => Err(Error::Invalid {
             path: path.to_owned(),
             line: 1,
+            key: String::new(),
             message: "the pipeline file must be a mapping of keywords and jobs".into(),
         }),
     }
@@ -142,6 +144,7 @@ fn load_file(
     let invalid = |message: String| Error::Invalid {
         path: path.to_owned(),
         line: find_key_line(text, "include").unwrap_or(0),
+        key: "include".to_owned(),
         message,
     };
     if depth >= 150 {

@@ -102,8 +102,7 @@ fn secret_variables(pipeline: &Pipeline, selection: &Selection) -> anyhow::Resul
     if let Some(path) = &selection.var_file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("failed to read {}", path.display()))?;
-        let file_vars =
-            parse_var_file(&text).map_err(|m| anyhow::anyhow!("{}: {m}", path.display()))?;
+        let file_vars = parse_var_file(&text, path)?;
         vars.extend(&file_vars);
     }
     for kv in &selection.vars {
