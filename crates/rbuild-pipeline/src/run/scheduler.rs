@@ -372,4 +372,157 @@ mod tests {
         assert_eq!(artifact_dir_name("build image"), "build%20image");
         assert_ne!(artifact_dir_name("a/b"), artifact_dir_name("a b"));
     }
+
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::{GitInfo, GitRef, Pipeline, PipelineContext, PlanOptions};
+
+    fn plan_of(yaml: &str, project: &Path) -> Plan {
+        let pipeline = Pipeline::parse(yaml, Path::new(".gitlab-ci.yml"), project).unwrap();
+        let git = GitInfo {
+            sha: "0".repeat(40),
+            git_ref: GitRef::Branch("main".into()),
+            project_name: "p".into(),
+            project_path: None,
+            default_branch: "main".into(),
+        };
+        let cx = PipelineContext::new(git, project);
+        crate::plan(&pipeline, &cx, &PlanOptions::default()).unwrap()
+    }
+
+    /// A runner that runs nothing: fails the named jobs, records how many ran at once.
+    #[derive(Default)]
+    struct Fake {
+        fail: Vec<&'static str>,
+        running: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+        ran: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl JobRunner for Fake {
+        async fn run(
+            &self,
+            job: &PlannedJob,
+            _cx: &JobContext,
+            _out: &JobOutput,
+        ) -> Result<JobOutcome> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            self.ran.lock().unwrap().push(job.name.clone());
+            let failed = self.fail.contains(&job.name.as_str());
+            Ok(JobOutcome {
+                exit_code: Some(i32::from(failed)),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn stages_bound_concurrency_and_when_decides_after_a_failure() {
+        let project = tempfile::tempdir().unwrap();
+        let plan = plan_of(
+            "stages: [one, two, three]\n\
+             a: {stage: one, script: [x]}\n\
+             b: {stage: one, script: [x]}\n\
+             c: {stage: one, script: [x]}\n\
+             bad: {stage: one, script: [x]}\n\
+             next: {stage: two, script: [x]}\n\
+             cleanup: {stage: two, script: [x], when: on_failure}\n\
+             last: {stage: three, script: [x], when: always}\n",
+            project.path(),
+        );
+        let fake = Fake {
+            fail: vec!["bad"],
+            ..Fake::default()
+        };
+        let (most, ran) = (fake.most.clone(), fake.ran.clone());
+        let runner = Runner::new(fake, RunOptions::new(project.path()).concurrency(2));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let report = runner
+            .run(&plan, move |e: &Event| sink.lock().unwrap().push(e.clone()))
+            .await
+            .unwrap();
+        assert_eq!(most.load(Ordering::SeqCst), 2, "the bound is 2");
+        let status = |name: &str| report.job(name).unwrap().status;
+        assert_eq!(status("bad"), JobStatus::Failed);
+        assert_eq!(status("a"), JobStatus::Passed);
+        assert_eq!(status("next"), JobStatus::Skipped);
+        assert_eq!(status("cleanup"), JobStatus::Passed);
+        assert_eq!(status("last"), JobStatus::Passed);
+        assert!(!report.success());
+        let ran = ran.lock().unwrap().clone();
+        assert!(!ran.contains(&"next".to_owned()), "{ran:?}");
+        // Stage two starts only after every job of stage one finished.
+        let events = events.lock().unwrap();
+        let pos = |want: &Event| events.iter().position(|e| e == want).unwrap();
+        let stage_two = pos(&Event::StageStarted {
+            stage: "two".into(),
+        });
+        for job in ["a", "b", "c", "bad"] {
+            let finished = events
+                .iter()
+                .position(|e| matches!(e, Event::JobFinished { job: j, .. } if j == job))
+                .unwrap();
+            assert!(finished < stage_two, "{job} finished after stage two began");
+        }
+    }
+
+    #[test]
+    fn the_job_environment_follows_the_directory_it_runs_in() {
+        let plan = plan_of(
+            "j:\n  variables: {OUT: $CI_PROJECT_DIR/out}\n  script: [x]\n",
+            Path::new("/checkout"),
+        );
+        let job = plan.job("j").unwrap();
+        assert_eq!(job.env["OUT"], "/checkout/out");
+        let env = job_env(job, Path::new("/work/jobs/1-j")).unwrap();
+        assert_eq!(env["CI_PROJECT_DIR"], "/work/jobs/1-j");
+        assert_eq!(env["OUT"], "/work/jobs/1-j/out");
+        // In place, the planned environment is used as is.
+        assert_eq!(job_env(job, Path::new("/checkout")).unwrap(), job.env);
+    }
+
+    #[test]
+    fn secret_values_include_expanded_forms() {
+        let project = Path::new("/checkout");
+        let pipeline =
+            Pipeline::parse("j:\n  script: [x]\n", Path::new(".gitlab-ci.yml"), project).unwrap();
+        let git = GitInfo {
+            sha: "0".repeat(40),
+            git_ref: GitRef::Branch("main".into()),
+            project_name: "p".into(),
+            project_path: None,
+            default_branch: "main".into(),
+        };
+        let mut secrets = crate::Variables::new();
+        secrets.push(Variable::secret("TOKEN", "pre-$CI_COMMIT_REF_NAME-post"));
+        let plan = crate::plan(
+            &pipeline,
+            &PipelineContext::new(git, project),
+            &PlanOptions::default().variables(secrets),
+        )
+        .unwrap();
+        let values = secret_values(plan.job("j").unwrap());
+        assert!(
+            values.contains(&"pre-$CI_COMMIT_REF_NAME-post".to_owned()),
+            "{values:?}"
+        );
+        assert!(values.contains(&"pre-main-post".to_owned()), "{values:?}");
+    }
+
+    #[test]
+    fn a_private_work_dir_is_0700_even_when_it_existed() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/work");
+        private_dir(&dir).unwrap();
+        let mode = |d: &Path| std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+    }
 }
