@@ -478,9 +478,9 @@ mod tests {
         );
         let job = plan.job("j").unwrap();
         assert_eq!(job.env["OUT"], "/checkout/out");
-        let env = job_env(job, Path::new("/work/jobs/1-j")).unwrap();
-        assert_eq!(env["CI_PROJECT_DIR"], "/work/jobs/1-j");
-        assert_eq!(env["OUT"], "/work/jobs/1-j/out");
+        let env = job_env(job, Path::new("/runner/jobs/1-j")).unwrap();
+        assert_eq!(env["CI_PROJECT_DIR"], "/runner/jobs/1-j");
+        assert_eq!(env["OUT"], "/runner/jobs/1-j/out");
         // In place, the planned environment is used as is.
         assert_eq!(job_env(job, Path::new("/checkout")).unwrap(), job.env);
     }
