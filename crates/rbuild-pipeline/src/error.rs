@@ -5,6 +5,24 @@ use std::path::PathBuf;
 /// Result with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Why a `/pattern/flags` literal was refused (GitLab's `Gitlab::UntrustedRegexp` syntax).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PatternError {
+    /// No leading `/`.
+    #[error("a pattern starts with `/`")]
+    MissingOpeningSlash,
+    /// No closing `/`.
+    #[error("a pattern ends with `/`")]
+    MissingClosingSlash,
+    /// A flag other than `i`, `m` and `s`.
+    #[error("unknown regex flag `{0}`")]
+    UnknownFlag(char),
+    /// The body does not compile (the `regex` crate's message, which quotes the spot).
+    #[error("{0}")]
+    Compile(regex::Error),
+}
+
 /// Everything that can go wrong between reading `.gitlab-ci.yml` and the end of a run.
 ///
 /// User errors (bad YAML, a job in an unknown stage) carry the file and line so that the CLI
@@ -41,8 +59,30 @@ pub enum Error {
         path: PathBuf,
         /// 1-based line of the job or keyword (0 when unknown).
         line: usize,
+        /// The top-level key (job name or global keyword) the problem is in; empty when it is
+        /// the file as a whole.
+        key: String,
         /// What is wrong and, where possible, what to do.
         message: String,
+    },
+    /// A line of a variables file (`--var-file`) is not `KEY=VALUE` with a valid name.
+    #[error("{}:{line}: {message}", path.display())]
+    VarFile {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// A `/pattern/flags` literal (an `only:`/`except:` ref, a `=~` operand) is not one.
+    #[error("invalid pattern {pattern:?}")]
+    Pattern {
+        /// The literal as written.
+        pattern: String,
+        /// Why it was refused.
+        #[source]
+        source: PatternError,
     },
     /// A variable refers to itself through other variables.
     #[error("circular variable reference: {chain}")]

@@ -12,7 +12,7 @@
 
 use regex::Regex;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, PatternError, Result};
 
 /// A parsed expression.
 #[derive(Debug, Clone)]
@@ -136,20 +136,29 @@ fn matches(l: &Value, r: &Value) -> bool {
 ///
 /// # Errors
 ///
-/// Returns a message when `text` is not in slashes or the pattern does not compile.
-pub fn parse_pattern(text: &str) -> std::result::Result<Regex, String> {
-    let body = text.strip_prefix('/').ok_or("a pattern starts with `/`")?;
-    let end = body.rfind('/').ok_or("a pattern ends with `/`")?;
+/// [`Error::Pattern`] when `text` is not in slashes, has an unknown flag or does not compile.
+pub fn parse_pattern(text: &str) -> Result<Regex> {
+    pattern(text).map_err(|source| Error::Pattern {
+        pattern: text.to_owned(),
+        source,
+    })
+}
+
+fn pattern(text: &str) -> std::result::Result<Regex, PatternError> {
+    let body = text
+        .strip_prefix('/')
+        .ok_or(PatternError::MissingOpeningSlash)?;
+    let end = body.rfind('/').ok_or(PatternError::MissingClosingSlash)?;
     let (pat, flags) = (&body[..end], &body[end + 1..]);
     if let Some(bad) = flags.chars().find(|c| !"ims".contains(*c)) {
-        return Err(format!("unknown regex flag `{bad}`"));
+        return Err(PatternError::UnknownFlag(bad));
     }
     let prefix = if flags.is_empty() {
         String::new()
     } else {
         format!("(?{flags})")
     };
-    Regex::new(&format!("{prefix}{pat}")).map_err(|e| e.to_string())
+    Regex::new(&format!("{prefix}{pat}")).map_err(PatternError::Compile)
 }
 
 struct Parser<'a> {
@@ -264,7 +273,7 @@ impl Parser<'_> {
                 .take_while(u8::is_ascii_alphabetic)
                 .count();
             let lit = &rest[..i + 1 + flags];
-            let re = parse_pattern(lit).map_err(|m| self.err(&m))?;
+            let re = pattern(lit).map_err(|e| self.err(&e.to_string()))?;
             self.pos += lit.len();
             return Ok(Operand::Pattern(re));
         }
@@ -340,5 +349,25 @@ mod tests {
         assert!(Expr::parse("$A == \"x").is_err());
         assert!(Expr::parse("$A =~ /x/q").is_err());
         assert!(Expr::parse("$A $B").is_err());
+    }
+
+    #[test]
+    fn pattern_errors_say_why() {
+        let why = |text: &str| match parse_pattern(text).unwrap_err() {
+            Error::Pattern { pattern, source } => {
+                assert_eq!(pattern, text);
+                source.to_string()
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(why("abc/"), "a pattern starts with `/`");
+        assert_eq!(why("/abc"), "a pattern ends with `/`");
+        assert_eq!(why("/abc/x"), "unknown regex flag `x`");
+        assert!(why("/a(/").contains("unclosed group"), "{}", why("/a(/"));
+        assert!(parse_pattern("/^RE/i").unwrap().is_match("release"));
+        assert_eq!(
+            Expr::parse("$A =~ /x/q").unwrap_err().to_string(),
+            "invalid expression \"$A =~ /x/q\" at offset 6: unknown regex flag `q`"
+        );
     }
 }

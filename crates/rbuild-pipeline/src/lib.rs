@@ -2,9 +2,11 @@
 //!
 //! Reads a `.gitlab-ci.yml` (anchors, `extends`, `include: local`, `!reference`), computes the
 //! predefined `CI_*` variables from git, plans which jobs run for a branch or tag (and why the
-//! others do not), and runs the plan stage by stage through a [`JobRunner`]. This crate knows
-//! nothing about images or Kubernetes: the CLI supplies an executor that runs a job inside its
-//! image and puts `docker`/`deploy` commands on the job's `PATH`.
+//! others do not), and runs the plan stage by stage through a [`JobRunner`]: [`ShellRunner`]
+//! on the host, or (cargo feature `image-jobs`, on by default) [`image::ImageExecutor`] in the
+//! job's image through the rbuild engine. It knows nothing about Kubernetes: a caller puts
+//! `docker`/`deploy` commands on the job's `PATH` ([`RunOptions::path_prepend`]), and they
+//! learn about the run through the [`shim_env`] variables.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -35,16 +37,19 @@
 
 mod error;
 pub mod expr;
+#[cfg(feature = "image-jobs")]
+pub mod image;
 mod load;
 mod model;
 mod plan;
 mod predefined;
 mod run;
+pub mod shim_env;
 pub mod slug;
 pub mod variables;
 mod yaml;
 
-pub use error::{Error, Result};
+pub use error::{Error, PatternError, Result};
 pub use model::{
     AllowFailure, Artifacts, DEFAULT_STAGES, Environment, Image, Job, Need, Pipeline, RefFilter,
     Rule, Warning, When,

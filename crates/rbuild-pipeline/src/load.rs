@@ -64,7 +64,34 @@ impl Ctx<'_> {
     }
 }
 
-pub(crate) fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
+impl Pipeline {
+    /// Reads and loads a pipeline file; `include: local` paths resolve against `project_dir`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReadFile`] for unreadable files, [`Error::ParseYaml`] for invalid YAML and
+    /// [`Error::Invalid`] (with file and line) for a configuration GitLab would reject, such as a
+    /// job in an unknown stage.
+    pub fn from_file(path: &Path, project_dir: &Path) -> Result<Pipeline> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, path, project_dir)
+    }
+
+    /// Loads a pipeline from text (`path` names it in errors).
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipeline::from_file`].
+    pub fn parse(text: &str, path: &Path, project_dir: &Path) -> Result<Pipeline> {
+        let loaded = crate::yaml::load(text, path, project_dir)?;
+        build(&loaded, path)
+    }
+}
+
+fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
     let root = &loaded.root;
     let mut cx = Ctx {
         loaded,
@@ -106,13 +133,13 @@ pub(crate) fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
     }
     let pick = |key: &str| default.get(key).or_else(|| root.get(key));
     let default_image = pick("image")
-        .map(|v| parse_image(v).map_err(|m| cx.err("image", m)))
+        .map(|v| parse_image(v).map_err(|m| cx.err("image", m.to_string())))
         .transpose()?;
     let default_before = pick("before_script")
-        .map(|v| script(v).map_err(|m| cx.err("before_script", m)))
+        .map(|v| script(v).map_err(|m| cx.err("before_script", m.to_string())))
         .transpose()?;
     let default_after = pick("after_script")
-        .map(|v| script(v).map_err(|m| cx.err("after_script", m)))
+        .map(|v| script(v).map_err(|m| cx.err("after_script", m.to_string())))
         .transpose()?;
 
     let workflow_rules = match root.get("workflow").and_then(Value::as_mapping) {
@@ -174,6 +201,7 @@ pub(crate) fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
         return Err(Error::Invalid {
             path: path.to_owned(),
             line: 0,
+            key: String::new(),
             message:
                 "the pipeline has no visible jobs (a job is a top-level key not starting with `.`)"
                     .into(),
@@ -275,7 +303,7 @@ fn parse_job(name: &str, map: &Mapping, cx: &mut Ctx<'_>) -> Result<Job> {
         .get("image")
         .map(parse_image)
         .transpose()
-        .map_err(|m| e(cx, m))?;
+        .map_err(|m| e(cx, m.to_string()))?;
     let variables = match map.get("variables") {
         Some(v) => parse_variables(v).map_err(|m| e(cx, format!("variables: {m}")))?,
         None => Variables::new(),
@@ -460,7 +488,9 @@ fn parse_rules(v: &Value, owner: &str, cx: &mut Ctx<'_>) -> Result<Vec<Rule>> {
                             .ok_or_else(|| e(cx, format!("unknown `when` {val:?}")))?,
                     )
                 }
-                "variables" => rule.variables = parse_variables(val).map_err(|m| e(cx, m))?,
+                "variables" => {
+                    rule.variables = parse_variables(val).map_err(|m| e(cx, m.to_string()))?
+                }
                 "allow_failure" => rule.allow_failure = val.as_bool(),
                 other => cx.unsupported(&format!("rules:{other}"), owner),
             }
@@ -501,48 +531,68 @@ fn parse_filter(v: &Value, job: &str, key: &str, cx: &mut Ctx<'_>) -> Result<Ref
     }
 }
 
-fn parse_image(v: &Value) -> std::result::Result<Image, String> {
+/// Why a keyword's value has the wrong shape; the caller places it (file, line, job, key).
+#[derive(Debug, thiserror::Error)]
+enum Malformed {
+    #[error("`image` needs a `name`")]
+    ImageName,
+    #[error("`image:entrypoint` must be a list")]
+    ImageEntrypoint,
+    #[error("`image` must be a name or a mapping")]
+    ImageForm,
+    #[error("`variables` must be a mapping of names to values")]
+    VariablesForm,
+    #[error("variable names are strings")]
+    VariableName,
+    #[error("{name}: `value` must be a scalar")]
+    VariableValueField { name: String },
+    #[error("{name}: value must be a string or number")]
+    VariableValue { name: String },
+    #[error("script lists nested deeper than 10 levels")]
+    ScriptDepth,
+    #[error("script lines must be strings")]
+    ScriptLine,
+}
+
+fn parse_image(v: &Value) -> std::result::Result<Image, Malformed> {
     match v {
         Value::Mapping(m) => Ok(Image {
-            name: m
-                .get("name")
-                .and_then(scalar)
-                .ok_or("`image` needs a `name`")?,
+            name: m.get("name").and_then(scalar).ok_or(Malformed::ImageName)?,
             entrypoint: m
                 .get("entrypoint")
-                .map(|e| names(e).ok_or("`image:entrypoint` must be a list"))
+                .map(|e| names(e).ok_or(Malformed::ImageEntrypoint))
                 .transpose()?,
         }),
         other => Ok(Image {
-            name: scalar(other).ok_or("`image` must be a name or a mapping")?,
+            name: scalar(other).ok_or(Malformed::ImageForm)?,
             entrypoint: None,
         }),
     }
 }
 
 /// Parses a `variables:` mapping (values are scalars or `{value, expand, description}`).
-fn parse_variables(v: &Value) -> std::result::Result<Variables, String> {
+fn parse_variables(v: &Value) -> std::result::Result<Variables, Malformed> {
     let mut vars = Variables::new();
     let map = match v {
         Value::Mapping(m) => m,
         Value::Null => return Ok(vars),
-        _ => return Err("`variables` must be a mapping of names to values".into()),
+        _ => return Err(Malformed::VariablesForm),
     };
     for (k, val) in map {
-        let name = scalar(k).ok_or("variable names are strings")?;
+        let name = scalar(k).ok_or(Malformed::VariableName)?;
         let var = match val {
             Value::Mapping(m) => {
                 let value = m
                     .get("value")
                     .map_or(Some(String::new()), scalar)
-                    .ok_or(format!("{name}: `value` must be a scalar"))?;
+                    .ok_or_else(|| Malformed::VariableValueField { name: name.clone() })?;
                 let expand = m.get("expand").and_then(Value::as_bool).unwrap_or(true);
                 Variable::new(name, value).with_expand(expand)
             }
             Value::Null => Variable::new(name, ""),
             other => Variable::new(
                 name.clone(),
-                scalar(other).ok_or(format!("{name}: value must be a string or number"))?,
+                scalar(other).ok_or_else(|| Malformed::VariableValue { name: name.clone() })?,
             ),
         };
         vars.push(var);
@@ -551,13 +601,13 @@ fn parse_variables(v: &Value) -> std::result::Result<Variables, String> {
 }
 
 /// A script: a string or a list of strings, nested lists (from `!reference`) flattened.
-fn script(v: &Value) -> std::result::Result<Vec<String>, String> {
-    fn walk(v: &Value, out: &mut Vec<String>, depth: usize) -> std::result::Result<(), String> {
+fn script(v: &Value) -> std::result::Result<Vec<String>, Malformed> {
+    fn walk(v: &Value, out: &mut Vec<String>, depth: usize) -> std::result::Result<(), Malformed> {
         match v {
             Value::Sequence(s) if depth < 10 => s.iter().try_for_each(|x| walk(x, out, depth + 1)),
-            Value::Sequence(_) => Err("script lists nested deeper than 10 levels".into()),
+            Value::Sequence(_) => Err(Malformed::ScriptDepth),
             other => {
-                out.push(scalar(other).ok_or("script lines must be strings")?);
+                out.push(scalar(other).ok_or(Malformed::ScriptLine)?);
                 Ok(())
             }
         }
@@ -707,5 +757,38 @@ mod tests {
             err.to_string(),
             ".gitlab-ci.yml:2: job \"j\": a job needs a `script`"
         );
+    }
+
+    #[test]
+    fn malformed_values_are_placed_at_their_job_and_key() {
+        let err = parse("a:\n  script: [x]\n\nj:\n  script: [x]\n  image: {entrypoint: [sh]}\n")
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".gitlab-ci.yml:4: job \"j\": `image` needs a `name`"
+        );
+        assert!(
+            matches!(&err, Error::Invalid { key, line: 4, .. } if key == "j"),
+            "{err:?}"
+        );
+        let err = parse("variables:\n  A: [1]\nj:\n  script: [x]\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".gitlab-ci.yml:1: variables: A: value must be a string or number"
+        );
+        let err = parse("j:\n  script: [[x, {a: b}]]\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".gitlab-ci.yml:1: job \"j\": script: script lines must be strings"
+        );
+    }
+
+    #[test]
+    fn the_model_does_not_depend_on_loading() {
+        // `load` builds the model; the model must not reach back (no module cycle).
+        let model = include_str!("model.rs");
+        for path in ["crate::load", "crate::yaml", "super::load", "super::yaml"] {
+            assert!(!model.contains(path), "model.rs uses {path}");
+        }
     }
 }

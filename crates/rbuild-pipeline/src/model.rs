@@ -1,14 +1,14 @@
 //! The typed pipeline: stages, jobs and the keywords we support.
+//!
+//! Plain data and queries on it; reading a file into a [`Pipeline`] lives in `load`, which
+//! depends on this module and never the other way round.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use crate::error::{Error, Result};
 use crate::expr::Expr;
-use crate::load::build;
 use crate::variables::{Variable, Variables, expand_with};
-use crate::yaml;
 
 /// GitLab's default stages when the file has no `stages:` (`.pre` and `.post` always exist).
 pub const DEFAULT_STAGES: [&str; 3] = ["build", "test", "deploy"];
@@ -223,31 +223,6 @@ pub struct Artifacts {
 }
 
 impl Pipeline {
-    /// Reads and loads a pipeline file; `include: local` paths resolve against `project_dir`.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::ReadFile`] for unreadable files, [`Error::ParseYaml`] for invalid YAML and
-    /// [`Error::Invalid`] (with file and line) for a configuration GitLab would reject, such as a
-    /// job in an unknown stage.
-    pub fn from_file(path: &Path, project_dir: &Path) -> Result<Pipeline> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
-            path: path.to_owned(),
-            source,
-        })?;
-        Self::parse(&text, path, project_dir)
-    }
-
-    /// Loads a pipeline from text (`path` names it in errors).
-    ///
-    /// # Errors
-    ///
-    /// As [`Pipeline::from_file`].
-    pub fn parse(text: &str, path: &Path, project_dir: &Path) -> Result<Pipeline> {
-        let loaded = yaml::load(text, path, project_dir)?;
-        build(&loaded, path)
-    }
-
     /// The job with this name.
     pub fn job(&self, name: &str) -> Option<&Job> {
         self.jobs.iter().find(|j| j.name == name)

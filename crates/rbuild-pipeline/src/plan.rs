@@ -265,8 +265,8 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
                 }
             },
             None => match only_except(job, cx, &values) {
-                Ok(reason) => (job.when, reason, Variables::new(), None),
-                Err(reason) => {
+                Filtered::Runs(reason) => (job.when, reason, Variables::new(), None),
+                Filtered::Skipped(reason) => {
                     skipped.push(skip(reason));
                     continue;
                 }
@@ -387,12 +387,16 @@ fn first_match<'r>(
         .find(|(_, r)| r.condition.as_ref().is_none_or(|(_, e)| e.eval(&lookup)))
 }
 
-/// `Ok(reason it runs)` or `Err(reason it is skipped)`.
-fn only_except(
-    job: &Job,
-    cx: &PipelineContext,
-    values: &BTreeMap<String, String>,
-) -> std::result::Result<String, String> {
+/// What `only`/`except` decided for a job, with the reason the plan prints. Not an error: a
+/// job skipped by its filters is a normal outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Filtered {
+    Runs(String),
+    Skipped(String),
+}
+
+fn only_except(job: &Job, cx: &PipelineContext, values: &BTreeMap<String, String>) -> Filtered {
+    use Filtered::{Runs, Skipped};
     let default_only = RefFilter {
         refs: vec!["branches".into(), "tags".into()],
         variables: Vec::new(),
@@ -422,11 +426,11 @@ fn only_except(
             .map(|r| format!("`{r}`"))
             .collect::<Vec<_>>()
             .join(", ");
-        return Err(format!("only: {list} does not match {kind} {ref_name}"));
+        return Skipped(format!("only: {list} does not match {kind} {ref_name}"));
     };
     let lookup = |n: &str| values.get(n).cloned();
     if !only.variables.is_empty() && !only.variables.iter().any(|(_, e)| e.eval(&lookup)) {
-        return Err("only:variables: no expression is true".into());
+        return Skipped("only:variables: no expression is true".into());
     }
     if let Some(except) = &job.except {
         if let Some(p) = except
@@ -434,10 +438,10 @@ fn only_except(
             .iter()
             .find(|p| ref_matches(p, git_ref, &cx.source))
         {
-            return Err(format!("except: `{p}` matches {kind} {ref_name}"));
+            return Skipped(format!("except: `{p}` matches {kind} {ref_name}"));
         }
         if let Some((t, _)) = except.variables.iter().find(|(_, e)| e.eval(&lookup)) {
-            return Err(format!("except:variables: `{t}` is true"));
+            return Skipped(format!("except:variables: `{t}` is true"));
         }
     }
     let only_text = if implicit {
@@ -445,7 +449,7 @@ fn only_except(
     } else {
         format!("only: `{pattern}` matches {kind} {ref_name}")
     };
-    Ok(match &job.except {
+    Runs(match &job.except {
         Some(_) => format!("{only_text}; except: no match"),
         None => only_text,
     })

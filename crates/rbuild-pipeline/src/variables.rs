@@ -1,6 +1,7 @@
 //! CI/CD variables: layering, masking and `$VAR` / `${VAR}` / `$$` expansion.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 
 use crate::error::{Error, Result};
 
@@ -143,10 +144,17 @@ impl Variables {
 /// double quotes (`\n`, `\"` and `\\` unescaped), as dotenv files write them. Every variable is
 /// a secret (masked).
 ///
+/// `path` names the file in errors.
+///
 /// # Errors
 ///
-/// A message naming the 1-based line that is not `KEY=VALUE` with a valid name.
-pub fn parse_var_file(text: &str) -> std::result::Result<Variables, String> {
+/// [`Error::VarFile`] with the file and 1-based line that is not `KEY=VALUE` with a valid name.
+pub fn parse_var_file(text: &str, path: &Path) -> Result<Variables> {
+    let err = |line: usize, message: String| Error::VarFile {
+        path: path.to_owned(),
+        line,
+        message,
+    };
     let mut vars = Variables::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -155,11 +163,11 @@ pub fn parse_var_file(text: &str) -> std::result::Result<Variables, String> {
         }
         let line = line.strip_prefix("export ").unwrap_or(line);
         let Some((key, value)) = line.split_once('=') else {
-            return Err(format!("line {}: expected KEY=VALUE", i + 1));
+            return Err(err(i + 1, "expected KEY=VALUE".to_owned()));
         };
         let key = key.trim();
         if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!("line {}: invalid variable name {key:?}", i + 1));
+            return Err(err(i + 1, format!("invalid variable name {key:?}")));
         }
         let value = value.trim();
         let value = if let Some(v) = value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
@@ -360,9 +368,11 @@ mod tests {
 
     #[test]
     fn var_file_forms() {
-        let v =
-            parse_var_file("# comment\n\nexport A=1\nB = 'x $y'\nC=\"l1\\nl2 \\\"q\\\"\"\nD=\n")
-                .unwrap();
+        let v = parse_var_file(
+            "# comment\n\nexport A=1\nB = 'x $y'\nC=\"l1\\nl2 \\\"q\\\"\"\nD=\n",
+            Path::new("vars.env"),
+        )
+        .unwrap();
         let got: Vec<_> = v
             .iter()
             .map(|v| (v.name.as_str(), v.value.as_str(), v.masked, v.expand))
@@ -376,11 +386,19 @@ mod tests {
                 ("D", "", true, false)
             ]
         );
+        let file = Path::new("ci/vars.env");
         assert_eq!(
-            parse_var_file("ok=1\nnot a pair\n").unwrap_err(),
-            "line 2: expected KEY=VALUE"
+            parse_var_file("ok=1\nnot a pair\n", file)
+                .unwrap_err()
+                .to_string(),
+            "ci/vars.env:2: expected KEY=VALUE"
         );
-        assert!(parse_var_file("BAD-NAME=1").is_err());
+        assert_eq!(
+            parse_var_file("# c\nBAD-NAME=1", file)
+                .unwrap_err()
+                .to_string(),
+            "ci/vars.env:2: invalid variable name \"BAD-NAME\""
+        );
     }
 
     #[test]

@@ -55,6 +55,7 @@ impl Loaded {
         Error::Invalid {
             path,
             line,
+            key: key.to_owned(),
             message,
         }
     }
@@ -98,6 +99,7 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Mapping> {
         _ => Err(Error::Invalid {
             path: path.to_owned(),
             line: 1,
+            key: String::new(),
             message: "the pipeline file must be a mapping of keywords and jobs".into(),
         }),
     }
@@ -142,6 +144,7 @@ fn load_file(
     let invalid = |message: String| Error::Invalid {
         path: path.to_owned(),
         line: find_key_line(text, "include").unwrap_or(0),
+        key: "include".to_owned(),
         message,
     };
     if depth >= 150 {
@@ -226,13 +229,28 @@ fn resolve_references(loaded: &mut Loaded) -> Result<()> {
     Ok(())
 }
 
-fn resolve_value(v: &mut Value, root: &Mapping, depth: usize) -> std::result::Result<(), String> {
+/// Why a `!reference` tag does not resolve; the caller places it at its job.
+#[derive(Debug, thiserror::Error)]
+enum BadReference {
+    #[error("!reference nested deeper than {MAX_NESTING} levels")]
+    TooDeep,
+    #[error("!reference takes a list of keys, like !reference [.setup, script]")]
+    NotAList,
+    #[error("!reference {path:?}: no such job or template")]
+    NoTarget { path: Vec<String> },
+    #[error("!reference {path:?}: no key `{key}`")]
+    NoKey { path: Vec<String>, key: String },
+}
+
+fn resolve_value(
+    v: &mut Value,
+    root: &Mapping,
+    depth: usize,
+) -> std::result::Result<(), BadReference> {
     match v {
         Value::Tagged(t) if t.tag == "reference" => {
             if depth >= MAX_NESTING {
-                return Err(format!(
-                    "!reference nested deeper than {MAX_NESTING} levels"
-                ));
+                return Err(BadReference::TooDeep);
             }
             let path: Vec<String> = match &t.value {
                 Value::Sequence(s) => s
@@ -241,15 +259,18 @@ fn resolve_value(v: &mut Value, root: &Mapping, depth: usize) -> std::result::Re
                     .collect::<Option<_>>(),
                 _ => None,
             }
-            .ok_or("!reference takes a list of keys, like !reference [.setup, script]")?;
+            .ok_or(BadReference::NotAList)?;
             let mut target = path
                 .first()
                 .and_then(|first| root.get(first.as_str()))
-                .ok_or_else(|| format!("!reference {path:?}: no such job or template"))?;
+                .ok_or_else(|| BadReference::NoTarget { path: path.clone() })?;
             for key in path.iter().skip(1) {
                 target = target
                     .get(key.as_str())
-                    .ok_or_else(|| format!("!reference {path:?}: no key `{key}`"))?;
+                    .ok_or_else(|| BadReference::NoKey {
+                        path: path.clone(),
+                        key: key.clone(),
+                    })?;
             }
             let mut resolved = target.clone();
             resolve_value(&mut resolved, root, depth + 1)?;

@@ -1,23 +1,22 @@
 //! `rbuild pipeline run|plan`: a `.gitlab-ci.yml` run locally, daemonless.
 //!
-//! The plan comes from `rbuild-pipeline`; this module wires the executors (host shell, or the
-//! job's `image:` through the sandbox) and puts `docker` and `deploy` on every job's `PATH`:
-//! symlinks to this binary, which then speaks those commands (see `crate::shim`).
-
-mod executor;
+//! The plan and the executors (host shell, or the job's `image:` through the sandbox) come
+//! from `rbuild-pipeline`; this module turns flags into their options and puts `docker` and
+//! `deploy` on every job's `PATH`: symlinks to this binary, which then speaks those commands
+//! (see `crate::shim`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::ValueEnum;
+use rbuild_pipeline::image::{ExecutorKind, ImageExecutor, RegistryOptions};
 use rbuild_pipeline::{
     GitInfo, GitRef, Pipeline, PipelineContext, Plan, PlanOptions, RunOptions, Runner, Variable,
     Variables, parse_var_file, plan,
 };
 
 use super::RegistryFlags;
-pub use executor::{Executor, ExecutorKind};
 
 /// `rbuild pipeline` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -102,8 +101,7 @@ fn secret_variables(pipeline: &Pipeline, selection: &Selection) -> anyhow::Resul
     if let Some(path) = &selection.var_file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("failed to read {}", path.display()))?;
-        let file_vars =
-            parse_var_file(&text).map_err(|m| anyhow::anyhow!("{}: {m}", path.display()))?;
+        let file_vars = parse_var_file(&text, path)?;
         vars.extend(&file_vars);
     }
     for kv in &selection.vars {
@@ -177,7 +175,11 @@ async fn run_pipeline(
         Some(ExecutorArg::Image) => ExecutorKind::Image,
         Some(ExecutorArg::Shell) => ExecutorKind::Shell,
     };
-    let executor = Executor::new(kind, root, flags.clone());
+    let registries = RegistryOptions {
+        tls_verify: flags.tls_verify,
+        insecure_registries: flags.insecure_registries.clone(),
+    };
+    let executor = ImageExecutor::new(kind, root).registries(registries);
     let options = RunOptions::new(&project)
         .concurrency(args.concurrency)
         .path_prepend(shims.path());

@@ -1,0 +1,528 @@
+//! The scheduler: stages in order, the jobs of a stage concurrently up to a bound, `when:`
+//! deciding what runs after a failure, and artifacts carried between jobs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+
+use super::artifacts;
+use super::masker::Masker;
+use super::report::{JobReport, JobStatus, RunReport};
+use super::{Event, JobContext, JobOutcome, JobOutput, JobRunner, Stream};
+use crate::error::{Error, Result};
+use crate::model::When;
+use crate::plan::{Plan, PlannedJob};
+use crate::variables::Variable;
+
+/// Options of a run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// The project checkout.
+    pub project_dir: PathBuf,
+    /// At most this many jobs of a stage at once (`--jobs`, at least 1).
+    pub concurrency: usize,
+    /// Run each job in a fresh copy of the project (as a CI runner's clean checkout) instead of
+    /// in the project itself; artifacts are then the only way files travel between jobs.
+    pub isolate: bool,
+    /// Where job copies and saved artifacts go (default: a temporary directory, removed at the
+    /// end of the run). Created, or set, mode 0700.
+    pub work_dir: Option<PathBuf>,
+    /// Directories put first on every job's `PATH`.
+    pub path_prepend: Vec<PathBuf>,
+}
+
+impl RunOptions {
+    /// Defaults: in place, 4 jobs at once, temporary work directory.
+    pub fn new(project_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            project_dir: project_dir.into(),
+            concurrency: 4,
+            isolate: false,
+            work_dir: None,
+            path_prepend: Vec::new(),
+        }
+    }
+
+    /// Sets the concurrency bound.
+    #[must_use]
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+
+    /// Runs each job in its own copy of the project.
+    #[must_use]
+    pub fn isolate(mut self, yes: bool) -> Self {
+        self.isolate = yes;
+        self
+    }
+
+    /// Keeps job copies and artifacts in `dir`.
+    #[must_use]
+    pub fn work_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.work_dir = Some(dir.into());
+        self
+    }
+
+    /// Puts `dir` first on every job's `PATH` (shim commands such as `docker`, `deploy`).
+    #[must_use]
+    pub fn path_prepend(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.path_prepend.push(dir.into());
+        self
+    }
+}
+
+/// Runs plans with an executor.
+#[derive(Debug)]
+pub struct Runner<R> {
+    executor: R,
+    opts: RunOptions,
+}
+
+impl<R: JobRunner> Runner<R> {
+    /// A runner with `executor` and `opts`.
+    pub fn new(executor: R, opts: RunOptions) -> Self {
+        Self { executor, opts }
+    }
+
+    /// Runs `plan`: stages in order, jobs of a stage concurrently up to the bound. A job that
+    /// fails without `allow_failure` makes later `on_success` jobs skip and `on_failure` jobs
+    /// run; `always` jobs run regardless. Events go to `on_event`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::JobIo`] when the work directory, a job copy or artifacts cannot be written.
+    /// Job failures (including executor errors) are not errors: see [`RunReport::success`].
+    pub async fn run<F>(&self, plan: &Plan, on_event: F) -> Result<RunReport>
+    where
+        F: Fn(&Event) + Send + Sync + 'static,
+    {
+        let sink: Arc<dyn Fn(&Event) + Send + Sync> = Arc::new(on_event);
+        let started = Instant::now();
+        // The work directory holds every job's checkout copy and saved artifacts: 0700, so
+        // other local users can read none of it. A temporary one gets a random name, created
+        // exclusively (a predictable name in a shared /tmp could be a planted symlink).
+        let (work, temporary) = match &self.opts.work_dir {
+            Some(d) => {
+                private_dir(d).map_err(|source| Error::JobIo {
+                    job: String::new(),
+                    action: format!("create work directory {}", d.display()),
+                    source,
+                })?;
+                (d.clone(), false)
+            }
+            None => {
+                let dir = tempfile::Builder::new()
+                    .prefix("rbuild-pipeline-")
+                    .tempdir()
+                    .map_err(|source| Error::JobIo {
+                        job: String::new(),
+                        action: format!(
+                            "create a work directory in {}",
+                            std::env::temp_dir().display()
+                        ),
+                        source,
+                    })?;
+                (dir.keep(), true)
+            }
+        };
+        let result = self.run_stages(plan, &sink, &work).await;
+        if temporary {
+            // Best effort: a leftover temporary directory is not worth failing the run for.
+            let _ = std::fs::remove_dir_all(&work);
+        }
+        let mut report = result?;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    async fn run_stages(
+        &self,
+        plan: &Plan,
+        sink: &Arc<dyn Fn(&Event) + Send + Sync>,
+        work: &Path,
+    ) -> Result<RunReport> {
+        let mut report = RunReport::default();
+        let mut failed = false;
+        for stage in &plan.stages {
+            sink(&Event::StageStarted {
+                stage: stage.name.clone(),
+            });
+            let mut to_run = Vec::new();
+            for job in &stage.jobs {
+                let runs = match job.when {
+                    When::Always => true,
+                    When::OnFailure => failed,
+                    _ => !failed,
+                };
+                if runs {
+                    to_run.push(job);
+                } else {
+                    sink(&Event::JobFinished {
+                        job: job.name.clone(),
+                        status: JobStatus::Skipped,
+                        duration: Duration::ZERO,
+                    });
+                    report.jobs.push(JobReport {
+                        name: job.name.clone(),
+                        stage: job.stage.clone(),
+                        status: JobStatus::Skipped,
+                        duration: Duration::ZERO,
+                        exit_code: None,
+                    });
+                }
+            }
+            let results: Vec<Result<JobReport>> = futures::stream::iter(to_run)
+                .map(|job| self.run_job(job, sink, work))
+                .buffer_unordered(self.opts.concurrency.max(1))
+                .collect()
+                .await;
+            for r in results {
+                let r = r?;
+                failed |= r.status == JobStatus::Failed;
+                report.jobs.push(r);
+            }
+        }
+        Ok(report)
+    }
+
+    async fn run_job(
+        &self,
+        job: &PlannedJob,
+        sink: &Arc<dyn Fn(&Event) + Send + Sync>,
+        work: &Path,
+    ) -> Result<JobReport> {
+        let started = Instant::now();
+        let io = |action: String| {
+            move |source| Error::JobIo {
+                job: job.name.clone(),
+                action,
+                source,
+            }
+        };
+        sink(&Event::JobStarted {
+            job: job.name.clone(),
+        });
+        let out = JobOutput::new(
+            job.name.clone(),
+            Masker::new(secret_values(job)),
+            sink.clone(),
+        );
+        let artifacts_root = work.join("artifacts");
+        let workdir = if self.opts.isolate {
+            let dir = work
+                .join("jobs")
+                .join(crate::slug::ref_slug(&format!("{}-{}", job.id, job.name)));
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(io("clean the job directory".into()))?;
+            }
+            artifacts::copy_tree(&self.opts.project_dir, &dir, Some(work))
+                .map_err(io("copy the project".into()))?;
+            dir
+        } else {
+            self.opts.project_dir.clone()
+        };
+        for from in &job.artifacts_from {
+            let saved = artifacts_root.join(artifact_dir_name(from));
+            if saved.exists() {
+                artifacts::restore(&saved, &workdir)
+                    .map_err(io(format!("restore artifacts of {from:?}")))?;
+                out.line(Stream::System, &format!("restored artifacts of {from}"));
+            }
+        }
+        let env = job_env(job, &workdir)?;
+        let mut cx = JobContext {
+            env,
+            workdir: workdir.clone(),
+            path_prepend: self.opts.path_prepend.clone(),
+            job_status: None,
+        };
+        let outcome = match self.executor.run(job, &cx, &out).await {
+            Ok(o) => o,
+            Err(e) => {
+                let mut msg = e.to_string();
+                let mut src = std::error::Error::source(&e);
+                while let Some(s) = src {
+                    msg.push_str(&format!(": {s}"));
+                    src = s.source();
+                }
+                out.line(Stream::System, &format!("ERROR: {msg}"));
+                JobOutcome { exit_code: None }
+            }
+        };
+        cx.job_status = Some(outcome.succeeded());
+        if let Some(a) = &job.artifacts {
+            let wanted = match a.when {
+                When::Always => true,
+                When::OnFailure => !outcome.succeeded(),
+                _ => outcome.succeeded(),
+            };
+            if wanted && !a.paths.is_empty() {
+                let resolved = artifacts::resolve_paths(&workdir, &a.paths)
+                    .map_err(io("look up artifacts".into()))?;
+                for p in resolved.unmatched {
+                    out.line(Stream::System, &format!("WARNING: {p}: no matching files"));
+                }
+                for p in resolved.outside {
+                    out.line(
+                        Stream::System,
+                        &format!(
+                            "WARNING: {p}: leads out of the project directory through a symlink, not saved"
+                        ),
+                    );
+                }
+                let found = resolved.found;
+                let store = artifacts_root.join(artifact_dir_name(&job.name));
+                artifacts::save(&workdir, &found, &store).map_err(io("save artifacts".into()))?;
+                out.line(
+                    Stream::System,
+                    &format!("saved {} artifact path(s)", found.len()),
+                );
+            }
+        }
+        let status = if outcome.succeeded() {
+            JobStatus::Passed
+        } else if job.allow_failure.allows(outcome.exit_code) {
+            JobStatus::AllowedFailure
+        } else {
+            JobStatus::Failed
+        };
+        let duration = started.elapsed();
+        sink(&Event::JobFinished {
+            job: job.name.clone(),
+            status,
+            duration,
+        });
+        Ok(JobReport {
+            name: job.name.clone(),
+            stage: job.stage.clone(),
+            status,
+            duration,
+            exit_code: outcome.exit_code,
+        })
+    }
+}
+
+/// Creates `dir` (and its parents) if missing and makes it mode 0700.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Raw and expanded values of the job's masked variables (they differ when a secret's value
+/// contains `$`).
+fn secret_values(job: &PlannedJob) -> Vec<String> {
+    let mut values = job.variables.masked_values();
+    for v in job.variables.iter().filter(|v| v.masked) {
+        if let Some(expanded) = job
+            .env
+            .get(&v.name)
+            .filter(|e| !e.is_empty() && **e != v.value)
+        {
+            values.push(expanded.clone());
+        }
+    }
+    values
+}
+
+fn artifact_dir_name(job: &str) -> String {
+    // Job names contain spaces and slashes; the slug plus a hash-free index is not unique, so
+    // keep the name readable but unambiguous by escaping instead.
+    job.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_string()
+            } else {
+                format!("%{:02x}", c as u32)
+            }
+        })
+        .collect()
+}
+
+/// The job's environment with `CI_PROJECT_DIR` set to where it actually runs (re-expanded, so
+/// variables built from `$CI_PROJECT_DIR` follow).
+fn job_env(job: &PlannedJob, workdir: &Path) -> Result<BTreeMap<String, String>> {
+    let dir = workdir.to_string_lossy();
+    if job.env.get("CI_PROJECT_DIR").map(String::as_str) == Some(&*dir) {
+        return Ok(job.env.clone());
+    }
+    let mut vars = job.variables.clone();
+    vars.push(Variable::new("CI_PROJECT_DIR", dir.into_owned()).with_expand(false));
+    vars.expand_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_dir_names_are_distinct() {
+        assert_eq!(artifact_dir_name("build image"), "build%20image");
+        assert_ne!(artifact_dir_name("a/b"), artifact_dir_name("a b"));
+    }
+
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::{GitInfo, GitRef, Pipeline, PipelineContext, PlanOptions};
+
+    fn plan_of(yaml: &str, project: &Path) -> Plan {
+        let pipeline = Pipeline::parse(yaml, Path::new(".gitlab-ci.yml"), project).unwrap();
+        let git = GitInfo {
+            sha: "0".repeat(40),
+            git_ref: GitRef::Branch("main".into()),
+            project_name: "p".into(),
+            project_path: None,
+            default_branch: "main".into(),
+        };
+        let cx = PipelineContext::new(git, project);
+        crate::plan(&pipeline, &cx, &PlanOptions::default()).unwrap()
+    }
+
+    /// A runner that runs nothing: fails the named jobs, records how many ran at once.
+    #[derive(Default)]
+    struct Fake {
+        fail: Vec<&'static str>,
+        running: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+        ran: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl JobRunner for Fake {
+        async fn run(
+            &self,
+            job: &PlannedJob,
+            _cx: &JobContext,
+            _out: &JobOutput,
+        ) -> Result<JobOutcome> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            self.ran.lock().unwrap().push(job.name.clone());
+            let failed = self.fail.contains(&job.name.as_str());
+            Ok(JobOutcome {
+                exit_code: Some(i32::from(failed)),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn stages_bound_concurrency_and_when_decides_after_a_failure() {
+        let project = tempfile::tempdir().unwrap();
+        let plan = plan_of(
+            "stages: [one, two, three]\n\
+             a: {stage: one, script: [x]}\n\
+             b: {stage: one, script: [x]}\n\
+             c: {stage: one, script: [x]}\n\
+             bad: {stage: one, script: [x]}\n\
+             next: {stage: two, script: [x]}\n\
+             cleanup: {stage: two, script: [x], when: on_failure}\n\
+             last: {stage: three, script: [x], when: always}\n",
+            project.path(),
+        );
+        let fake = Fake {
+            fail: vec!["bad"],
+            ..Fake::default()
+        };
+        let (most, ran) = (fake.most.clone(), fake.ran.clone());
+        let runner = Runner::new(fake, RunOptions::new(project.path()).concurrency(2));
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = events.clone();
+        let report = runner
+            .run(&plan, move |e: &Event| sink.lock().unwrap().push(e.clone()))
+            .await
+            .unwrap();
+        assert_eq!(most.load(Ordering::SeqCst), 2, "the bound is 2");
+        let status = |name: &str| report.job(name).unwrap().status;
+        assert_eq!(status("bad"), JobStatus::Failed);
+        assert_eq!(status("a"), JobStatus::Passed);
+        assert_eq!(status("next"), JobStatus::Skipped);
+        assert_eq!(status("cleanup"), JobStatus::Passed);
+        assert_eq!(status("last"), JobStatus::Passed);
+        assert!(!report.success());
+        let ran = ran.lock().unwrap().clone();
+        assert!(!ran.contains(&"next".to_owned()), "{ran:?}");
+        // Stage two starts only after every job of stage one finished.
+        let events = events.lock().unwrap();
+        let pos = |want: &Event| events.iter().position(|e| e == want).unwrap();
+        let stage_two = pos(&Event::StageStarted {
+            stage: "two".into(),
+        });
+        for job in ["a", "b", "c", "bad"] {
+            let finished = events
+                .iter()
+                .position(|e| matches!(e, Event::JobFinished { job: j, .. } if j == job))
+                .unwrap();
+            assert!(finished < stage_two, "{job} finished after stage two began");
+        }
+    }
+
+    #[test]
+    fn the_job_environment_follows_the_directory_it_runs_in() {
+        let plan = plan_of(
+            "j:\n  variables: {OUT: $CI_PROJECT_DIR/out}\n  script: [x]\n",
+            Path::new("/checkout"),
+        );
+        let job = plan.job("j").unwrap();
+        assert_eq!(job.env["OUT"], "/checkout/out");
+        let env = job_env(job, Path::new("/runner/jobs/1-j")).unwrap();
+        assert_eq!(env["CI_PROJECT_DIR"], "/runner/jobs/1-j");
+        assert_eq!(env["OUT"], "/runner/jobs/1-j/out");
+        // In place, the planned environment is used as is.
+        assert_eq!(job_env(job, Path::new("/checkout")).unwrap(), job.env);
+    }
+
+    #[test]
+    fn secret_values_include_expanded_forms() {
+        let project = Path::new("/checkout");
+        let pipeline =
+            Pipeline::parse("j:\n  script: [x]\n", Path::new(".gitlab-ci.yml"), project).unwrap();
+        let git = GitInfo {
+            sha: "0".repeat(40),
+            git_ref: GitRef::Branch("main".into()),
+            project_name: "p".into(),
+            project_path: None,
+            default_branch: "main".into(),
+        };
+        let mut secrets = crate::Variables::new();
+        secrets.push(Variable::secret("TOKEN", "pre-$CI_COMMIT_REF_NAME-post"));
+        let plan = crate::plan(
+            &pipeline,
+            &PipelineContext::new(git, project),
+            &PlanOptions::default().variables(secrets),
+        )
+        .unwrap();
+        let values = secret_values(plan.job("j").unwrap());
+        assert!(
+            values.contains(&"pre-$CI_COMMIT_REF_NAME-post".to_owned()),
+            "{values:?}"
+        );
+        assert!(values.contains(&"pre-main-post".to_owned()), "{values:?}");
+    }
+
+    #[test]
+    fn a_private_work_dir_is_0700_even_when_it_existed() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/work");
+        private_dir(&dir).unwrap();
+        let mode = |d: &Path| std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+    }
+}
