@@ -224,4 +224,4 @@ mod tests {
 }
 
 #[cfg(test)]
-mod tests;
+mod servers;

@@ -100,7 +100,7 @@ pub enum Error {
         url: String,
         /// The cause.
         #[source]
-        source: crate::download::DownloadError,
+        source: Box<crate::download::DownloadError>,
     },
     /// The local store failed.
     #[error("failed to {op}")]
@@ -109,7 +109,7 @@ pub enum Error {
         op: String,
         /// The cause.
         #[source]
-        source: rbuild_store::Error,
+        source: Box<rbuild_store::Error>,
     },
     /// Writing or applying a layer failed.
     #[error("failed to {op}")]
@@ -118,7 +118,7 @@ pub enum Error {
         op: String,
         /// The cause.
         #[source]
-        source: rbuild_layer::Error,
+        source: Box<rbuild_layer::Error>,
     },
     /// A registry request failed.
     #[error("failed to {op}")]
@@ -127,7 +127,7 @@ pub enum Error {
         op: String,
         /// The cause.
         #[source]
-        source: rbuild_registry::Error,
+        source: Box<rbuild_registry::Error>,
     },
     /// The build context could not be read (a file, `.dockerignore`).
     #[error("failed to {op}")]
@@ -136,7 +136,7 @@ pub enum Error {
         op: String,
         /// The cause.
         #[source]
-        source: crate::context::ContextError,
+        source: Box<crate::context::ContextError>,
     },
     /// `rbuild run`'s container could not be run.
     #[error("failed to {op}")]
@@ -145,7 +145,7 @@ pub enum Error {
         op: String,
         /// The cause.
         #[source]
-        source: rbuild_sandbox::Error,
+        source: Box<rbuild_sandbox::Error>,
     },
     /// A file operation failed.
     #[error("failed to {op}")]
@@ -164,7 +164,7 @@ pub enum Error {
         op: String,
         /// The cause.
         #[source]
-        source: MetadataError,
+        source: Box<MetadataError>,
     },
     /// A request the engine cannot carry out, or data that breaks an invariant, with the
     /// reason (e.g. a platform that cannot be built here, a layer whose content does not match
@@ -200,17 +200,26 @@ pub(crate) trait OpSource {
 
 impl OpSource for rbuild_store::Error {
     fn with_op(self, op: String) -> Error {
-        Error::Store { op, source: self }
+        Error::Store {
+            op,
+            source: Box::new(self),
+        }
     }
 }
 impl OpSource for rbuild_layer::Error {
     fn with_op(self, op: String) -> Error {
-        Error::Layer { op, source: self }
+        Error::Layer {
+            op,
+            source: Box::new(self),
+        }
     }
 }
 impl OpSource for rbuild_registry::Error {
     fn with_op(self, op: String) -> Error {
-        Error::Registry { op, source: self }
+        Error::Registry {
+            op,
+            source: Box::new(self),
+        }
     }
 }
 impl OpSource for std::io::Error {
@@ -222,7 +231,7 @@ impl OpSource for serde_json::Error {
     fn with_op(self, op: String) -> Error {
         Error::Metadata {
             op,
-            source: self.into(),
+            source: Box::new(self.into()),
         }
     }
 }
@@ -230,7 +239,7 @@ impl OpSource for rbuild_oci::DigestError {
     fn with_op(self, op: String) -> Error {
         Error::Metadata {
             op,
-            source: self.into(),
+            source: Box::new(self.into()),
         }
     }
 }
@@ -238,18 +247,24 @@ impl OpSource for rbuild_oci::oci_spec::OciSpecError {
     fn with_op(self, op: String) -> Error {
         Error::Metadata {
             op,
-            source: self.into(),
+            source: Box::new(self.into()),
         }
     }
 }
 impl OpSource for crate::context::ContextError {
     fn with_op(self, op: String) -> Error {
-        Error::Context { op, source: self }
+        Error::Context {
+            op,
+            source: Box::new(self),
+        }
     }
 }
 impl OpSource for rbuild_sandbox::Error {
     fn with_op(self, op: String) -> Error {
-        Error::Sandbox { op, source: self }
+        Error::Sandbox {
+            op,
+            source: Box::new(self),
+        }
     }
 }
 impl OpSource for tokio::task::JoinError {

@@ -29,7 +29,7 @@ impl Build<'_> {
             file: self.file.clone(),
             line,
             url: url.to_owned(),
-            source,
+            source: Box::new(source),
         })
     }
 

@@ -485,9 +485,7 @@ mod tests {
         img.layers[0].diff_id = lie.clone();
         let err = image::ensure_unpacked(&store, &img.layers).unwrap_err();
         assert!(
-            std::error::Error::source(&err)
-                .unwrap()
-                .to_string()
+            err.to_string()
                 .contains(&format!("the image claims diff_id {lie}")),
             "{err}"
         );
