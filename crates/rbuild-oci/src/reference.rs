@@ -4,7 +4,7 @@ use std::str::FromStr;
 use crate::Digest;
 
 /// The registry that names without a host part refer to.
-pub const DEFAULT_REGISTRY: &str = "docker.io";
+pub(crate) const DEFAULT_REGISTRY: &str = "docker.io";
 
 /// An image reference, normalised the way docker normalises it.
 ///

@@ -34,7 +34,7 @@ pub(crate) struct Loaded {
 
 impl Loaded {
     /// File and 1-based line where a top-level key (a job) is defined; line 0 if not found.
-    pub fn locate(&self, key: &str) -> (PathBuf, usize) {
+    pub(crate) fn locate(&self, key: &str) -> (PathBuf, usize) {
         for s in &self.sources {
             if let Some(line) = find_key_line(&s.text, key) {
                 return (s.path.clone(), line);
@@ -50,7 +50,7 @@ impl Loaded {
     }
 
     /// An [`Error::Invalid`] located at a top-level key.
-    pub fn invalid(&self, key: &str, message: String) -> Error {
+    pub(crate) fn invalid(&self, key: &str, message: String) -> Error {
         let (path, line) = self.locate(key);
         Error::Invalid {
             path,

@@ -41,7 +41,7 @@ fn decoder(path: &Path) -> io::Result<Box<dyn Read>> {
 
 /// Whether `path` is a tar archive, plain or compressed: its (decompressed) first block is a
 /// tar header (`ustar` magic at offset 257, or a valid old-style header checksum).
-pub fn is_archive(path: &Path) -> bool {
+pub(crate) fn is_archive(path: &Path) -> bool {
     let Ok(mut r) = decoder(path) else {
         return false;
     };
@@ -76,7 +76,7 @@ pub fn is_archive(path: &Path) -> bool {
 
 /// Whether the open file `f` is a tar archive (see [`is_archive`]); read through the
 /// descriptor, so the name it was opened by cannot be swapped in between.
-pub fn is_archive_file(f: File) -> bool {
+pub(crate) fn is_archive_file(f: File) -> bool {
     use std::os::fd::AsRawFd;
     is_archive(Path::new(&format!("/proc/self/fd/{}", f.as_raw_fd())))
 }
@@ -86,7 +86,7 @@ pub fn is_archive_file(f: File) -> bool {
 /// # Errors
 ///
 /// IO errors and entries the safe apply refuses (paths outside `dest`).
-pub fn extract(path: &Path, dest: &Path) -> io::Result<()> {
+pub(crate) fn extract(path: &Path, dest: &Path) -> io::Result<()> {
     let r = decoder(path)?;
     rbuild_layer::apply_layer(r, dest).map_err(io::Error::other)?;
     Ok(())

@@ -19,7 +19,7 @@ use sha2::{Digest as _, Sha256};
 
 /// The kind of a context entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EntryKind {
+pub(crate) enum EntryKind {
     /// A regular file.
     File,
     /// A directory.
@@ -30,7 +30,7 @@ pub enum EntryKind {
 
 /// A file, directory or link of the context.
 #[derive(Debug, Clone)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Absolute path on the host (for messages and metadata; reads of context files go
     /// through [`Context::open`], beneath the context root).
     pub path: PathBuf,
@@ -65,7 +65,7 @@ struct Identity {
 
 /// The persistent file-hash cache of one context directory.
 #[derive(Debug, Default, Serialize, Deserialize)]
-pub struct HashCache {
+pub(crate) struct HashCache {
     files: HashMap<String, (Identity, String)>,
     /// Whether this build changed the cache (only then is it written back).
     #[serde(skip)]
@@ -74,7 +74,7 @@ pub struct HashCache {
 
 /// A walked build context.
 #[derive(Debug)]
-pub struct Context {
+pub(crate) struct Context {
     /// The context directory, open: every read is resolved beneath it (`None` for a tree
     /// taken from layers, whose directories are immutable and read by host path).
     root_fd: Option<Arc<OwnedFd>>,
@@ -115,7 +115,7 @@ impl Context {
     /// # Errors
     ///
     /// [`ContextError`] when the directory cannot be read or `.dockerignore` is invalid.
-    pub fn walk(root: &Path) -> Result<Self, ContextError> {
+    pub(crate) fn walk(root: &Path) -> Result<Self, ContextError> {
         let root = root.canonicalize().map_err(|source| ContextError::Walk {
             path: root.to_owned(),
             source,
@@ -233,7 +233,7 @@ impl Context {
     /// # Errors
     ///
     /// When the layers cannot be read or a source resolves through a non-directory.
-    pub fn from_view(view: &crate::view::LayerView, sources: &[String]) -> io::Result<Self> {
+    pub(crate) fn from_view(view: &crate::view::LayerView, sources: &[String]) -> io::Result<Self> {
         let mut listed = BTreeMap::new();
         for src in sources {
             let rel = clean_rel(src).unwrap_or_default();
@@ -311,7 +311,7 @@ impl Context {
     /// # Errors
     ///
     /// When the file cannot be opened.
-    pub fn open(&self, e: &Entry) -> io::Result<fs::File> {
+    pub(crate) fn open(&self, e: &Entry) -> io::Result<fs::File> {
         open_entry(self.root_fd.as_deref(), e)
     }
 
@@ -326,7 +326,7 @@ impl Context {
     }
 
     /// The open context root, when this is a context directory.
-    pub fn root_fd(&self) -> Option<&Arc<OwnedFd>> {
+    pub(crate) fn root_fd(&self) -> Option<&Arc<OwnedFd>> {
         self.root_fd.as_ref()
     }
 
@@ -334,7 +334,7 @@ impl Context {
     /// (an absolute target starts at the context root, `..` stops there; what `.dockerignore`
     /// excludes is not there). BuildKit follows a COPY source that is a symlink this way;
     /// symlinks inside a copied directory stay symlinks.
-    pub fn follow(&self, rel: &str) -> Option<String> {
+    pub(crate) fn follow(&self, rel: &str) -> Option<String> {
         let mut cur = rel.to_owned();
         for _ in 0..40 {
             let e = self.entries.get(&cur)?;
@@ -384,13 +384,16 @@ impl Context {
     }
 
     /// Included entries, sorted by relative path.
-    pub fn entries(&self) -> &BTreeMap<String, Entry> {
+    pub(crate) fn entries(&self) -> &BTreeMap<String, Entry> {
         &self.entries
     }
 
     /// Everything strictly below the directory `rel` (`""` for the root), in path order, as
     /// (path, path below `rel`, entry).
-    pub fn below<'s>(&'s self, rel: &str) -> impl Iterator<Item = (&'s str, &'s str, &'s Entry)> {
+    pub(crate) fn below<'s>(
+        &'s self,
+        rel: &str,
+    ) -> impl Iterator<Item = (&'s str, &'s str, &'s Entry)> {
         let prefix = if rel.is_empty() {
             String::new()
         } else {
@@ -402,7 +405,7 @@ impl Context {
     }
 
     /// Whether `.dockerignore` excludes `rel`.
-    pub fn is_excluded(&self, rel: &str) -> bool {
+    pub(crate) fn is_excluded(&self, rel: &str) -> bool {
         self.ignore.is_excluded(rel)
     }
 
@@ -413,7 +416,7 @@ impl Context {
     /// # Errors
     ///
     /// [`ContextError::Hash`] when a file cannot be read.
-    pub fn hash_files(
+    pub(crate) fn hash_files(
         &mut self,
         prefixes: &[String],
         cache: &mut HashCache,
@@ -480,7 +483,7 @@ impl Context {
 
 impl HashCache {
     /// Drops entries for files that are no longer in `context`.
-    pub fn retain_present(&mut self, context: &Context) {
+    pub(crate) fn retain_present(&mut self, context: &Context) {
         let before = self.files.len();
         self.files
             .retain(|rel, _| context.entries.contains_key(rel));
@@ -489,7 +492,7 @@ impl HashCache {
 
     /// Keeps only the entries whose key `keep` accepts (marks the cache changed when any
     /// went).
-    pub fn retain_keys(&mut self, mut keep: impl FnMut(&str) -> bool) {
+    pub(crate) fn retain_keys(&mut self, mut keep: impl FnMut(&str) -> bool) {
         let before = self.files.len();
         self.files.retain(|k, _| keep(k));
         self.dirty |= self.files.len() != before;
@@ -497,7 +500,7 @@ impl HashCache {
 
     /// Whether files were hashed or forgotten since the cache was loaded: a no-change rebuild
     /// leaves it clean and does not rewrite it.
-    pub fn is_dirty(&self) -> bool {
+    pub(crate) fn is_dirty(&self) -> bool {
         self.dirty
     }
 }
@@ -516,7 +519,7 @@ fn open_entry(root: Option<&OwnedFd>, e: &Entry) -> io::Result<fs::File> {
 }
 
 /// Like [`clean_rel`], but `..` at the root stays at the root (symlink targets inside a root).
-pub fn clamp_rel(path: &str) -> String {
+pub(crate) fn clamp_rel(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for c in path.split('/') {
         match c {
@@ -540,7 +543,7 @@ fn hash_file(f: fs::File) -> io::Result<String> {
 /// # Errors
 ///
 /// IO errors of either side.
-pub fn copy_hashed(mut src: impl Read, out: &mut impl io::Write) -> io::Result<String> {
+pub(crate) fn copy_hashed(mut src: impl Read, out: &mut impl io::Write) -> io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     loop {
@@ -556,7 +559,7 @@ pub fn copy_hashed(mut src: impl Read, out: &mut impl io::Write) -> io::Result<S
 
 /// Matches `name` against a shell pattern as Go's `filepath.Match` does: `*` and `?` do not
 /// match `/`, `[...]` is a class (`[!...]`/`[^...]` negated), `\` escapes.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
+pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
     fn m(p: &[char], n: &[char]) -> bool {
         match p.first() {
             None => n.is_empty(),
@@ -603,13 +606,13 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 }
 
 /// Whether `s` contains glob metacharacters.
-pub fn has_glob(s: &str) -> bool {
+pub(crate) fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
 
 /// Cleans a context-relative source path: strips `./` and leading `/`, resolves `..` within the
 /// root. Returns `None` when the path climbs out of the context.
-pub fn clean_rel(path: &str) -> Option<String> {
+pub(crate) fn clean_rel(path: &str) -> Option<String> {
     let mut parts: Vec<&str> = Vec::new();
     for c in path.split('/') {
         match c {

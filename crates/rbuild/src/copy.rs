@@ -34,7 +34,7 @@ use crate::view::LayerView;
 
 /// One path a COPY writes.
 #[derive(Debug, Clone)]
-pub struct CopyItem {
+pub(crate) struct CopyItem {
     /// Where it lands below the destination: for a file source, its name (used when the
     /// destination is a directory); for what is inside a directory source, its path below
     /// that directory (with `--parents`, its whole context path).
@@ -73,7 +73,7 @@ pub struct CopyItem {
 
 /// Everything a COPY will write, and the digest of it.
 #[derive(Debug, Clone)]
-pub struct CopyPlan {
+pub(crate) struct CopyPlan {
     /// Items, sorted by where they land.
     pub items: Vec<CopyItem>,
     /// The destination: absolute, cleaned, WORKDIR applied, as written (not resolved).
@@ -95,7 +95,12 @@ pub struct CopyPlan {
 
 impl CopyPlan {
     /// A plan with no items yet (a COPY of heredocs or URLs only).
-    pub fn empty(keyword: &'static str, dest: &str, workdir: &str, chown: Option<&str>) -> Self {
+    pub(crate) fn empty(
+        keyword: &'static str,
+        dest: &str,
+        workdir: &str,
+        chown: Option<&str>,
+    ) -> Self {
         let (dest, dest_is_dir) = dest_of(dest, workdir);
         Self {
             items: Vec::new(),
@@ -111,7 +116,7 @@ impl CopyPlan {
 
     /// Adds a file with inline content (a heredoc, or a downloaded URL): named `name` below a
     /// directory destination, or the destination itself when it does not end in `/`.
-    pub fn add_inline(&mut self, name: &str, label: String, content: Vec<u8>, mode: u32) {
+    pub(crate) fn add_inline(&mut self, name: &str, label: String, content: Vec<u8>, mode: u32) {
         self.items.push(CopyItem {
             sub: name.to_owned(),
             whole: true,
@@ -132,7 +137,7 @@ impl CopyPlan {
 
     /// ADD: local files that are tar archives (plain, gzip, bzip2, xz or zstd) are extracted
     /// into the destination directory instead of copied (docker's rule: by content, not name).
-    pub fn mark_archives(&mut self) {
+    pub(crate) fn mark_archives(&mut self) {
         let root = self.root.clone();
         for it in &mut self.items {
             if it.kind == EntryKind::File && it.content.is_none() {
@@ -149,7 +154,7 @@ impl CopyPlan {
     }
 
     /// Sorts the items and computes the digest over them.
-    pub fn seal(&mut self) {
+    pub(crate) fn seal(&mut self) {
         self.items
             .sort_by(|a, b| a.sub.cmp(&b.sub).then(a.label.cmp(&b.label)));
         let mut h = Sha256::new();
@@ -199,7 +204,7 @@ fn dest_of(dest: &str, workdir: &str) -> (String, bool) {
 }
 
 /// The inputs of a COPY after expansion.
-pub struct CopyRequest<'a> {
+pub(crate) struct CopyRequest<'a> {
     /// Sources as written.
     pub sources: &'a [String],
     /// Destination as written.
@@ -230,7 +235,7 @@ pub struct CopyRequest<'a> {
 ///
 /// A message naming the source that is missing, excluded by `.dockerignore`, outside the
 /// context, or a symlink that leads out of it.
-pub fn plan(
+pub(crate) fn plan(
     ctx: &mut Context,
     cache: &mut HashCache,
     req: &CopyRequest<'_>,
@@ -403,7 +408,7 @@ fn item(
 
 /// Why a COPY could not be carried out.
 #[derive(Debug, thiserror::Error)]
-pub enum CopyError {
+pub(crate) enum CopyError {
     /// The input is wrong for the state the step runs on (a message for the user).
     #[error("{0}")]
     Input(String),
@@ -430,7 +435,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> CopyError {
 ///
 /// [`CopyError::Input`] for what the user must fix (unknown `--chown` user, several sources
 /// to a destination that is not a directory), [`CopyError::Io`] otherwise.
-pub fn execute(
+pub(crate) fn execute(
     plan: &CopyPlan,
     upper: &Path,
     view: &LayerView,
@@ -916,7 +921,7 @@ fn write_file(
 /// The previous result of the same COPY step, whose unchanged files can be hard-linked into
 /// the new layer directory instead of copied (layer directories are never modified after
 /// they are committed).
-pub struct Reuse<'a> {
+pub(crate) struct Reuse<'a> {
     /// The previous layer directory.
     pub dir: &'a Path,
     /// The previous step's sources in `--explain` form (label → kind, mode, owner, content, dest).
@@ -976,7 +981,7 @@ impl Reuse<'_> {
 }
 
 /// An item as `--explain` records it: `kind mode owner content → sub`.
-pub fn describe(it: &CopyItem) -> String {
+pub(crate) fn describe(it: &CopyItem) -> String {
     let (kind, content) = match &it.kind {
         EntryKind::File => ("file", it.sha256.clone().unwrap_or_default()),
         EntryKind::Dir => ("dir", String::new()),
@@ -995,7 +1000,7 @@ pub fn describe(it: &CopyItem) -> String {
 /// # Errors
 ///
 /// When `path` cannot be a directory in this image, or on IO errors.
-pub fn mkdir(
+pub(crate) fn mkdir(
     upper: &Path,
     view: &LayerView,
     path: &str,

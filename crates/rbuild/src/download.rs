@@ -17,7 +17,7 @@ use rbuild_store::Store;
 use sha2::Digest as _;
 
 /// Default cap on an ADD URL body: 1 GiB.
-pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+pub(crate) const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 
 /// How ADD URLs are fetched. `Default`: at most [`DEFAULT_MAX_BYTES`], certificates verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -135,7 +135,7 @@ fn redirect_policy() -> reqwest::redirect::Policy {
 /// # Errors
 ///
 /// See [`DownloadError`]; nothing is left in the store on any of them.
-pub fn fetch(
+pub(crate) fn fetch(
     handle: &tokio::runtime::Handle,
     store: &Store,
     opts: &DownloadOptions,

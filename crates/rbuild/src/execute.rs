@@ -21,7 +21,7 @@ use crate::view::LayerView;
 
 impl Build<'_> {
     /// Runs one step; returns its layer, if it changed files.
-    pub fn execute(
+    pub(crate) fn execute(
         &self,
         stage: usize,
         st: &Step,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 /// The inputs a step's cache key is made of, kept in a readable form.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StepInputs {
+pub(crate) struct StepInputs {
     /// The step's cache key.
     pub key: String,
     /// Key of the step before (for the first step: the base image's manifest digest).
@@ -28,7 +28,7 @@ pub struct StepInputs {
 
 /// What one build recorded: stage index → steps in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BuildRecord {
+pub(crate) struct BuildRecord {
     /// Steps per stage.
     pub stages: BTreeMap<usize, Vec<StepInputs>>,
 }
@@ -46,7 +46,7 @@ fn split_kv(s: &str) -> (&str, &str) {
 }
 
 /// Explains a miss of `cur` against the last recorded build of the same step.
-pub fn explain(prev: Option<&StepInputs>, cur: &StepInputs) -> String {
+pub(crate) fn explain(prev: Option<&StepInputs>, cur: &StepInputs) -> String {
     let Some(prev) = prev else {
         return "no earlier build of this step is recorded".to_owned();
     };

@@ -21,7 +21,7 @@ use crate::image;
 use crate::stage::StepRecord;
 
 /// Media type of a cache entry's config blob.
-pub const STEP_CONFIG_MEDIA_TYPE: &str = "application/vnd.rbuild.cache.step.v1+json";
+pub(crate) const STEP_CONFIG_MEDIA_TYPE: &str = "application/vnd.rbuild.cache.step.v1+json";
 
 /// A step found in a remote cache.
 #[derive(Debug, Clone)]

@@ -36,14 +36,14 @@ const MAX_LINKS: usize = 40;
 
 /// An open stack of layer directories, top-most first.
 #[derive(Debug, Clone)]
-pub struct Layers {
+pub(crate) struct Layers {
     roots: Vec<Arc<OwnedFd>>,
     paths: Vec<PathBuf>,
 }
 
 /// One entry of the merged view.
 #[derive(Debug, Clone)]
-pub struct Node {
+pub(crate) struct Node {
     /// Index of the layer that provides this entry (0 = top-most).
     pub layer: usize,
     /// Path relative to the root, slash-separated, no leading `/` (empty for the root).
@@ -59,7 +59,7 @@ pub struct Node {
 
 /// A path resolved inside the root.
 #[derive(Debug, Clone)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// The directories of the path, symlinks resolved, that exist in the merged view.
     pub dir: Vec<OsString>,
     /// Components below `dir` that do not exist (all but the last are directories to create).
@@ -70,7 +70,7 @@ pub struct Resolved {
 
 impl Resolved {
     /// The resolved path, relative to the root.
-    pub fn rel(&self) -> String {
+    pub(crate) fn rel(&self) -> String {
         let mut parts: Vec<&OsStr> = self.dir.iter().map(OsString::as_os_str).collect();
         parts.extend(self.missing.iter().map(OsString::as_os_str));
         if let Some(n) = &self.node
@@ -136,17 +136,17 @@ impl From<ResolveError> for io::Error {
 }
 
 /// Whether a stat result is an overlay whiteout.
-pub fn is_whiteout(st: &Stat) -> bool {
+pub(crate) fn is_whiteout(st: &Stat) -> bool {
     FileType::from_raw_mode(st.st_mode) == FileType::CharacterDevice && st.st_rdev == 0
 }
 
 /// The file type of a stat result.
-pub fn file_type(st: &Stat) -> FileType {
+pub(crate) fn file_type(st: &Stat) -> FileType {
     FileType::from_raw_mode(st.st_mode)
 }
 
 /// Whether the directory open as `fd` is an opaque overlay directory.
-pub fn is_opaque(fd: impl AsFd) -> bool {
+pub(crate) fn is_opaque(fd: impl AsFd) -> bool {
     let fd = fd.as_fd();
     ["trusted.overlay.opaque", "user.overlay.opaque"]
         .iter()
@@ -157,7 +157,7 @@ pub fn is_opaque(fd: impl AsFd) -> bool {
 }
 
 /// Opens directory `name` in `dir` without following a symlink.
-pub fn open_dir_at(dir: impl AsFd, name: &OsStr) -> io::Result<OwnedFd> {
+pub(crate) fn open_dir_at(dir: impl AsFd, name: &OsStr) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat(
         dir,
         name,
@@ -167,12 +167,12 @@ pub fn open_dir_at(dir: impl AsFd, name: &OsStr) -> io::Result<OwnedFd> {
 }
 
 /// `lstat` of `name` in `dir`.
-pub fn lstat_at(dir: impl AsFd, name: &OsStr) -> io::Result<Stat> {
+pub(crate) fn lstat_at(dir: impl AsFd, name: &OsStr) -> io::Result<Stat> {
     Ok(rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?)
 }
 
 /// Opens a directory path (a host path the caller owns: a layer directory, a context root).
-pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
+pub(crate) fn open_root(path: &Path) -> io::Result<OwnedFd> {
     Ok(rustix::fs::open(
         path,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -183,7 +183,7 @@ pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
 /// Opens `rel` below `root` for reading, refusing any symlink or `..` on the way
 /// (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`). For build-context files: they were
 /// walked without following links, and a link planted since then must not redirect the read.
-pub fn open_beneath(root: impl AsFd, rel: &str) -> io::Result<std::fs::File> {
+pub(crate) fn open_beneath(root: impl AsFd, rel: &str) -> io::Result<std::fs::File> {
     let rel = if rel.is_empty() { "." } else { rel };
     let fd = rustix::fs::openat2(
         root,
@@ -196,7 +196,7 @@ pub fn open_beneath(root: impl AsFd, rel: &str) -> io::Result<std::fs::File> {
 }
 
 /// The names in the directory open as `dir`, sorted.
-pub fn list_dir(dir: impl AsFd) -> io::Result<Vec<OsString>> {
+pub(crate) fn list_dir(dir: impl AsFd) -> io::Result<Vec<OsString>> {
     let mut d = rustix::fs::Dir::read_from(dir)?;
     let mut names = Vec::new();
     while let Some(e) = d.read() {
@@ -230,7 +230,7 @@ fn child_rel(parent: &str, name: &OsStr) -> String {
 }
 
 /// Splits a slash path into its components, dropping empty and `.` ones (`..` is kept).
-pub fn components(path: &str) -> Vec<OsString> {
+pub(crate) fn components(path: &str) -> Vec<OsString> {
     path.split('/')
         .filter(|c| !c.is_empty() && *c != ".")
         .map(OsString::from)
@@ -243,7 +243,7 @@ impl Layers {
     /// # Errors
     ///
     /// When a directory cannot be opened.
-    pub fn open(paths: &[PathBuf]) -> io::Result<Self> {
+    pub(crate) fn open(paths: &[PathBuf]) -> io::Result<Self> {
         let roots = paths
             .iter()
             .map(|p| {
@@ -261,14 +261,14 @@ impl Layers {
     /// The host path of an entry: its layer directory joined with its path. Every directory on
     /// the way was entered with `O_NOFOLLOW` in that layer, and layer directories are
     /// immutable, so the path names the same entry (for tools that only take paths).
-    pub fn host_path(&self, node: &Node) -> PathBuf {
+    pub(crate) fn host_path(&self, node: &Node) -> PathBuf {
         self.paths
             .get(node.layer)
             .map_or_else(PathBuf::new, |p| p.join(&node.rel))
     }
 
     /// The root directory node.
-    pub fn root(&self) -> io::Result<Node> {
+    pub(crate) fn root(&self) -> io::Result<Node> {
         let stat = match self.roots.first() {
             Some(fd) => rustix::fs::fstat(fd.as_fd())?,
             None => {
@@ -295,7 +295,7 @@ impl Layers {
     /// # Errors
     ///
     /// IO errors of the layer directories.
-    pub fn child(&self, dir: &Node, name: &OsStr) -> io::Result<Option<Node>> {
+    pub(crate) fn child(&self, dir: &Node, name: &OsStr) -> io::Result<Option<Node>> {
         for (i, (layer, d)) in dir.dirs.iter().enumerate() {
             let layer = *layer;
             let st = match lstat_at(d.as_fd(), name) {
@@ -347,7 +347,7 @@ impl Layers {
     /// # Errors
     ///
     /// IO errors of the layer directories.
-    pub fn lookup(&self, rel: &str) -> io::Result<Option<Node>> {
+    pub(crate) fn lookup(&self, rel: &str) -> io::Result<Option<Node>> {
         let mut cur = self.root()?;
         for c in components(rel) {
             if c == ".." {
@@ -371,7 +371,7 @@ impl Layers {
     /// # Errors
     ///
     /// [`ResolveError`] for a non-directory on the way, a symlink loop, or IO errors.
-    pub fn resolve(&self, path: &str, follow_last: bool) -> Result<Resolved, ResolveError> {
+    pub(crate) fn resolve(&self, path: &str, follow_last: bool) -> Result<Resolved, ResolveError> {
         let mut queue: VecDeque<OsString> = components(path).into();
         let root = self.root().map_err(|e| ResolveError::io(path, e))?;
         let mut stack: Vec<Node> = vec![root];
@@ -462,7 +462,7 @@ impl Layers {
     /// # Errors
     ///
     /// As [`Layers::resolve`].
-    pub fn find(&self, path: &str) -> Result<Option<Node>, ResolveError> {
+    pub(crate) fn find(&self, path: &str) -> Result<Option<Node>, ResolveError> {
         let r = self.resolve(path, true)?;
         Ok(r.node)
     }
@@ -473,7 +473,7 @@ impl Layers {
     /// # Errors
     ///
     /// As [`Layers::resolve`], or when the file cannot be read.
-    pub fn read(&self, path: &str, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    pub(crate) fn read(&self, path: &str, limit: u64) -> io::Result<Option<Vec<u8>>> {
         use std::io::Read as _;
         let Some(node) = self.find(path)? else {
             return Ok(None);
@@ -491,7 +491,7 @@ impl Layers {
     /// # Errors
     ///
     /// IO errors of the layer directories.
-    pub fn children(&self, dir: &Node) -> io::Result<Vec<Node>> {
+    pub(crate) fn children(&self, dir: &Node) -> io::Result<Vec<Node>> {
         let mut names = BTreeSet::new();
         for (_, d) in &dir.dirs {
             names.extend(list_dir(d.as_fd())?);
@@ -511,7 +511,7 @@ impl Layers {
     /// # Errors
     ///
     /// IO errors of the layer directories, or the visitor's.
-    pub fn walk(
+    pub(crate) fn walk(
         &self,
         start: &Node,
         visit: &mut dyn FnMut(&Node) -> io::Result<()>,
@@ -528,12 +528,12 @@ impl Layers {
 
 impl Node {
     /// Whether this is a directory.
-    pub fn is_dir(&self) -> bool {
+    pub(crate) fn is_dir(&self) -> bool {
         file_type(&self.stat) == FileType::Directory
     }
 
     /// The file type.
-    pub fn file_type(&self) -> FileType {
+    pub(crate) fn file_type(&self) -> FileType {
         file_type(&self.stat)
     }
 
@@ -542,7 +542,7 @@ impl Node {
     /// # Errors
     ///
     /// When this is not a symlink or it cannot be read.
-    pub fn read_link(&self) -> io::Result<OsString> {
+    pub(crate) fn read_link(&self) -> io::Result<OsString> {
         let parent = self
             .parent
             .as_ref()
@@ -556,7 +556,7 @@ impl Node {
     /// # Errors
     ///
     /// When it cannot be opened.
-    pub fn open(&self) -> io::Result<std::fs::File> {
+    pub(crate) fn open(&self) -> io::Result<std::fs::File> {
         let parent = self
             .parent
             .as_ref()
@@ -571,12 +571,12 @@ impl Node {
     }
 
     /// The directory that holds this entry in its layer, and its name there (for `linkat`).
-    pub fn location(&self) -> Option<(&OwnedFd, &OsStr)> {
+    pub(crate) fn location(&self) -> Option<(&OwnedFd, &OsStr)> {
         self.parent.as_deref().map(|p| (p, self.name.as_os_str()))
     }
 
     /// Reads an extended attribute of the entry (not following a symlink).
-    pub fn xattrs(&self) -> Vec<(OsString, Vec<u8>)> {
+    pub(crate) fn xattrs(&self) -> Vec<(OsString, Vec<u8>)> {
         let Some((parent, name)) = self.location() else {
             return Vec::new();
         };
@@ -600,12 +600,12 @@ impl Node {
 /// A path naming `name` inside the directory open as `dir`, for calls that only take paths
 /// (`lgetxattr`): only the last component is looked up by name, and the `l*` calls do not
 /// follow it.
-pub fn proc_path(dir: &OwnedFd, name: &OsStr) -> PathBuf {
+pub(crate) fn proc_path(dir: &OwnedFd, name: &OsStr) -> PathBuf {
     proc_fd(dir).join(name)
 }
 
 /// `/proc/self/fd/N`: the very file or directory open as `fd`, for calls that take a path.
-pub fn proc_fd(fd: &impl AsFd) -> PathBuf {
+pub(crate) fn proc_fd(fd: &impl AsFd) -> PathBuf {
     use std::os::fd::AsRawFd;
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd()))
 }

@@ -99,7 +99,7 @@ fn short_hash(s: &str) -> String {
 }
 
 impl<'a> Build<'a> {
-    pub fn new(
+    pub(crate) fn new(
         store: &'a Store,
         progress: &'a dyn Progress,
         opts: &'a BuildOptions,
@@ -144,7 +144,7 @@ impl<'a> Build<'a> {
         b
     }
 
-    pub fn err(&self, line: usize, message: impl Into<String>) -> Error {
+    pub(crate) fn err(&self, line: usize, message: impl Into<String>) -> Error {
         Error::Dockerfile {
             file: self.file.clone(),
             line,
@@ -153,7 +153,7 @@ impl<'a> Build<'a> {
         }
     }
 
-    pub fn step_err(
+    pub(crate) fn step_err(
         &self,
         line: usize,
         what: impl Into<String>,
@@ -167,12 +167,12 @@ impl<'a> Build<'a> {
         }
     }
 
-    pub fn lexer(&self) -> Lexer {
+    pub(crate) fn lexer(&self) -> Lexer {
         step::lexer(self.df.directives.escape)
     }
 
     /// Global ARGs (before the first FROM): `--build-arg` overrides the default.
-    pub fn resolve_meta_args(&mut self) -> Result<()> {
+    pub(crate) fn resolve_meta_args(&mut self) -> Result<()> {
         let lexer = self.lexer();
         let metas = self.df.meta_args.clone();
         for inst in &metas {
@@ -196,7 +196,7 @@ impl<'a> Build<'a> {
     }
 
     /// Keeps this build's step inputs for the next `--explain`, and the context hash cache.
-    pub fn save_state(&self) {
+    pub(crate) fn save_state(&self) {
         if let Ok(record) = self.record.lock()
             && *record != self.last_record
             && let Ok(bytes) = serde_json::to_vec(&*record)
@@ -284,7 +284,7 @@ impl<'a> Build<'a> {
 
     /// The index of the stage `name` refers to (by name, case-insensitive, or by number), among
     /// the stages before `before`.
-    pub fn stage_index(&self, name: &str, before: usize) -> Option<usize> {
+    pub(crate) fn stage_index(&self, name: &str, before: usize) -> Option<usize> {
         let stages = &self.df.stages[..before];
         stages
             .iter()
@@ -323,7 +323,7 @@ impl<'a> Build<'a> {
     }
 
     /// Stages that stage `idx` needs first: its FROM, `COPY --from`, `RUN --mount from=`.
-    pub fn deps(&self, idx: usize) -> Vec<usize> {
+    pub(crate) fn deps(&self, idx: usize) -> Vec<usize> {
         let mut deps = Vec::new();
         if let Ok(name) = self.base_name_of(idx)
             && let Some(i) = self.stage_index(&name, idx)
@@ -350,7 +350,7 @@ impl<'a> Build<'a> {
     }
 
     /// Builds stage `idx`, after building the stages it needs — those in parallel.
-    pub fn stage(&self, idx: usize) -> Result<StageResult> {
+    pub(crate) fn stage(&self, idx: usize) -> Result<StageResult> {
         let mut slot = self.slots[idx].lock().map_err(|_| {
             Error::invalid(format!("build stage {idx}"), "a parallel stage panicked")
         })?;
@@ -392,7 +392,12 @@ impl<'a> Build<'a> {
     }
 
     /// The image (stage or store image, pulled if needed) a `--from` names, with its key.
-    pub fn source_image(&self, name: &str, before: usize, line: usize) -> Result<StageResult> {
+    pub(crate) fn source_image(
+        &self,
+        name: &str,
+        before: usize,
+        line: usize,
+    ) -> Result<StageResult> {
         if let Some(i) = self.stage_index(name, before) {
             return self.stage(i);
         }

@@ -11,7 +11,7 @@ use crate::copy::CopyPlan;
 
 /// What executing a step means.
 #[derive(Debug, Clone)]
-pub enum Action {
+pub(crate) enum Action {
     /// Only the config changes.
     ConfigOnly,
     /// Run a process on top of the image so far.
@@ -46,7 +46,7 @@ pub enum Action {
 
 /// A planned step.
 #[derive(Debug, Clone)]
-pub struct Step {
+pub(crate) struct Step {
     /// 1-based number within the stage (`FROM` is 1).
     pub index: usize,
     /// Dockerfile line of the instruction.
@@ -67,7 +67,7 @@ pub struct Step {
 
 /// The state a stage's planning carries from one instruction to the next.
 #[derive(Debug, Clone)]
-pub struct PlanState {
+pub(crate) struct PlanState {
     /// Runtime config so far.
     pub config: RuntimeConfig,
     /// Build args declared in this stage, with their values.
@@ -82,7 +82,7 @@ pub struct PlanState {
 
 impl PlanState {
     /// Looks a variable up as BuildKit does for expansion: ENV first, then ARG.
-    pub fn lookup(&self, name: &str) -> Option<String> {
+    pub(crate) fn lookup(&self, name: &str) -> Option<String> {
         if let Some(v) = self.config.env_get(name) {
             return Some(v.to_owned());
         }
@@ -90,7 +90,7 @@ impl PlanState {
     }
 
     /// Build args visible to a RUN step that are not overridden by ENV, `KEY=value` sorted.
-    pub fn visible_args(&self) -> Vec<String> {
+    pub(crate) fn visible_args(&self) -> Vec<String> {
         self.args
             .iter()
             .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
@@ -101,7 +101,7 @@ impl PlanState {
 }
 
 /// Shell form → argv through SHELL; exec form as is.
-pub fn argv(command: &Command, shell: &[String]) -> Vec<String> {
+pub(crate) fn argv(command: &Command, shell: &[String]) -> Vec<String> {
     match command {
         Command::Exec(v) => v.clone(),
         Command::Shell(s) => {
@@ -113,7 +113,7 @@ pub fn argv(command: &Command, shell: &[String]) -> Vec<String> {
 }
 
 /// docker's rendering of a command in history: JSON for exec form.
-pub fn render_command(args: &[String]) -> String {
+pub(crate) fn render_command(args: &[String]) -> String {
     serde_json::to_string(args).unwrap_or_default()
 }
 
@@ -123,7 +123,7 @@ pub fn render_command(args: &[String]) -> String {
 /// # Errors
 ///
 /// A message for a port that is not a number or a range that runs backwards.
-pub fn expose_keys(spec: &str) -> Result<Vec<String>, String> {
+pub(crate) fn expose_keys(spec: &str) -> Result<Vec<String>, String> {
     let (ports, proto) = match spec.split_once('/') {
         Some((p, proto)) => (p, proto.to_lowercase()),
         None => (spec, "tcp".to_owned()),
@@ -147,7 +147,7 @@ pub fn expose_keys(spec: &str) -> Result<Vec<String>, String> {
 }
 
 /// Cleans an absolute path lexically (`/a/./b/../c` → `/a/c`).
-pub fn clean_abs(path: &str) -> String {
+pub(crate) fn clean_abs(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
     for c in path.split('/') {
         match c {
@@ -167,7 +167,10 @@ pub fn clean_abs(path: &str) -> String {
 /// # Errors
 ///
 /// A message for instructions that cannot be carried out (e.g. ONBUILD ONBUILD).
-pub fn plan_simple(st: &mut PlanState, inst: &Instruction) -> Result<(Action, String), String> {
+pub(crate) fn plan_simple(
+    st: &mut PlanState,
+    inst: &Instruction,
+) -> Result<(Action, String), String> {
     let c = &mut st.config;
     let action_and_text = match &inst.kind {
         InstructionKind::Env(kvs) => {
@@ -304,7 +307,10 @@ pub fn plan_simple(st: &mut PlanState, inst: &Instruction) -> Result<(Action, St
 }
 
 /// The config's `Healthcheck` object as docker writes it (durations in nanoseconds).
-pub fn healthcheck_json(h: &rbuild_dockerfile::Healthcheck, shell: &[String]) -> serde_json::Value {
+pub(crate) fn healthcheck_json(
+    h: &rbuild_dockerfile::Healthcheck,
+    shell: &[String],
+) -> serde_json::Value {
     let test = match &h.test {
         rbuild_dockerfile::HealthTest::None => vec!["NONE".to_owned()],
         rbuild_dockerfile::HealthTest::Cmd(Command::Exec(v)) => {
@@ -340,7 +346,7 @@ pub fn healthcheck_json(h: &rbuild_dockerfile::Healthcheck, shell: &[String]) ->
 }
 
 /// The lexer for a Dockerfile's escape character.
-pub fn lexer(escape: char) -> Lexer {
+pub(crate) fn lexer(escape: char) -> Lexer {
     Lexer::new(escape)
 }
 

@@ -12,7 +12,7 @@ use crate::rootfs::{Layers, Node};
 
 /// The layer directories of an image, top-most first.
 #[derive(Debug, Clone, Default)]
-pub struct LayerView {
+pub(crate) struct LayerView {
     dirs: Vec<PathBuf>,
 }
 
@@ -21,7 +21,7 @@ impl LayerView {
     /// that produced identical layers) is kept only where it is top-most: everything its lower
     /// copy provides, the upper copy provides too, so the merged view is the same — and
     /// overlayfs refuses the same lower directory twice.
-    pub fn new(dirs: Vec<PathBuf>) -> Self {
+    pub(crate) fn new(dirs: Vec<PathBuf>) -> Self {
         let mut seen = std::collections::HashSet::new();
         let dirs = dirs
             .into_iter()
@@ -31,7 +31,7 @@ impl LayerView {
     }
 
     /// The directories, top-most first.
-    pub fn dirs(&self) -> &[PathBuf] {
+    pub(crate) fn dirs(&self) -> &[PathBuf] {
         &self.dirs
     }
 
@@ -40,12 +40,12 @@ impl LayerView {
     /// # Errors
     ///
     /// When a layer directory cannot be opened.
-    pub fn layers(&self) -> io::Result<Layers> {
+    pub(crate) fn layers(&self) -> io::Result<Layers> {
         Layers::open(&self.dirs)
     }
 
     /// Reads a small file from the merged view.
-    pub fn read(&self, rel: &str) -> Option<Vec<u8>> {
+    pub(crate) fn read(&self, rel: &str) -> Option<Vec<u8>> {
         self.layers().ok()?.read(rel, 16 << 20).ok().flatten()
     }
 
@@ -57,7 +57,7 @@ impl LayerView {
     /// # Errors
     ///
     /// A message naming the user or group that the image does not define.
-    pub fn resolve_chown(&self, spec: &str) -> Result<(u32, u32), String> {
+    pub(crate) fn resolve_chown(&self, spec: &str) -> Result<(u32, u32), String> {
         self.resolve_owner(spec, true)
     }
 
@@ -80,7 +80,7 @@ impl LayerView {
 
     /// The home directory of a USER spec (`name` or `uid`, with an optional `:group`) in the
     /// image's `/etc/passwd`; `/` when it has none (runc sets HOME this way).
-    pub fn home_of(&self, user: Option<&str>) -> String {
+    pub(crate) fn home_of(&self, user: Option<&str>) -> String {
         let name = user.unwrap_or("0").split(':').next().unwrap_or("0");
         let name = if name.is_empty() { "0" } else { name };
         self.passwd_entry(name)
@@ -135,7 +135,7 @@ impl LayerView {
 
 /// One path of a merged listing.
 #[derive(Debug, Clone)]
-pub struct ViewEntry {
+pub(crate) struct ViewEntry {
     /// The host path in the layer directory that provides it (every directory on the way is a
     /// real directory of that layer; layer directories are immutable).
     pub host: PathBuf,
@@ -153,7 +153,7 @@ impl LayerView {
     /// # Errors
     ///
     /// When a layer cannot be read, or `path` resolves through a non-directory or a loop.
-    pub fn list(&self, path: &str) -> io::Result<BTreeMap<String, ViewEntry>> {
+    pub(crate) fn list(&self, path: &str) -> io::Result<BTreeMap<String, ViewEntry>> {
         let layers = self.layers()?;
         let mut out = BTreeMap::new();
         let Some(start) = layers.find(path)? else {
