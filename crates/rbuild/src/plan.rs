@@ -541,3 +541,123 @@ fn display_args(original: &str) -> String {
     let rest = text.split_once(char::is_whitespace).map_or("", |(_, r)| r);
     rest.split_whitespace().collect::<Vec<_>>().join(" ")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ImageConfig;
+    use crate::events::NoProgress;
+    use crate::options::BuildOptions;
+    use rbuild_oci::Platform;
+    use rbuild_store::Store;
+
+    /// Plans the only stage of `dockerfile` (on scratch) with `opts`.
+    fn plan_with(
+        dockerfile: &str,
+        opts: impl FnOnce(BuildOptions) -> BuildOptions,
+    ) -> Result<Vec<Step>> {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = dir.path().join("ctx");
+        std::fs::create_dir(&ctx).unwrap();
+        std::fs::write(ctx.join("f"), "f").unwrap();
+        std::fs::write(ctx.join("g"), "g").unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let opts = opts(BuildOptions::new(&ctx));
+        let df = rbuild_dockerfile::parse(dockerfile).unwrap();
+        let instructions = df.stages[0].instructions.clone();
+        let mut b = Build::new(&store, &NoProgress, &opts, "Dockerfile".into(), df, 0);
+        b.resolve_meta_args()?;
+        let base = StageResult {
+            config: ImageConfig::scratch(&Platform::host()),
+            layers: Vec::new(),
+            key: "base".into(),
+        };
+        b.plan(0, &instructions, &base)
+    }
+
+    fn plan(dockerfile: &str) -> Vec<Step> {
+        plan_with(dockerfile, |o| o).unwrap()
+    }
+
+    fn keys(steps: &[Step]) -> Vec<String> {
+        steps.iter().map(|s| s.key.clone()).collect()
+    }
+
+    #[test]
+    fn config_only_instructions_stay_out_of_the_key_chain() {
+        let steps = plan("FROM scratch\nRUN a\nLABEL x=1\nEXPOSE 80\nARG A\nCMD [\"x\"]\nRUN b\n");
+        let parents: Vec<&str> = steps.iter().map(|s| s.inputs.parent.as_str()).collect();
+        // Every step after `RUN a` hangs off `RUN a`; `RUN b` does not see LABEL/EXPOSE/ARG/CMD.
+        assert_eq!(parents[0], "base");
+        assert!(
+            parents[1..].iter().all(|p| *p == steps[0].key),
+            "{parents:?}"
+        );
+        assert!(steps.iter().all(|s| s.key.len() == 64));
+    }
+
+    #[test]
+    fn a_step_keys_only_the_build_args_it_can_read() {
+        let df = "FROM scratch\nARG A=1\nARG B=f\nCOPY f /f\nCOPY $B /g\nRUN make\n";
+        let steps = plan(df);
+        let args: Vec<&Vec<String>> = steps.iter().map(|s| &s.inputs.args).collect();
+        assert!(args[0].is_empty() && args[1] == &vec!["A=1".to_owned()]);
+        // Both COPYs see A and B; the step key holds only what each text uses.
+        let changed_a = plan_with(df, |o| o.build_arg("A", "9")).unwrap();
+        let changed_b = plan_with(df, |o| o.build_arg("B", "g")).unwrap();
+        let base = keys(&steps);
+        let a = keys(&changed_a);
+        let b = keys(&changed_b);
+        // A is read by RUN only (step 6): COPY f and COPY $B keep their keys.
+        assert_eq!(a[2..4], base[2..4]);
+        assert_ne!(a[4], base[4]);
+        // B is read by `COPY $B` (step 5) and RUN.
+        assert_eq!(b[2], base[2]);
+        assert_ne!(b[3], base[3]);
+        assert_ne!(b[4], base[4]);
+        // An arg nobody declares changes nothing.
+        assert_eq!(
+            keys(&plan_with(df, |o| o.build_arg("Z", "1")).unwrap()),
+            base
+        );
+    }
+
+    #[test]
+    fn run_options_and_build_settings_are_in_the_key() {
+        let plain = keys(&plan("FROM scratch\nRUN make\n"));
+        let variants = [
+            keys(&plan("FROM scratch\nRUN --network=none make\n")),
+            keys(&plan(
+                "FROM scratch\nRUN --mount=type=cache,target=/c make\n",
+            )),
+            keys(&plan("FROM scratch\nRUN make all\n")),
+            keys(&plan_with("FROM scratch\nRUN make\n", |o| o.source_date_epoch(1)).unwrap()),
+            keys(
+                &plan_with("FROM scratch\nRUN make\n", |o| {
+                    o.compression(rbuild_layer::Compression::Zstd)
+                })
+                .unwrap(),
+            ),
+        ];
+        for v in &variants {
+            assert_ne!(v, &plain);
+        }
+        // Planning is deterministic.
+        assert_eq!(keys(&plan("FROM scratch\nRUN make\n")), plain);
+    }
+
+    #[test]
+    fn errors_name_the_line() {
+        let err = plan_with(
+            "FROM scratch\nRUN true\nRUN --security=insecure make\n",
+            |o| o,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, Error::Dockerfile { line: 3, message, .. } if message.contains("--allow security.insecure")),
+            "{err}"
+        );
+        let err = plan_with("FROM scratch\nCOPY --chmod=9z f /f\n", |o| o).unwrap_err();
+        assert!(matches!(err, Error::Dockerfile { line: 2, .. }), "{err}");
+    }
+}
