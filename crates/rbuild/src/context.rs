@@ -2,7 +2,7 @@
 //!
 //! The context is walked once per build. File contents are hashed only when the file's
 //! identity (size, mtime, ctime, inode) is not in the persistent hash cache, so a rebuild with
-//! nothing changed stats files and reads none (ARCHITECTURE.md, "cache keys").
+//! nothing changed stats files and reads none (docs/ARCHITECTURE.md, "cache keys").
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;

@@ -1,5 +1,5 @@
 //! Planning a stage: every instruction expanded, its effect on the config applied, its cache
-//! key computed — before anything runs (ARCHITECTURE.md, "cache keys"). RUN mounts and COPY/ADD
+//! key computed — before anything runs (docs/ARCHITECTURE.md, "cache keys"). RUN mounts and COPY/ADD
 //! sources are resolved here, so their contents are part of the key.
 
 use std::collections::BTreeMap;

@@ -1,5 +1,5 @@
 //! Planning a stage: every instruction expanded, its effect on the image config applied, its
-//! cache key computed — all before anything runs (ARCHITECTURE.md, "cache keys").
+//! cache key computed — all before anything runs (docs/ARCHITECTURE.md, "cache keys").
 
 use std::collections::BTreeMap;
 
