@@ -6,7 +6,10 @@
 //! Run: `cargo bench -p rbuild --bench cache_keys`
 
 // criterion's macros generate the undocumented `main` and group functions.
-#![allow(missing_docs)]
+#![expect(
+    missing_docs,
+    reason = "criterion's macros generate undocumented items"
+)]
 
 use std::fs;
 use std::path::Path;

@@ -5,7 +5,10 @@
 //! Run: `cargo bench -p rbuild-dockerfile --bench dockerfile_parse`
 
 // criterion_group! generates an undocumented pub function.
-#![allow(missing_docs)]
+#![expect(
+    missing_docs,
+    reason = "criterion's macros generate undocumented items"
+)]
 
 use std::fmt::Write as _;
 

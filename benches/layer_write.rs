@@ -9,7 +9,10 @@
 //! Run: `cargo bench -p rbuild-layer --bench layer_write`
 
 // `criterion_group!` generates an undocumented public function.
-#![allow(missing_docs)]
+#![expect(
+    missing_docs,
+    reason = "criterion's macros generate undocumented items"
+)]
 
 use std::fs;
 use std::io;

@@ -153,7 +153,6 @@ fn incompressible(input: &[u8]) -> bool {
     for &b in input {
         counts[usize::from(b)] += 1;
     }
-    #[allow(clippy::cast_precision_loss)] // chunk sizes are far below 2^52
     let n = input.len() as f64;
     let entropy: f64 = counts
         .iter()

@@ -5,7 +5,10 @@
 
 // nix 0.29 returns raw descriptors from `openat`; wrapping them in `OwnedFd` is the only unsafe
 // operation of the crate.
-#![allow(unsafe_code)]
+#![expect(
+    unsafe_code,
+    reason = "the few system calls no safe wrapper offers, each with a SAFETY comment"
+)]
 
 use std::ffi::OsStr;
 use std::fs::File;

@@ -116,7 +116,6 @@ pub struct History {
 }
 
 // Serde's skip_serializing_if passes a reference.
-#[allow(clippy::trivially_copy_pass_by_ref)] // signature imposed by serde
 fn is_false(b: &bool) -> bool {
     !*b
 }

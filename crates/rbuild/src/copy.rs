@@ -933,7 +933,10 @@ impl Reuse<'_> {
     /// previous layer, every directory entered without following links) as `name` in
     /// `parent` when it is the same file: same recorded content, mode, owner and
     /// destination, and the same size and mtime on disk. False when it must be copied.
-    #[allow(clippy::too_many_arguments)] // one call site; the pieces are all different
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one call site; the pieces are all different"
+    )]
     fn link(
         &self,
         it: &CopyItem,

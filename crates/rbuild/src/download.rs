@@ -19,7 +19,7 @@ use sha2::Digest as _;
 /// Default cap on an ADD URL body: 1 GiB.
 pub(crate) const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 
-/// How ADD URLs are fetched. `Default`: at most [`DEFAULT_MAX_BYTES`], certificates verified.
+/// How ADD URLs are fetched. `Default`: at most 1 GiB, certificates verified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DownloadOptions {
     /// Largest body accepted, in bytes.

@@ -161,9 +161,11 @@ pub fn load(store: &Store, manifest_digest: &Digest) -> Result<LoadedImage> {
 /// Makes sure every layer has its unpacked directory (unpacking blobs where needed) and returns
 /// those directories, top-most first (the lower directories of an overlay mount).
 ///
+/// Every unpack checks the uncompressed stream against the layer's `diff_id`.
+///
 /// # Errors
 ///
-/// As [`ensure_unpacked`].
+/// When a blob cannot be read or unpacked, or does not hash to its `diff_id`.
 pub fn unpacked_dirs(store: &Store, layers: &[LayerRecord]) -> Result<Vec<std::path::PathBuf>> {
     Ok(ensure_unpacked(store, layers)?.dirs().to_vec())
 }

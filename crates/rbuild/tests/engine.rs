@@ -487,3 +487,107 @@ fn dropping_the_build_future_cancels_the_running_step() {
     drop(rt);
     assert_eq!(exec.runs(), 1);
 }
+
+/// Whether RUN steps can run in the real sandbox here; prints why not, and fails instead under
+/// CI (`RBUILD_REQUIRE_SANDBOX`).
+fn can_sandbox() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let busybox = Path::new("/bin/busybox").is_file();
+    if root && busybox {
+        return true;
+    }
+    let why =
+        format!("skipped: needs root ({root}) and /bin/busybox from busybox-static ({busybox})");
+    assert!(
+        std::env::var_os("RBUILD_REQUIRE_SANDBOX").is_none(),
+        "{why}"
+    );
+    eprintln!("{why}");
+    false
+}
+
+/// Pids of processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        })
+        .collect()
+}
+
+#[test]
+fn dropping_the_build_future_kills_the_running_step_in_the_sandbox() {
+    if !can_sandbox() {
+        return;
+    }
+    let f = fixture();
+    fs::copy("/bin/busybox", f.ctx.join("busybox")).unwrap();
+    // A step that would run for 16 minutes; its second process (the shell's child) must die too.
+    let marker = format!("{}", 900_000 + std::process::id() % 99_999);
+    fs::write(
+        f.ctx.join("Dockerfile"),
+        format!(
+            "FROM scratch\nCOPY busybox /bin/busybox\n\
+             RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox sleep {marker}; echo done\"]\n"
+        ),
+    )
+    .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let tx = Mutex::new(Some(tx));
+    let builder = Builder::new(f.store.clone()).progress(move |e: BuildEvent| {
+        if let BuildEvent::StepStarted { index: 3, .. } = e
+            && let Some(tx) = tx.lock().unwrap().take()
+        {
+            let _ = tx.send(());
+        }
+    });
+    let rt = rt();
+    let m = marker.clone();
+    rt.block_on(async {
+        let fut = builder.build(opts(&f));
+        let started = tokio::task::spawn_blocking(move || {
+            rx.recv().unwrap();
+            // Wait until the step's sleep is running.
+            for _ in 0..200 {
+                if !processes_with(&format!("sleep\0{m}")).is_empty() {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            panic!("the step's process never started");
+        });
+        tokio::select! {
+            r = fut => panic!("the build ended before it was dropped: {r:?}"),
+            r = started => r.unwrap(),
+        }
+    });
+    // The future is dropped: within a few seconds no process of the step is left.
+    let mut left = processes_with(&format!("sleep\0{marker}"));
+    for _ in 0..100 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        left = processes_with(&format!("sleep\0{marker}"));
+    }
+    if !left.is_empty() {
+        // Clean up before failing, so the runtime's blocking thread can end.
+        for pid in &left {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        panic!("step processes left after the build was dropped: {left:?}");
+    }
+    drop(rt);
+    // Nothing half-written: the store checks clean, no staging directory is left.
+    let report = f
+        .store
+        .check(rbuild::store::CheckOptions::default())
+        .unwrap();
+    assert!(report.is_clean(), "{report:?}");
+}

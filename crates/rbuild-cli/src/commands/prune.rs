@@ -40,7 +40,6 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
         _ => anyhow::bail!("invalid size `{s}`: unknown unit `{unit}`"),
     };
     // Sizes are far below 2^53: the float round trip is exact enough.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)] // checked non-negative above
     Ok((n * mult) as u64)
 }
 

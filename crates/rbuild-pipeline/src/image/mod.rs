@@ -343,7 +343,10 @@ impl ImageExecutor {
 
     /// One `sh -e -c` session in a fresh container of `image`: the image's environment under
     /// the job's variables, the job's directory bind-mounted at `CI_PROJECT_DIR`.
-    #[allow(clippy::too_many_arguments)] // private; each argument is a distinct input of a session
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "private; each argument is a distinct input of a session"
+    )]
     async fn session(
         &self,
         store: &rbuild::Store,
