@@ -43,6 +43,32 @@ pub struct BuildOutput {
 /// println!("{}", out.digest);
 /// # Ok(()) }
 /// ```
+///
+/// With a test executor (no RUN process, no privileges needed), a build is an ordinary function
+/// call — the shape of an embedder's own tests:
+///
+/// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use rbuild::executor::{FnExecutor, RunOutcome};
+/// use rbuild::{BuildOptions, Builder, Store};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = Store::open(&dir.path().join("store"))?;
+/// let exec = FnExecutor::new(|step, upper| {
+///     std::fs::write(upper.join("built-by"), step.args.join(" "))?;
+///     Ok(RunOutcome::exited(0))
+/// });
+/// let builder = Builder::new(store).executor(exec.clone());
+/// let opts = BuildOptions::new(dir.path())
+///     .dockerfile_text("Dockerfile", "FROM scratch\nRUN make all\n")
+///     .tag("localhost/app:test".parse()?);
+/// let rt = tokio::runtime::Runtime::new()?;
+/// let first = rt.block_on(builder.build(opts.clone()))?;
+/// let second = rt.block_on(builder.build(opts))?;
+/// assert_eq!(first.digest, second.digest);
+/// assert_eq!(exec.runs(), 1, "the second build is served from the cache");
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Builder {
     store: Arc<Store>,

@@ -32,7 +32,7 @@ pub enum DockerfileSource {
 ///     .tag("localhost/app:1".parse().unwrap())
 ///     .build_arg("VERSION", "1.2.3")
 ///     .no_cache(false);
-/// assert_eq!(opts.tags.len(), 1);
+/// assert_eq!(opts.tags().len(), 1);
 /// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -309,6 +309,11 @@ impl BuildOptions {
     pub fn context(mut self, context: impl Into<PathBuf>) -> Self {
         self.context = context.into();
         self
+    }
+
+    /// The tags the image will get.
+    pub fn tags(&self) -> &[Reference] {
+        &self.tags
     }
 
     /// The build context directory.
