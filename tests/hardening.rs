@@ -145,7 +145,15 @@ fn a_cache_from_record_whose_diff_id_lies_plants_nothing() {
                 layers: vec![layer_ref],
                 mount_from: Vec::new(),
             };
-            client.push_image(&r, &img, &blobs, &|_| {}).await.unwrap();
+            client
+                .push_image(
+                    &r,
+                    img,
+                    std::sync::Arc::new(blobs),
+                    rbuild::registry::Events::none(),
+                )
+                .await
+                .unwrap();
         }
     });
     assert!(!claimed.is_empty(), "no cache entry had a layer");

@@ -10,10 +10,13 @@
 //! ```
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rbuild_oci::{Digest, Reference, media_type};
-use rbuild_registry::{BlobRef, BlobSource, Client, ClientOptions, CredentialsEnv, ImageToPush};
+use rbuild_registry::{
+    BlobRef, BlobSource, Client, ClientOptions, CredentialsEnv, Events, ImageToPush,
+};
 use rbuild_testkit::registry::{Registry, RegistryOptions};
 
 struct Blobs(Vec<(Digest, Vec<u8>)>);
@@ -87,6 +90,7 @@ fn main() {
     };
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let (image, blobs) = image();
+    let blobs = Arc::new(blobs);
     let target: Reference = format!("{}/bench:1", reg.host())
         .parse()
         .expect("reference");
@@ -95,7 +99,7 @@ fn main() {
     rt.block_on(async {
         let client = Client::new(options()).expect("client");
         client
-            .push_image(&target, &image, &blobs, &|_| {})
+            .push_image(&target, image.clone(), blobs.clone(), Events::none())
             .await
             .expect("first push");
     });
@@ -109,7 +113,7 @@ fn main() {
         rt.block_on(async {
             let client = Client::new(options()).expect("client");
             let r = client
-                .push_image(&target, &image, &blobs, &|_| {})
+                .push_image(&target, image.clone(), blobs.clone(), Events::none())
                 .await
                 .expect("re-push");
             assert!(!r.manifest_pushed);

@@ -10,11 +10,12 @@
 use std::fs::File;
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use rbuild_oci::oci_spec::image::{ImageIndex, ImageManifest};
 use rbuild_oci::{Digest, Reference};
-use rbuild_registry::{BlobRef, BlobSource, Client, ClientOptions, ImageToPush, PushEvent};
+use rbuild_registry::{BlobRef, BlobSource, Client, ClientOptions, Events, ImageToPush, PushEvent};
 
 /// Blobs of an OCI layout: `blobs/sha256/<hex>`.
 struct Layout(PathBuf);
@@ -63,7 +64,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .context("no matching manifest in index.json")?;
     let manifest_digest = Digest::try_from(entry.digest())?;
-    let source = Layout(dir);
+    let source = Arc::new(Layout(dir));
     let mut manifest_bytes = Vec::new();
     source
         .open(&manifest_digest)?
@@ -82,11 +83,16 @@ async fn main() -> anyhow::Result<()> {
     };
     let client = Client::new(ClientOptions::default())?;
     let result = client
-        .push_image(&target, &image, &source, &|e: PushEvent| {
-            if let Some(line) = e.docker_line() {
-                println!("{line}");
-            }
-        })
+        .push_image(
+            &target,
+            image,
+            source,
+            Events::new(|e: PushEvent| {
+                if let Some(line) = e.docker_line() {
+                    println!("{line}");
+                }
+            }),
+        )
         .await
         .with_context(|| format!("failed to push {target}"))?;
     if result.digest != manifest_digest {

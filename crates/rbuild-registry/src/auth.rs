@@ -5,18 +5,32 @@
 //! `WWW-Authenticate` challenge names the realm, service and scope; the token is asked for
 //! the union of the scopes needed so far and reused until it expires.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use http::StatusCode;
 use url::Url;
 
-use crate::client::{Client, Ctx, MAX_DOCUMENT, read_limited};
-use crate::credentials::Credentials;
+use crate::body::{MAX_DOCUMENT, read_limited};
+use crate::credentials::{Credentials, CredentialsEnv};
 use crate::error::{Error, Result};
+use crate::operation::Ctx;
 use crate::request;
 use crate::response::Challenge;
+
+/// Authentication for every registry a client talks to: where credentials come from and what
+/// each registry asked for. Knows nothing of the client that sends requests; it only fetches
+/// tokens with the same HTTP stack.
+#[derive(Debug)]
+pub(crate) struct Auth {
+    http: reqwest::Client,
+    credentials_env: CredentialsEnv,
+    /// Credentials given to the client directly (`login -u`), before any config file.
+    fixed: HashMap<String, Credentials>,
+    state: Mutex<HashMap<String, RegistryAuth>>,
+}
 
 /// What the client knows about one registry's authentication.
 #[derive(Debug, Default)]
@@ -55,15 +69,28 @@ impl std::fmt::Debug for Token {
     }
 }
 
-impl Client {
+impl Auth {
+    pub(crate) fn new(
+        http: reqwest::Client,
+        credentials_env: CredentialsEnv,
+        fixed: HashMap<String, Credentials>,
+    ) -> Self {
+        Self {
+            http,
+            credentials_env,
+            fixed,
+            state: Mutex::default(),
+        }
+    }
+
     pub(crate) async fn credentials(&self, registry: &str) -> Result<Option<Credentials>> {
-        if let Some(c) = self.options.credentials.get(registry) {
+        if let Some(c) = self.fixed.get(registry) {
             return Ok(Some(c.clone()));
         }
         if let Some(known) = self.with_auth(registry, |a| a.credentials.clone()) {
             return Ok(known);
         }
-        let env = self.options.credentials_env.clone();
+        let env = self.credentials_env.clone();
         let reg = registry.to_owned();
         // Credential helpers are processes: keep them off the async threads.
         let found = tokio::task::spawn_blocking(move || env.resolve(&reg))
@@ -81,7 +108,7 @@ impl Client {
     }
 
     fn with_auth<T>(&self, registry: &str, f: impl FnOnce(&mut RegistryAuth) -> T) -> T {
-        let mut map = self.auth.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.state.lock().unwrap_or_else(|p| p.into_inner());
         f(map.entry(registry.to_owned()).or_default())
     }
 

@@ -11,8 +11,9 @@ use http::StatusCode;
 use rbuild_oci::{Digest, Reference, Sha256Writer};
 use url::Url;
 
-use crate::client::{Attempt, Client, Ctx};
+use crate::client::{Attempt, Client};
 use crate::error::{Error, Result};
+use crate::operation::Ctx;
 use crate::request::{self, Access};
 use crate::response;
 

@@ -1,16 +1,17 @@
 //! The client: sends the requests [`crate::request`] builds, with auth and retries.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
 use rbuild_oci::Reference;
 use url::Url;
 
-use crate::auth::RegistryAuth;
+use crate::auth::Auth;
 use crate::credentials::{Credentials, CredentialsEnv};
 use crate::error::{Error, Result};
+use crate::operation::Ctx;
 use crate::request::{self, Access, Endpoint};
 use crate::response;
 
@@ -105,85 +106,6 @@ impl ClientOptions {
     }
 }
 
-/// What a request is for: names the operation and target in errors, and the token scope.
-#[derive(Debug, Clone)]
-pub(crate) struct Ctx {
-    pub operation: &'static str,
-    pub registry: String,
-    pub repository: String,
-}
-
-impl Ctx {
-    pub fn new(operation: &'static str, reference: &Reference) -> Self {
-        Self {
-            operation,
-            registry: reference.registry().to_owned(),
-            repository: reference.repository().to_owned(),
-        }
-    }
-
-    pub fn target(&self) -> String {
-        if self.repository.is_empty() {
-            self.registry.clone()
-        } else {
-            format!("{}/{}", self.registry, self.repository)
-        }
-    }
-
-    pub fn protocol(&self, reason: impl Into<String>) -> Error {
-        Error::Protocol {
-            operation: self.operation,
-            target: self.target(),
-            reason: reason.into(),
-        }
-    }
-
-    pub fn http(&self, source: reqwest::Error) -> Error {
-        Error::Http {
-            operation: self.operation,
-            target: self.target(),
-            source,
-        }
-    }
-
-    /// Maps a non-success response to an error, reading (a bounded part of) its body.
-    pub async fn status_error(&self, resp: reqwest::Response, what: &str) -> Error {
-        let status = resp.status();
-        // Only the start of an error body is shown; never buffer an unbounded one.
-        let body = read_limited(resp, 64 * 1024)
-            .await
-            .map(|(b, _)| b)
-            .unwrap_or_default();
-        self.status_error_with(status, &body, what)
-    }
-
-    pub fn status_error_with(&self, status: StatusCode, body: &[u8], what: &str) -> Error {
-        let target = self.target();
-        match status {
-            StatusCode::UNAUTHORIZED => Error::Unauthorized {
-                operation: self.operation,
-                target,
-                registry: self.registry.clone(),
-            },
-            StatusCode::FORBIDDEN => Error::Denied {
-                operation: self.operation,
-                target,
-            },
-            StatusCode::NOT_FOUND => Error::NotFound {
-                operation: self.operation,
-                target,
-                what: what.to_owned(),
-            },
-            _ => Error::Status {
-                operation: self.operation,
-                target,
-                status,
-                body: response::error_summary(body),
-            },
-        }
-    }
-}
-
 /// A request the client can build again for each attempt.
 pub(crate) struct Attempt {
     pub request: http::Request<()>,
@@ -204,7 +126,7 @@ impl Attempt {
 pub struct Client {
     pub(crate) http: reqwest::Client,
     pub(crate) options: Arc<ClientOptions>,
-    pub(crate) auth: Arc<Mutex<HashMap<String, RegistryAuth>>>,
+    pub(crate) auth: Arc<Auth>,
 }
 
 impl std::fmt::Debug for Client {
@@ -235,10 +157,15 @@ impl Client {
             .read_timeout(Duration::from_secs(120))
             .build()
             .map_err(Error::ClientBuild)?;
+        let auth = Auth::new(
+            http.clone(),
+            options.credentials_env.clone(),
+            options.credentials.clone(),
+        );
         Ok(Self {
             http,
             options: Arc::new(options),
-            auth: Arc::default(),
+            auth: Arc::new(auth),
         })
     }
 
@@ -297,7 +224,7 @@ impl Client {
         let mut attempt = 0u32;
         let mut reauthed = false;
         loop {
-            let authorization = self.authorization(ctx, &scopes).await?;
+            let authorization = self.auth.authorization(ctx, &scopes).await?;
             let Attempt { request, body } = make()?;
             let (parts, ()) = request.into_parts();
             let url =
@@ -323,7 +250,11 @@ impl Client {
             let status = resp.status();
             if status == StatusCode::UNAUTHORIZED && !reauthed {
                 let challenges = response::challenges(resp.headers());
-                if self.learn_challenge(ctx, &challenges, &mut scopes).await? {
+                if self
+                    .auth
+                    .learn_challenge(ctx, &challenges, &mut scopes)
+                    .await?
+                {
                     reauthed = true;
                     continue;
                 }
@@ -389,30 +320,6 @@ impl Client {
             Err(ctx.status_error(resp, "/v2/").await)
         }
     }
-}
-
-/// The largest JSON document (manifest, tag list, token) read into memory. The distribution
-/// spec lets registries reject manifests over 4 MiB; clients may do the same.
-pub(crate) const MAX_DOCUMENT: usize = 4 << 20;
-
-/// Reads at most `limit` bytes of the body; the flag says whether the body was complete.
-pub(crate) async fn read_limited(
-    resp: reqwest::Response,
-    limit: usize,
-) -> std::result::Result<(Vec<u8>, bool), reqwest::Error> {
-    use futures::StreamExt as _;
-    let mut out = Vec::new();
-    let mut stream = resp.bytes_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk?;
-        if out.len() + chunk.len() > limit {
-            let room = limit - out.len();
-            out.extend_from_slice(&chunk[..room]);
-            return Ok((out, false));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok((out, true))
 }
 
 fn retryable(e: &reqwest::Error) -> bool {

@@ -8,13 +8,15 @@
 //! helpers) and retries (connection errors, 408/429/5xx with `Retry-After`).
 //!
 //! Pushing an image whose blobs live anywhere (a store, an OCI layout) takes a
-//! [`BlobSource`]; progress arrives as [`PushEvent`]s, with docker's lines available through
-//! [`PushEvent::docker_line`]:
+//! [`BlobSource`]; progress arrives as [`PushEvent`]s through an owned [`Events`] sink, with
+//! docker's lines available through [`PushEvent::docker_line`]. Push and pull futures are
+//! `Send + 'static`:
 //!
 //! ```no_run
 //! use std::io::Read;
+//! use std::sync::Arc;
 //! use rbuild_oci::{Digest, Reference};
-//! use rbuild_registry::{BlobRef, BlobSource, Client, ClientOptions, ImageToPush, PushEvent};
+//! use rbuild_registry::{BlobSource, Client, ClientOptions, Events, ImageToPush, PushEvent};
 //!
 //! struct Dir(std::path::PathBuf);
 //! impl BlobSource for Dir {
@@ -26,14 +28,15 @@
 //! # async fn run(image: ImageToPush) -> Result<(), rbuild_registry::Error> {
 //! let client = Client::new(ClientOptions::default())?;
 //! let target: Reference = "127.0.0.1:5000/app:v1".parse().expect("valid reference");
-//! let source = Dir("layout".into());
-//! let result = client
-//!     .push_image(&target, &image, &source, &|e: PushEvent| {
-//!         if let Some(line) = e.docker_line() {
-//!             println!("{line}");
-//!         }
-//!     })
-//!     .await?;
+//! let source = Arc::new(Dir("layout".into()));
+//! let events = Events::new(|e: PushEvent| {
+//!     if let Some(line) = e.docker_line() {
+//!         println!("{line}");
+//!     }
+//! });
+//! // The future borrows nothing: it can run on its own task.
+//! let push = tokio::spawn(client.push_image(&target, image, source, events));
+//! let result = push.await.expect("the push task panicked")?;
 //! println!("pushed {}", result.digest);
 //! # Ok(())
 //! # }
@@ -41,11 +44,14 @@
 
 mod auth;
 mod blob;
+mod body;
 mod client;
 pub mod conformance;
 pub mod credentials;
 mod error;
+mod events;
 mod manifest;
+mod operation;
 mod pull;
 mod push;
 pub mod request;
@@ -55,6 +61,7 @@ pub use blob::{BlobSink, BlobSource, BlobWriter, MountOutcome};
 pub use client::{Client, ClientOptions};
 pub use credentials::{Credentials, CredentialsEnv};
 pub use error::{Error, Result};
+pub use events::Events;
 pub use manifest::{Manifest, ManifestHead, Platform, PlatformError, select_platform};
 pub use pull::{PullEvent, PulledImage};
-pub use push::{BlobRef, BlobStatus, Events, ImageToPush, PushEvent, PushResult};
+pub use push::{BlobRef, BlobStatus, ImageToPush, PushEvent, PushResult};

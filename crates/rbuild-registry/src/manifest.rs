@@ -4,8 +4,10 @@ use http::StatusCode;
 use rbuild_oci::oci_spec::image::ImageIndex;
 use rbuild_oci::{Digest, Reference, media_type};
 
-use crate::client::{Attempt, Client, Ctx, MAX_DOCUMENT, read_limited};
+use crate::body::{MAX_DOCUMENT, read_limited};
+use crate::client::{Attempt, Client};
 use crate::error::{Error, Result};
+use crate::operation::Ctx;
 use crate::request::{self, Access};
 use crate::response;
 

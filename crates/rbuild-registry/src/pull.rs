@@ -1,6 +1,8 @@
 //! Pulling an image: resolve an index to the platform's manifest, fetch the config and the
 //! layers the sink lacks, verifying digests while streaming.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -9,13 +11,16 @@ use rbuild_oci::oci_spec::image::ImageManifest;
 use rbuild_oci::{Digest, Reference, media_type};
 
 use crate::blob::BlobSink;
-use crate::client::{Client, Ctx};
+use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::events::Events;
 use crate::manifest::{Manifest, Platform, select_platform};
-use crate::push::{BlobRef, Events};
+use crate::operation::Ctx;
+use crate::push::BlobRef;
 
 /// Progress of a pull.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PullEvent {
     /// The reference resolved to this manifest (after platform selection).
     Resolved {
@@ -73,16 +78,35 @@ impl Client {
     /// then the config and the layers the sink does not have are fetched (bounded parallelism),
     /// each verified against its digest before it is committed.
     ///
+    /// The future owns what it needs, so it is `Send + 'static` (see [`Client::push_image`]).
+    ///
     /// # Errors
     ///
     /// [`Error::NoPlatform`], [`Error::DigestMismatch`] (nothing is committed for that blob),
     /// [`Error::Io`] from the sink, auth, transport and status errors.
-    pub async fn pull_image(
+    pub fn pull_image(
+        &self,
+        reference: &Reference,
+        platform: Option<&Platform>,
+        sink: Arc<dyn BlobSink>,
+        events: Events<PullEvent>,
+    ) -> impl Future<Output = Result<PulledImage>> + Send + 'static {
+        let client = self.clone();
+        let reference = reference.clone();
+        let platform = platform.cloned();
+        async move {
+            client
+                .pull_owned(&reference, platform.as_ref(), &*sink, &events)
+                .await
+        }
+    }
+
+    async fn pull_owned(
         &self,
         reference: &Reference,
         platform: Option<&Platform>,
         sink: &dyn BlobSink,
-        events: Events<'_, PullEvent>,
+        events: &Events<PullEvent>,
     ) -> Result<PulledImage> {
         let ctx = Ctx::new("pull", reference);
         let top = self.get_manifest(reference).await?;
@@ -102,7 +126,7 @@ impl Client {
         if !media_type::is_manifest(&manifest.media_type) {
             return Err(ctx.protocol(format!("unsupported manifest type {}", manifest.media_type)));
         }
-        events(PullEvent::Resolved {
+        events.emit(PullEvent::Resolved {
             digest: manifest.digest.clone(),
         });
         let parsed: ImageManifest = serde_json::from_slice(&manifest.bytes)
@@ -127,28 +151,29 @@ impl Client {
                 continue;
             }
             if sink.has(&b.digest) {
-                events(PullEvent::AlreadyExists {
+                events.emit(PullEvent::AlreadyExists {
                     digest: b.digest.clone(),
                 });
             } else {
                 wanted.push(b);
             }
         }
-        let repo = reference.clone();
-        futures::stream::iter(wanted.into_iter().map(|b| {
-            let repo = &repo;
-            let ctx = &ctx;
-            async move {
-                self.pull_blob(ctx, repo, b, sink, events).await?;
-                events(PullEvent::Downloaded {
+        // Collected first, for the same reason as in `push_image` (rust-lang/rust#102211).
+        let ctx = &ctx;
+        let downloads: Vec<_> = wanted
+            .into_iter()
+            .map(|b| async move {
+                self.pull_blob(ctx, reference, b, sink, events).await?;
+                events.emit(PullEvent::Downloaded {
                     digest: b.digest.clone(),
                 });
                 Ok::<_, Error>(())
-            }
-        }))
-        .buffer_unordered(self.options.parallel)
-        .try_collect::<Vec<()>>()
-        .await?;
+            })
+            .collect();
+        futures::stream::iter(downloads)
+            .buffer_unordered(self.options.parallel)
+            .try_collect::<Vec<()>>()
+            .await?;
         Ok(PulledImage {
             manifest,
             index,
@@ -163,7 +188,7 @@ impl Client {
         repo: &Reference,
         blob: &BlobRef,
         sink: &dyn BlobSink,
-        events: Events<'_, PullEvent>,
+        events: &Events<PullEvent>,
     ) -> Result<()> {
         let io = |source| Error::Io {
             operation: ctx.operation,
@@ -177,7 +202,7 @@ impl Client {
         tokio::pin!(fetch);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let emit = |done| {
-            events(PullEvent::Progress {
+            events.emit(PullEvent::Progress {
                 digest: blob.digest.clone(),
                 done,
                 total: blob.size,

@@ -1,6 +1,8 @@
 //! Pushing an image: blobs the registry lacks (skip, mount or upload, in parallel), then the
 //! manifest unless the registry already has the same digest under the tag.
 
+use std::future::Future;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use rbuild_oci::{Digest, Reference};
 use crate::blob::{BlobSource, MountOutcome};
 use crate::client::Client;
 use crate::error::Result;
+use crate::events::Events;
 
 /// A blob an image refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +43,7 @@ pub struct ImageToPush {
 
 /// What happened to one blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum BlobStatus {
     /// The registry had it (a HEAD said so).
     AlreadyExists,
@@ -51,6 +55,7 @@ pub enum BlobStatus {
 
 /// Progress of a push, for the CLI's bars or log lines.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PushEvent {
     /// A blob is about to be checked.
     Preparing {
@@ -134,23 +139,35 @@ pub struct PushResult {
     pub blobs: Vec<(Digest, BlobStatus)>,
 }
 
-/// Events callback: called from the pushing task, possibly for several blobs interleaved.
-pub type Events<'a, E> = &'a (dyn Fn(E) + Send + Sync);
-
 impl Client {
     /// Pushes `image` to `target`: for each blob HEAD → exists: skip; else mount from
     /// [`ImageToPush::mount_from`]; else upload from `source` (bounded parallelism). Then HEAD
     /// the manifest and PUT it only when the tag points elsewhere.
     ///
+    /// The future owns what it needs (a clone of the client, which shares its auth state), so
+    /// it is `Send + 'static`: `tokio::spawn(client.push_image(..))` works as it is.
+    ///
     /// # Errors
     ///
     /// The first blob or manifest error, naming the registry and repository.
-    pub async fn push_image(
+    pub fn push_image(
+        &self,
+        target: &Reference,
+        image: ImageToPush,
+        source: Arc<dyn BlobSource>,
+        events: Events<PushEvent>,
+    ) -> impl Future<Output = Result<PushResult>> + Send + 'static {
+        let client = self.clone();
+        let target = target.clone();
+        async move { client.push_owned(&target, &image, &*source, &events).await }
+    }
+
+    async fn push_owned(
         &self,
         target: &Reference,
         image: &ImageToPush,
         source: &dyn BlobSource,
-        events: Events<'_, PushEvent>,
+        events: &Events<PushEvent>,
     ) -> Result<PushResult> {
         // `repo:tag@digest` pushes under the tag (the digest is what we compute anyway).
         let tagged;
@@ -168,23 +185,29 @@ impl Client {
             }
         }
         for (b, config) in &blobs {
-            events(PushEvent::Preparing {
+            events.emit(PushEvent::Preparing {
                 digest: b.digest.clone(),
                 config: *config,
             });
         }
-        let statuses: Vec<(Digest, BlobStatus)> =
-            futures::stream::iter(blobs.iter().map(|(b, config)| async move {
+        // The futures are collected before they are streamed: a stream over `Map<_, closure>`
+        // hits rustc's higher-ranked lifetime limitation (rust-lang/rust#102211) and the
+        // future of `push_image` could not be proven `Send`.
+        let uploads: Vec<_> = blobs
+            .iter()
+            .map(|&(b, config)| async move {
                 let status = self
                     .push_blob(target, b, &image.mount_from, source, events)
                     .await?;
-                events(PushEvent::Blob {
+                events.emit(PushEvent::Blob {
                     digest: b.digest.clone(),
-                    config: *config,
+                    config,
                     status: status.clone(),
                 });
                 Ok::<_, crate::Error>((b.digest.clone(), status))
-            }))
+            })
+            .collect();
+        let statuses: Vec<(Digest, BlobStatus)> = futures::stream::iter(uploads)
             .buffered(self.options.parallel)
             .try_collect()
             .await?;
@@ -197,11 +220,11 @@ impl Client {
             self.put_manifest(target, &image.manifest_bytes, &image.manifest_media_type)
                 .await?;
         }
-        events(PushEvent::Manifest {
+        events.emit(PushEvent::Manifest {
             digest: digest.clone(),
             pushed,
         });
-        events(PushEvent::Done {
+        events.emit(PushEvent::Done {
             tag: target.tag_or_digest(),
             digest: digest.clone(),
             size,
@@ -220,7 +243,7 @@ impl Client {
         blob: &BlobRef,
         mount_from: &[Reference],
         source: &dyn BlobSource,
-        events: Events<'_, PushEvent>,
+        events: &Events<PushEvent>,
     ) -> Result<BlobStatus> {
         if self
             .blob_exists_as("push to", target, &blob.digest)
@@ -256,7 +279,7 @@ impl Client {
         tokio::pin!(upload);
         let mut tick = tokio::time::interval(Duration::from_millis(200));
         let emit = |done| {
-            events(PushEvent::Progress {
+            events.emit(PushEvent::Progress {
                 digest: blob.digest.clone(),
                 done,
                 total: blob.size,
@@ -277,7 +300,85 @@ impl Client {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
+    use crate::blob::{BlobSink, BlobWriter};
+    use crate::{ClientOptions, Error, PullEvent};
+
+    struct NoBlobs;
+
+    impl BlobSource for NoBlobs {
+        fn open(&self, _: &Digest) -> std::io::Result<Box<dyn Read + Send>> {
+            Err(std::io::ErrorKind::NotFound.into())
+        }
+    }
+
+    impl BlobSink for NoBlobs {
+        fn has(&self, _: &Digest) -> bool {
+            false
+        }
+        fn write(&self, _: &Digest) -> std::io::Result<Box<dyn BlobWriter>> {
+            Err(std::io::ErrorKind::Unsupported.into())
+        }
+    }
+
+    /// Compile-time half: `tokio::spawn` only takes `Send + 'static` futures, so this test
+    /// does not build if a push or pull future borrows from its caller again. Run-time half:
+    /// the spawned futures really run (port 1 on loopback refuses) and name their target.
+    #[tokio::test]
+    async fn push_and_pull_futures_spawn_on_their_own_tasks() {
+        let client = Client::new(ClientOptions::default().max_retries(0)).unwrap();
+        let config = BlobRef {
+            digest: Digest::sha256_of(b"{}"),
+            size: 2,
+            media_type: rbuild_oci::media_type::OCI_CONFIG.to_owned(),
+        };
+        let image = ImageToPush {
+            manifest_bytes: b"{}".to_vec(),
+            manifest_media_type: rbuild_oci::media_type::OCI_MANIFEST.to_owned(),
+            config,
+            layers: Vec::new(),
+            mount_from: Vec::new(),
+        };
+        let push = {
+            // Everything the call sees is dropped before the task runs.
+            let target: Reference = "127.0.0.1:1/spawned/push:v1".parse().unwrap();
+            let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+            let record = Arc::clone(&seen);
+            let events = Events::new(move |e: PushEvent| record.lock().unwrap().push(e));
+            let task = tokio::spawn(client.push_image(&target, image, Arc::new(NoBlobs), events));
+            (task, seen)
+        };
+        let pull = {
+            let reference: Reference = "127.0.0.1:1/spawned/pull:v1".parse().unwrap();
+            let platform: crate::Platform = "linux/amd64".parse().unwrap();
+            tokio::spawn(client.pull_image(
+                &reference,
+                Some(&platform),
+                Arc::new(NoBlobs),
+                Events::new(|_: PullEvent| {}),
+            ))
+        };
+        drop(client);
+        let err = push.0.await.unwrap().unwrap_err();
+        assert!(matches!(err, Error::Http { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("127.0.0.1:1/spawned/push"),
+            "{err}"
+        );
+        // The config was announced before the first request failed.
+        assert!(matches!(
+            push.1.lock().unwrap().first(),
+            Some(PushEvent::Preparing { config: true, .. })
+        ));
+        let err = pull.await.unwrap().unwrap_err();
+        assert!(matches!(err, Error::Http { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("127.0.0.1:1/spawned/pull"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn docker_lines() {

@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::io;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Instant;
 
 use common::{MemBlobs, make_image, quiet};
@@ -360,12 +361,12 @@ async fn strict_registry_serves_the_client_and_skopeo() {
         let (image, blobs) = make_image(seed, 2, 5000);
         let target: Reference = format!("{}/strict/app:{seed}", reg.host()).parse().unwrap();
         let pushed = client
-            .push_image(&target, &image, &blobs, &quiet)
+            .push_image(&target, image.clone(), Arc::new(blobs.clone()), quiet())
             .await
             .unwrap();
         let sink = MemBlobs::default();
         let pulled = client
-            .pull_image(&target, None, &sink, &quiet)
+            .pull_image(&target, None, Arc::new(sink.clone()), quiet())
             .await
             .unwrap();
         assert_eq!(pulled.manifest.digest, pushed.digest);

@@ -220,7 +220,7 @@ async fn upload_restarts_after_a_dropped_connection() {
     let client = Client::new(options().parallel(1)).unwrap();
     let target = reference(&server.host(), "app:1");
     let result = client
-        .push_image(&target, &image, &blobs, &quiet)
+        .push_image(&target, image.clone(), Arc::new(blobs.clone()), quiet())
         .await
         .unwrap();
     assert!(result.manifest_pushed);
@@ -249,7 +249,7 @@ async fn chunked_upload_recovers_from_416() {
     let client = Client::new(options().chunk_size(Some(16 * 1024))).unwrap();
     let target = reference(&server.host(), "app:1");
     client
-        .push_image(&target, &image, &blobs, &quiet)
+        .push_image(&target, image.clone(), Arc::new(blobs.clone()), quiet())
         .await
         .unwrap();
     let layer = &image.layers[0].digest;
@@ -275,7 +275,12 @@ async fn mount_answered_202_continues_on_that_session() {
     image.mount_from = vec![reference(&server.host(), "base:1")];
     let client = Client::new(options()).unwrap();
     let result = client
-        .push_image(&reference(&server.host(), "app:1"), &image, &blobs, &quiet)
+        .push_image(
+            &reference(&server.host(), "app:1"),
+            image.clone(),
+            Arc::new(blobs.clone()),
+            quiet(),
+        )
         .await
         .unwrap();
     assert!(result.blobs.iter().all(|(_, s)| *s == BlobStatus::Pushed));
@@ -304,7 +309,12 @@ async fn source_bytes_not_matching_the_digest_fail_clearly() {
         .insert(layer.clone(), b"not the layer".to_vec());
     let client = Client::new(options()).unwrap();
     let err = client
-        .push_image(&reference(&server.host(), "app:1"), &image, &blobs, &quiet)
+        .push_image(
+            &reference(&server.host(), "app:1"),
+            image.clone(),
+            Arc::new(blobs.clone()),
+            quiet(),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -327,7 +337,7 @@ async fn corrupted_blob_on_pull_is_rejected_and_not_committed() {
     let client = Client::new(options()).unwrap();
     let target = reference(&server.host(), "app:1");
     client
-        .push_image(&target, &image, &blobs, &quiet)
+        .push_image(&target, image.clone(), Arc::new(blobs.clone()), quiet())
         .await
         .unwrap();
     let bad = image.layers[1].digest.clone();
@@ -337,7 +347,7 @@ async fn corrupted_blob_on_pull_is_rejected_and_not_committed() {
         .insert(bad.to_string(), vec![b'x'; 5000]);
     let sink = MemBlobs::default();
     let err = client
-        .pull_image(&target, None, &sink, &quiet)
+        .pull_image(&target, None, Arc::new(sink.clone()), quiet())
         .await
         .unwrap_err();
     assert!(
@@ -418,7 +428,12 @@ async fn download_that_keeps_breaking_fails_and_commits_nothing() {
     let client = Client::new(options().max_retries(2)).unwrap();
     let sink = MemBlobs::default();
     let err = client
-        .pull_image(&reference(&server.host(), "app:1"), None, &sink, &quiet)
+        .pull_image(
+            &reference(&server.host(), "app:1"),
+            None,
+            Arc::new(sink.clone()),
+            quiet(),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Http { .. }), "{err}");
@@ -588,7 +603,7 @@ async fn chunks_honour_oci_chunk_min_length() {
     let client = Client::new(options().chunk_size(Some(4096))).unwrap();
     let target = reference(&server.host(), "app:1");
     client
-        .push_image(&target, &image, &blobs, &quiet)
+        .push_image(&target, image.clone(), Arc::new(blobs.clone()), quiet())
         .await
         .unwrap();
     let layer = &image.layers[0].digest;
@@ -843,7 +858,7 @@ async fn pull_of_a_layer_longer_than_its_manifest_says_fails_and_commits_nothing
     let client = Client::new(options()).unwrap();
     let target = reference(&server.host(), "app:1");
     client
-        .push_image(&target, &image, &blobs, &quiet)
+        .push_image(&target, image.clone(), Arc::new(blobs.clone()), quiet())
         .await
         .unwrap();
     // The layer's bytes grow behind the manifest's back.
@@ -856,7 +871,7 @@ async fn pull_of_a_layer_longer_than_its_manifest_says_fails_and_commits_nothing
         .extend_from_slice(&[0u8; 100_000]);
     let sink = MemBlobs::default();
     let err = client
-        .pull_image(&target, None, &sink, &quiet)
+        .pull_image(&target, None, Arc::new(sink.clone()), quiet())
         .await
         .unwrap_err();
     assert!(

@@ -5,6 +5,7 @@
 mod common;
 
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Instant;
 
 use common::{MemBlobs, Recorder, make_image, quiet, registry};
@@ -31,7 +32,7 @@ async fn push_is_read_by_skopeo_and_second_push_uploads_nothing() {
     let client = Client::new(options()).unwrap();
     let rec = Recorder::default();
     let first = client
-        .push_image(&target, &image, &blobs, &|e: PushEvent| rec.push(e))
+        .push_image(&target, image.clone(), Arc::new(blobs.clone()), rec.sink())
         .await
         .unwrap();
     assert!(first.manifest_pushed);
@@ -101,7 +102,7 @@ async fn push_is_read_by_skopeo_and_second_push_uploads_nothing() {
     let rec = Recorder::default();
     let start = Instant::now();
     let second = client
-        .push_image(&target, &image, &blobs, &|e: PushEvent| rec.push(e))
+        .push_image(&target, image.clone(), Arc::new(blobs.clone()), rec.sink())
         .await
         .unwrap();
     eprintln!("no-op re-push took {:?}", start.elapsed());
@@ -143,7 +144,7 @@ async fn mount_pull_tags_and_delete() {
     let client = Client::new(options()).unwrap();
     let base = reference(&reg.host(), "base/img:1");
     client
-        .push_image(&base, &image, &blobs, &quiet)
+        .push_image(&base, image.clone(), Arc::new(blobs.clone()), quiet())
         .await
         .unwrap();
 
@@ -153,7 +154,7 @@ async fn mount_pull_tags_and_delete() {
     let app = reference(&reg.host(), "app:1");
     let rec = Recorder::default();
     let pushed = client
-        .push_image(&app, &image, &blobs, &|e: PushEvent| rec.push(e))
+        .push_image(&app, image.clone(), Arc::new(blobs.clone()), rec.sink())
         .await
         .unwrap();
     assert!(
@@ -185,7 +186,10 @@ async fn mount_pull_tags_and_delete() {
 
     // Pull back into an empty sink: same manifest digest, same blob bytes.
     let sink = MemBlobs::default();
-    let pulled = client.pull_image(&app, None, &sink, &quiet).await.unwrap();
+    let pulled = client
+        .pull_image(&app, None, Arc::new(sink.clone()), quiet())
+        .await
+        .unwrap();
     assert_eq!(pulled.manifest.digest, pushed.digest);
     assert_eq!(pulled.manifest.bytes, image.manifest_bytes);
     assert_eq!(sink.len(), 3);
@@ -194,7 +198,10 @@ async fn mount_pull_tags_and_delete() {
     }
     // A second pull fetches no blob.
     reg.clear_access_log();
-    client.pull_image(&app, None, &sink, &quiet).await.unwrap();
+    client
+        .pull_image(&app, None, Arc::new(sink.clone()), quiet())
+        .await
+        .unwrap();
     reg.settle();
     assert!(reg.access_log().iter().all(|l| !l.path.contains("/blobs/")));
 
@@ -237,7 +244,7 @@ async fn chunked_upload_sends_content_range_patches() {
     let client = Client::new(options().chunk_size(Some(64 * 1024))).unwrap();
     let target = reference(&reg.host(), "chunked:1");
     let result = client
-        .push_image(&target, &image, &blobs, &quiet)
+        .push_image(&target, image.clone(), Arc::new(blobs.clone()), quiet())
         .await
         .unwrap();
     reg.settle();
@@ -250,7 +257,7 @@ async fn chunked_upload_sends_content_range_patches() {
     assert!(patches >= 5, "{patches} PATCH requests");
     let sink = MemBlobs::default();
     let pulled = client
-        .pull_image(&target, None, &sink, &quiet)
+        .pull_image(&target, None, Arc::new(sink.clone()), quiet())
         .await
         .unwrap();
     assert_eq!(pulled.manifest.digest, result.digest);
@@ -271,7 +278,7 @@ async fn basic_auth_right_and_wrong_password() {
     // Anonymous: unauthorized, with the login hint.
     let anon = Client::new(options()).unwrap();
     let err = anon
-        .push_image(&target, &image, &blobs, &quiet)
+        .push_image(&target, image.clone(), Arc::new(blobs.clone()), quiet())
         .await
         .unwrap_err();
     assert!(err.is_unauthorized(), "{err}");
@@ -317,12 +324,12 @@ async fn basic_auth_right_and_wrong_password() {
     let client = Client::new(ClientOptions::default().credentials_env(env)).unwrap();
     client.ping(&reg.host()).await.unwrap();
     let pushed = client
-        .push_image(&target, &image, &blobs, &quiet)
+        .push_image(&target, image.clone(), Arc::new(blobs.clone()), quiet())
         .await
         .unwrap();
     let sink = MemBlobs::default();
     let pulled = client
-        .pull_image(&target, None, &sink, &quiet)
+        .pull_image(&target, None, Arc::new(sink.clone()), quiet())
         .await
         .unwrap();
     assert_eq!(pulled.manifest.digest, pushed.digest);
@@ -380,7 +387,7 @@ async fn skopeo_copied_image_pulls_with_the_same_digest() {
     let client = Client::new(options()).unwrap();
     let sink = MemBlobs::default();
     let pulled = client
-        .pull_image(&target, None, &sink, &quiet)
+        .pull_image(&target, None, Arc::new(sink.clone()), quiet())
         .await
         .unwrap();
     assert_eq!(pulled.manifest.digest, md);
@@ -399,7 +406,12 @@ async fn index_resolves_to_the_requested_platform() {
     for (seed, arch) in [(20, "amd64"), (21, "arm64")] {
         let (image, blobs) = make_image(seed, 1, 3000);
         let r = client
-            .push_image(&repo.with_tag(arch), &image, &blobs, &quiet)
+            .push_image(
+                &repo.with_tag(arch),
+                image.clone(),
+                Arc::new(blobs.clone()),
+                quiet(),
+            )
             .await
             .unwrap();
         entries.push(serde_json::json!({
@@ -426,7 +438,7 @@ async fn index_resolves_to_the_requested_platform() {
     let sink = MemBlobs::default();
     let arm: rbuild_registry::Platform = "linux/arm64".parse().unwrap();
     let pulled = client
-        .pull_image(&multi, Some(&arm), &sink, &quiet)
+        .pull_image(&multi, Some(&arm), Arc::new(sink.clone()), quiet())
         .await
         .unwrap();
     assert_eq!(pulled.manifest.digest, pushed[1].0);
@@ -442,7 +454,7 @@ async fn index_resolves_to_the_requested_platform() {
 
     let s390: rbuild_registry::Platform = "linux/s390x".parse().unwrap();
     let err = client
-        .pull_image(&multi, Some(&s390), &sink, &quiet)
+        .pull_image(&multi, Some(&s390), Arc::new(sink.clone()), quiet())
         .await
         .unwrap_err();
     assert!(
@@ -461,7 +473,7 @@ async fn docker_v2s2_manifest_pushed_by_skopeo_pulls() {
     let client = Client::new(options()).unwrap();
     let oci = reference(&reg.host(), "conv:oci");
     client
-        .push_image(&oci, &image, &blobs, &quiet)
+        .push_image(&oci, image.clone(), Arc::new(blobs.clone()), quiet())
         .await
         .unwrap();
     let v2 = reference(&reg.host(), "conv:v2s2");
@@ -491,7 +503,10 @@ async fn docker_v2s2_manifest_pushed_by_skopeo_pulls() {
     let m = client.get_manifest(&v2).await.unwrap();
     assert_eq!(m.media_type, rbuild_oci::media_type::DOCKER_MANIFEST);
     let sink = MemBlobs::default();
-    let pulled = client.pull_image(&v2, None, &sink, &quiet).await.unwrap();
+    let pulled = client
+        .pull_image(&v2, None, Arc::new(sink.clone()), quiet())
+        .await
+        .unwrap();
     assert_eq!(pulled.manifest.digest, m.digest);
     assert_eq!(
         sink.get(&image.layers[0].digest),

@@ -20,20 +20,25 @@
 //! let store = Store::open("/var/lib/rbuild".as_ref())?;
 //! let client = Client::new(ClientOptions::default())?;
 //! let base: Reference = "127.0.0.1:5000/busybox:1.36".parse()?;
-//! let digest = registry::pull(&store, &client, &base, None, &|e: registry::PullEvent| {
+//! let events = registry::Events::new(|e: registry::PullEvent| {
 //!     if let Some(line) = e.docker_line() {
 //!         println!("{line}");
 //!     }
-//! })
-//! .await?;
+//! });
+//! // The future borrows nothing: it may run on a task of its own.
+//! let digest = tokio::spawn(registry::pull(&store, &client, &base, None, events)).await??;
 //! let dest: Reference = "127.0.0.1:5000/app:v1".parse()?;
-//! let pushed = registry::push(&store, &client, &digest.to_string(), &dest, &|_| {}).await?;
+//! let pushed =
+//!     registry::push(&store, &client, &digest.to_string(), &dest, registry::Events::none())
+//!         .await?;
 //! println!("{}: digest: {} size: {}", dest.tag_or_digest(), pushed.digest, pushed.size);
 //! # Ok(()) }
 //! ```
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 
 use rbuild_oci::oci_spec::image::{Descriptor, ImageManifest};
 use rbuild_oci::{Digest, Reference, media_type};
@@ -50,11 +55,12 @@ pub use rbuild_registry::{
     CredentialsEnv, Events, ImageToPush, Manifest, Platform, PullEvent, PushEvent, PushResult,
 };
 
-/// The store as the registry client's blob source (push) and sink (pull).
-#[derive(Debug, Clone, Copy)]
-pub struct StoreBlobs<'a>(pub &'a Store);
+/// The store as the registry client's blob source (push) and sink (pull). Owns its (cheap)
+/// store handle, so push and pull futures need not borrow one.
+#[derive(Debug, Clone)]
+pub struct StoreBlobs(pub Store);
 
-impl BlobSource for StoreBlobs<'_> {
+impl BlobSource for StoreBlobs {
     fn open(&self, digest: &Digest) -> io::Result<Box<dyn Read + Send>> {
         match self.0.open_blob(digest) {
             Ok(f) => Ok(Box::new(f)),
@@ -70,7 +76,7 @@ impl BlobSource for StoreBlobs<'_> {
     }
 }
 
-impl BlobSink for StoreBlobs<'_> {
+impl BlobSink for StoreBlobs {
     fn has(&self, digest: &Digest) -> bool {
         self.0.has_blob(digest)
     }
@@ -124,16 +130,32 @@ impl BlobWriter for StoreBlobWriter {
 /// An image index is not tagged itself: the tag names the chosen platform's manifest, as the
 /// engine builds on one platform.
 ///
+/// The future is `Send + 'static`: it works on clones of the (cheap) store and client handles.
+///
 /// # Errors
 ///
 /// an error naming the operation naming the pull, with the [`RegistryError`] (not found, unauthorized,
 /// digest mismatch, …) or the store/unpack failure as its source.
-pub async fn pull(
+pub fn pull(
     store: &Store,
     client: &Client,
     reference: &Reference,
     platform: Option<&Platform>,
-    events: Events<'_, PullEvent>,
+    events: Events<PullEvent>,
+) -> impl Future<Output = Result<Digest>> + Send + 'static {
+    let store = store.clone();
+    let client = client.clone();
+    let reference = reference.clone();
+    let platform = platform.cloned();
+    async move { pull_owned(store, client, reference, platform, events).await }
+}
+
+async fn pull_owned(
+    store: Store,
+    client: Client,
+    reference: Reference,
+    platform: Option<Platform>,
+    events: Events<PullEvent>,
 ) -> Result<Digest> {
     let op = || format!("pull {reference}");
     // Blobs and layer dirs are written: keep a concurrent prune away (crate docs of the store).
@@ -145,14 +167,18 @@ pub async fn pull(
             .map_err(Error::op(op()))?
     };
     let pulled = client
-        .pull_image(reference, platform, &StoreBlobs(store), events)
+        .pull_image(
+            &reference,
+            platform.as_ref(),
+            Arc::new(StoreBlobs(store.clone())),
+            events,
+        )
         .await
         .map_err(Error::op(op()))?;
-    let store = store.clone();
-    let reference = reference.clone();
+    let tagged = reference.clone();
     let digest = tokio::task::spawn_blocking(move || {
         let _lock = lock;
-        finish_pull(&store, &reference, &pulled)
+        finish_pull(&store, &tagged, &pulled)
     })
     .await
     .map_err(Error::op(op()))??;
@@ -200,12 +226,26 @@ fn finish_pull(
 ///
 /// [`Error::ImageNotFound`] when `src` is not in the store; an error naming the operation naming the
 /// push, with the [`RegistryError`] or store failure as its source.
-pub async fn push(
+pub fn push(
     store: &Store,
     client: &Client,
     src: &str,
     dest: &Reference,
-    events: Events<'_, PushEvent>,
+    events: Events<PushEvent>,
+) -> impl Future<Output = Result<PushResult>> + Send + 'static {
+    let store = store.clone();
+    let client = client.clone();
+    let src = src.to_owned();
+    let dest = dest.clone();
+    async move { push_owned(&store, &client, &src, &dest, events).await }
+}
+
+async fn push_owned(
+    store: &Store,
+    client: &Client,
+    src: &str,
+    dest: &Reference,
+    events: Events<PushEvent>,
 ) -> Result<PushResult> {
     let op = || format!("push {src} to {dest}");
     let (lock, image) = {
@@ -226,7 +266,12 @@ pub async fn push(
     // shows again, with the push's own context, on the next request.
     let _ = client.ping(dest.registry()).await;
     let result = client
-        .push_image(dest, &image, &StoreBlobs(store), events)
+        .push_image(
+            dest,
+            image.clone(),
+            Arc::new(StoreBlobs(store.clone())),
+            events,
+        )
         .await
         .map_err(Error::op(op()))?;
     drop(lock);
@@ -300,7 +345,7 @@ pub fn pull_blocking(
     reference: &Reference,
     platform: Option<&Platform>,
 ) -> Result<Digest> {
-    handle.block_on(pull(store, client, reference, platform, &|_| {}))
+    handle.block_on(pull(store, client, reference, platform, Events::none()))
 }
 
 /// The most repositories remembered per blob: enough for mounting, bounded in size.
@@ -352,7 +397,7 @@ mod tests {
     #[test]
     fn sink_commits_only_the_expected_digest() {
         let (_dir, store) = store();
-        let sink = StoreBlobs(&store);
+        let sink = StoreBlobs(store.clone());
         let good = Digest::sha256_of(b"hello");
         let mut w = sink.write(&good).unwrap();
         w.write_all(b"hello").unwrap();
@@ -383,14 +428,14 @@ mod tests {
         let (_dir, store) = store();
         let d = store.put_blob(b"layer bytes").unwrap();
         let mut s = String::new();
-        StoreBlobs(&store)
+        StoreBlobs(store.clone())
             .open(&d)
             .unwrap()
             .read_to_string(&mut s)
             .unwrap();
         assert_eq!(s, "layer bytes");
         let missing = Digest::sha256_of(b"nope");
-        let err = match StoreBlobs(&store).open(&missing) {
+        let err = match StoreBlobs(store.clone()).open(&missing) {
             Err(e) => e,
             Ok(_) => panic!("a missing blob opened"),
         };

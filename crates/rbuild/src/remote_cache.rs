@@ -8,11 +8,12 @@
 //! an empty layer list.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use futures::future::join_all;
 use rbuild_oci::{Digest, Reference, canonical_json, media_type};
-use rbuild_registry::{BlobRef, Client, ImageToPush};
+use rbuild_registry::{BlobRef, BlobSource, Client, Events, ImageToPush};
 use rbuild_store::{CacheEntry, Store};
 use serde_json::json;
 
@@ -187,11 +188,11 @@ pub(crate) fn export(
             },
         ));
     }
-    let source = crate::registry::StoreBlobs(store);
+    let source: Arc<dyn BlobSource> = Arc::new(crate::registry::StoreBlobs(store.clone()));
     handle.block_on(async {
-        for (target, img) in &images {
+        for (target, img) in images {
             client
-                .push_image(target, img, &source, &|_| {})
+                .push_image(&target, img, Arc::clone(&source), Events::none())
                 .await
                 .map_err(Error::op(format!(
                     "export the build cache to {}",

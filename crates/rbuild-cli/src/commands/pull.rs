@@ -2,11 +2,11 @@
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use rbuild::registry::{self, Platform, PullEvent};
+use rbuild::registry::{self, Events, Platform, PullEvent};
 
 use super::RegistryFlags;
 use super::push::Transfer;
@@ -32,15 +32,16 @@ pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Resu
         reference.tag_or_digest(),
         reference.repository()
     );
-    let downloaded = AtomicBool::new(false);
-    let resolved = Mutex::new(None);
-    let display = Transfer::new();
-    let result = registry::pull(
-        &store,
-        &client,
-        &reference,
-        args.platform.as_ref(),
-        &|e: PullEvent| {
+    let downloaded = Arc::new(AtomicBool::new(false));
+    let resolved = Arc::new(Mutex::new(None));
+    let display = Arc::new(Transfer::new());
+    let events = {
+        let (downloaded, resolved, display) = (
+            Arc::clone(&downloaded),
+            Arc::clone(&resolved),
+            Arc::clone(&display),
+        );
+        Events::new(move |e: PullEvent| {
             match e {
                 PullEvent::Downloaded { .. } => downloaded.store(true, Ordering::Relaxed),
                 // docker prints the digest after the layers.
@@ -53,13 +54,17 @@ pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Resu
                 _ => {}
             }
             display.pull_event(e);
-        },
-    )
-    .await;
+        })
+    };
+    let result = registry::pull(&store, &client, &reference, args.platform.as_ref(), events).await;
     display.finish();
     let digest = result.with_context(|| format!("failed to pull {reference}"))?;
     // The digest of the manifest now in the store: the platform's, when REF is an index.
-    let shown = resolved.into_inner().ok().flatten().unwrap_or(digest);
+    let shown = resolved
+        .lock()
+        .ok()
+        .and_then(|r| r.clone())
+        .unwrap_or(digest);
     println!("Digest: {shown}");
     // docker's wording: whether anything new arrived.
     if downloaded.load(Ordering::Relaxed) {

@@ -4,10 +4,10 @@ use std::collections::HashMap;
 use std::io::IsTerminal as _;
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use rbuild::registry::{self, Client, PullEvent, PushEvent, PushResult};
+use rbuild::registry::{self, Client, Events, PullEvent, PushEvent, PushResult};
 use rbuild::{Digest, Reference, Store};
 
 use super::RegistryFlags;
@@ -48,8 +48,10 @@ pub async fn push_one(
     dest: &Reference,
 ) -> anyhow::Result<PushResult> {
     println!("The push refers to repository [{}]", dest.name());
-    let display = Transfer::new();
-    let result = registry::push(store, client, source, dest, &|e| display.push_event(e)).await;
+    let display = Arc::new(Transfer::new());
+    let sink = Arc::clone(&display);
+    let events = Events::new(move |e| sink.push_event(e));
+    let result = registry::push(store, client, source, dest, events).await;
     display.finish();
     // The engine's error already reads `failed to push SRC to DEST`.
     Ok(result?)
@@ -153,7 +155,8 @@ impl Transfer {
                     println!("{l}");
                 }
             }
-            PushEvent::Manifest { .. } => {}
+            // The manifest line is `Done`'s; later kinds of event show nothing yet.
+            _ => {}
         }
     }
 
@@ -180,6 +183,7 @@ impl Transfer {
                     self.line(l);
                 }
             }
+            _ => {}
         }
     }
 

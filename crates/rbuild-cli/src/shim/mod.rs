@@ -19,7 +19,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use rbuild::registry::PullEvent;
+use rbuild::registry::Events;
 use rbuild_pipeline::shim_env::PUSHES_ENV;
 
 use crate::commands::deploy::{self, ClusterArgs, Style, WaitArgs};
@@ -159,7 +159,7 @@ async fn run_container(
         eprintln!("Unable to find image '{image}' locally");
         let reference = commands::parse_reference(image)?;
         let client = flags.client()?;
-        rbuild::registry::pull(&store, &client, &reference, None, &|_: PullEvent| {})
+        rbuild::registry::pull(&store, &client, &reference, None, Events::none())
             .await
             .with_context(|| format!("failed to pull {reference}"))?;
     }

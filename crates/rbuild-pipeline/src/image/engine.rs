@@ -44,7 +44,6 @@ pub(super) async fn pull(
     store: &rbuild::Store,
     registries: &RegistryOptions,
     image: &str,
-    job: &str,
 ) -> Result<(), Error> {
     let reference: rbuild::Reference = image.parse().map_err(|e| Error::ParseReference {
         reference: image.to_owned(),
@@ -56,21 +55,14 @@ pub(super) async fn pull(
     }
     let client = rbuild::registry::Client::new(options)
         .map_err(|e| Error::CreateClient { source: e.into() })?;
-    // On the blocking pool: the pull future is not provably `Send` inside the executor's
-    // future (a higher-ranked closure in the registry client), and `pull_blocking` drives it
-    // without that bound.
-    let handle = tokio::runtime::Handle::current();
-    let store = store.clone();
-    let pulled = reference.clone();
-    tokio::task::spawn_blocking(move || {
-        rbuild::registry::pull_blocking(&handle, &store, &client, &pulled, None)
-    })
+    rbuild::registry::pull(
+        store,
+        &client,
+        &reference,
+        None,
+        rbuild::registry::Events::none(),
+    )
     .await
-    .map_err(|source| Error::Task {
-        job: job.to_owned(),
-        task: "pull",
-        source,
-    })?
     .map_err(|e| Error::PullImage {
         reference: reference.to_string(),
         source: e.into(),

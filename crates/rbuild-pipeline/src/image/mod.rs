@@ -302,7 +302,7 @@ impl ImageExecutor {
         let store = engine::open_store(&self.root)?;
         if !engine::has_image(&store, image) {
             out.line(Stream::System, &format!("pulling image {image}"));
-            engine::pull(&store, &self.registries, image, &job.name).await?;
+            engine::pull(&store, &self.registries, image).await?;
         }
         out.line(Stream::System, &format!("using image {image}"));
         let mut main = job.before_script.clone();

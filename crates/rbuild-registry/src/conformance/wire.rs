@@ -6,7 +6,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
 use url::Url;
 
-use crate::client::{Attempt, Client, Ctx, read_limited};
+use crate::body::read_limited;
+use crate::client::{Attempt, Client};
+use crate::operation::Ctx;
 use crate::request::Access;
 
 /// The most of a response body kept for checks (manifests, tag lists, error bodies).

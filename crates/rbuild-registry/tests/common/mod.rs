@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 
 use rbuild_oci::{Digest, media_type};
-use rbuild_registry::{BlobRef, BlobSink, BlobSource, BlobWriter, ImageToPush};
+use rbuild_registry::{BlobRef, BlobSink, BlobSource, BlobWriter, Events, ImageToPush};
 use rbuild_testkit::registry::{Registry, RegistryOptions};
 
 /// Starts the real registry, or `None` (with the reason printed) when it is not installed.
@@ -164,24 +164,28 @@ pub fn make_image(seed: u64, layers: usize, layer_size: usize) -> (ImageToPush, 
     (image, blobs)
 }
 
-/// A no-op events callback.
-pub fn quiet<E>(_: E) {}
+/// A sink that drops every event.
+pub fn quiet<E>() -> Events<E> {
+    Events::none()
+}
 
 /// Collects events.
 pub struct Recorder<E> {
-    pub events: Mutex<Vec<E>>,
+    pub events: Arc<Mutex<Vec<E>>>,
 }
 
 impl<E> Default for Recorder<E> {
     fn default() -> Self {
         Self {
-            events: Mutex::new(Vec::new()),
+            events: Arc::default(),
         }
     }
 }
 
-impl<E> Recorder<E> {
-    pub fn push(&self, e: E) {
-        self.events.lock().unwrap().push(e);
+impl<E: Send + 'static> Recorder<E> {
+    /// A sink that records into this recorder.
+    pub fn sink(&self) -> Events<E> {
+        let events = Arc::clone(&self.events);
+        Events::new(move |e| events.lock().unwrap().push(e))
     }
 }
