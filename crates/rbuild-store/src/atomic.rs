@@ -93,7 +93,7 @@ pub(crate) fn clean_stale_temps(tmp_dir: &Path) -> crate::Result<(u64, u64)> {
         })?;
         let name = entry.file_name();
         if is_stale_temp(&name.to_string_lossy()) {
-            bytes += crate::layer::remove_tree(&entry.path())?;
+            bytes += crate::tree::remove_tree(&entry.path())?;
             count += 1;
         }
     }

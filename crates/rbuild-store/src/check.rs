@@ -27,8 +27,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use rbuild_oci::oci_spec::image::Descriptor;
-use rbuild_oci::{Digest, Reference, Sha256Writer, media_type};
+use rbuild_oci::{Digest, Reference, Sha256Writer};
 
+use crate::walk::{Edge, Visitor, walk};
 use crate::{Error, LockGuard, Result, Store, atomic};
 
 /// Options of [`Store::check`].
@@ -189,8 +190,33 @@ impl CheckReport {
     }
 }
 
-/// Verifies one layer directory; `Err(reason)` when it does not match.
-pub type LayerVerifier<'a> = dyn Fn(&Store, &LayerPair) -> std::result::Result<(), String> + 'a;
+/// Why a layer directory does not match the blob it is paired with, as a [`LayerVerifier`]
+/// found it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("layer directory {diff_id}: {reason}")]
+pub struct LayerMismatch {
+    /// The layer's diff id (its directory name).
+    pub diff_id: Digest,
+    /// The blob the directory was compared with.
+    pub blob: Digest,
+    /// How they differ, or why they could not be compared (`/etc/x is missing`).
+    pub reason: String,
+}
+
+impl LayerMismatch {
+    /// A mismatch of `pair`.
+    pub fn new(pair: &LayerPair, reason: impl Into<String>) -> Self {
+        Self {
+            diff_id: pair.diff_id.clone(),
+            blob: pair.blob.clone(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Verifies one layer directory against its blob.
+pub type LayerVerifier<'a> =
+    dyn Fn(&Store, &LayerPair) -> std::result::Result<(), LayerMismatch> + 'a;
 
 impl Store {
     /// Checks the store without verifying layer directories (see [`Store::check_with`]).
@@ -250,13 +276,21 @@ impl Store {
                 for (reference, desc) in images {
                     report.tags += 1;
                     let before = report.problems.len();
-                    let mut walk = Walk {
+                    let mut visitor = Verify {
                         store: self,
                         bad: &bad_blobs,
                         problems: &mut report.problems,
                         pairs: &mut pairs,
                     };
-                    walk.descriptor(&desc, &format!("tag {reference}"));
+                    // The visitor records damage and never fails.
+                    walk(
+                        self,
+                        &desc,
+                        Edge::Root {
+                            tag: Some(&reference),
+                        },
+                        &mut visitor,
+                    )?;
                     if report.problems.len() > before {
                         broken_tags.push(reference);
                     }
@@ -319,10 +353,10 @@ impl Store {
                 dir,
                 blob: blob.clone(),
             };
-            if let Err(reason) = verify_layer(self, &pair) {
+            if let Err(mismatch) = verify_layer(self, &pair) {
                 report.problems.push(Problem::LayerDir {
                     diff_id: diff_id.clone(),
-                    reason,
+                    reason: mismatch.reason,
                 });
                 bad_dirs.push(diff_id);
             }
@@ -405,8 +439,9 @@ impl Store {
             .collect())
     }
 
-    /// Entries of `dir` named by a sha256 hex digest; other names are not the store's.
-    fn digest_entries(&self, dir: &Path) -> Result<Vec<(Digest, PathBuf)>> {
+    /// Entries of `dir` named by a sha256 hex digest, sorted; other names are not the store's
+    /// (never created by it, so never deleted by prune or check).
+    pub(crate) fn digest_entries(&self, dir: &Path) -> Result<Vec<(Digest, PathBuf)>> {
         let list_err = |source| Error::ListDir {
             path: dir.to_owned(),
             source,
@@ -423,15 +458,16 @@ impl Store {
     }
 }
 
-/// Walks the descriptor graph of one tag, collecting problems and (layer diff id → blob) pairs.
-struct Walk<'a> {
+/// Verifies the descriptor graph of one tag: collects problems and (layer diff id → blob)
+/// pairs.
+struct Verify<'a> {
     store: &'a Store,
     bad: &'a BTreeSet<Digest>,
     problems: &'a mut Vec<Problem>,
     pairs: &'a mut HashMap<Digest, Digest>,
 }
 
-impl Walk<'_> {
+impl Verify<'_> {
     /// Checks that `desc` names a present, intact blob of the declared size; returns its digest.
     fn blob(&mut self, desc: &Descriptor, referrer: &str) -> Option<Digest> {
         let Ok(digest) = Digest::try_from(desc.digest()) else {
@@ -470,49 +506,28 @@ impl Walk<'_> {
             }
         }
     }
+}
 
-    fn descriptor(&mut self, desc: &Descriptor, referrer: &str) {
-        let Some(digest) = self.blob(desc, referrer) else {
-            return;
-        };
-        let mt = desc.media_type().as_ref();
-        if media_type::is_index(mt) {
-            match self.store.read_index_blob(&digest) {
-                Ok(index) => {
-                    for child in index.manifests() {
-                        // A single-platform pull keeps only one child of a multi-platform
-                        // index (as prune does): absent children are not damage.
-                        let present =
-                            Digest::try_from(child.digest()).is_ok_and(|d| self.store.has_blob(&d));
-                        if present {
-                            self.descriptor(child, &format!("index {digest}"));
-                        }
-                    }
-                }
-                Err(e) => self.unparsable(digest, "index", &e),
-            }
-        } else if media_type::is_manifest(mt) {
-            match self.store.read_manifest(&digest) {
-                Ok(manifest) => self.manifest(&digest, &manifest),
-                Err(e) => self.unparsable(digest, "manifest", &e),
-            }
-        }
+impl Visitor for Verify<'_> {
+    fn reach(&mut self, desc: &Descriptor, edge: Edge<'_>) -> Result<Option<Digest>> {
+        Ok(self.blob(desc, &edge.to_string()))
     }
 
-    fn manifest(&mut self, digest: &Digest, manifest: &rbuild_oci::oci_spec::image::ImageManifest) {
-        let referrer = format!("manifest {digest}");
-        let layers: Vec<Option<Digest>> = manifest
-            .layers()
-            .iter()
-            .map(|l| self.blob(l, &referrer))
-            .collect();
-        let Some(config) = self.blob(manifest.config(), &referrer) else {
-            return;
-        };
-        let config_mt = manifest.config().media_type().as_ref();
-        if config_mt != media_type::OCI_CONFIG && config_mt != media_type::DOCKER_CONFIG {
-            return;
-        }
+    fn unreadable(&mut self, digest: Digest, what: &'static str, error: Error) -> Result<()> {
+        self.problems.push(Problem::UnparsableBlob {
+            digest,
+            what,
+            reason: error_chain(&error),
+        });
+        Ok(())
+    }
+
+    fn image_config(
+        &mut self,
+        manifest: &Digest,
+        config: Digest,
+        layers: &[Option<Digest>],
+    ) -> Result<()> {
         match self.store.read_config(&config) {
             Ok(cfg) => {
                 let diff_ids = cfg.rootfs().diff_ids();
@@ -521,29 +536,22 @@ impl Walk<'_> {
                         digest: config,
                         what: "config",
                         reason: format!(
-                            "{} diff ids for {} layers of manifest {digest}",
+                            "{} diff ids for {} layers of manifest {manifest}",
                             diff_ids.len(),
                             layers.len()
                         ),
                     });
-                    return;
+                    return Ok(());
                 }
                 for (id, layer) in diff_ids.iter().zip(layers) {
                     if let (Ok(id), Some(layer)) = (id.parse::<Digest>(), layer) {
-                        self.pairs.entry(id).or_insert(layer);
+                        self.pairs.entry(id).or_insert_with(|| layer.clone());
                     }
                 }
             }
-            Err(e) => self.unparsable(config, "config", &e),
+            Err(e) => self.unreadable(config, "config", e)?,
         }
-    }
-
-    fn unparsable(&mut self, digest: Digest, what: &'static str, e: &Error) {
-        self.problems.push(Problem::UnparsableBlob {
-            digest,
-            what,
-            reason: error_chain(e),
-        });
+        Ok(())
     }
 }
 
@@ -580,6 +588,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
     use crate::CacheEntry;
+    use rbuild_oci::media_type;
     use rbuild_oci::oci_spec::image::MediaType;
 
     /// A store with one tagged image: manifest → config (one diff id) + one layer blob, a layer
@@ -713,8 +722,8 @@ mod tests {
     fn a_failing_layer_verifier_removes_the_directory_on_repair() {
         let (_dir, store, _m, _layer, diff_id) = image_store();
         let report = store
-            .check_with(CheckOptions::default().repair(true), &|_, _| {
-                Err("extra file /etc/evil".to_owned())
+            .check_with(CheckOptions::default().repair(true), &|_, pair| {
+                Err(LayerMismatch::new(pair, "extra file /etc/evil"))
             })
             .unwrap();
         assert!(

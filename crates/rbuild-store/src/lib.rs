@@ -90,6 +90,8 @@ mod error;
 mod index;
 mod layer;
 mod prune;
+mod tree;
+mod walk;
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -99,7 +101,7 @@ use fs4::fs_std::FileExt;
 
 pub use blob::BlobWriter;
 pub use cache::CacheEntry;
-pub use check::{CheckOptions, CheckReport, LayerPair, LayerVerifier, Problem};
+pub use check::{CheckOptions, CheckReport, LayerMismatch, LayerPair, LayerVerifier, Problem};
 pub use error::{Error, Result};
 pub use index::{REF_NAME_ANNOTATION, is_oci_ref_name};
 pub use layer::Staging;

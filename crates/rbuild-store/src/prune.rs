@@ -9,9 +9,9 @@ use std::collections::HashSet;
 use std::fs;
 
 use rbuild_oci::Digest;
-use rbuild_oci::media_type;
 use rbuild_oci::oci_spec::image::Descriptor;
 
+use crate::walk::{Edge, Visitor, walk};
 use crate::{Error, Result, Store, atomic};
 
 /// What [`Store::prune`] removes besides unreachable content.
@@ -85,7 +85,11 @@ impl Store {
         let _index = self.lock_index()?;
         let mut marks = Marks::default();
         for desc in self.read_index()?.manifests() {
-            self.mark(desc, &mut marks)?;
+            let mut visitor = Mark {
+                store: self,
+                marks: &mut marks,
+            };
+            walk(self, desc, Edge::Root { tag: None }, &mut visitor)?;
         }
 
         // --keep-storage: newest cache entries first keep their content alive, up to the limit.
@@ -119,7 +123,7 @@ impl Store {
         }
 
         let mut report = PruneReport::default();
-        for (digest, path) in self.list_digests(&self.blob_dir())? {
+        for (digest, path) in self.digest_entries(&self.blob_dir())? {
             if !marks.blobs.contains(&digest) {
                 let size = fs::symlink_metadata(&path).map(|m| m.len()).unwrap_or(0);
                 match fs::remove_file(&path) {
@@ -132,7 +136,7 @@ impl Store {
                 }
             }
         }
-        for (diff_id, _) in self.list_digests(&self.layers_dir())? {
+        for (diff_id, _) in self.digest_entries(&self.layers_dir())? {
             if !marks.layer_dirs.contains(&diff_id) {
                 report.bytes_freed += self.remove_layer_dir(&diff_id)?;
                 report.layer_dirs += 1;
@@ -147,7 +151,7 @@ impl Store {
                 }
             };
             if (opts.cache && !kept_entries.contains(&path)) || dangling {
-                report.bytes_freed += crate::layer::remove_tree(&path)?;
+                report.bytes_freed += crate::tree::remove_tree(&path)?;
                 report.cache_entries += 1;
             }
         }
@@ -155,49 +159,6 @@ impl Store {
         report.temps = temps;
         report.bytes_freed += bytes;
         Ok(report)
-    }
-
-    fn mark(&self, desc: &Descriptor, marks: &mut Marks) -> Result<()> {
-        // Only sha256 blobs are swept (blobs/sha256), so content under another algorithm needs
-        // no mark and is never deleted.
-        let Some(digest) = sha256_of(desc) else {
-            return Ok(());
-        };
-        if !marks.blobs.insert(digest.clone()) || !self.has_blob(&digest) {
-            return Ok(());
-        }
-        let mt = desc.media_type().as_ref();
-        if media_type::is_index(mt) {
-            let index = self.read_index_blob(&digest)?;
-            for child in index.manifests() {
-                self.mark(child, marks)?;
-            }
-        } else if media_type::is_manifest(mt) {
-            let manifest = self.read_manifest(&digest)?;
-            for layer in manifest.layers() {
-                if let Some(d) = sha256_of(layer) {
-                    marks.blobs.insert(d);
-                }
-            }
-            let Some(config) = sha256_of(manifest.config()) else {
-                return Ok(());
-            };
-            marks.blobs.insert(config.clone());
-            let config_mt = manifest.config().media_type().as_ref();
-            let image_config =
-                config_mt == media_type::OCI_CONFIG || config_mt == media_type::DOCKER_CONFIG;
-            // Artifacts (image-spec 1.1 `artifactType`, e.g. an empty `{}` config) have no
-            // layers to unpack; only image configs name diff ids.
-            if image_config && self.has_blob(&config) {
-                for id in self.read_diff_ids(&config)? {
-                    // A diff id we cannot parse names no layer directory we could have made.
-                    if let Ok(d) = id.parse::<Digest>() {
-                        marks.layer_dirs.insert(d);
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 
     /// `rootfs.diff_ids` of an image config. Parsed leniently on purpose: oci-spec's
@@ -222,27 +183,61 @@ impl Store {
         })?;
         Ok(parsed.rootfs.diff_ids)
     }
+}
 
-    /// The entries of `dir` whose names are sha256 hex digests. Other names are left alone:
-    /// the store never creates them, so they are not ours to delete.
-    fn list_digests(&self, dir: &std::path::Path) -> Result<Vec<(Digest, std::path::PathBuf)>> {
-        let list_err = |source| Error::ListDir {
-            path: dir.to_owned(),
-            source,
+/// Marks what the walk reaches: every blob named, and the layer directories the image configs
+/// name.
+struct Mark<'a> {
+    store: &'a Store,
+    marks: &'a mut Marks,
+}
+
+impl Visitor for Mark<'_> {
+    fn reach(&mut self, desc: &Descriptor, edge: Edge<'_>) -> Result<Option<Digest>> {
+        // Only sha256 blobs are swept (blobs/sha256), so content under another algorithm needs
+        // no mark and is never deleted.
+        let Some(digest) = sha256_of(desc) else {
+            return Ok(None);
         };
-        let mut out = Vec::new();
-        for entry in fs::read_dir(dir).map_err(list_err)? {
-            let entry = entry.map_err(list_err)?;
-            if let Ok(d) = Digest::from_hex(&entry.file_name().to_string_lossy()) {
-                out.push((d, entry.path()));
+        Ok(match edge {
+            // Layers are marked, never read.
+            Edge::Layer { .. } => {
+                self.marks.blobs.insert(digest);
+                None
+            }
+            // A config is read for its diff ids whenever it is there, even when another
+            // manifest marked it first.
+            Edge::Config { .. } => {
+                self.marks.blobs.insert(digest.clone());
+                self.store.has_blob(&digest).then_some(digest)
+            }
+            // An index or manifest marked before was walked before.
+            Edge::Root { .. } | Edge::Child { .. } => {
+                let new = self.marks.blobs.insert(digest.clone());
+                (new && self.store.has_blob(&digest)).then_some(digest)
+            }
+        })
+    }
+
+    fn unreadable(&mut self, _: Digest, _: &'static str, error: Error) -> Result<()> {
+        // Marking from a graph that cannot be read would delete what it reaches.
+        Err(error)
+    }
+
+    fn image_config(&mut self, _: &Digest, config: Digest, _: &[Option<Digest>]) -> Result<()> {
+        for id in self.store.read_diff_ids(&config)? {
+            // A diff id we cannot parse names no layer directory we could have made.
+            if let Ok(d) = id.parse::<Digest>() {
+                self.marks.layer_dirs.insert(d);
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use rbuild_oci::media_type;
     use rbuild_oci::oci_spec::image::MediaType;
     use rbuild_oci::{Reference, canonical_json};
     use serde_json::json;

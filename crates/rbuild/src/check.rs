@@ -30,7 +30,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rbuild_oci::Sha256Writer;
-use rbuild_store::{LayerPair, Store};
+use rbuild_store::{LayerMismatch, LayerPair, Store};
 
 pub use rbuild_store::{CheckOptions, CheckReport, Problem};
 
@@ -46,7 +46,9 @@ const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 /// Store errors (locking, listing directories); damage is reported in [`CheckReport::problems`],
 /// not as an error.
 pub fn check(store: &Store, opts: CheckOptions) -> rbuild_store::Result<CheckReport> {
-    store.check_with(opts, &verify_layer_dir)
+    store.check_with(opts, &|store, pair| {
+        verify_layer_dir(store, pair).map_err(|reason| LayerMismatch::new(pair, reason))
+    })
 }
 
 /// Verifies one layer directory against its blob (see the module docs); `Err` says how they
