@@ -1,15 +1,14 @@
 //! Where progress events go: an owned, cheaply cloned callback.
 //!
 //! The sink is owned (an `Arc`, not a borrowed `&dyn Fn`) so that the futures of
-//! [`Client::push_image`](crate::Client::push_image) and
-//! [`Client::pull_image`](crate::Client::pull_image) borrow nothing from their caller: they are
-//! `Send + 'static` and can be handed to `tokio::spawn` as they are.
+//! `Client::push_image` and `Client::pull_image` borrow nothing from their caller: they are
+//! `Send + 'static` and can be handed to `tokio::spawn` as they are. This module depends on no
+//! other module of the crate.
 
 use std::fmt;
 use std::sync::Arc;
 
-/// A receiver of progress events ([`PushEvent`](crate::PushEvent),
-/// [`PullEvent`](crate::PullEvent)). Called from the pushing or pulling task, possibly for
+/// A receiver of progress events (`PushEvent`, `PullEvent`). Called from the pushing or pulling task, possibly for
 /// several blobs interleaved, so the callback must be quick and thread-safe.
 ///
 /// ```

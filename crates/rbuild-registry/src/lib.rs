@@ -62,6 +62,8 @@ pub use client::{Client, ClientOptions};
 pub use credentials::{Credentials, CredentialsEnv};
 pub use error::{Error, Result};
 pub use events::Events;
-pub use manifest::{Manifest, ManifestHead, Platform, PlatformError, select_platform};
+pub use manifest::{
+    Manifest, ManifestHead, Platform, PlatformError, SelectPlatformError, select_platform,
+};
 pub use pull::{PullEvent, PulledImage};
 pub use push::{BlobRef, BlobStatus, ImageToPush, PushEvent, PushResult};

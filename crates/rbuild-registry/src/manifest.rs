@@ -35,24 +35,47 @@ pub struct ManifestHead {
 
 pub use rbuild_oci::{Platform, PlatformError};
 
+/// Why [`select_platform`] could not read an image index.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SelectPlatformError {
+    /// The bytes are not an image index (image-spec `image-index.md`).
+    #[error("bad image index")]
+    ParseIndex(#[source] serde_json::Error),
+    /// The manifest chosen for the platform has a digest outside the spec's grammar.
+    #[error("bad digest in the image index entry for {platform}")]
+    Digest {
+        /// The platform the entry is for.
+        platform: String,
+        /// The digest parser's error.
+        #[source]
+        source: rbuild_oci::DigestError,
+    },
+}
+
 /// Picks the manifest for `platform` out of an index's bytes: `(digest, media type)`.
 /// Entries without a platform (attestations, `unknown/unknown`) never match.
 ///
 /// # Errors
 ///
-/// `Err(reason)` when the bytes are not an image index.
+/// [`SelectPlatformError`] when the bytes are not an image index or the matching entry's
+/// digest is invalid.
 pub fn select_platform(
     index: &[u8],
     platform: &Platform,
-) -> Result<Option<(Digest, String)>, String> {
+) -> Result<Option<(Digest, String)>, SelectPlatformError> {
     let index: ImageIndex =
-        serde_json::from_slice(index).map_err(|e| format!("bad image index: {e}"))?;
+        serde_json::from_slice(index).map_err(SelectPlatformError::ParseIndex)?;
     for m in index.manifests() {
         let Some(p) = m.platform() else { continue };
         let arch = p.architecture().to_string();
         let os = p.os().to_string();
         if platform.matches(&os, &arch, p.variant().as_deref()) {
-            let digest = Digest::try_from(m.digest()).map_err(|e| e.to_string())?;
+            let digest =
+                Digest::try_from(m.digest()).map_err(|source| SelectPlatformError::Digest {
+                    platform: platform.to_string(),
+                    source,
+                })?;
             return Ok(Some((digest, m.media_type().to_string())));
         }
     }
@@ -442,6 +465,19 @@ mod tests {
             select_platform(index.as_bytes(), &"linux/s390x".parse().unwrap()).unwrap(),
             None
         );
-        assert!(select_platform(b"{}", &Platform::host()).is_err());
+        assert!(matches!(
+            select_platform(b"{}", &Platform::host()),
+            Err(SelectPlatformError::ParseIndex(_))
+        ));
+        let md5 = r#"{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"md5:d41d8cd98f00b204e9800998ecf8427e","size":1,"platform":{"architecture":"amd64","os":"linux"}}]}"#;
+        let err = select_platform(md5.as_bytes(), &"linux/amd64".parse().unwrap()).unwrap_err();
+        assert!(
+            matches!(&err, SelectPlatformError::Digest { platform, .. } if platform == "linux/amd64"),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "bad digest in the image index entry for linux/amd64"
+        );
     }
 }

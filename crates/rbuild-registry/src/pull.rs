@@ -113,7 +113,11 @@ impl Client {
         let (manifest, index) = if media_type::is_index(&top.media_type) {
             let wanted = platform.cloned().unwrap_or_else(Platform::host);
             let (digest, _) = select_platform(&top.bytes, &wanted)
-                .map_err(|r| ctx.protocol(r))?
+                // The reason keeps the parser's words: `bad image index: expected value …`.
+                .map_err(|e| {
+                    let cause = std::error::Error::source(&e).map(|s| format!(": {s}"));
+                    ctx.protocol(format!("{e}{}", cause.unwrap_or_default()))
+                })?
                 .ok_or_else(|| Error::NoPlatform {
                     reference: reference.to_string(),
                     platform: wanted.to_string(),

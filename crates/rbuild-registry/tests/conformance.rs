@@ -13,7 +13,9 @@ use std::time::Instant;
 use common::{MemBlobs, make_image, quiet};
 use rbuild_oci::Reference;
 
-use rbuild_registry::conformance::{self, ConformanceOptions, Report, Status, Workflow};
+use rbuild_registry::conformance::{
+    self, ConformanceError, ConformanceOptions, ExchangeError, Report, Status, Workflow,
+};
 use rbuild_registry::{Client, ClientOptions, Credentials};
 use rbuild_testkit::registry::{Registry, RegistryOptions};
 use rbuild_testkit::strict_registry::{Fault, StrictRegistry};
@@ -88,6 +90,25 @@ async fn invalid_namespace_and_unreachable_registry_are_errors() {
         m.contains("> GET /v2/") && m.contains("Connection refused"),
         "{m}"
     );
+    // The same, typed: which registry, which repository, and the client's own error.
+    match &e {
+        ConformanceError::Unreachable { registry, exchange } => {
+            assert_eq!(registry, "127.0.0.1:1");
+            assert_eq!(exchange.registry(), "127.0.0.1:1");
+            assert_eq!(exchange.repository(), "");
+            assert!(
+                matches!(
+                    exchange,
+                    ExchangeError::Send {
+                        cause: rbuild_registry::Error::Http { .. },
+                        ..
+                    }
+                ),
+                "{exchange:?}"
+            );
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
 }
 
 #[tokio::test]

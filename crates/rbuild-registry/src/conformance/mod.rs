@@ -75,6 +75,7 @@ use serde_json::{Value, json};
 
 use crate::client::Client;
 pub use report::{Check, Report, Status, WorkflowReport};
+pub use wire::ExchangeError;
 use wire::{Exchange, Wire};
 
 /// The four workflows of the spec's "Conformance" section.
@@ -198,12 +199,12 @@ pub enum ConformanceError {
         source: crate::Error,
     },
     /// `GET /v2/` failed: connection, TLS or a token endpoint.
-    #[error("conformance run against {registry}: the registry does not answer /v2/\n{detail}")]
+    #[error("conformance run against {registry}: the registry does not answer /v2/\n{exchange}")]
     Unreachable {
         /// The registry.
         registry: String,
-        /// The request line and what went wrong.
-        detail: String,
+        /// The request line and what went wrong (shown in the message).
+        exchange: ExchangeError,
     },
     /// `GET /v2/` answered 401/403 even with the credentials we have (or without any).
     #[error(
@@ -299,9 +300,9 @@ pub async fn run(
     let x = wire
         .send(wire.raw(Method::GET, "", probe))
         .await
-        .map_err(|detail| ConformanceError::Unreachable {
+        .map_err(|exchange| ConformanceError::Unreachable {
             registry: registry.to_owned(),
-            detail,
+            exchange,
         })?;
     if matches!(x.status.as_u16(), 401 | 403) {
         return Err(ConformanceError::Unauthorized {
@@ -417,7 +418,7 @@ impl<'a> Cx<'a> {
     }
 
     /// Sends a raw request.
-    pub async fn send(&self, raw: wire::Raw) -> Result<Exchange, String> {
+    pub async fn send(&self, raw: wire::Raw) -> Result<Exchange, ExchangeError> {
         self.s.wire.send(raw).await
     }
 
@@ -539,7 +540,7 @@ impl<'a> Cx<'a> {
                 Err(e) => left.push(format!(
                     "{}/{repo}/{kind}/{digest} ({})",
                     self.s.wire.registry,
-                    e.lines().last().unwrap_or("")
+                    e.to_string().lines().last().unwrap_or("")
                 )),
             }
         }

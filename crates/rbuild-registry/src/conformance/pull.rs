@@ -21,7 +21,8 @@ pub(crate) async fn run(cx: &mut Cx<'_>) {
     cx.record(
         "GET /v2/ answers 200",
         "§Determining Support, end-1",
-        x.and_then(|x| status(&x, &[200]).map(|()| String::new())),
+        x.map_err(String::from)
+            .and_then(|x| status(&x, &[200]).map(|()| String::new())),
     );
 
     // Setup: a config, a layer and a manifest tagged in the namespace.

@@ -14,6 +14,73 @@ use crate::request::Access;
 /// The most of a response body kept for checks (manifests, tag lists, error bodies).
 const BODY_LIMIT: usize = 4 << 20;
 
+/// A conformance request that got no usable answer. Its text is the transcript a failed check
+/// shows: the request line (signed URLs redacted), then what went wrong with its causes.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExchangeError {
+    /// No answer: connection, TLS or the token endpoint failed.
+    #[error("> {request}\n! {}", chain(.cause))]
+    Send {
+        /// The registry.
+        registry: String,
+        /// The repository the request was about (empty for `/v2/`).
+        repository: String,
+        /// `METHOD url`, credentials and signatures redacted.
+        request: String,
+        /// What failed (shown in the message, with its causes).
+        cause: crate::Error,
+    },
+    /// An answer came, but its body could not be read.
+    #[error("> {request}\n< {status}\n! reading the body: {cause}")]
+    ReadBody {
+        /// The registry.
+        registry: String,
+        /// The repository the request was about.
+        repository: String,
+        /// `METHOD url`, credentials and signatures redacted.
+        request: String,
+        /// The status that came.
+        status: StatusCode,
+        /// What failed while reading.
+        cause: reqwest::Error,
+    },
+}
+
+impl ExchangeError {
+    /// The registry the request went to.
+    pub fn registry(&self) -> &str {
+        match self {
+            Self::Send { registry, .. } | Self::ReadBody { registry, .. } => registry,
+        }
+    }
+
+    /// The repository the request was about (empty for registry-level requests).
+    pub fn repository(&self) -> &str {
+        match self {
+            Self::Send { repository, .. } | Self::ReadBody { repository, .. } => repository,
+        }
+    }
+}
+
+/// A check's detail is text: the transcript of the exchange that failed.
+impl From<ExchangeError> for String {
+    fn from(e: ExchangeError) -> Self {
+        e.to_string()
+    }
+}
+
+/// `error: cause: cause…`, the way a failed check's detail shows an error.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
+
 /// One request and its answer.
 #[derive(Debug, Clone)]
 pub(crate) struct Exchange {
@@ -211,8 +278,12 @@ impl Wire {
     }
 
     /// Sends `raw` once (authenticating, never retrying: a retry would hide what the registry
-    /// answered). A transport failure comes back as the detail text of a failed check.
-    pub async fn send(&self, raw: Raw) -> Result<Exchange, String> {
+    /// answered).
+    ///
+    /// # Errors
+    ///
+    /// [`ExchangeError`] when no usable answer came; its text is a failed check's detail.
+    pub async fn send(&self, raw: Raw) -> Result<Exchange, ExchangeError> {
         let ctx = Ctx {
             operation: "conformance check on",
             registry: self.registry.clone(),
@@ -252,17 +323,16 @@ impl Wire {
                 })
             })
             .await;
-        let line = format!("> {} {}", raw.method, redact(&raw.url));
+        let request = format!("{} {}", raw.method, redact(&raw.url));
         let resp = match resp {
             Ok(r) => r,
-            Err(e) => {
-                let mut detail = format!("{line}\n! {e}");
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    detail.push_str(&format!(": {s}"));
-                    source = s.source();
-                }
-                return Err(detail);
+            Err(cause) => {
+                return Err(ExchangeError::Send {
+                    registry: self.registry.clone(),
+                    repository: raw.repository,
+                    request,
+                    cause,
+                });
             }
         };
         let status = resp.status();
@@ -273,7 +343,15 @@ impl Wire {
         } else {
             match read_limited(resp, BODY_LIMIT).await {
                 Ok((b, _)) => Bytes::from(b),
-                Err(e) => return Err(format!("{line}\n< {status}\n! reading the body: {e}")),
+                Err(cause) => {
+                    return Err(ExchangeError::ReadBody {
+                        registry: self.registry.clone(),
+                        repository: raw.repository,
+                        request,
+                        status,
+                        cause,
+                    });
+                }
             }
         };
         Ok(Exchange {
