@@ -74,7 +74,7 @@ use rbuild_oci::Digest;
 use serde_json::{Value, json};
 
 use crate::client::Client;
-pub use report::{Check, Report, Status, WorkflowReport};
+pub use report::{Check, CheckFailed, Report, Status, WorkflowReport};
 pub use wire::ExchangeError;
 use wire::{Exchange, Wire};
 

@@ -61,6 +61,23 @@ impl WorkflowReport {
     }
 }
 
+/// A failed check as an error, for callers that treat any failure as one (`report.failures()`
+/// then `?`): names the registry and namespace, the workflow, the check and its spec section.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{target}: {workflow} check `{check}` failed ({spec})\n{detail}")]
+pub struct CheckFailed {
+    /// `registry/namespace` the run was against.
+    pub target: String,
+    /// The workflow the check belongs to.
+    pub workflow: Workflow,
+    /// The check's name.
+    pub check: String,
+    /// The spec section it enforces.
+    pub spec: String,
+    /// The failing request and response lines.
+    pub detail: String,
+}
+
 /// A whole run.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -86,6 +103,19 @@ impl Report {
     /// How many checks, over all workflows, ended with `status`.
     pub fn count(&self, status: Status) -> usize {
         self.workflows.iter().map(|w| w.count(status)).sum()
+    }
+
+    /// The failed checks, as errors naming the target, workflow and check.
+    pub fn failures(&self) -> impl Iterator<Item = CheckFailed> + '_ {
+        self.checks()
+            .filter(|(_, c)| c.status == Status::Failed)
+            .map(|(workflow, c)| CheckFailed {
+                target: self.target.clone(),
+                workflow,
+                check: c.name.clone(),
+                spec: c.spec.clone(),
+                detail: c.detail.clone(),
+            })
     }
 
     /// Every check with its workflow.
@@ -275,6 +305,27 @@ mod tests {
             leftovers: vec![],
             elapsed: Duration::from_millis(1500),
         }
+    }
+
+    #[test]
+    fn failures_are_errors_naming_target_workflow_and_check() {
+        let r = report();
+        let failures: Vec<CheckFailed> = r.failures().collect();
+        assert_eq!(failures.len(), 1);
+        let f = &failures[0];
+        assert_eq!(
+            (
+                f.target.as_str(),
+                f.workflow,
+                f.check.as_str(),
+                f.spec.as_str()
+            ),
+            ("127.0.0.1:5000/conf", Workflow::Push, "c", "§y")
+        );
+        assert_eq!(
+            f.to_string(),
+            "127.0.0.1:5000/conf: push check `c` failed (§y)\n> PATCH /v2/x\n< 202 Accepted"
+        );
     }
 
     #[test]
