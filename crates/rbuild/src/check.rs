@@ -46,18 +46,19 @@ const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 /// Store errors (locking, listing directories); damage is reported in [`CheckReport::problems`],
 /// not as an error.
 pub fn check(store: &Store, opts: CheckOptions) -> rbuild_store::Result<CheckReport> {
-    store.check_with(opts, &|store, pair| {
-        verify_layer_dir(store, pair).map_err(|reason| LayerMismatch::new(pair, reason))
-    })
+    store.check_with(opts, &verify_layer_dir)
 }
 
-/// Verifies one layer directory against its blob (see the module docs); `Err` says how they
-/// differ.
+/// Verifies one layer directory against its blob (see the module docs).
 ///
 /// # Errors
 ///
-/// A description of the first difference, or of why the blob could not be unpacked.
-pub fn verify_layer_dir(store: &Store, pair: &LayerPair) -> Result<(), String> {
+/// The first difference, or why the blob could not be unpacked.
+pub fn verify_layer_dir(store: &Store, pair: &LayerPair) -> Result<(), LayerMismatch> {
+    verify(store, pair).map_err(|reason| LayerMismatch::new(pair, reason))
+}
+
+fn verify(store: &Store, pair: &LayerPair) -> Result<(), String> {
     let staging = store
         .staging()
         .map_err(|e| format!("cannot create a staging directory: {e}"))?;

@@ -23,17 +23,20 @@ pub enum SaveFormat {
     DockerArchive,
 }
 
-impl std::str::FromStr for SaveFormat {
-    type Err = String;
+/// A `save` format name that is not one of [`SaveFormat`]'s.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown format `{0}` (expected oci-dir, oci-archive or docker-archive)")]
+pub struct UnknownSaveFormat(pub String);
 
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
+impl std::str::FromStr for SaveFormat {
+    type Err = UnknownSaveFormat;
+
+    fn from_str(s: &str) -> std::result::Result<Self, UnknownSaveFormat> {
         match s {
             "oci-dir" => Ok(Self::OciDir),
             "oci-archive" => Ok(Self::OciArchive),
             "docker-archive" => Ok(Self::DockerArchive),
-            other => Err(format!(
-                "unknown format `{other}` (expected oci-dir, oci-archive or docker-archive)"
-            )),
+            other => Err(UnknownSaveFormat(other.to_owned())),
         }
     }
 }

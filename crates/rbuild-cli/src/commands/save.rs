@@ -20,7 +20,7 @@ pub struct Args {
 
 /// Runs `rbuild save`.
 pub fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
-    let format: SaveFormat = args.format.parse().map_err(anyhow::Error::msg)?;
+    let format: SaveFormat = args.format.parse()?;
     let store = super::open_store(root)?;
     let img = super::load_image(&store, &args.reference)?;
     let reference = args
