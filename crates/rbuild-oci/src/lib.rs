@@ -15,12 +15,14 @@
 //! ```
 
 mod digest;
+mod events;
 mod json;
 pub mod media_type;
 mod platform;
 mod reference;
 
 pub use digest::{Digest, DigestError, Sha256Writer};
+pub use events::Events;
 pub use json::{canonical_json, to_canonical_value};
 pub use oci_spec;
 pub use platform::{Platform, PlatformError};

@@ -49,7 +49,6 @@ mod client;
 pub mod conformance;
 pub mod credentials;
 mod error;
-mod events;
 mod manifest;
 mod operation;
 mod pull;
@@ -61,9 +60,9 @@ pub use blob::{BlobSink, BlobSource, BlobWriter, MountOutcome};
 pub use client::{Client, ClientOptions};
 pub use credentials::{Credentials, CredentialsEnv};
 pub use error::{Error, Result};
-pub use events::Events;
 pub use manifest::{
     Manifest, ManifestHead, Platform, PlatformError, SelectPlatformError, select_platform,
 };
 pub use pull::{PullEvent, PulledImage};
 pub use push::{BlobRef, BlobStatus, ImageToPush, PushEvent, PushResult};
+pub use rbuild_oci::Events;

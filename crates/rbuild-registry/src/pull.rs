@@ -13,10 +13,10 @@ use rbuild_oci::{Digest, Reference, media_type};
 use crate::blob::BlobSink;
 use crate::client::Client;
 use crate::error::{Error, Result};
-use crate::events::Events;
 use crate::manifest::{Manifest, Platform, select_platform};
 use crate::operation::Ctx;
 use crate::push::BlobRef;
+use rbuild_oci::Events;
 
 /// Progress of a pull.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use rbuild_oci::{Digest, Reference};
 use crate::blob::{BlobSource, MountOutcome};
 use crate::client::Client;
 use crate::error::Result;
-use crate::events::Events;
+use rbuild_oci::Events;
 
 /// A blob an image refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]

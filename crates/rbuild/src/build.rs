@@ -10,11 +10,12 @@ use rbuild_store::Store;
 use crate::cancel::{CancelOnDrop, CancelToken};
 use crate::config::Platform;
 use crate::error::{Error, Result};
-use crate::events::{BuildEvent, NoProgress, Progress};
+use crate::events::BuildEvent;
 use crate::executor::{Executor, SandboxExecutor};
 use crate::image;
 use crate::options::{BuildOptions, DockerfileSource, ImageFormat};
 use crate::stage::Build;
+use rbuild_oci::Events;
 
 /// The result of a build.
 #[derive(Debug, Clone)]
@@ -72,7 +73,7 @@ pub struct BuildOutput {
 #[derive(Clone)]
 pub struct Builder {
     store: Arc<Store>,
-    progress: Arc<dyn Progress>,
+    progress: Events<BuildEvent>,
     registry: Option<Arc<rbuild_registry::Client>>,
     executor: Arc<dyn Executor>,
     runtime: Option<tokio::runtime::Handle>,
@@ -93,7 +94,7 @@ impl Builder {
     pub fn new(store: Store) -> Self {
         Self {
             store: Arc::new(store),
-            progress: Arc::new(NoProgress),
+            progress: Events::none(),
             registry: None,
             executor: Arc::new(SandboxExecutor),
             runtime: None,
@@ -125,8 +126,8 @@ impl Builder {
 
     /// Reports progress to `progress`.
     #[must_use]
-    pub fn progress(mut self, progress: impl Progress + 'static) -> Self {
-        self.progress = Arc::new(progress);
+    pub fn progress(mut self, progress: impl Fn(BuildEvent) + Send + Sync + 'static) -> Self {
+        self.progress = Events::new(progress);
         self
     }
 
@@ -190,7 +191,7 @@ impl Builder {
             message: crate::error::dockerfile_message(&e),
         })?;
         for w in &df.warnings {
-            self.progress.event(BuildEvent::Warning(format!(
+            self.progress.emit(BuildEvent::Warning(format!(
                 "{file}:{}: {}",
                 w.line, w.message
             )));
@@ -227,7 +228,7 @@ impl Builder {
                 ),
             ));
         }
-        let mut run = Build::new(&self.store, &*self.progress, opts, file, df, target);
+        let mut run = Build::new(&self.store, &self.progress, opts, file, df, target);
         run.registry = self.registry.as_deref();
         run.executor = &*self.executor;
         run.cancel = cancel;
@@ -259,7 +260,7 @@ impl Builder {
         }
         if opts.format == ImageFormat::Oci && config.config.extra.remove("Healthcheck").is_some() {
             // buildah does the same: the OCI config has no such field.
-            self.progress.event(BuildEvent::Warning(
+            self.progress.emit(BuildEvent::Warning(
                 "HEALTHCHECK is not supported for OCI image format and will be ignored; use --format docker".to_owned(),
             ));
         }
@@ -277,7 +278,7 @@ impl Builder {
                 .tag(tag, desc.clone())
                 .map_err(Error::op(format!("tag the image as {tag}")))?;
         }
-        self.progress.event(BuildEvent::ImageWritten {
+        self.progress.emit(BuildEvent::ImageWritten {
             digest: digest.clone(),
             tags: opts.tags.iter().map(ToString::to_string).collect(),
         });

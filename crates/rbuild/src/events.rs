@@ -65,22 +65,3 @@ pub enum BuildEvent {
         tags: Vec<String>,
     },
 }
-
-/// A receiver of build events. Implemented for every `Fn(BuildEvent) + Send + Sync`.
-pub trait Progress: Send + Sync {
-    /// Handles one event.
-    fn event(&self, event: BuildEvent);
-}
-
-impl<F: Fn(BuildEvent) + Send + Sync> Progress for F {
-    fn event(&self, event: BuildEvent) {
-        self(event);
-    }
-}
-
-/// A progress sink that drops every event.
-pub struct NoProgress;
-
-impl Progress for NoProgress {
-    fn event(&self, _: BuildEvent) {}
-}

@@ -154,7 +154,7 @@ impl Build<'_> {
                     .run(
                         &step,
                         &mut |bytes: &[u8]| {
-                            progress.event(BuildEvent::StepOutput {
+                            progress.emit(BuildEvent::StepOutput {
                                 stage,
                                 index,
                                 bytes: bytes.to_vec(),

@@ -54,8 +54,9 @@ pub use cancel::CancelToken;
 pub use context::ContextError;
 pub use download::{DownloadError, DownloadOptions};
 pub use error::{BoxError, Error, MetadataError, Result};
-pub use events::{BuildEvent, NoProgress, Progress};
+pub use events::BuildEvent;
 pub use options::{BuildOptions, DockerfileSource, ImageFormat, SecretSource};
+pub use rbuild_oci::Events;
 
 pub use rbuild_dockerfile as dockerfile;
 pub use rbuild_layer as layer;

@@ -67,7 +67,7 @@ impl Build<'_> {
                 .expand(&lexer, &lookup)
                 .map_err(|e| self.err(line, crate::error::dockerfile_message(&e)))?;
             for name in &report.unset {
-                self.progress.event(BuildEvent::Warning(format!(
+                self.progress.emit(BuildEvent::Warning(format!(
                     "{}:{line}: variable ${name} is not set (it expands to an empty string)",
                     self.file
                 )));
@@ -546,7 +546,6 @@ fn display_args(original: &str) -> String {
 mod tests {
     use super::*;
     use crate::config::ImageConfig;
-    use crate::events::NoProgress;
     use crate::options::BuildOptions;
     use rbuild_oci::Platform;
     use rbuild_store::Store;
@@ -565,7 +564,8 @@ mod tests {
         let opts = opts(BuildOptions::new(&ctx));
         let df = rbuild_dockerfile::parse(dockerfile).unwrap();
         let instructions = df.stages[0].instructions.clone();
-        let mut b = Build::new(&store, &NoProgress, &opts, "Dockerfile".into(), df, 0);
+        let events = rbuild_oci::Events::none();
+        let mut b = Build::new(&store, &events, &opts, "Dockerfile".into(), df, 0);
         b.resolve_meta_args()?;
         let base = StageResult {
             config: ImageConfig::scratch(&Platform::host()),

@@ -16,13 +16,14 @@ use crate::cancel::CancelToken;
 use crate::config::{History, ImageConfig, Platform};
 use crate::context::{Context, HashCache};
 use crate::error::{BoxError, Error, Result};
-use crate::events::{BuildEvent, Progress};
+use crate::events::BuildEvent;
 use crate::executor::Executor;
 use crate::explain::{self, BuildRecord};
 use crate::image::{self, LayerRecord};
 use crate::options::BuildOptions;
 use crate::step::{self, Step};
 use crate::view::LayerView;
+use rbuild_oci::Events;
 
 /// What the step cache keeps for a step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -55,7 +56,7 @@ const LAYER_HASHES: &str = "layer-hashes";
 /// One build in progress. Shared by the threads that build independent stages.
 pub(crate) struct Build<'a> {
     pub store: &'a Store,
-    pub progress: &'a dyn Progress,
+    pub progress: &'a Events<BuildEvent>,
     /// Where missing `FROM` images are pulled from, if anywhere.
     pub registry: Option<&'a rbuild_registry::Client>,
     /// Runs RUN steps.
@@ -101,7 +102,7 @@ fn short_hash(s: &str) -> String {
 impl<'a> Build<'a> {
     pub(crate) fn new(
         store: &'a Store,
-        progress: &'a dyn Progress,
+        progress: &'a Events<BuildEvent>,
         opts: &'a BuildOptions,
         file: String,
         df: Dockerfile,
@@ -411,7 +412,7 @@ impl<'a> Build<'a> {
                 let reference: Reference = name.parse().map_err(|e| {
                     self.err(line, format!("invalid image reference `{name}`: {e}"))
                 })?;
-                self.progress.event(BuildEvent::Pulling {
+                self.progress.emit(BuildEvent::Pulling {
                     reference: reference.to_string(),
                 });
                 let platform = self.platform.clone();
@@ -492,7 +493,7 @@ impl<'a> Build<'a> {
         instructions.extend(stage.instructions.iter().cloned());
         let total = instructions.len() + 1;
         self.total.fetch_add(total, Ordering::Relaxed);
-        self.progress.event(BuildEvent::StepStarted {
+        self.progress.emit(BuildEvent::StepStarted {
             stage: idx,
             stage_name: stage.name.clone(),
             index: 1,
@@ -532,7 +533,7 @@ impl<'a> Build<'a> {
             if hit.is_none() && !no_cache && self.remote_fetch(&st.key) {
                 hit = self.cache_lookup(&st.key)?;
             }
-            self.progress.event(BuildEvent::StepStarted {
+            self.progress.emit(BuildEvent::StepStarted {
                 stage: idx,
                 stage_name: stage.name.clone(),
                 index: st.index,
@@ -551,7 +552,7 @@ impl<'a> Build<'a> {
                 } else {
                     explain::explain(prev, &st.inputs)
                 };
-                self.progress.event(BuildEvent::CacheMiss {
+                self.progress.emit(BuildEvent::CacheMiss {
                     stage: idx,
                     index: st.index,
                     reason,
@@ -601,7 +602,7 @@ impl<'a> Build<'a> {
             });
             config.config = st.config_after.clone();
             last_created = Some(record.created);
-            self.progress.event(BuildEvent::StepFinished {
+            self.progress.emit(BuildEvent::StepFinished {
                 stage: idx,
                 index: st.index,
                 elapsed: started.elapsed(),
@@ -624,7 +625,7 @@ impl<'a> Build<'a> {
     /// Asks the `--cache-from` repositories for every step of a stage, in one parallel batch.
     fn remote_lookup(&self, steps: &[Step]) {
         let (Some(client), Ok(handle)) = (self.registry, self.rt.clone().ok_or(())) else {
-            self.progress.event(BuildEvent::Warning(
+            self.progress.emit(BuildEvent::Warning(
                 "--cache-from needs a registry client and a tokio runtime; the remote cache is not used".to_owned(),
             ));
             return;
@@ -650,7 +651,7 @@ impl<'a> Build<'a> {
         match crate::remote_cache::fetch(&handle, client, self.store, key, &hit) {
             Ok(()) => true,
             Err(e) => {
-                self.progress.event(BuildEvent::Warning(format!(
+                self.progress.emit(BuildEvent::Warning(format!(
                     "remote cache entry not used: {e}"
                 )));
                 false

@@ -1,28 +1,25 @@
-//! Where progress events go: an owned, cheaply cloned callback.
+//! Where progress events go: an owned, cheaply cloned callback — the one shape every rbuild
+//! crate reports progress through (build steps, push and pull, pipeline jobs).
 //!
-//! The sink is owned (an `Arc`, not a borrowed `&dyn Fn`) so that the futures of
-//! `Client::push_image` and `Client::pull_image` borrow nothing from their caller: they are
-//! `Send + 'static` and can be handed to `tokio::spawn` as they are. This module depends on no
-//! other module of the crate.
+//! The sink is owned (an `Arc`, not a borrowed `&dyn Fn`) so that futures holding it (a
+//! registry push or pull) borrow nothing from their caller: they are `Send + 'static` and can
+//! be handed to `tokio::spawn` as they are.
 
 use std::fmt;
 use std::sync::Arc;
 
-/// A receiver of progress events (`PushEvent`, `PullEvent`). Called from the pushing or pulling task, possibly for
-/// several blobs interleaved, so the callback must be quick and thread-safe.
+/// A receiver of progress events (`BuildEvent`, `PushEvent`, `PullEvent`, pipeline events).
+/// Called from the working thread or task — for a push, several blobs interleaved — so the
+/// callback must be quick and thread-safe.
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
-/// use rbuild_registry::{Events, PullEvent};
+/// use rbuild_oci::Events;
 ///
 /// let lines = Arc::new(Mutex::new(Vec::new()));
 /// let seen = Arc::clone(&lines);
-/// let events = Events::new(move |e: PullEvent| {
-///     if let Some(line) = e.docker_line() {
-///         seen.lock().unwrap().push(line);
-///     }
-/// });
-/// events.emit(PullEvent::Downloaded { digest: rbuild_oci::Digest::sha256_of(b"x") });
+/// let events = Events::new(move |e: String| seen.lock().unwrap().push(e));
+/// events.clone().emit("pulled".to_owned());
 /// assert_eq!(lines.lock().unwrap().len(), 1);
 /// ```
 pub struct Events<E>(Arc<dyn Fn(E) + Send + Sync>);
