@@ -302,3 +302,51 @@ fn unknown_deployment_and_bad_kubeconfig_are_clear_errors() {
     );
     assert_eq!(f.current(), f.image("0"));
 }
+
+#[test]
+fn rust_log_shows_the_deployers_events_on_stderr_and_is_off_by_default() {
+    let Some(f) = Fixture::start() else { return };
+    let deploy = |tag: &str, rust_log: Option<&str>| {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.arg("--root")
+            .arg(f.work.path().join("root"))
+            .args(["deploy", "web", "--image", &f.image(tag), "--kubeconfig"])
+            .arg(&f.kubeconfig)
+            .env("HOME", f.work.path())
+            .env_remove("KUBECONFIG")
+            .env_remove("DOCKER_CONFIG")
+            .env_remove("RUST_LOG");
+        if let Some(v) = rust_log {
+            cmd.env("RUST_LOG", v);
+        }
+        cmd.output().expect("spawn rbuild")
+    };
+    // The deployer logs each patch at debug level (`rbuild_deploy::deployer`).
+    let event = "patching deployment image";
+
+    let quiet = deploy("1", None);
+    ok(&quiet);
+    assert!(!stderr(&quiet).contains(event), "{}", stderr(&quiet));
+
+    let logged = deploy("2", Some("rbuild_deploy=debug"));
+    let out = ok(&logged);
+    let err = stderr(&logged);
+    assert!(err.contains(event), "{err}");
+    assert!(
+        err.contains("deployment=\"web\"") || err.contains("deployment=web"),
+        "{err}"
+    );
+    // Logs never mix into stdout, which scripts read.
+    assert!(!out.contains(event), "{out}");
+    assert_eq!(f.current(), f.pinned("2", &f.digests[1]));
+
+    // A filter that does not parse is named, and the command still does its work.
+    let typo = deploy("1", Some("rbuild_deploy=loud"));
+    ok(&typo);
+    assert!(
+        stderr(&typo).contains("ignoring RUST_LOG=rbuild_deploy=loud"),
+        "{}",
+        stderr(&typo)
+    );
+    assert_eq!(f.current(), f.pinned("1", &f.digests[0]));
+}

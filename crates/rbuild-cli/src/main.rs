@@ -86,7 +86,40 @@ fn default_root() -> PathBuf {
     home.join(".local/share/rbuild")
 }
 
+/// Shows the libraries' `tracing` events (registry retries, the deployer's watch events…) on
+/// stderr when `RUST_LOG` asks for them, with `EnvFilter`'s syntax (`RUST_LOG=rbuild_registry=debug`).
+///
+/// Off by default: without `RUST_LOG` no subscriber is installed, so the events cost a check of
+/// a static and nothing is printed between the build's own lines. An unparsable `RUST_LOG` is
+/// reported and logging stays off: a typo in a log setting must not fail a CI build.
+fn init_logging() {
+    use std::io::IsTerminal;
+
+    let Some(value) = std::env::var_os(tracing_subscriber::EnvFilter::DEFAULT_ENV) else {
+        return;
+    };
+    if value.is_empty() {
+        return;
+    }
+    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) => filter,
+        Err(e) => {
+            eprintln!(
+                "warning: ignoring RUST_LOG={}: {e}",
+                value.to_string_lossy()
+            );
+            return;
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
 fn main() -> ExitCode {
+    init_logging();
     // Multi-call: invoked as `docker` or `deploy`, the arguments are translated first.
     let argv = match shim::argv(std::env::args_os().collect()) {
         Ok(argv) => argv,

@@ -570,8 +570,9 @@ fn read_history(deployment: &Deployment, name: &str) -> Result<Vec<HistoryEntry>
 fn container_names(deployment: &Deployment) -> Vec<String> {
     deployment
         .spec
+        .template
+        .spec
         .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
         .map(|p| p.containers.iter().map(|c| c.name.clone()).collect())
         .unwrap_or_default()
 }
@@ -579,7 +580,6 @@ fn container_names(deployment: &Deployment) -> Vec<String> {
 fn container_image(deployment: &Deployment, container: &str) -> Option<String> {
     deployment
         .spec
-        .as_ref()?
         .template
         .spec
         .as_ref()?

@@ -75,11 +75,9 @@ pub fn rollout_state(deployment: &Deployment) -> Result<RolloutState, RolloutFai
             "Waiting for deployment spec update to be observed...".to_owned(),
         ));
     }
-    let timed_out = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some(TIMED_OUT_REASON));
+    let timed_out = status.conditions.iter().flatten().any(|c| {
+        c.type_.as_deref() == Some("Progressing") && c.reason.as_deref() == Some(TIMED_OUT_REASON)
+    });
     if timed_out {
         return Err(RolloutFailure::ProgressDeadlineExceeded { deployment: name });
     }
@@ -87,7 +85,7 @@ pub fn rollout_state(deployment: &Deployment) -> Result<RolloutState, RolloutFai
     let replicas = status.replicas.unwrap_or(0);
     let available = status.available_replicas.unwrap_or(0);
     // `spec.replicas` is nil-checked upstream: an unset count skips the first test.
-    if let Some(wanted) = deployment.spec.as_ref().and_then(|s| s.replicas)
+    if let Some(wanted) = deployment.spec.replicas
         && updated < wanted
     {
         return Ok(RolloutState::Waiting(format!(
@@ -148,10 +146,10 @@ mod tests {
                 generation: Some(generation),
                 ..ObjectMeta::default()
             },
-            spec: Some(DeploymentSpec {
+            spec: DeploymentSpec {
                 replicas: Some(wanted),
                 ..DeploymentSpec::default()
-            }),
+            },
             status: Some(DeploymentStatus {
                 observed_generation: Some(observed),
                 replicas: Some(replicas),
@@ -171,8 +169,8 @@ mod tests {
         // Even with a deadline condition, an unobserved spec only waits.
         let mut d = deployment(3, 2, 2, (2, 2, 2));
         d.status.as_mut().unwrap().conditions = Some(vec![DeploymentCondition {
-            type_: "Progressing".to_owned(),
-            status: "False".to_owned(),
+            type_: Some("Progressing".to_owned()),
+            status: Some("False".to_owned()),
             reason: Some(TIMED_OUT_REASON.to_owned()),
             ..DeploymentCondition::default()
         }]);

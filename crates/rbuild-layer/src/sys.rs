@@ -3,17 +3,10 @@
 //! Everything takes a parent directory descriptor and a single name component, so no call here
 //! ever resolves a multi-component path string that a symlink could redirect.
 
-// nix 0.29 returns raw descriptors from `openat`; wrapping them in `OwnedFd` is the only unsafe
-// operation of the crate.
-#![expect(
-    unsafe_code,
-    reason = "the few system calls no safe wrapper offers, each with a SAFETY comment"
-)]
-
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 
 use nix::errno::Errno;
@@ -23,9 +16,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchownat, linkat, symlinkat, unlinkat};
 
 fn open_raw(dir: BorrowedFd<'_>, name: &OsStr, flags: OFlag, mode: Mode) -> nix::Result<OwnedFd> {
-    let fd = openat(Some(dir.as_raw_fd()), name, flags | OFlag::O_CLOEXEC, mode)?;
-    // SAFETY: `openat` just returned this descriptor and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    openat(dir, name, flags | OFlag::O_CLOEXEC, mode)
 }
 
 /// Opens the directory `name` in `dir` without following a symlink (`ENOTDIR` or `ELOOP` if it
@@ -53,7 +44,7 @@ pub(crate) fn create_file_at(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<F
 
 /// `lstat` of `name` in `dir`.
 pub(crate) fn lstat_at(dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<FileStat> {
-    fstatat(Some(dir.as_raw_fd()), name, AtFlags::AT_SYMLINK_NOFOLLOW)
+    fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW)
 }
 
 /// Whether a stat result is a directory / a symlink.
@@ -71,7 +62,7 @@ pub(crate) fn is_symlink(st: &FileStat) -> bool {
 }
 
 pub(crate) fn mkdir_at(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> nix::Result<()> {
-    mkdirat(Some(dir.as_raw_fd()), name, Mode::from_bits_truncate(mode))
+    mkdirat(dir, name, Mode::from_bits_truncate(mode))
 }
 
 pub(crate) fn mknod_at(
@@ -81,17 +72,11 @@ pub(crate) fn mknod_at(
     perm: u32,
     dev: u64,
 ) -> nix::Result<()> {
-    mknodat(
-        Some(dir.as_raw_fd()),
-        name,
-        kind,
-        Mode::from_bits_truncate(perm),
-        dev,
-    )
+    mknodat(dir, name, kind, Mode::from_bits_truncate(perm), dev)
 }
 
 pub(crate) fn symlink_at(target: &OsStr, dir: BorrowedFd<'_>, name: &OsStr) -> nix::Result<()> {
-    symlinkat(target, Some(dir.as_raw_fd()), name)
+    symlinkat(target, dir, name)
 }
 
 /// Hard-links `old_name` in `old_dir` as `new_name` in `new_dir`; a symlink target is linked
@@ -102,19 +87,13 @@ pub(crate) fn link_at(
     new_dir: BorrowedFd<'_>,
     new_name: &OsStr,
 ) -> nix::Result<()> {
-    linkat(
-        Some(old_dir.as_raw_fd()),
-        old_name,
-        Some(new_dir.as_raw_fd()),
-        new_name,
-        AtFlags::empty(),
-    )
+    linkat(old_dir, old_name, new_dir, new_name, AtFlags::empty())
 }
 
 /// `lchown` of `name` in `dir`.
 pub(crate) fn lchown_at(dir: BorrowedFd<'_>, name: &OsStr, uid: u32, gid: u32) -> nix::Result<()> {
     fchownat(
-        Some(dir.as_raw_fd()),
+        dir,
         name,
         Some(Uid::from_raw(uid)),
         Some(Gid::from_raw(gid)),
@@ -124,13 +103,7 @@ pub(crate) fn lchown_at(dir: BorrowedFd<'_>, name: &OsStr, uid: u32, gid: u32) -
 
 /// Sets atime and mtime of `name` in `dir` without following a symlink.
 pub(crate) fn lutimes_at(dir: BorrowedFd<'_>, name: &OsStr, mtime: TimeSpec) -> nix::Result<()> {
-    utimensat(
-        Some(dir.as_raw_fd()),
-        name,
-        &mtime,
-        &mtime,
-        UtimensatFlags::NoFollowSymlink,
-    )
+    utimensat(dir, name, &mtime, &mtime, UtimensatFlags::NoFollowSymlink)
 }
 
 /// Removes `name` from `dir`, recursively for a directory, never following symlinks.
@@ -146,9 +119,9 @@ pub(crate) fn remove_all_at(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()>
         for child in list_dir(sub.as_fd_ref())? {
             remove_all_at(sub.as_fd_ref(), &child)?;
         }
-        unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::RemoveDir)?;
+        unlinkat(dir, name, UnlinkatFlags::RemoveDir)?;
     } else {
-        match unlinkat(Some(dir.as_raw_fd()), name, UnlinkatFlags::NoRemoveDir) {
+        match unlinkat(dir, name, UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => {}
             Err(e) => return Err(e.into()),
         }

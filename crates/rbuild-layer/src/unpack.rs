@@ -411,8 +411,7 @@ impl Extractor {
         self.stats.bytes += written;
         apply_fd_meta(&file, meta).map_err(|e| unpack_io(name, e))?;
         let t = meta.mtime;
-        nix::sys::stat::futimens(std::os::fd::AsRawFd::as_raw_fd(&file), &t, &t)
-            .map_err(|e| unpack_err(name, e))
+        nix::sys::stat::futimens(&file, &t, &t).map_err(|e| unpack_err(name, e))
     }
 
     fn make_other(
@@ -576,8 +575,7 @@ impl Extractor {
                     }
                 }
             };
-            nix::sys::stat::futimens(std::os::fd::AsRawFd::as_raw_fd(&fd), &t, &t)
-                .map_err(|e| unpack_err(&name, e))?;
+            nix::sys::stat::futimens(&fd, &t, &t).map_err(|e| unpack_err(&name, e))?;
         }
         Ok(())
     }

@@ -32,7 +32,7 @@ macro_rules! require_root {
 fn set_mtime(p: &Path, secs: i64) {
     let t = TimeSpec::new(secs, 0);
     nix::sys::stat::utimensat(
-        None,
+        nix::fcntl::AT_FDCWD,
         p,
         &t,
         &t,

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{RenameFlags, renameat2};
+use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use rbuild_oci::Digest;
 
 use crate::tree::remove_tree;
@@ -116,7 +116,13 @@ impl Store {
         // directory that does not match its diff_id and drops it for the next build to remake.
         // RENAME_NOREPLACE: a plain rename(2) would silently replace an empty directory that a
         // concurrent build committed (and may have mounted) in the meantime.
-        match renameat2(None, &upper, None, &dest, RenameFlags::RENAME_NOREPLACE) {
+        match renameat2(
+            AT_FDCWD,
+            &upper,
+            AT_FDCWD,
+            &dest,
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
             Ok(()) => {}
             Err(Errno::EEXIST | Errno::ENOTEMPTY) => return Ok(dest),
             Err(e) => return Err(err(e.into())),
@@ -200,9 +206,9 @@ mod tests {
         // Simulate losing the `is_dir` race: commit the upper by hand through the same path.
         let staging = store.staging().unwrap();
         let res = renameat2(
-            None,
+            AT_FDCWD,
             &staging.upper(),
-            None,
+            AT_FDCWD,
             &first,
             RenameFlags::RENAME_NOREPLACE,
         );

@@ -34,7 +34,7 @@ fn decoder(path: &Path) -> io::Result<Box<dyn Read>> {
         Kind::Plain => Box::new(f),
         Kind::Gzip => Box::new(flate2::read::MultiGzDecoder::new(f)),
         Kind::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(f)),
-        Kind::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(f)),
+        Kind::Xz => Box::new(liblzma::read::XzDecoder::new_multi_decoder(f)),
         Kind::Zstd => Box::new(zstd::stream::read::Decoder::new(f)?),
     })
 }
