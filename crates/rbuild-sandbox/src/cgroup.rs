@@ -280,6 +280,19 @@ impl StepCgroup {
     }
 }
 
+impl StepCgroup {
+    /// Kills every process in the run's cgroups where the kernel offers `cgroup.kill`
+    /// (cgroup v2, Linux 5.14). Best effort: the pid namespace's end kills them anyway.
+    pub fn kill_all(&self) {
+        for dir in &self.dirs {
+            let kill = dir.join("cgroup.kill");
+            if kill.exists() {
+                let _ = fs::write(kill, "1");
+            }
+        }
+    }
+}
+
 impl Drop for StepCgroup {
     fn drop(&mut self) {
         self.procs.clear();

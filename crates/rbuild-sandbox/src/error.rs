@@ -118,4 +118,9 @@ pub enum Error {
         /// What to do about it.
         remedy: &'static str,
     },
+    /// The run was cancelled through its [`CancelHandle`](crate::CancelHandle): the step's
+    /// processes were killed (or never started) and its mounts, cgroup and scratch directory
+    /// are gone.
+    #[error("the run was cancelled")]
+    Cancelled,
 }

@@ -29,7 +29,8 @@
 //! the child installs with one `seccomp(2)` call — `libseccomp` builds the program inside
 //! `seccomp_load`, which allocates, and a child forked from a multi-threaded process must not.
 //!
-//! Synchronous and blocking: async callers use `tokio::task::spawn_blocking`. Root is
+//! Synchronous and blocking: async callers use `tokio::task::spawn_blocking`, and stop a run
+//! in progress with a [`CancelHandle`] given to [`run_cancellable`]. Root is
 //! required for now (kernel overlayfs and namespaces); [`check_support`] says what is missing.
 //!
 //! ```no_run
@@ -62,6 +63,7 @@
 //! # }
 //! ```
 
+mod cancel;
 mod cgroup;
 mod error;
 mod limits;
@@ -73,9 +75,10 @@ mod support;
 mod sys;
 mod user;
 
+pub use cancel::CancelHandle;
 pub use error::{Error, Result};
 pub use limits::{Limits, ParseLimitError, Ulimit, UlimitResource, parse_size};
-pub use run::run;
+pub use run::{run, run_cancellable};
 pub use seccompiler::TargetArch;
 pub use security::{
     Capability, DEFAULT_CAPABILITIES, DEFAULT_MASKED_PATHS, DEFAULT_READONLY_PATHS,

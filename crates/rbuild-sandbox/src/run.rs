@@ -2,7 +2,11 @@
 
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
 
+use rustix::event::{PollFd, PollFlags};
+
+use crate::cancel::{CancelHandle, Waker};
 use crate::error::{Error, Result};
 use crate::plan::{self, Plan};
 use crate::spec::{OUTPUT_TAIL_LIMIT, Outcome, RunSpec};
@@ -29,18 +33,61 @@ use crate::sys::{self, Failure, Step};
 /// not root, or no overlay support), and [`Error::Spawn`], [`Error::ReadOutput`],
 /// [`Error::Wait`], [`Error::PrepareScratch`] for failures of this process.
 pub fn run(spec: &RunSpec, on_output: &mut dyn FnMut(&[u8])) -> Result<Outcome> {
+    run_inner(spec, None, on_output)
+}
+
+/// [`run`], stoppable from another thread or task through `cancel`.
+///
+/// When [`CancelHandle::cancel`] is called while the command runs, its whole process tree is
+/// killed, everything is cleaned up as after a normal exit, and this returns
+/// [`Error::Cancelled`] within moments (it never waits for the command). A handle cancelled
+/// before the call returns [`Error::Cancelled`] at once, without starting anything. A command
+/// that exited before the cancellation was seen returns its [`Outcome`] as usual.
+///
+/// # Errors
+///
+/// [`Error::Cancelled`] as above, and every error of [`run`].
+pub fn run_cancellable(
+    spec: &RunSpec,
+    cancel: &CancelHandle,
+    on_output: &mut dyn FnMut(&[u8]),
+) -> Result<Outcome> {
+    run_inner(spec, Some(cancel), on_output)
+}
+
+fn run_inner(
+    spec: &RunSpec,
+    cancel: Option<&CancelHandle>,
+    on_output: &mut dyn FnMut(&[u8]),
+) -> Result<Outcome> {
+    let waker = match cancel {
+        Some(handle) => {
+            let waker = handle.waker().map_err(|source| Error::Spawn { source })?;
+            if waker.cancelled {
+                return Err(Error::Cancelled);
+            }
+            Some(waker)
+        }
+        None => None,
+    };
     let mut plan = plan::prepare(spec)?;
     let mut buffers = std::mem::take(&mut plan.buffers);
     let launched = sys::launch(&plan, &mut buffers).map_err(|source| Error::Spawn { source })?;
     drop(buffers);
     let mut tail = Vec::new();
-    let mut read_result = Ok(());
-    if let Some(output) = launched.output {
-        read_result = stream(File::from(output), on_output, &mut tail);
-    }
+    let mut watched = Watched {
+        output: launched.output.map(File::from),
+        init_pid: Some(File::from(launched.init_pid)),
+        init: None,
+        middle: pidfd_open(launched.pid),
+        waker,
+    };
     // Wait even if reading failed: the child must be reaped (it dies with its namespace).
+    let watch_result = watched.watch(launched.pid, plan.cgroup.as_ref(), on_output, &mut tail);
     let status = sys::wait(launched.pid).map_err(|source| Error::Wait { source })?;
-    read_result.map_err(|source| Error::ReadOutput { source })?;
+    if watch_result.map_err(|source| Error::ReadOutput { source })? == Watch::Cancelled {
+        return Err(Error::Cancelled);
+    }
     let mut record = Vec::new();
     File::from(launched.failure)
         .read_to_end(&mut record)
@@ -60,6 +107,150 @@ pub fn run(spec: &RunSpec, on_output: &mut dyn FnMut(&[u8])) -> Result<Outcome> 
         output_tail: tail,
         oom_killed,
     })
+}
+
+/// A pidfd for `pid`, `None` where the kernel has none (before Linux 5.3): then a cancelled
+/// run without captured output is only seen by polling with a timeout.
+fn pidfd_open(pid: libc::pid_t) -> Option<OwnedFd> {
+    let pid = rustix::process::Pid::from_raw(pid)?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
+}
+
+/// How watching a run ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Watch {
+    /// The middle process exited and the output (if captured) reached EOF.
+    Exited,
+    /// The handle was cancelled and the process tree killed.
+    Cancelled,
+}
+
+/// What the caller polls while the sandbox runs.
+struct Watched {
+    /// Merged stdout/stderr, until EOF.
+    output: Option<File>,
+    /// The pipe that brings init's pid, until read.
+    init_pid: Option<File>,
+    /// A pidfd of init (pid 1 of the sandbox), once known.
+    init: Option<OwnedFd>,
+    /// A pidfd of the middle process (our child): readable when it exits.
+    middle: Option<OwnedFd>,
+    /// The cancel handle's eventfd, until the cancellation is acted on.
+    waker: Option<Waker>,
+}
+
+impl Watched {
+    /// Streams the output to `on_output` and `tail` until the middle process has exited and
+    /// the output is at EOF, killing the process tree when the handle is cancelled.
+    fn watch(
+        &mut self,
+        middle_pid: libc::pid_t,
+        cgroup: Option<&crate::cgroup::StepCgroup>,
+        on_output: &mut dyn FnMut(&[u8]),
+        tail: &mut Vec<u8>,
+    ) -> io::Result<Watch> {
+        // Without a waker nothing but the output needs watching: read it to EOF (all writers
+        // gone: the namespace is dead), as before cancellation existed.
+        if self.waker.is_none() {
+            if let Some(output) = self.output.take() {
+                stream(output, on_output, tail)?;
+            }
+            return Ok(Watch::Exited);
+        }
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut cancelled = false;
+        let mut exited = false;
+        // Without a pidfd, the exit of the middle process is checked every 50 ms.
+        let tick = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 50_000_000,
+        };
+        while !exited || self.output.is_some() {
+            // Which descriptors are polled, in this order; `ready` follows the same order.
+            let polled = [
+                self.waker.as_ref().map(Waker::fd),
+                self.output.as_ref().map(AsFd::as_fd),
+                self.init_pid.as_ref().map(AsFd::as_fd),
+                self.middle.as_ref().filter(|_| !exited).map(AsFd::as_fd),
+            ];
+            let mut fds: Vec<PollFd<'_>> = polled
+                .iter()
+                .flatten()
+                .map(|fd| PollFd::from_borrowed_fd(*fd, PollFlags::IN))
+                .collect();
+            let timeout = (self.middle.is_none() && !exited).then_some(&tick);
+            match rustix::event::poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            let mut revents = fds.iter().map(|p| !p.revents().is_empty());
+            let [waker_ready, output_ready, pid_ready, middle_ready] =
+                polled.map(|fd| fd.is_some() && revents.next() == Some(true));
+            drop(fds);
+            if waker_ready {
+                self.waker = None;
+                cancelled = true;
+                self.kill(middle_pid, cgroup);
+            }
+            if output_ready && let Some(output) = self.output.as_mut() {
+                match output.read(&mut buf) {
+                    Ok(0) => self.output = None,
+                    Ok(n) => {
+                        on_output(&buf[..n]);
+                        push_tail(tail, &buf[..n]);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if pid_ready {
+                self.read_init_pid();
+            }
+            if middle_ready {
+                exited = true;
+            } else if self.middle.is_none() && !exited {
+                exited = sys::exited(middle_pid)?;
+            }
+        }
+        Ok(if cancelled {
+            Watch::Cancelled
+        } else {
+            Watch::Exited
+        })
+    }
+
+    /// Reads init's pid from its pipe (EOF: the middle process failed before forking it) and
+    /// opens a pidfd for it at once. Init stays the middle process's unreaped child until it
+    /// dies, and the middle process reaps it and exits right away, so the pid names init for
+    /// as long as a kill through it can matter.
+    fn read_init_pid(&mut self) {
+        let Some(mut pipe) = self.init_pid.take() else {
+            return;
+        };
+        let mut bytes = [0u8; 4];
+        if pipe.read_exact(&mut bytes).is_ok() {
+            self.init = pidfd_open(libc::pid_t::from_ne_bytes(bytes));
+        }
+    }
+
+    /// Kills pid 1 of the sandbox (the kernel then kills everything else in its pid
+    /// namespace, and init's end ends the middle process), and the run's cgroup.
+    fn kill(&mut self, middle_pid: libc::pid_t, cgroup: Option<&crate::cgroup::StepCgroup>) {
+        // The middle process writes the pid right after its fork (or exits): a short wait.
+        self.read_init_pid();
+        let killed_init = self.init.as_ref().is_some_and(|init| {
+            rustix::process::pidfd_send_signal(init, rustix::process::Signal::KILL).is_ok()
+        });
+        if !killed_init {
+            // No init (not forked, or already gone): the middle process is our unreaped
+            // child, so its pid is still its own.
+            sys::kill(middle_pid);
+        }
+        if let Some(cgroup) = cgroup {
+            cgroup.kill_all();
+        }
+    }
 }
 
 /// Reads the output pipe to EOF (all writers gone: the namespace is dead), feeding the

@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, symlink};
 use std::path::{Path, PathBuf};
 
-use rbuild_sandbox::{BindMount, Error, Network, Outcome, RunSpec, Stdio};
+use rbuild_sandbox::{BindMount, CancelHandle, Error, Network, Outcome, RunSpec, Stdio};
 
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n";
 const GROUP: &str = "root:x:0:\nwheel:x:10:root,app\napp:x:1000:\nstaff:x:50:\n";
@@ -59,17 +59,26 @@ fn busybox_rootfs(root: &Path, with_etc: bool) {
     }
 }
 
+/// Skips with the reason, or fails when `RBUILD_REQUIRE_SANDBOX` is set (CI).
+fn skip(why: &str) {
+    assert!(
+        std::env::var_os("RBUILD_REQUIRE_SANDBOX").is_none(),
+        "skipped: {why}"
+    );
+    eprintln!("skipped: {why}");
+}
+
 fn fixture_with(with_etc: bool) -> Option<Fixture> {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("skipped: sandbox tests need root");
+        skip("sandbox tests need root");
         return None;
     }
     if !Path::new("/bin/busybox").exists() {
-        eprintln!("skipped: /bin/busybox (busybox-static) is not installed");
+        skip("/bin/busybox (busybox-static) is not installed");
         return None;
     }
     if let Err(e) = rbuild_sandbox::check_support() {
-        eprintln!("skipped: {e}");
+        skip(&e.to_string());
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -427,4 +436,142 @@ fn setup_failure_names_the_step_and_keeps_the_cause() {
     assert!(step.starts_with("mount the overlay"), "{step}");
     assert!(source.raw_os_error().is_some(), "{source}");
     assert!(rbuild_sandbox::check_support().is_ok());
+}
+
+/// Host pids of the processes whose command line is exactly `args` and that live in another
+/// pid namespace than this test (so a stray process of the same name elsewhere never counts).
+fn sandboxed_pids(args: &[&str]) -> Vec<u32> {
+    let own_ns = fs::read_link("/proc/self/ns/pid").unwrap();
+    let want: Vec<u8> = args
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    let mut pids = Vec::new();
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let (Ok(cmdline), Ok(ns)) = (
+            fs::read(entry.path().join("cmdline")),
+            fs::read_link(entry.path().join("ns/pid")),
+        ) else {
+            continue;
+        };
+        if cmdline == want && ns != own_ns {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Whether the host's mount table mentions `path` (an overlay of the run left behind).
+fn host_mounts_mention(path: &Path) -> bool {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .contains(path.to_str().unwrap())
+}
+
+fn cancel_while_running(stdio: Stdio, seconds: &str) {
+    let Some(f) = fixture() else { return };
+    // Pid 1 (the shell) and two children: the whole tree must go, not only pid 1.
+    let script = format!("sleep {seconds} & sleep {seconds} & echo started; wait");
+    let spec = f.spec(&script).stdio(stdio);
+    let cancel = CancelHandle::new();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let runner = {
+        let cancel = cancel.clone();
+        std::thread::spawn(move || {
+            let mut output = Vec::new();
+            let result = rbuild_sandbox::run_cancellable(&spec, &cancel, &mut |c| {
+                output.extend_from_slice(c)
+            });
+            done_tx.send((result, output)).unwrap();
+        })
+    };
+    let started = std::time::Instant::now();
+    let sleepers = loop {
+        let pids = sandboxed_pids(&["sleep", seconds]);
+        if pids.len() == 2 {
+            break pids;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the step never started its two sleeps: {pids:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+
+    let cancelled_at = std::time::Instant::now();
+    cancel.cancel();
+    let (result, output) = done_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("run_cancellable returned within 10 s of the cancel");
+    let took = cancelled_at.elapsed();
+    runner.join().unwrap();
+    assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+    eprintln!("{stdio:?}: cancelled in {took:?}");
+    if stdio == Stdio::Capture {
+        assert_eq!(String::from_utf8_lossy(&output), "started\n");
+    }
+    // No process of the step is left: the two sleeps (and so their pid namespace) are gone.
+    for pid in sleepers {
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        assert!(
+            !cmdline.starts_with(b"sleep\0"),
+            "pid {pid} of the step survived the cancel"
+        );
+    }
+    assert_eq!(sandboxed_pids(&["sleep", seconds]), Vec::<u32>::new());
+    // Cleaned up as after a normal exit: no overlay of the run is left mounted on the host.
+    assert!(!host_mounts_mention(&f.upper));
+    assert!(!host_mounts_mention(&f.work));
+
+    // The handle stays cancelled: the next run with it does not start.
+    let again = rbuild_sandbox::run_cancellable(&f.spec("touch /late"), &cancel, &mut |_| {});
+    assert!(matches!(again, Err(Error::Cancelled)), "{again:?}");
+    assert!(!f.upper.join("late").exists());
+}
+
+#[test]
+fn cancel_kills_the_whole_step_with_captured_output() {
+    cancel_while_running(Stdio::Capture, "987651");
+}
+
+#[test]
+fn cancel_kills_the_whole_step_with_inherited_stdio() {
+    cancel_while_running(Stdio::Inherit, "987652");
+}
+
+#[test]
+fn a_handle_that_is_never_cancelled_changes_nothing() {
+    let Some(f) = fixture() else { return };
+    let cancel = CancelHandle::new();
+    let mut seen = Vec::new();
+    let outcome = rbuild_sandbox::run_cancellable(
+        &f.spec("echo hello; touch /made; exit 3"),
+        &cancel,
+        &mut |c| seen.extend_from_slice(c),
+    )
+    .unwrap();
+    assert_eq!(outcome.status, 3);
+    assert_eq!(seen, b"hello\n");
+    assert!(f.upper.join("made").exists());
+    assert!(!cancel.is_cancelled());
+}
+
+/// Needs no root: a cancelled handle stops the run before anything is prepared or started.
+#[test]
+fn a_cancelled_handle_returns_before_anything_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cancel = CancelHandle::new();
+    cancel.cancel();
+    let spec = RunSpec::default()
+        .upper_dir(dir.path().join("upper"))
+        .work_dir(dir.path().join("work"))
+        .args(["/bin/sh", "-c", "touch /x"]);
+    let result = rbuild_sandbox::run_cancellable(&spec, &cancel, &mut |_| {});
+    assert!(matches!(result, Err(Error::Cancelled)), "{result:?}");
+    assert_eq!(result.unwrap_err().to_string(), "the run was cancelled");
+    // Nothing was created: not even the directories that a run would have failed on.
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
 }

@@ -41,8 +41,8 @@ pub(super) fn join_cgroup(plan: &Plan) -> Result<(), Failure> {
             }
         }
     }
-    // SAFETY: unshare takes a flag word.
     check(
+        // SAFETY: unshare takes a flag word.
         unsafe { libc::unshare(libc::CLONE_NEWCGROUP) },
         Step::CgroupNamespace,
         0,
@@ -144,8 +144,8 @@ pub(super) fn mask_paths(security: &SecurityPlan) -> Result<(), Failure> {
 /// Step 4: the `--ulimit` values.
 pub(super) fn set_rlimits(security: &SecurityPlan) -> Result<(), Failure> {
     for (i, (resource, limit)) in security.rlimits.iter().enumerate() {
-        // SAFETY: a valid rlimit struct for a resource number from the RLIMIT_* table.
         check(
+            // SAFETY: a valid rlimit struct for a resource number from the RLIMIT_* table.
             unsafe { libc::setrlimit(*resource as _, limit) },
             Step::Rlimit,
             i as u32,
@@ -233,9 +233,9 @@ pub(super) fn restrict(security: &SecurityPlan) -> Result<(), Failure> {
                 inheritable: 0,
             },
         ];
-        // SAFETY: header and a two-element data array of the layout capset(2) documents
-        // for _LINUX_CAPABILITY_VERSION_3.
         check(
+            // SAFETY: header and a two-element data array of the layout capset(2) documents
+            // for _LINUX_CAPABILITY_VERSION_3.
             unsafe {
                 libc::syscall(
                     libc::SYS_capset,
@@ -246,8 +246,8 @@ pub(super) fn restrict(security: &SecurityPlan) -> Result<(), Failure> {
             Step::SetCapabilities,
             0,
         )?;
-        // SAFETY: prctl with integer arguments.
         check(
+            // SAFETY: prctl with integer arguments.
             unsafe {
                 libc::prctl(
                     libc::PR_CAP_AMBIENT,
@@ -262,8 +262,8 @@ pub(super) fn restrict(security: &SecurityPlan) -> Result<(), Failure> {
         )?;
     }
     if security.no_new_privileges {
-        // SAFETY: prctl with integer arguments.
         check(
+            // SAFETY: prctl with integer arguments.
             unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
             Step::NoNewPrivileges,
             0,
@@ -274,9 +274,9 @@ pub(super) fn restrict(security: &SecurityPlan) -> Result<(), Failure> {
             len: program.len() as u16,
             filter: program.as_ptr(),
         };
-        // SAFETY: `prog` points at a live BPF program of `len` instructions; the kernel
-        // copies it (seccomp(2)).
         check(
+            // SAFETY: `prog` points at a live BPF program of `len` instructions; the kernel
+            // copies it (seccomp(2)).
             unsafe {
                 libc::syscall(
                     libc::SYS_seccomp,

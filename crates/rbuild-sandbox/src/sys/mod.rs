@@ -174,6 +174,9 @@ pub(crate) struct Launched {
     pub output: Option<OwnedFd>,
     /// Receives a [`Failure`] record, or EOF when the command was executed.
     pub failure: OwnedFd,
+    /// Receives init's pid (4 bytes, native order) once the middle process forked it; EOF
+    /// without it when the middle process failed before.
+    pub init_pid: OwnedFd,
 }
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
@@ -182,30 +185,44 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    // SAFETY: pipe2 succeeded, so `fds[0]` is open and owned by nobody else.
+    let read = unsafe { OwnedFd::from_raw_fd(fds[0]) };
+    // SAFETY: likewise for `fds[1]`, a different descriptor.
+    let write = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    Ok((read, write))
 }
 
 /// Forks the sandbox. Pipes are close-on-exec so that processes spawned concurrently by other
 /// threads do not hold them open (which would delay EOF).
 pub(crate) fn launch(plan: &Plan, buffers: &mut Buffers) -> io::Result<Launched> {
     let (failure_r, failure_w) = pipe()?;
+    let (pid_r, pid_w) = pipe()?;
     let output = if plan.capture { Some(pipe()?) } else { None };
     let arrays = plan.exec_arrays();
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     let out_w = output.as_ref().map(|(_, w)| w.as_raw_fd());
     let failure_w_raw = failure_w.as_raw_fd();
+    let pid_w_raw = pid_w.as_raw_fd();
     // SAFETY: the child only runs `middle`, which makes async-signal-safe syscalls on data
     // prepared above and never returns (it ends in `_exit`), so no Rust state that another
     // thread might have locked is touched.
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
-        0 => middle(plan, buffers, &arrays, failure_w_raw, out_w, parent),
+        0 => middle(
+            plan,
+            buffers,
+            &arrays,
+            failure_w_raw,
+            out_w,
+            pid_w_raw,
+            parent,
+        ),
         pid => Ok(Launched {
             pid,
             output: output.map(|(r, _w)| r),
             failure: failure_r,
+            init_pid: pid_r,
         }),
     }
 }
@@ -223,6 +240,26 @@ pub(crate) fn wait(pid: libc::pid_t) -> io::Result<i32> {
             return Err(err);
         }
     }
+}
+
+/// Whether our child `pid` has exited, leaving it to [`wait`] to reap (`WNOWAIT`).
+pub(crate) fn exited(pid: libc::pid_t) -> io::Result<bool> {
+    // SAFETY: siginfo_t is a plain C struct; all-zero bytes are a valid value, and waitid
+    // leaves `si_pid` zero when no child changed state (waitid(2), WNOHANG).
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: `info` is a valid out pointer; `pid` is our child.
+    if unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: waitid filled `info` for a child of ours (SIGCHLD layout), or left it zeroed.
+    Ok(unsafe { info.si_pid() } != 0)
+}
+
+/// Sends SIGKILL to our child `pid`, which has not been reaped yet (so the pid is its own).
+pub(crate) fn kill(pid: libc::pid_t) {
+    // SAFETY: kill(2) with integer arguments; an error (the child already exited) is moot.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
 }
 
 /// The shell's convention: exit code, or 128 + signal number.
@@ -277,75 +314,62 @@ fn middle(
     arrays: &ExecArrays,
     failure_w: RawFd,
     out_w: Option<RawFd>,
+    pid_w: RawFd,
     parent: libc::pid_t,
 ) -> ! {
     let result = (|| -> Result<i32, Failure> {
-        // SAFETY (this block): prctl/getppid/sigprocmask/sigaction/dup2/open/unshare/fork are
-        // async-signal-safe syscalls on values owned by this single-threaded child.
-        unsafe {
-            // Die with the caller (a killed build must not leave sandboxes behind); the
-            // getppid check closes the race with a parent that died before prctl.
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() != parent {
-                exit(1);
+        die_with_caller(parent);
+        reset_signals();
+        if let Some(out) = out_w {
+            connect_stdio(out)?;
+        }
+        let mut flags =
+            libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
+        if plan.network_none {
+            flags |= libc::CLONE_NEWNET;
+        }
+        // SAFETY: unshare(2) takes a flag word; this process is single-threaded (forked), as
+        // CLONE_NEWNS requires.
+        check(unsafe { libc::unshare(flags) }, Step::Unshare, 0)?;
+        // SAFETY: this process is single-threaded, so the child is a complete copy; it runs
+        // `init`, which only makes async-signal-safe calls and never returns.
+        let pid = check(unsafe { libc::fork() }, Step::ForkInit, 0)?;
+        if pid == 0 {
+            // No getppid() check here: the parent is outside the new pid namespace, so
+            // getppid() is 0 either way. The middle process only dies early when killed,
+            // and then only after its own PDEATHSIG fired, i.e. the caller is gone.
+            // SAFETY: prctl(2) with integer arguments, on this process only.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            close(pid_w);
+            let Err(failure) = init(plan, buffers, arrays);
+            report(failure_w, failure);
+            exit(1);
+        }
+        // The caller kills init by this pid on cancellation: init is our unreaped child, so
+        // the pid cannot be reused until we have waited for it. A short write only happens
+        // when the caller is gone, and then nobody needs the pid.
+        let bytes = pid.to_ne_bytes();
+        // SAFETY: writes a stack buffer to a pipe; 4 bytes < PIPE_BUF, so the write is atomic.
+        unsafe { libc::write(pid_w, bytes.as_ptr().cast(), bytes.len()) };
+        close(pid_w);
+        // Only init writes output from now on; our copies would not delay EOF (we exit
+        // with init) but there is no reason to keep them.
+        if out_w.is_some() {
+            close(1);
+            close(2);
+        }
+        let mut status = 0;
+        loop {
+            // SAFETY: `status` is a valid out pointer; `pid` is our child.
+            if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+                return Ok(status_code(status));
             }
-            // Signal state is inherited through exec: the Rust runtime ignores SIGPIPE and
-            // tokio blocks nothing, but a caller may; give the command a clean slate like
-            // std::process::Command does.
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-            for sig in 1..libc::SIGRTMIN() {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
-            }
-            if let Some(out) = out_w {
-                let null = check(
-                    libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY),
-                    Step::Stdio,
-                    0,
-                )?;
-                check(libc::dup2(null, 0), Step::Stdio, 0)?;
-                check(libc::dup2(out, 1), Step::Stdio, 1)?;
-                check(libc::dup2(out, 2), Step::Stdio, 2)?;
-                close(null);
-                close(out);
-            }
-            let mut flags =
-                libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC;
-            if plan.network_none {
-                flags |= libc::CLONE_NEWNET;
-            }
-            check(libc::unshare(flags), Step::Unshare, 0)?;
-            let pid = check(libc::fork(), Step::ForkInit, 0)?;
-            if pid == 0 {
-                // No getppid() check here: the parent is outside the new pid namespace, so
-                // getppid() is 0 either way. The middle process only dies early when killed,
-                // and then only after its own PDEATHSIG fired, i.e. the caller is gone.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                let Err(failure) = init(plan, buffers, arrays);
-                report(failure_w, failure);
-                exit(1);
-            }
-            // Only init writes output from now on; our copies would not delay EOF (we exit
-            // with init) but there is no reason to keep them.
-            if out_w.is_some() {
-                close(1);
-                close(2);
-            }
-            let mut status = 0;
-            loop {
-                if libc::waitpid(pid, &mut status, 0) == pid {
-                    return Ok(status_code(status));
-                }
-                if errno() != libc::EINTR {
-                    return Err(Failure {
-                        step: Step::WaitInit,
-                        index: 0,
-                        errno: errno(),
-                    });
-                }
+            if errno() != libc::EINTR {
+                return Err(Failure {
+                    step: Step::WaitInit,
+                    index: 0,
+                    errno: errno(),
+                });
             }
         }
     })();
@@ -356,6 +380,54 @@ fn middle(
             exit(1)
         }
     }
+}
+
+/// Die with the caller (a killed build must not leave sandboxes behind); the getppid check
+/// closes the race with a parent that died before prctl.
+fn die_with_caller(parent: libc::pid_t) {
+    // SAFETY: prctl(2) with integer arguments, on this process only.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } != parent {
+        exit(1);
+    }
+}
+
+/// Signal state is inherited through exec: the Rust runtime ignores SIGPIPE and tokio blocks
+/// nothing, but a caller may; give the command a clean slate like `std::process::Command`.
+fn reset_signals() {
+    let mut empty = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set it is given (sigsetops(3)).
+    unsafe { libc::sigemptyset(empty.as_mut_ptr()) };
+    // SAFETY: initialised by sigemptyset just above.
+    let empty = unsafe { empty.assume_init() };
+    // SAFETY: `empty` is an initialised set; the old mask is not asked for (null).
+    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) };
+    for sig in 1..libc::SIGRTMIN() {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: restores the default disposition; no handler code is installed.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+    }
+}
+
+/// stdin from `/dev/null`, stdout and stderr to the output pipe `out` (which is then closed).
+fn connect_stdio(out: RawFd) -> Result<(), Failure> {
+    let null = check(
+        // SAFETY: a NUL-terminated literal path; the descriptor is ours and closed below.
+        unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY) },
+        Step::Stdio,
+        0,
+    )?;
+    // SAFETY: dup2(2) on two descriptors of this process.
+    check(unsafe { libc::dup2(null, 0) }, Step::Stdio, 0)?;
+    // SAFETY: as above; `out` is the pipe's write end inherited from the caller.
+    check(unsafe { libc::dup2(out, 1) }, Step::Stdio, 1)?;
+    // SAFETY: as above.
+    check(unsafe { libc::dup2(out, 2) }, Step::Stdio, 2)?;
+    close(null);
+    close(out);
+    Ok(())
 }
 
 /// Pid 1 of the sandbox: joins its cgroup, builds the rootfs, switches to it, masks what the
@@ -380,8 +452,8 @@ fn init(plan: &Plan, buffers: &mut Buffers, arrays: &ExecArrays) -> Result<Infal
         0,
     )?;
     let hostname = plan.hostname.as_bytes();
-    // SAFETY: pointer and length describe `plan.hostname`.
     check(
+        // SAFETY: pointer and length describe `plan.hostname`.
         unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) },
         Step::SetHostname,
         0,
@@ -390,8 +462,8 @@ fn init(plan: &Plan, buffers: &mut Buffers, arrays: &ExecArrays) -> Result<Infal
         mounts::loopback_up()?;
     }
     // The overlay options use paths relative to the scratch directory (see plan.rs).
-    // SAFETY: NUL-terminated path.
     check(
+        // SAFETY: NUL-terminated path.
         unsafe { libc::chdir(plan.scratch_c.as_ptr()) },
         Step::EnterScratch,
         0,

@@ -158,24 +158,31 @@ pub(super) fn loopback_up() -> Result<(), Failure> {
         index: 0,
         errno: errno(),
     };
-    // SAFETY: socket/ioctl on a zeroed ifreq whose name is "lo"; the descriptor is ours.
-    unsafe {
-        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if sock < 0 {
-            return Err(fail());
-        }
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        ifr.ifr_name[0] = b'l' as c_char;
-        ifr.ifr_name[1] = b'o' as c_char;
-        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
-            return Err(fail());
-        }
-        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(sock, libc::SIOCSIFFLAGS, &ifr) < 0 {
-            return Err(fail());
-        }
-        close(sock);
+    // SAFETY: socket(2) takes integer arguments; the descriptor it returns is owned here and
+    // closed below.
+    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return Err(fail());
     }
+    // SAFETY: `ifreq` is a plain C struct (names and integer unions) for which all-zero bytes
+    // are a valid value: an empty name and zero flags.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    ifr.ifr_name[0] = b'l' as c_char;
+    ifr.ifr_name[1] = b'o' as c_char;
+    // SAFETY: SIOCGIFFLAGS writes the interface's flags into the `ifreq` we pass, which is
+    // live and writable for the call (netdevice(7)).
+    if unsafe { libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut ifr) } < 0 {
+        return Err(fail());
+    }
+    // SAFETY: SIOCGIFFLAGS succeeded, so the kernel initialised `ifru_flags`, the union field
+    // that SIOCGIFFLAGS/SIOCSIFFLAGS use.
+    let flags = unsafe { ifr.ifr_ifru.ifru_flags };
+    ifr.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: SIOCSIFFLAGS only reads the `ifreq` we pass, which is live for the call.
+    if unsafe { libc::ioctl(sock, libc::SIOCSIFFLAGS, &ifr) } < 0 {
+        return Err(fail());
+    }
+    close(sock);
     Ok(())
 }
 
@@ -253,8 +260,8 @@ pub(super) fn mount_kernel_filesystems(root: RawFd) -> Result<(), Failure> {
             index,
         )?;
     }
-    // SAFETY: NUL-terminated names relative to our descriptor.
     check(
+        // SAFETY: NUL-terminated names relative to our descriptor.
         unsafe { libc::mkdirat(dev, c"pts".as_ptr(), 0o755) },
         Step::MountDevpts,
         0,
@@ -270,8 +277,8 @@ pub(super) fn mount_kernel_filesystems(root: RawFd) -> Result<(), Failure> {
         Step::MountDevpts,
         0,
     )?;
-    // SAFETY: as above.
     check(
+        // SAFETY: as above.
         unsafe { libc::mkdirat(dev, c"shm".as_ptr(), 0o1777) },
         Step::MountShm,
         0,
@@ -289,15 +296,15 @@ pub(super) fn mount_kernel_filesystems(root: RawFd) -> Result<(), Failure> {
     )?;
     // /dev/pipes: where BuildKit puts a RUN heredoc that runs as a script (`#!`); the engine
     // bind-mounts the script's directory here.
-    // SAFETY: NUL-terminated name, created under our descriptor.
     check(
+        // SAFETY: NUL-terminated name, created under our descriptor.
         unsafe { libc::mkdirat(dev, c"pipes".as_ptr(), 0o755) },
         Step::MountShm,
         0,
     )?;
     for (i, (target, name)) in DEV_SYMLINKS.iter().enumerate() {
-        // SAFETY: NUL-terminated strings; the link is created under our descriptor.
         check(
+            // SAFETY: NUL-terminated strings; the link is created under our descriptor.
             unsafe { libc::symlinkat(target.as_ptr(), dev, name.as_ptr()) },
             Step::DevSymlink,
             i as u32,
@@ -325,43 +332,52 @@ pub(super) fn mount_kernel_filesystems(root: RawFd) -> Result<(), Failure> {
 /// (`libcontainer/rootfs_linux.go` `pivotRoot`): no `put_old` directory is needed, so nothing
 /// is created in the rootfs.
 pub(super) fn pivot(root: RawFd) -> Result<(), Failure> {
-    // SAFETY: plain syscalls on NUL-terminated literals and descriptors we own.
-    unsafe {
-        let old = check(
+    let old = check(
+        // SAFETY: a NUL-terminated literal path; the descriptor it returns is ours, closed below.
+        unsafe {
             libc::open(
                 c"/".as_ptr(),
                 libc::O_DIRECTORY | libc::O_RDONLY | libc::O_CLOEXEC,
-            ),
-            Step::PivotRoot,
-            0,
-        )?;
-        check(libc::fchdir(root), Step::PivotRoot, 1)?;
-        check(
-            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as c_int,
-            Step::PivotRoot,
-            2,
-        )?;
-        check(libc::fchdir(old), Step::DetachOldRoot, 0)?;
-        check(
-            mount(
-                std::ptr::null(),
-                c".".as_ptr(),
-                std::ptr::null(),
-                libc::MS_SLAVE | libc::MS_REC,
-                std::ptr::null(),
-            ),
-            Step::DetachOldRoot,
-            1,
-        )?;
-        check(
-            libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
-            Step::DetachOldRoot,
-            2,
-        )?;
-        check(libc::chdir(c"/".as_ptr()), Step::DetachOldRoot, 3)?;
-        close(old);
-        close(root);
-    }
+            )
+        },
+        Step::PivotRoot,
+        0,
+    )?;
+    // SAFETY: `root` is the open overlay root directory passed in by `init`.
+    check(unsafe { libc::fchdir(root) }, Step::PivotRoot, 1)?;
+    check(
+        // SAFETY: pivot_root(2) reads two NUL-terminated literal paths.
+        unsafe { libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as c_int },
+        Step::PivotRoot,
+        2,
+    )?;
+    // SAFETY: `old` was opened above and is still open.
+    check(unsafe { libc::fchdir(old) }, Step::DetachOldRoot, 0)?;
+    check(
+        mount(
+            std::ptr::null(),
+            c".".as_ptr(),
+            std::ptr::null(),
+            libc::MS_SLAVE | libc::MS_REC,
+            std::ptr::null(),
+        ),
+        Step::DetachOldRoot,
+        1,
+    )?;
+    check(
+        // SAFETY: umount2(2) reads a NUL-terminated literal path.
+        unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) },
+        Step::DetachOldRoot,
+        2,
+    )?;
+    // SAFETY: chdir(2) reads a NUL-terminated literal path.
+    check(
+        unsafe { libc::chdir(c"/".as_ptr()) },
+        Step::DetachOldRoot,
+        3,
+    )?;
+    close(old);
+    close(root);
     Ok(())
 }
 

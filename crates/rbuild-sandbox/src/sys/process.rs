@@ -101,16 +101,17 @@ pub(super) fn set_user(plan: &Plan, buffers: &mut Buffers) -> Result<(), Failure
             UserError::TooManyGroups => USER_ERROR_TOO_MANY_GROUPS,
         },
     })?;
-    // SAFETY: `groups[..ngroups]` is initialised; the ids are plain integers.
-    unsafe {
-        check(
-            libc::setgroups(ids.ngroups, groups.as_ptr()),
-            Step::SetGroups,
-            0,
-        )?;
-        check(libc::setgid(ids.gid), Step::SetGid, 0)?;
-        check(libc::setuid(ids.uid), Step::SetUid, 0)?;
-    }
+    check(
+        // SAFETY: setgroups(2) reads `ngroups` ids from `groups`, whose first `ngroups`
+        // entries `resolve` initialised.
+        unsafe { libc::setgroups(ids.ngroups, groups.as_ptr()) },
+        Step::SetGroups,
+        0,
+    )?;
+    // SAFETY: setgid(2) takes a plain integer id.
+    check(unsafe { libc::setgid(ids.gid) }, Step::SetGid, 0)?;
+    // SAFETY: setuid(2) takes a plain integer id; it comes after setgid, which needs root.
+    check(unsafe { libc::setuid(ids.uid) }, Step::SetUid, 0)?;
     Ok(())
 }
 
