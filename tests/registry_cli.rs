@@ -36,10 +36,10 @@ fn rbuild_with(root: &Path, args: &[&str], env: &[(&str, &Path)], stdin: Option<
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().expect("spawn rbuild");
-    if let Some(mut pipe) = child.stdin.take() {
-        if let Some(input) = stdin {
-            pipe.write_all(input.as_bytes()).expect("write stdin");
-        }
+    if let Some(mut pipe) = child.stdin.take()
+        && let Some(input) = stdin
+    {
+        pipe.write_all(input.as_bytes()).expect("write stdin");
     }
     child.wait_with_output().expect("wait for rbuild")
 }

@@ -54,7 +54,11 @@ pub struct UlimitResource {
     resource: u32,
 }
 
-#[allow(clippy::unnecessary_cast)] // RLIMIT_* are u32 on glibc but c_int on musl
+// Not `expect`: the cast is needed on musl, where the lint does not fire.
+#[allow(
+    clippy::unnecessary_cast,
+    reason = "RLIMIT_* are u32 on glibc but c_int on musl"
+)]
 const RESOURCES: [(&str, u32); 16] = [
     ("as", libc::RLIMIT_AS as u32),
     ("core", libc::RLIMIT_CORE as u32),

@@ -193,7 +193,8 @@ impl Watched {
                 cancelled = true;
                 self.kill(middle_pid, cgroup);
             }
-            if output_ready && let Some(output) = self.output.as_mut() {
+            let output = self.output.as_mut().filter(|_| output_ready);
+            if let Some(output) = output {
                 match output.read(&mut buf) {
                     Ok(0) => self.output = None,
                     Ok(n) => {

@@ -15,7 +15,10 @@
 //! 8. `PR_SET_NO_NEW_PRIVS` — without `CAP_SYS_ADMIN` it is what allows step 9;
 //! 9. the seccomp filters, last, so that none of the calls above has to be allowed by them
 //!    (only `execve` follows).
-#![allow(unsafe_code)] // prctl/capset/seccomp/setrlimit/mount are FFI calls; each block says why it is sound
+#![expect(
+    unsafe_code,
+    reason = "prctl/capset/seccomp/setrlimit are FFI calls; each block says why it is sound"
+)]
 
 use std::ffi::c_int;
 

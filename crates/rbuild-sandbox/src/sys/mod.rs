@@ -18,7 +18,10 @@
 //! After `fork` only async-signal-safe calls are made: raw syscalls on C strings and buffers
 //! from [`Plan`], no allocation, no locks. A setup failure is written to a close-on-exec pipe as
 //! a fixed-size [`Failure`] record; a successful exec closes the pipe empty.
-#![allow(unsafe_code)] // fork/unshare/mount/pivot_root/execve are FFI calls; each block says why it is sound
+#![expect(
+    unsafe_code,
+    reason = "fork/unshare/waitpid/prctl are FFI calls; each block says why it is sound"
+)]
 
 use std::convert::Infallible;
 use std::ffi::c_int;

@@ -1,6 +1,9 @@
 //! The sandbox's mounts: kernel filesystems, bind mounts, `pivot_root`, and the loopback
 //! interface of a new network namespace. Runs in pid 1 of the sandbox, after `fork`.
-#![allow(unsafe_code)] // mount/openat2/pivot_root are FFI calls; each block says why it is sound
+#![expect(
+    unsafe_code,
+    reason = "mount/openat2/pivot_root are FFI calls; each block says why it is sound"
+)]
 
 use std::ffi::{CStr, c_char, c_int};
 use std::os::fd::RawFd;
@@ -370,8 +373,8 @@ pub(super) fn pivot(root: RawFd) -> Result<(), Failure> {
         Step::DetachOldRoot,
         2,
     )?;
-    // SAFETY: chdir(2) reads a NUL-terminated literal path.
     check(
+        // SAFETY: chdir(2) reads a NUL-terminated literal path.
         unsafe { libc::chdir(c"/".as_ptr()) },
         Step::DetachOldRoot,
         3,

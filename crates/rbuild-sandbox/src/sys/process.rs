@@ -1,6 +1,9 @@
 //! The sandbox process itself: working directory, credentials from the image's databases,
 //! and exec. Runs in pid 1 of the sandbox after `pivot_root`, after `fork`.
-#![allow(unsafe_code)] // mkdir/setgroups/setuid/execve are FFI calls; each block says why it is sound
+#![expect(
+    unsafe_code,
+    reason = "mkdir/setgroups/setuid/execve are FFI calls; each block says why it is sound"
+)]
 
 use std::ffi::CStr;
 
