@@ -21,7 +21,8 @@ use crate::sys::{self, Failure, Step};
 /// that cannot be found gives status 127 and `exec: "foo": executable file not found in $PATH`
 /// in the output, like docker.
 ///
-/// Blocking: call it through `tokio::task::spawn_blocking` from async code. Requires root (see
+/// Blocking: call it through `tokio::task::spawn_blocking` from async code, and use
+/// [`run_cancellable`] to be able to stop it from there. Requires root (see
 /// [`check_support`](crate::check_support)).
 ///
 /// # Errors

@@ -68,9 +68,9 @@ pub(super) fn new_session() -> Result<(), Failure> {
 pub(super) fn mask_paths(security: &SecurityPlan) -> Result<(), Failure> {
     for (i, path) in security.masked_paths.iter().enumerate() {
         let index = i as u32;
-        // SAFETY: stat on a NUL-terminated path into a zeroed buffer.
+        // SAFETY: `stat` is a plain C struct of integers; all-zero bytes are a valid value.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: as above.
+        // SAFETY: stat(2) reads the NUL-terminated `path` and writes into `st`, live here.
         if unsafe { libc::stat(path.as_ptr(), &mut st) } == -1 {
             match errno() {
                 libc::ENOENT | libc::ENOTDIR => continue,
@@ -167,7 +167,7 @@ pub(super) fn drop_bounding(security: &SecurityPlan) -> Result<(), Failure> {
         if keep & (1u64 << cap) != 0 {
             continue;
         }
-        // SAFETY: prctl with integer arguments.
+        // SAFETY: prctl(2) PR_CAPBSET_DROP takes integer arguments and touches no memory.
         let ret = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
         if ret == -1 {
             if errno() == libc::EINVAL {
@@ -250,7 +250,7 @@ pub(super) fn restrict(security: &SecurityPlan) -> Result<(), Failure> {
             0,
         )?;
         check(
-            // SAFETY: prctl with integer arguments.
+            // SAFETY: prctl(2) PR_CAP_AMBIENT takes integer arguments and touches no memory.
             unsafe {
                 libc::prctl(
                     libc::PR_CAP_AMBIENT,
@@ -266,7 +266,7 @@ pub(super) fn restrict(security: &SecurityPlan) -> Result<(), Failure> {
     }
     if security.no_new_privileges {
         check(
-            // SAFETY: prctl with integer arguments.
+            // SAFETY: prctl(2) PR_SET_NO_NEW_PRIVS takes integer arguments and touches no memory.
             unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
             Step::NoNewPrivileges,
             0,

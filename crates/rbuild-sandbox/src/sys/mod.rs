@@ -422,11 +422,13 @@ fn connect_stdio(out: RawFd) -> Result<(), Failure> {
         Step::Stdio,
         0,
     )?;
-    // SAFETY: dup2(2) on two descriptors of this process.
+    // SAFETY: dup2(2) on `null`, opened just above, onto stdin; no Rust object owns fd 0
+    // in this forked child.
     check(unsafe { libc::dup2(null, 0) }, Step::Stdio, 0)?;
-    // SAFETY: as above; `out` is the pipe's write end inherited from the caller.
+    // SAFETY: `out` is the pipe's write end inherited from the caller; fd 1 is owned by no
+    // Rust object here.
     check(unsafe { libc::dup2(out, 1) }, Step::Stdio, 1)?;
-    // SAFETY: as above.
+    // SAFETY: likewise for fd 2.
     check(unsafe { libc::dup2(out, 2) }, Step::Stdio, 2)?;
     close(null);
     close(out);
@@ -507,7 +509,7 @@ pub(crate) fn probe_namespaces() -> io::Result<Result<(), i32>> {
     match unsafe { libc::fork() } {
         -1 => Err(io::Error::last_os_error()),
         0 => {
-            // SAFETY: see above.
+            // SAFETY: unshare(2) takes a flag word; this forked child is single-threaded.
             let ret = unsafe { libc::unshare(flags) };
             exit(if ret == 0 { 0 } else { errno().clamp(1, 255) })
         }

@@ -281,7 +281,7 @@ pub(super) fn mount_kernel_filesystems(root: RawFd) -> Result<(), Failure> {
         0,
     )?;
     check(
-        // SAFETY: as above.
+        // SAFETY: a NUL-terminated literal name relative to our open `/dev` descriptor.
         unsafe { libc::mkdirat(dev, c"shm".as_ptr(), 0o1777) },
         Step::MountShm,
         0,
