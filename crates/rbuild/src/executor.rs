@@ -138,6 +138,10 @@ impl Executor for SandboxExecutor {
         if cancel.is_cancelled() {
             return Err(ExecutorError::Cancelled);
         }
+        // The build's token fires the sandbox's handle, which kills the step's process tree.
+        let stop = rbuild_sandbox::CancelHandle::new();
+        let hook = stop.clone();
+        let _registered = cancel.on_cancel(move || hook.cancel());
         let spec = rbuild_sandbox::RunSpec {
             lower_dirs: step.lower_dirs.clone(),
             upper_dir: step.upper_dir.clone(),
@@ -157,12 +161,13 @@ impl Executor for SandboxExecutor {
             },
             limits: step.limits.clone(),
         };
-        match rbuild_sandbox::run(&spec, output) {
+        match rbuild_sandbox::run_cancellable(&spec, &stop, output) {
             Ok(o) => Ok(RunOutcome {
                 status: o.status,
                 output_tail: o.output_tail,
                 oom_killed: o.oom_killed,
             }),
+            Err(rbuild_sandbox::Error::Cancelled) => Err(ExecutorError::Cancelled),
             Err(e) => Err(ExecutorError::Failed(e.into())),
         }
     }
