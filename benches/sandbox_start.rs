@@ -19,6 +19,12 @@
 //!
 //! Run: `cargo bench -p rbuild-sandbox --bench sandbox_start`
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;

@@ -7,6 +7,12 @@
 //! (as root: RUN steps use namespaces and overlayfs; the store is `$RBUILD_ROOT` or
 //! `~/.local/share/rbuild`).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::path::PathBuf;
 
 use rbuild::{BuildEvent, BuildOptions, Builder, Store};

@@ -12,6 +12,12 @@
 //! the registry client). The cluster comes from `$KUBECONFIG`, `~/.kube/config` or the
 //! in-cluster service account. On a failed rollout the previous image is put back.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::time::Duration;
 
 use anyhow::{Context, bail};

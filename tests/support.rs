@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The `rbuild` binary under test.
-pub fn bin() -> PathBuf {
+pub(crate) fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rbuild"))
 }
 
 /// Runs `rbuild --root ROOT ARGS…`.
-pub fn rbuild(root: &Path, args: &[&str]) -> Output {
+pub(crate) fn rbuild(root: &Path, args: &[&str]) -> Output {
     Command::new(bin())
         .arg("--root")
         .arg(root)
@@ -21,18 +21,18 @@ pub fn rbuild(root: &Path, args: &[&str]) -> Output {
 }
 
 /// stdout as text.
-pub fn stdout(o: &Output) -> String {
+pub(crate) fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
 /// stderr as text.
-pub fn stderr(o: &Output) -> String {
+pub(crate) fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Asserts success and returns stdout.
 #[track_caller]
-pub fn ok(o: &Output) -> String {
+pub(crate) fn ok(o: &Output) -> String {
     assert!(
         o.status.success(),
         "rbuild failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
@@ -44,13 +44,13 @@ pub fn ok(o: &Output) -> String {
 }
 
 /// The last line of stdout: the digest a build prints.
-pub fn last_line(s: &str) -> String {
+pub(crate) fn last_line(s: &str) -> String {
     s.lines().last().unwrap_or_default().trim().to_owned()
 }
 
 /// Whether this machine can run RUN steps (root + overlay). When not, prints why; fails instead
 /// when `RBUILD_REQUIRE_SANDBOX` is set (CI).
-pub fn can_build() -> bool {
+pub(crate) fn can_build() -> bool {
     let root = nix_is_root();
     let overlay = fs::read_to_string("/proc/filesystems").is_ok_and(|f| f.contains("overlay"));
     let busybox = rbuild_testkit::busybox::available();
@@ -80,7 +80,7 @@ fn nix_is_root() -> bool {
 }
 
 /// Whether an external tool is on PATH; prints a skip reason (or fails under CI) when not.
-pub fn have_tool(name: &str) -> bool {
+pub(crate) fn have_tool(name: &str) -> bool {
     let found = Command::new("sh")
         .args(["-c", &format!("command -v {name}")])
         .output()
@@ -97,7 +97,7 @@ pub fn have_tool(name: &str) -> bool {
 }
 
 /// Builds the busybox base image into `root` as `localhost/busybox:test`; returns its digest.
-pub fn build_base(root: &Path, work: &Path) -> String {
+pub(crate) fn build_base(root: &Path, work: &Path) -> String {
     let ctx = work.join("base-ctx");
     rbuild_testkit::busybox::write_context(&ctx).expect("write the base context");
     let out = ok(&rbuild(
@@ -116,7 +116,7 @@ pub fn build_base(root: &Path, work: &Path) -> String {
 
 /// Runs a command, asserting success; returns stdout.
 #[track_caller]
-pub fn sh(cmd: &mut Command) -> String {
+pub(crate) fn sh(cmd: &mut Command) -> String {
     let o = cmd.output().expect("spawn");
     assert!(
         o.status.success(),
@@ -129,7 +129,7 @@ pub fn sh(cmd: &mut Command) -> String {
 
 /// A work directory and a store with the busybox base image, or `None` (with the reason
 /// printed) when this machine cannot build.
-pub fn setup_with_base() -> Option<(tempfile::TempDir, PathBuf)> {
+pub(crate) fn setup_with_base() -> Option<(tempfile::TempDir, PathBuf)> {
     if !can_build() {
         return None;
     }
@@ -140,7 +140,7 @@ pub fn setup_with_base() -> Option<(tempfile::TempDir, PathBuf)> {
 }
 
 /// A build context `work/name` holding `dockerfile` as its Dockerfile.
-pub fn context_with(work: &Path, name: &str, dockerfile: &str) -> PathBuf {
+pub(crate) fn context_with(work: &Path, name: &str, dockerfile: &str) -> PathBuf {
     let ctx = work.join(name);
     fs::create_dir_all(&ctx).unwrap();
     fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();

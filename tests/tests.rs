@@ -4,6 +4,12 @@
 //! RUN steps need root, kernel overlayfs and namespaces; the tests that build say so and skip
 //! when the machine cannot (`RBUILD_REQUIRE_SANDBOX=1`, set by CI, turns a skip into a failure).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 mod build_image;
 mod builder_features;
 mod cache;

@@ -28,14 +28,14 @@ use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The exit status of an interrupted command.
-pub const EXIT_INTERRUPTED: i32 = 130;
+pub(crate) const EXIT_INTERRUPTED: i32 = 130;
 
 /// Starts a task that, on SIGINT or SIGTERM, kills this process's children, removes its temp
 /// entries under `<root>/tmp` and exits with [`EXIT_INTERRUPTED`]. Call inside the runtime.
 ///
 /// When the handlers cannot be installed, the signals keep their default action (terminate),
 /// which is still safe for the store; a message says so.
-pub fn install(root: &Path) {
+pub(crate) fn install(root: &Path) {
     let tmp = root.join("tmp");
     let (mut int, mut term) = match (
         signal(SignalKind::interrupt()),

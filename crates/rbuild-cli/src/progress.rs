@@ -9,7 +9,7 @@ use rbuild::BuildEvent;
 
 /// How to show progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     /// One line per step on stdout, RUN output as it comes.
     Plain,
     /// A live display on stderr.
@@ -18,7 +18,7 @@ pub enum Mode {
 
 impl Mode {
     /// `Tty` when stderr is a terminal, else `Plain`.
-    pub fn auto() -> Self {
+    pub(crate) fn auto() -> Self {
         if std::io::stderr().is_terminal() {
             Self::Tty
         } else {
@@ -36,7 +36,7 @@ struct State {
 
 /// Renders [`BuildEvent`]s.
 #[derive(Clone)]
-pub struct Renderer {
+pub(crate) struct Renderer {
     state: Arc<Mutex<State>>,
 }
 
@@ -49,7 +49,7 @@ fn label(stage_name: Option<&str>, index: usize, total: usize) -> String {
 
 impl Renderer {
     /// A renderer in `mode`.
-    pub fn new(mode: Mode) -> Self {
+    pub(crate) fn new(mode: Mode) -> Self {
         let bar = (mode == Mode::Tty).then(|| {
             let pb = ProgressBar::new_spinner();
             pb.set_style(
@@ -69,7 +69,7 @@ impl Renderer {
     }
 
     /// A progress sink for the builder.
-    pub fn sink(&self) -> impl Fn(BuildEvent) + Send + Sync + 'static {
+    pub(crate) fn sink(&self) -> impl Fn(BuildEvent) + Send + Sync + 'static {
         let this = self.clone();
         move |e| this.event(e)
     }
@@ -151,7 +151,7 @@ impl Renderer {
     }
 
     /// Clears the live display.
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Ok(mut st) = self.state.lock() {
             if let Some(pb) = st.bar.take() {
                 pb.finish_and_clear();

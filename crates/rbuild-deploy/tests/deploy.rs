@@ -1,6 +1,12 @@
 //! The deployer against the fake API server of `rbuild-testkit`, and rbuild's wait against the
 //! real `kubectl rollout status` on the same rollouts.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;

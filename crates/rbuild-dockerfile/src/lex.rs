@@ -221,7 +221,7 @@ impl WordsBuf {
 }
 
 /// How deep `${…}` may nest; real Dockerfiles use two or three levels.
-pub const MAX_NESTING: usize = 128;
+pub(crate) const MAX_NESTING: usize = 128;
 
 struct ShellWord<'a> {
     depth: usize,

@@ -6,6 +6,12 @@
 //! lines) every instruction is also expanded and the result listed. `typed.json` is the JSON of
 //! the typed result. `UPDATE_EXPECT=1 cargo test` rewrites the files after a deliberate change.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 

@@ -1,6 +1,12 @@
 //! Property test without extra dependencies: for every fixture and many mutations of it, parsing
 //! never panics, and when it succeeds, parse → to_source → parse gives the same dump and heredocs.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::path::Path;
 
 use rbuild_dockerfile::{Dockerfile, parse};

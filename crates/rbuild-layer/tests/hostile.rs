@@ -3,6 +3,12 @@
 //! `unpack_layer` and `apply_layer`, and nothing may appear or change outside the root. The
 //! last tests cover legitimate entry orders other writers produce.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};

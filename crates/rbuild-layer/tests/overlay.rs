@@ -5,6 +5,12 @@
 //! Needs root and overlayfs; mounts live in a private mount namespace (`unshare -m`), so a
 //! failing test leaves no mount behind.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

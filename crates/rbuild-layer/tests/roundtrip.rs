@@ -4,6 +4,12 @@
 //! These tests need root (ownership, device nodes, `trusted.*` xattrs); without it they skip
 //! with a message.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt, symlink};

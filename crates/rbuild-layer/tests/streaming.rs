@@ -3,6 +3,12 @@
 //!
 //! Its own test binary, so that no other test's allocations move the process-wide peak.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::fs::{self, File};
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 

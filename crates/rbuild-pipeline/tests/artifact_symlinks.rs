@@ -2,6 +2,12 @@
 //! plants symlinks to a sentinel directory outside the project and the work directory, and
 //! the sentinel must be neither written (restore) nor read (save).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};

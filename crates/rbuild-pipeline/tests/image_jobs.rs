@@ -7,6 +7,11 @@
 //! `RBUILD_REQUIRE_SANDBOX` is set.
 
 #![cfg(feature = "image-jobs")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};

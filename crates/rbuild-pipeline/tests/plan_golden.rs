@@ -7,6 +7,12 @@
 //! Regenerate after an intended change with `UPDATE_GOLDEN=1 cargo test -p rbuild-pipeline`
 //! and review the diff.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::fmt::Write as _;
 use std::path::Path;
 

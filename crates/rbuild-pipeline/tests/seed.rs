@@ -3,6 +3,12 @@
 //! to the shims on `master`, `production` and a feature branch, and that secrets stay masked.
 //! (The real shims and the image executor are wired by the CLI; this pins what they receive.)
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 

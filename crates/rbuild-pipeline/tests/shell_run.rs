@@ -2,6 +2,12 @@
 //! a failing job, `allow_failure`, `when`, `after_script`, masking, concurrency and shims on
 //! `PATH`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

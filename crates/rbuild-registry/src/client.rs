@@ -113,7 +113,7 @@ pub(crate) struct Attempt {
 }
 
 impl Attempt {
-    pub fn bare(request: http::Request<()>) -> Self {
+    pub(crate) fn bare(request: http::Request<()>) -> Self {
         Self {
             request,
             body: None,

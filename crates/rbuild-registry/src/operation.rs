@@ -16,7 +16,7 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    pub fn new(operation: &'static str, reference: &Reference) -> Self {
+    pub(crate) fn new(operation: &'static str, reference: &Reference) -> Self {
         Self {
             operation,
             registry: reference.registry().to_owned(),
@@ -24,7 +24,7 @@ impl Ctx {
         }
     }
 
-    pub fn target(&self) -> String {
+    pub(crate) fn target(&self) -> String {
         if self.repository.is_empty() {
             self.registry.clone()
         } else {
@@ -32,7 +32,7 @@ impl Ctx {
         }
     }
 
-    pub fn protocol(&self, reason: impl Into<String>) -> Error {
+    pub(crate) fn protocol(&self, reason: impl Into<String>) -> Error {
         Error::Protocol {
             operation: self.operation,
             target: self.target(),
@@ -40,7 +40,7 @@ impl Ctx {
         }
     }
 
-    pub fn http(&self, source: reqwest::Error) -> Error {
+    pub(crate) fn http(&self, source: reqwest::Error) -> Error {
         Error::Http {
             operation: self.operation,
             target: self.target(),
@@ -49,7 +49,7 @@ impl Ctx {
     }
 
     /// Maps a non-success response to an error, reading (a bounded part of) its body.
-    pub async fn status_error(&self, resp: reqwest::Response, what: &str) -> Error {
+    pub(crate) async fn status_error(&self, resp: reqwest::Response, what: &str) -> Error {
         let status = resp.status();
         // Only the start of an error body is shown; never buffer an unbounded one.
         let body = read_limited(resp, 64 * 1024)
@@ -59,7 +59,7 @@ impl Ctx {
         self.status_error_with(status, &body, what)
     }
 
-    pub fn status_error_with(&self, status: StatusCode, body: &[u8], what: &str) -> Error {
+    pub(crate) fn status_error_with(&self, status: StatusCode, body: &[u8], what: &str) -> Error {
         let target = self.target();
         match status {
             StatusCode::UNAUTHORIZED => Error::Unauthorized {

@@ -2,6 +2,12 @@
 //! exactly the checks of the behaviour it breaks) and against the real docker-registry 2.8
 //! (the run completes and fails exactly the documented gaps of 2.8).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -3,6 +3,12 @@
 //! a corrupted blob, a 416 on a chunk, a 202 answer to a mount, `Link` pagination, bearer
 //! tokens with scopes, and no credentials across a redirect to another host.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 mod common;
 
 use std::collections::HashMap;

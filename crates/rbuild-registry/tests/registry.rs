@@ -2,6 +2,12 @@
 //! port: push, second push uploads nothing, mount, pull, chunked upload, tags, delete, basic
 //! auth. skopeo is the independent reader.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 mod common;
 
 use std::process::Command;

@@ -122,7 +122,7 @@ pub(crate) struct Waker {
 }
 
 impl Waker {
-    pub fn fd(&self) -> BorrowedFd<'_> {
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
 }

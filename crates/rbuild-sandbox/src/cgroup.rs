@@ -178,7 +178,7 @@ impl StepCgroup {
     ///
     /// [`Error::Unsupported`] when a controller is missing, [`Error::Cgroup`] when a directory
     /// or a limit cannot be written (e.g. cgroup v2's "no internal processes" rule).
-    pub fn create(limits: &Limits) -> Result<Option<StepCgroup>> {
+    pub(crate) fn create(limits: &Limits) -> Result<Option<StepCgroup>> {
         if !limits.needs_cgroup() {
             return Ok(None);
         }
@@ -261,7 +261,7 @@ impl StepCgroup {
 
     /// Whether the kernel's OOM killer killed a process of the run (`oom_kill` in v2's
     /// `memory.events`, v1's `memory.oom_control`).
-    pub fn oom_killed(&self) -> bool {
+    pub(crate) fn oom_killed(&self) -> bool {
         let Some((dir, v2)) = &self.memory else {
             return false;
         };
@@ -283,7 +283,7 @@ impl StepCgroup {
 impl StepCgroup {
     /// Kills every process in the run's cgroups where the kernel offers `cgroup.kill`
     /// (cgroup v2, Linux 5.14). Best effort: the pid namespace's end kills them anyway.
-    pub fn kill_all(&self) {
+    pub(crate) fn kill_all(&self) {
         for dir in &self.dirs {
             let kill = dir.join("cgroup.kill");
             if kill.exists() {

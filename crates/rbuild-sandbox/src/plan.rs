@@ -181,7 +181,7 @@ pub(crate) struct ExecArrays {
 
 impl Plan {
     /// Builds the NULL-terminated pointer arrays (before `fork`).
-    pub fn exec_arrays(&self) -> ExecArrays {
+    pub(crate) fn exec_arrays(&self) -> ExecArrays {
         let terminated = |v: &[CString]| {
             v.iter()
                 .map(|s| s.as_ptr())

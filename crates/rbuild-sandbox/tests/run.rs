@@ -1,6 +1,12 @@
 //! Real sandbox runs on a busybox rootfs: needs root, kernel overlayfs and `/bin/busybox`
 //! (busybox-static). Each test skips with a printed reason when one of them is missing.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, symlink};
 use std::path::{Path, PathBuf};

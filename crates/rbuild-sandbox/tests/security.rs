@@ -4,6 +4,12 @@
 //! Each test skips with a printed reason when something is missing, and fails instead when
 //! `RBUILD_REQUIRE_SANDBOX` is set (CI).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::symlink;

@@ -1,6 +1,12 @@
 //! The store's root read by independent tools (skopeo, umoci), garbage collection over a real
 //! image graph, and locking across processes.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::fs;
 use std::io::Write;
 use std::path::Path;

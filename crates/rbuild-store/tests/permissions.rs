@@ -5,6 +5,12 @@
 //! The other user is `nobody` (65534), entered with util-linux `setpriv`; the tests need root
 //! and skip with a reason otherwise (they fail instead under CI, `RBUILD_REQUIRE_SANDBOX`).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::Path;

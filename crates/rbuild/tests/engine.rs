@@ -2,6 +2,12 @@
 //! table), layers and configs, cancellation. No RUN step starts a process, so these tests need
 //! no root, namespaces or overlayfs (COPY's owner is set to the ids running the test).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};

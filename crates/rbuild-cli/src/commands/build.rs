@@ -12,7 +12,7 @@ use crate::progress::{Mode, Renderer};
 
 /// Arguments of `rbuild build`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Name and tag of the image (repeatable).
     #[arg(short = 't', long = "tag", value_name = "REF")]
     tags: Vec<String>,
@@ -170,7 +170,11 @@ fn key_value(s: &str, what: &str) -> anyhow::Result<(String, String)> {
 }
 
 /// Runs `rbuild build`.
-pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    root: &Path,
+    flags: &RegistryFlags,
+    args: Args,
+) -> anyhow::Result<ExitCode> {
     let mut opts = BuildOptions::new(&args.context)
         .no_cache(args.no_cache)
         .explain(args.explain);

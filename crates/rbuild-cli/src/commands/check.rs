@@ -9,7 +9,7 @@ use rbuild::check::{CheckOptions, check};
 
 /// Arguments of `rbuild check`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Remove what is damaged (corrupt blobs, incomplete tags, mismatching layer directories,
     /// dangling cache entries) so that the next build or pull recreates it.
     #[arg(long)]
@@ -17,7 +17,7 @@ pub struct Args {
 }
 
 /// Runs `rbuild check`: exit 0 when the store is clean (or was repaired), 1 when damage remains.
-pub fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let store = super::open_store(root)?;
     let report = check(&store, CheckOptions::default().repair(args.repair))
         .with_context(|| format!("failed to check the store at {}", root.display()))?;

@@ -15,7 +15,7 @@ use super::RegistryFlags;
 
 /// Where the Deployment lives: kubectl's `-n`, `--kubeconfig` and `--context`.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct ClusterArgs {
+pub(crate) struct ClusterArgs {
     /// The namespace [default: the kubeconfig context's, else `default`].
     #[arg(short = 'n', long, value_name = "NS")]
     pub namespace: Option<String>,
@@ -33,7 +33,7 @@ impl ClusterArgs {
     /// # Errors
     ///
     /// When no usable kubeconfig is found or the client cannot be built.
-    pub async fn connect(&self) -> anyhow::Result<Deployer> {
+    pub(crate) async fn connect(&self) -> anyhow::Result<Deployer> {
         let mut options = ConnectOptions::default();
         if let Some(k) = &self.kubeconfig {
             options = options.kubeconfig(k);
@@ -49,7 +49,7 @@ impl ClusterArgs {
 
 /// Arguments of `rbuild deploy`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The Deployment to update.
     pub deployment: String,
     /// The image, e.g. `registry.example.com/shop/web:1.4.2`; resolved to its digest.
@@ -72,7 +72,7 @@ pub struct Args {
 
 /// `--timeout` and `--no-wait`, as `kubectl rollout status` takes them.
 #[derive(Debug, Clone, Default, clap::Args)]
-pub struct WaitArgs {
+pub(crate) struct WaitArgs {
     /// Give up waiting after this long, e.g. `90s`, `5m`, `1h30m` (`0`: no limit, as kubectl).
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
@@ -83,7 +83,7 @@ pub struct WaitArgs {
 
 /// How the image-updated line is worded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Style {
+pub(crate) enum Style {
     /// Today's kubectl: `deployment.apps/web image updated`.
     Kubectl,
     /// The kubectl of the seed's pipeline (1.5): `deployment "web" image updated`, then
@@ -96,7 +96,7 @@ pub enum Style {
 /// # Errors
 ///
 /// A message naming what is wrong.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s == "0" {
         return Ok(Duration::ZERO);
@@ -139,7 +139,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// # Errors
 ///
 /// When the registry cannot be reached or does not know the tag.
-pub async fn pin(flags: &RegistryFlags, requested: &Reference) -> anyhow::Result<Reference> {
+pub(crate) async fn pin(flags: &RegistryFlags, requested: &Reference) -> anyhow::Result<Reference> {
     if requested.digest().is_some() {
         return Ok(requested.clone());
     }
@@ -152,7 +152,7 @@ pub async fn pin(flags: &RegistryFlags, requested: &Reference) -> anyhow::Result
 }
 
 /// Prints the deployer's progress the way kubectl does.
-pub fn printer(style: Style) -> impl FnMut(Progress) + Send {
+pub(crate) fn printer(style: Style) -> impl FnMut(Progress) + Send {
     move |event| match event {
         Progress::ImageUpdated { deployment, .. } => match style {
             Style::Kubectl => println!("deployment.apps/{deployment} image updated"),
@@ -173,7 +173,11 @@ pub fn printer(style: Style) -> impl FnMut(Progress) + Send {
 }
 
 /// The deploy options of these flags.
-pub fn options(cluster: &ClusterArgs, wait: &WaitArgs, container: Option<&str>) -> DeployOptions {
+pub(crate) fn options(
+    cluster: &ClusterArgs,
+    wait: &WaitArgs,
+    container: Option<&str>,
+) -> DeployOptions {
     let mut o = DeployOptions::default().wait(!wait.no_wait);
     if let Some(ns) = &cluster.namespace {
         o = o.namespace(ns);
@@ -192,7 +196,7 @@ pub fn options(cluster: &ClusterArgs, wait: &WaitArgs, container: Option<&str>) 
 /// # Errors
 ///
 /// Latest refused, resolution, connection, API and rollout failures.
-pub async fn run(flags: &RegistryFlags, args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(flags: &RegistryFlags, args: Args) -> anyhow::Result<ExitCode> {
     deploy(flags, args, Style::Kubectl).await
 }
 
@@ -202,7 +206,11 @@ pub async fn run(flags: &RegistryFlags, args: Args) -> anyhow::Result<ExitCode> 
 /// # Errors
 ///
 /// As [`run`].
-pub async fn deploy(flags: &RegistryFlags, args: Args, style: Style) -> anyhow::Result<ExitCode> {
+pub(crate) async fn deploy(
+    flags: &RegistryFlags,
+    args: Args,
+    style: Style,
+) -> anyhow::Result<ExitCode> {
     let requested = super::parse_reference(&args.image)?;
     // Refuse before any network round trip: the rule does not depend on the cluster.
     rbuild_deploy::check_not_latest(&requested, args.allow_latest)?;

@@ -10,7 +10,7 @@ use super::deploy::ClusterArgs;
 
 /// Arguments of `rbuild history`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The Deployment.
     pub deployment: String,
     #[command(flatten)]
@@ -18,7 +18,7 @@ pub struct Args {
 }
 
 /// The history as a table, oldest first, numbered like `kubectl rollout history` revisions.
-pub fn table(entries: &[HistoryEntry]) -> String {
+pub(crate) fn table(entries: &[HistoryEntry]) -> String {
     let mut rows = vec![[
         "REVISION".to_owned(),
         "TIME".to_owned(),
@@ -60,7 +60,7 @@ pub fn table(entries: &[HistoryEntry]) -> String {
 /// # Errors
 ///
 /// Connection and API failures, an unreadable history annotation.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let deployer = args.cluster.connect().await?;
     let entries = deployer
         .history(&args.deployment, args.cluster.namespace.as_deref())

@@ -5,14 +5,14 @@ use std::process::ExitCode;
 
 /// Arguments of `rbuild images`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Show full digests.
     #[arg(long)]
     no_trunc: bool,
 }
 
 /// A size as docker prints it (decimal units).
-pub fn human_size(bytes: u64) -> String {
+pub(crate) fn human_size(bytes: u64) -> String {
     // docker uses decimal units (go-units HumanSize).
     let units = ["B", "kB", "MB", "GB", "TB"];
     let mut v = bytes as f64;
@@ -51,7 +51,7 @@ fn human_age(created: Option<&str>) -> String {
 }
 
 /// Runs `rbuild images`.
-pub fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let store = super::open_store(root)?;
     let mut rows = vec![[
         "REPOSITORY".to_owned(),

@@ -12,7 +12,7 @@ use super::RegistryFlags;
 
 /// Arguments of `rbuild inspect`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Image reference or manifest digest.
     reference: String,
     /// Ask the registry instead of the store (nothing is downloaded but the manifest and,
@@ -26,7 +26,11 @@ const MAX_CONFIG: u64 = 4 << 20;
 
 /// Runs `rbuild inspect`: prints `{"digest", "manifest", "config"}` (with `--remote` also
 /// `"mediaType"`; an index has no config).
-pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    root: &Path,
+    flags: &RegistryFlags,
+    args: Args,
+) -> anyhow::Result<ExitCode> {
     if args.remote {
         return remote(flags, &args.reference).await;
     }

@@ -10,7 +10,7 @@ use super::RegistryFlags;
 
 /// Arguments of `rbuild login`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The registry, e.g. `127.0.0.1:5000` or `docker.io`.
     server: String,
     /// The username [default: asked on the terminal].
@@ -27,7 +27,7 @@ pub struct Args {
 /// The registry host a login is for: `https://index.docker.io/v1/` and other spellings of
 /// Docker Hub become `docker.io`; a scheme and path are dropped, as `docker login` does with
 /// `registry.ConvertToHostname`.
-pub fn normalise_server(server: &str) -> String {
+pub(crate) fn normalise_server(server: &str) -> String {
     let s = server
         .trim()
         .trim_start_matches("https://")
@@ -67,7 +67,7 @@ fn read_hidden(prompt: &str) -> anyhow::Result<String> {
 /// Runs `rbuild login`: verifies the credentials against the registry (`GET /v2/`, with the
 /// token flow when the registry asks for one), then stores them in `config.json` (mode 0600).
 /// The password is never printed, not even in errors.
-pub async fn run(flags: &RegistryFlags, args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(flags: &RegistryFlags, args: Args) -> anyhow::Result<ExitCode> {
     let server = normalise_server(&args.server);
     let interactive = std::io::stdin().is_terminal();
     let username = match args.username {

@@ -7,13 +7,13 @@ use rbuild::registry::CredentialsEnv;
 
 /// Arguments of `rbuild logout`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The registry, e.g. `127.0.0.1:5000`.
     server: String,
 }
 
 /// Runs `rbuild logout`: removes the server's entry from `config.json`, as `docker logout`.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let server = super::login::normalise_server(&args.server);
     let env = CredentialsEnv::from_process_env();
     let removed = env

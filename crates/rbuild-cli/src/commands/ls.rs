@@ -8,14 +8,14 @@ use super::RegistryFlags;
 
 /// Arguments of `rbuild ls`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The repository, e.g. `127.0.0.1:5000/app` (a tag or digest in it is ignored).
     repository: String,
 }
 
 /// Runs `rbuild ls`: the repository's tags, one per line, sorted (registry 2.8 answers them
 /// unsorted; the client follows `Link` pagination).
-pub async fn run(flags: &RegistryFlags, args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(flags: &RegistryFlags, args: Args) -> anyhow::Result<ExitCode> {
     let repo = super::parse_reference(&args.repository)?;
     let client = flags.client()?;
     let mut tags = client

@@ -1,25 +1,25 @@
 //! One module per subcommand.
 
-pub mod build;
-pub mod check;
-pub mod deploy;
-pub mod history;
-pub mod images;
-pub mod inspect;
-pub mod login;
-pub mod logout;
-pub mod ls;
-pub mod parse;
-pub mod pipeline;
-pub mod prune;
-pub mod pull;
-pub mod push;
-pub mod registry;
-pub mod rmi;
-pub mod rollback;
-pub mod run;
-pub mod save;
-pub mod tag;
+pub(crate) mod build;
+pub(crate) mod check;
+pub(crate) mod deploy;
+pub(crate) mod history;
+pub(crate) mod images;
+pub(crate) mod inspect;
+pub(crate) mod login;
+pub(crate) mod logout;
+pub(crate) mod ls;
+pub(crate) mod parse;
+pub(crate) mod pipeline;
+pub(crate) mod prune;
+pub(crate) mod pull;
+pub(crate) mod push;
+pub(crate) mod registry;
+pub(crate) mod rmi;
+pub(crate) mod rollback;
+pub(crate) mod run;
+pub(crate) mod save;
+pub(crate) mod tag;
 
 use std::path::Path;
 
@@ -28,12 +28,15 @@ use rbuild::Store;
 use rbuild::registry::{Client, ClientOptions};
 
 /// Opens (creating if needed) the store at `root`.
-pub fn open_store(root: &Path) -> anyhow::Result<Store> {
+pub(crate) fn open_store(root: &Path) -> anyhow::Result<Store> {
     Store::open(root).with_context(|| format!("failed to open the store at {}", root.display()))
 }
 
 /// Resolves and loads an image by reference or digest.
-pub fn load_image(store: &Store, reference: &str) -> anyhow::Result<rbuild::image::LoadedImage> {
+pub(crate) fn load_image(
+    store: &Store,
+    reference: &str,
+) -> anyhow::Result<rbuild::image::LoadedImage> {
     let desc = rbuild::image::resolve(store, reference)?;
     let digest = rbuild::Digest::try_from(desc.digest())?;
     Ok(rbuild::image::load(store, &digest)?)
@@ -45,7 +48,7 @@ pub fn load_image(store: &Store, reference: &str) -> anyhow::Result<rbuild::imag
 /// without any flag, as docker does; other plain-HTTP registries need `--insecure-registry`
 /// (docker's daemon option of the same name).
 #[derive(Debug, Clone, clap::Args)]
-pub struct RegistryFlags {
+pub(crate) struct RegistryFlags {
     /// Verify registries' TLS certificates (`--tls-verify=false` to accept any, as podman).
     #[arg(
         long,
@@ -66,12 +69,12 @@ pub struct RegistryFlags {
 impl RegistryFlags {
     /// A registry client with these settings and the credentials of the environment
     /// (`$DOCKER_CONFIG`, `$REGISTRY_AUTH_FILE`, `~/.docker/config.json`).
-    pub fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::new(self.options())?)
     }
 
     /// The client options these flags describe.
-    pub fn options(&self) -> ClientOptions {
+    pub(crate) fn options(&self) -> ClientOptions {
         let mut o = ClientOptions::default().tls_verify(self.tls_verify);
         for h in &self.insecure_registries {
             o = o.insecure_registry(h);
@@ -81,7 +84,7 @@ impl RegistryFlags {
 }
 
 /// Parses an image reference given on the command line.
-pub fn parse_reference(s: &str) -> anyhow::Result<rbuild::Reference> {
+pub(crate) fn parse_reference(s: &str) -> anyhow::Result<rbuild::Reference> {
     s.parse()
         .with_context(|| format!("invalid image reference `{s}`"))
 }

@@ -8,7 +8,7 @@ use clap::ValueEnum;
 
 /// Arguments of `rbuild parse`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The Dockerfile.
     #[arg(short = 'f', long = "file", default_value = "Dockerfile")]
     file: PathBuf,
@@ -24,7 +24,7 @@ enum Format {
 }
 
 /// Runs `rbuild parse`.
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("failed to read {}", args.file.display()))?;
     let df = match rbuild::dockerfile::parse(&text) {

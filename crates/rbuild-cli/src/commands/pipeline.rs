@@ -20,7 +20,7 @@ use super::RegistryFlags;
 
 /// `rbuild pipeline` subcommands.
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the pipeline: stages in order, the jobs of a stage concurrently.
     Run(RunArgs),
     /// Show which jobs run, stage by stage, and why each other job does not.
@@ -29,7 +29,7 @@ pub enum Command {
 
 /// What to run: the file, the ref, variables and job selection.
 #[derive(Debug, Clone, clap::Args)]
-pub struct Selection {
+pub(crate) struct Selection {
     /// The pipeline file [default: PROJECT/.gitlab-ci.yml].
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file: Option<PathBuf>,
@@ -58,7 +58,7 @@ pub struct Selection {
 
 /// Arguments of `rbuild pipeline run`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     #[command(flatten)]
     pub selection: Selection,
     /// Where scripts run [default: in the job's `image:` when it has one, else on the host].
@@ -71,7 +71,7 @@ pub struct RunArgs {
 
 /// `--executor`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ExecutorArg {
+pub(crate) enum ExecutorArg {
     /// Inside the job's image, through the rbuild sandbox.
     Image,
     /// On the host (`sh -e`).
@@ -83,7 +83,11 @@ pub enum ExecutorArg {
 /// # Errors
 ///
 /// An unreadable or invalid pipeline, a bad variable, git failures, job directory IO.
-pub async fn run(root: &Path, flags: &RegistryFlags, command: Command) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    root: &Path,
+    flags: &RegistryFlags,
+    command: Command,
+) -> anyhow::Result<ExitCode> {
     match command {
         Command::Plan(selection) => {
             let (_, _, planned) = load_and_plan(&selection)?;

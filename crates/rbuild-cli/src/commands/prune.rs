@@ -7,7 +7,7 @@ use rbuild::store::PruneOptions;
 
 /// Arguments of `rbuild prune`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Also remove step-cache entries (all of them, or beyond `--keep-storage`).
     #[arg(long)]
     cache: bool,
@@ -44,7 +44,7 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
 }
 
 /// Runs `rbuild prune`.
-pub fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let store = super::open_store(root)?;
     let mut opts = PruneOptions::default().cache(args.cache);
     if let Some(size) = &args.keep_storage {

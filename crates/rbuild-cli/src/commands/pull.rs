@@ -13,7 +13,7 @@ use super::push::Transfer;
 
 /// Arguments of `rbuild pull`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The image, e.g. `127.0.0.1:5000/app:1` or `busybox@sha256:…`.
     reference: String,
     /// The platform to pick from a multi-platform image [default: this machine's].
@@ -23,7 +23,11 @@ pub struct Args {
 
 /// Runs `rbuild pull`: docker's lines (`<12 hex>: Pull complete`, `Digest: sha256:…`,
 /// `Status: …`), last line the reference now in the store.
-pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    root: &Path,
+    flags: &RegistryFlags,
+    args: Args,
+) -> anyhow::Result<ExitCode> {
     let reference = super::parse_reference(&args.reference)?;
     let store = super::open_store(root)?;
     let client = flags.client()?;

@@ -14,7 +14,7 @@ use super::RegistryFlags;
 
 /// Arguments of `rbuild push`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The image in the store (reference or manifest digest).
     source: String,
     /// Where to push it [default: SOURCE].
@@ -22,7 +22,11 @@ pub struct Args {
 }
 
 /// Runs `rbuild push`: docker's lines per blob, last line `<tag>: digest: sha256:… size: N`.
-pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    root: &Path,
+    flags: &RegistryFlags,
+    args: Args,
+) -> anyhow::Result<ExitCode> {
     let dest = match &args.destination {
         Some(d) => super::parse_reference(d)?,
         None if args.source.starts_with("sha256:") => {
@@ -41,7 +45,7 @@ pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Resu
 
 /// Pushes `source` from the store to `dest` with the transfer display; the final docker line
 /// goes to stdout.
-pub async fn push_one(
+pub(crate) async fn push_one(
     store: &Store,
     client: &Client,
     source: &str,
@@ -58,14 +62,14 @@ pub async fn push_one(
 }
 
 /// Shows blob transfers: bars on a terminal (stderr), docker's plain lines otherwise.
-pub struct Transfer {
+pub(crate) struct Transfer {
     multi: Option<MultiProgress>,
     bars: Mutex<HashMap<Digest, ProgressBar>>,
 }
 
 impl Transfer {
     /// Bars when stderr is a terminal, lines otherwise.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let multi = std::io::stderr()
             .is_terminal()
             .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
@@ -115,7 +119,7 @@ impl Transfer {
     }
 
     /// Shows a push event.
-    pub fn push_event(&self, e: PushEvent) {
+    pub(crate) fn push_event(&self, e: PushEvent) {
         match &e {
             PushEvent::Preparing { digest, config } => {
                 if *config {
@@ -161,7 +165,7 @@ impl Transfer {
     }
 
     /// Shows a pull event.
-    pub fn pull_event(&self, e: PullEvent) {
+    pub(crate) fn pull_event(&self, e: PullEvent) {
         match &e {
             PullEvent::Progress {
                 digest,
@@ -196,7 +200,7 @@ impl Transfer {
     }
 
     /// Removes any bar left (after an error).
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         self.clear();
         if let Some(m) = &self.multi {
             let _ = m.clear();

@@ -14,7 +14,7 @@ use super::RegistryFlags;
 
 /// Subcommands of `rbuild registry`.
 #[derive(Debug, clap::Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Check a registry against the OCI distribution spec 1.1 (pull, push, content discovery,
     /// content management); exit 1 when any selected check fails.
     Conformance(ConformanceArgs),
@@ -22,7 +22,7 @@ pub enum Command {
 
 /// How the report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// A summary per workflow, failing checks with their request and response lines.
     Text,
     /// JUnit XML, for CI test reports.
@@ -33,7 +33,7 @@ pub enum Format {
 
 /// Arguments of `rbuild registry conformance`.
 #[derive(Debug, clap::Args)]
-pub struct ConformanceArgs {
+pub(crate) struct ConformanceArgs {
     /// `REGISTRY/NAMESPACE`, e.g. `127.0.0.1:5000/conformance/test` [default: from
     /// $OCI_ROOT_URL and $OCI_NAMESPACE].
     target: Option<String>,
@@ -118,7 +118,7 @@ fn workflows_from_env() -> Vec<Workflow> {
 }
 
 /// Runs `rbuild registry …`.
-pub async fn run(flags: &RegistryFlags, command: Command) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(flags: &RegistryFlags, command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Conformance(args) => conformance(flags, args).await,
     }

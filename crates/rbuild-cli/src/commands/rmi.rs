@@ -9,7 +9,7 @@ use super::RegistryFlags;
 
 /// Arguments of `rbuild rmi`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Image references to untag.
     #[arg(required = true)]
     references: Vec<String>,
@@ -21,7 +21,11 @@ pub struct Args {
 
 /// Runs `rbuild rmi`: removes the tags; `rbuild prune` frees the space. With `--remote`,
 /// deletes the manifests in the registry.
-pub async fn run(root: &Path, flags: &RegistryFlags, args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    root: &Path,
+    flags: &RegistryFlags,
+    args: Args,
+) -> anyhow::Result<ExitCode> {
     if args.remote {
         let client = flags.client()?;
         for r in &args.references {

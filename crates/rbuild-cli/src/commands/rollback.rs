@@ -8,7 +8,7 @@ use super::deploy::{ClusterArgs, Style, WaitArgs, options, printer};
 
 /// Arguments of `rbuild rollback`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The Deployment to roll back.
     pub deployment: String,
     /// The tag or digest (`sha256:…`) of an image in the history [default: the image the last
@@ -30,7 +30,7 @@ pub struct Args {
 /// # Errors
 ///
 /// Connection and API failures, an empty history or a `--to` not in it, a failed rollout.
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let deployer = args.cluster.connect().await?;
     let opts = options(&args.cluster, &args.wait, args.container.as_deref());
     deployer

@@ -7,7 +7,7 @@ use rbuild::container::{self, RunOptions};
 
 /// Arguments of `rbuild run`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Set an environment variable (repeatable).
     #[arg(short = 'e', long = "env", value_name = "K=V")]
     env: Vec<String>,
@@ -28,7 +28,7 @@ pub struct Args {
 }
 
 /// Runs `rbuild run`, passing the container's exit status through.
-pub fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let store = super::open_store(root)?;
     let img = super::load_image(&store, &args.reference)?;
     let opts = RunOptions {

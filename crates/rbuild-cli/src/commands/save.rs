@@ -7,7 +7,7 @@ use rbuild::export::{self, SaveFormat};
 
 /// Arguments of `rbuild save`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// Image reference or manifest digest.
     reference: String,
     /// Output path.
@@ -19,7 +19,7 @@ pub struct Args {
 }
 
 /// Runs `rbuild save`.
-pub fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let format: SaveFormat = args.format.parse()?;
     let store = super::open_store(root)?;
     let img = super::load_image(&store, &args.reference)?;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 /// Arguments of `rbuild tag`.
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(crate) struct Args {
     /// The image in the store (reference or manifest digest).
     source: String,
     /// The new name, e.g. `127.0.0.1:5000/app:v2`.
@@ -14,7 +14,7 @@ pub struct Args {
 
 /// Runs `rbuild tag`: points TARGET at the manifest SOURCE names, in the store only (as
 /// `docker tag`; `rbuild push TARGET` publishes it).
-pub fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
+pub(crate) fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let target = super::parse_reference(&args.target)?;
     if target.tag().is_none() {
         anyhow::bail!(

@@ -38,7 +38,7 @@ fn invoked_as(argv0: &OsStr) -> String {
 /// # Errors
 ///
 /// A docker command or flag outside the supported subset.
-pub fn argv(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
+pub(crate) fn argv(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
     let Some(argv0) = args.first() else {
         return Ok(args);
     };

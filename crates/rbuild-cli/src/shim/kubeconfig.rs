@@ -9,7 +9,7 @@ use anyhow::Context as _;
 
 /// A kubeconfig to hand to the deployer; a temporary file is removed when this is dropped.
 #[derive(Debug)]
-pub struct Kubeconfig {
+pub(super) struct Kubeconfig {
     /// The file to read.
     pub path: PathBuf,
     /// Holds the temporary file written from `$KUBECONFIG`'s content, if any.
@@ -21,7 +21,7 @@ pub struct Kubeconfig {
 /// # Errors
 ///
 /// The temporary file for a content value cannot be written.
-pub fn from_env() -> anyhow::Result<Option<Kubeconfig>> {
+pub(super) fn from_env() -> anyhow::Result<Option<Kubeconfig>> {
     from_value(std::env::var_os("KUBECONFIG"))
 }
 
@@ -30,7 +30,7 @@ pub fn from_env() -> anyhow::Result<Option<Kubeconfig>> {
 /// # Errors
 ///
 /// The temporary file for a content value cannot be written.
-pub fn from_value(value: Option<OsString>) -> anyhow::Result<Option<Kubeconfig>> {
+pub(super) fn from_value(value: Option<OsString>) -> anyhow::Result<Option<Kubeconfig>> {
     let Some(value) = value.filter(|v| !v.is_empty()) else {
         return Ok(None);
     };

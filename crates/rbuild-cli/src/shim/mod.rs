@@ -25,12 +25,12 @@ use rbuild_pipeline::shim_env::PUSHES_ENV;
 use crate::commands::deploy::{self, ClusterArgs, Style, WaitArgs};
 use crate::commands::{self, RegistryFlags};
 
-pub use docker::argv;
+pub(crate) use docker::argv;
 use template::format_template;
 
 /// The hidden `rbuild shim` commands behind the `docker` and `deploy` names.
 #[derive(Debug, clap::Subcommand)]
-pub enum Shim {
+pub(crate) enum Shim {
     /// `docker push`: push, then record the pushed image for `deploy`.
     Push {
         /// The image in the store.
@@ -84,7 +84,11 @@ pub enum Shim {
 /// # Errors
 ///
 /// The failure of the command it stands for.
-pub async fn run(root: &Path, flags: &RegistryFlags, shim: Shim) -> anyhow::Result<ExitCode> {
+pub(crate) async fn run(
+    root: &Path,
+    flags: &RegistryFlags,
+    shim: Shim,
+) -> anyhow::Result<ExitCode> {
     match shim {
         Shim::Push { reference } => push(root, flags, &reference).await,
         Shim::Run {

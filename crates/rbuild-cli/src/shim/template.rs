@@ -5,7 +5,7 @@ use anyhow::Context as _;
 
 /// Expands the `{{.A.B}}` and `{{json .A.B}}` actions of a Go template against `value`;
 /// strings print raw, anything else as JSON.
-pub fn format_template(template: &str, value: &serde_json::Value) -> anyhow::Result<String> {
+pub(super) fn format_template(template: &str, value: &serde_json::Value) -> anyhow::Result<String> {
     let mut out = String::new();
     let mut rest = template;
     while let Some(start) = rest.find("{{") {

@@ -384,7 +384,7 @@ impl<'a> Cx<'a> {
     }
 
     /// Records a check.
-    pub fn record(&mut self, name: &str, spec: &str, outcome: Outcome) {
+    pub(crate) fn record(&mut self, name: &str, spec: &str, outcome: Outcome) {
         let (status, detail) = match outcome {
             Ok(note) => (Status::Passed, note),
             Err(detail) => (Status::Failed, detail),
@@ -398,7 +398,7 @@ impl<'a> Cx<'a> {
     }
 
     /// Records a skipped check.
-    pub fn skip(&mut self, name: &str, spec: &str, reason: impl Into<String>) {
+    pub(crate) fn skip(&mut self, name: &str, spec: &str, reason: impl Into<String>) {
         self.checks.push(Check {
             name: name.to_owned(),
             spec: spec.to_owned(),
@@ -408,33 +408,33 @@ impl<'a> Cx<'a> {
     }
 
     /// The namespace repository.
-    pub fn ns(&self) -> &str {
+    pub(crate) fn ns(&self) -> &str {
         &self.s.namespace
     }
 
     /// A tag unique to this run and workflow: `<prefix>-<run id>`.
-    pub fn tag(&self, prefix: &str) -> String {
+    pub(crate) fn tag(&self, prefix: &str) -> String {
         format!("{prefix}-{}", self.s.run_id)
     }
 
     /// Sends a raw request.
-    pub async fn send(&self, raw: wire::Raw) -> Result<Exchange, ExchangeError> {
+    pub(crate) async fn send(&self, raw: wire::Raw) -> Result<Exchange, ExchangeError> {
         self.s.wire.send(raw).await
     }
 
     /// A raw request to `/v2/<repo>/<tail>`.
-    pub fn req(&self, method: Method, repo: &str, tail: &str) -> wire::Raw {
+    pub(crate) fn req(&self, method: Method, repo: &str, tail: &str) -> wire::Raw {
         let url = self.s.wire.url(repo, tail);
         self.s.wire.raw(method, repo, url)
     }
 
     /// A raw request to an absolute URL (a `Location`).
-    pub fn req_url(&self, method: Method, repo: &str, url: url::Url) -> wire::Raw {
+    pub(crate) fn req_url(&self, method: Method, repo: &str, url: url::Url) -> wire::Raw {
         self.s.wire.raw(method, repo, url)
     }
 
     /// Resolves a `Location` header against the registry.
-    pub fn location(&self, x: &Exchange) -> Result<url::Url, String> {
+    pub(crate) fn location(&self, x: &Exchange) -> Result<url::Url, String> {
         let loc = x
             .header("location")
             .ok_or_else(|| format!("no Location header\n{}", x.transcript()))?;
@@ -444,19 +444,23 @@ impl<'a> Cx<'a> {
     }
 
     /// Notes a manifest for deletion at the end.
-    pub fn pushed_manifest(&mut self, repo: &str, digest: &Digest) {
+    pub(crate) fn pushed_manifest(&mut self, repo: &str, digest: &Digest) {
         self.pushed_manifests
             .push((repo.to_owned(), digest.clone()));
     }
 
     /// Notes a blob for deletion at the end.
-    pub fn pushed_blob(&mut self, repo: &str, digest: &Digest) {
+    pub(crate) fn pushed_blob(&mut self, repo: &str, digest: &Digest) {
         self.pushed_blobs.push((repo.to_owned(), digest.clone()));
     }
 
     /// Setup step, not a check: makes sure `bytes` is a blob in `repo` (POST then PUT, the one
     /// upload every registry supports), accepting any 2xx.
-    pub async fn ensure_blob(&mut self, repo: &str, bytes: &Bytes) -> Result<Digest, String> {
+    pub(crate) async fn ensure_blob(
+        &mut self,
+        repo: &str,
+        bytes: &Bytes,
+    ) -> Result<Digest, String> {
         let digest = Digest::sha256_of(bytes);
         let post = self
             .send(
@@ -486,7 +490,7 @@ impl<'a> Cx<'a> {
 
     /// Setup step, not a check: pushes a manifest under `reference` (tag or digest),
     /// accepting any 2xx.
-    pub async fn ensure_manifest(
+    pub(crate) async fn ensure_manifest(
         &mut self,
         repo: &str,
         reference: &str,

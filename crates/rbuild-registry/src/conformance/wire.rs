@@ -96,13 +96,13 @@ pub(crate) struct Exchange {
 
 impl Exchange {
     /// A response header as text.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     /// The request and response lines, for a check's detail: `> PATCH /v2/…`, our headers,
     /// `< 202 Accepted`, the answer's headers, and the start of an error body.
-    pub fn transcript(&self) -> String {
+    pub(crate) fn transcript(&self) -> String {
         let mut out = format!("> {} {}", self.method, redact(&self.url));
         for (k, v) in &self.request_headers {
             out.push_str(&format!("\n> {k}: {v}"));
@@ -228,21 +228,21 @@ pub(crate) struct Raw {
 impl Raw {
     /// Adds a request header.
     #[must_use]
-    pub fn header(mut self, name: &str, value: impl Into<String>) -> Self {
+    pub(crate) fn header(mut self, name: &str, value: impl Into<String>) -> Self {
         self.headers.push((name.to_owned(), value.into()));
         self
     }
 
     /// Sets the body (and `Content-Length`, which reqwest adds for a sized body).
     #[must_use]
-    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+    pub(crate) fn body(mut self, body: impl Into<Bytes>) -> Self {
         self.body = Some(body.into());
         self
     }
 
     /// Also asks for `pull` on `repository` (a mount's source).
     #[must_use]
-    pub fn scope(mut self, scope: String) -> Self {
+    pub(crate) fn scope(mut self, scope: String) -> Self {
         self.extra_scopes.push(scope);
         self
     }
@@ -250,7 +250,7 @@ impl Raw {
 
 impl Wire {
     /// `/v2/<repository>/<tail>` on this registry, `tail` holding any query.
-    pub fn url(&self, repository: &str, tail: &str) -> Url {
+    pub(crate) fn url(&self, repository: &str, tail: &str) -> Url {
         let path = if repository.is_empty() {
             format!("/v2/{tail}")
         } else {
@@ -260,7 +260,7 @@ impl Wire {
     }
 
     /// A request for `repository`, with the access its method implies.
-    pub fn raw(&self, method: Method, repository: &str, url: Url) -> Raw {
+    pub(crate) fn raw(&self, method: Method, repository: &str, url: Url) -> Raw {
         let access = match method {
             Method::GET | Method::HEAD => Access::Pull,
             Method::DELETE => Access::Delete,
@@ -283,7 +283,7 @@ impl Wire {
     /// # Errors
     ///
     /// [`ExchangeError`] when no usable answer came; its text is a failed check's detail.
-    pub async fn send(&self, raw: Raw) -> Result<Exchange, ExchangeError> {
+    pub(crate) async fn send(&self, raw: Raw) -> Result<Exchange, ExchangeError> {
         let ctx = Ctx {
             operation: "conformance check on",
             registry: self.registry.clone(),

@@ -9,7 +9,7 @@ use std::thread;
 
 /// A request as the server saw it.
 #[derive(Debug, Clone)]
-pub struct Req {
+pub(crate) struct Req {
     pub method: String,
     /// Path and query.
     pub target: String,
@@ -18,18 +18,18 @@ pub struct Req {
 }
 
 impl Req {
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
 
-    pub fn path(&self) -> &str {
+    pub(crate) fn path(&self) -> &str {
         self.target.split('?').next().unwrap_or(&self.target)
     }
 
-    pub fn query(&self, key: &str) -> Option<String> {
+    pub(crate) fn query(&self, key: &str) -> Option<String> {
         let q = self.target.split_once('?')?.1;
         url::form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == key)
@@ -39,7 +39,7 @@ impl Req {
 
 /// An answer.
 #[derive(Debug, Clone, Default)]
-pub struct Resp {
+pub(crate) struct Resp {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
@@ -48,24 +48,24 @@ pub struct Resp {
 }
 
 impl Resp {
-    pub fn new(status: u16) -> Self {
+    pub(crate) fn new(status: u16) -> Self {
         Self {
             status,
             ..Self::default()
         }
     }
 
-    pub fn header(mut self, k: &str, v: &str) -> Self {
+    pub(crate) fn header(mut self, k: &str, v: &str) -> Self {
         self.headers.push((k.to_owned(), v.to_owned()));
         self
     }
 
-    pub fn body(mut self, b: impl Into<Vec<u8>>) -> Self {
+    pub(crate) fn body(mut self, b: impl Into<Vec<u8>>) -> Self {
         self.body = b.into();
         self
     }
 
-    pub fn cut_after(mut self, n: usize) -> Self {
+    pub(crate) fn cut_after(mut self, n: usize) -> Self {
         self.cut_after = Some(n);
         self
     }
@@ -74,13 +74,13 @@ impl Resp {
 type Handler = dyn Fn(&Req) -> Resp + Send + Sync;
 
 /// The server; stops accepting when dropped (the listener thread is detached).
-pub struct FakeServer {
+pub(crate) struct FakeServer {
     addr: SocketAddr,
     requests: Arc<Mutex<Vec<Req>>>,
 }
 
 impl FakeServer {
-    pub fn start(handler: impl Fn(&Req) -> Resp + Send + Sync + 'static) -> Self {
+    pub(crate) fn start(handler: impl Fn(&Req) -> Resp + Send + Sync + 'static) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let requests: Arc<Mutex<Vec<Req>>> = Arc::default();
@@ -98,11 +98,11 @@ impl FakeServer {
     }
 
     /// `127.0.0.1:PORT`.
-    pub fn host(&self) -> String {
+    pub(crate) fn host(&self) -> String {
         self.addr.to_string()
     }
 
-    pub fn requests(&self) -> Vec<Req> {
+    pub(crate) fn requests(&self) -> Vec<Req> {
         self.requests.lock().unwrap().clone()
     }
 }

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)] // reason: each test binary uses a different subset of the helpers
 
-pub mod fake;
+pub(crate) mod fake;
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -14,7 +14,7 @@ use rbuild_registry::{BlobRef, BlobSink, BlobSource, BlobWriter, Events, ImageTo
 use rbuild_testkit::registry::{Registry, RegistryOptions};
 
 /// Starts the real registry, or `None` (with the reason printed) when it is not installed.
-pub fn registry(options: RegistryOptions) -> Option<Registry> {
+pub(crate) fn registry(options: RegistryOptions) -> Option<Registry> {
     match Registry::start(options) {
         Ok(r) => Some(r),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -26,7 +26,7 @@ pub fn registry(options: RegistryOptions) -> Option<Registry> {
 }
 
 /// Deterministic bytes that do not compress (an LCG), `len` long.
-pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+pub(crate) fn noise(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
@@ -48,22 +48,22 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 
 /// Blobs by digest, in memory.
 #[derive(Default, Clone)]
-pub struct MemBlobs {
+pub(crate) struct MemBlobs {
     pub blobs: Arc<Mutex<HashMap<Digest, Vec<u8>>>>,
 }
 
 impl MemBlobs {
-    pub fn insert(&self, bytes: Vec<u8>) -> Digest {
+    pub(crate) fn insert(&self, bytes: Vec<u8>) -> Digest {
         let d = Digest::sha256_of(&bytes);
         self.blobs.lock().unwrap().insert(d.clone(), bytes);
         d
     }
 
-    pub fn get(&self, d: &Digest) -> Option<Vec<u8>> {
+    pub(crate) fn get(&self, d: &Digest) -> Option<Vec<u8>> {
         self.blobs.lock().unwrap().get(d).cloned()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.blobs.lock().unwrap().len()
     }
 }
@@ -119,7 +119,7 @@ impl BlobSink for MemBlobs {
 
 /// A small OCI image: `layers` gzip layers of `layer_size` uncompressible bytes each, a config
 /// with their diff ids, and the manifest. Returns the image and the blobs.
-pub fn make_image(seed: u64, layers: usize, layer_size: usize) -> (ImageToPush, MemBlobs) {
+pub(crate) fn make_image(seed: u64, layers: usize, layer_size: usize) -> (ImageToPush, MemBlobs) {
     let blobs = MemBlobs::default();
     let mut layer_refs = Vec::new();
     let mut diff_ids = Vec::new();
@@ -165,12 +165,12 @@ pub fn make_image(seed: u64, layers: usize, layer_size: usize) -> (ImageToPush, 
 }
 
 /// A sink that drops every event.
-pub fn quiet<E>() -> Events<E> {
+pub(crate) fn quiet<E>() -> Events<E> {
     Events::none()
 }
 
 /// Collects events.
-pub struct Recorder<E> {
+pub(crate) struct Recorder<E> {
     pub events: Arc<Mutex<Vec<E>>>,
 }
 
@@ -184,7 +184,7 @@ impl<E> Default for Recorder<E> {
 
 impl<E: Send + 'static> Recorder<E> {
     /// A sink that records into this recorder.
-    pub fn sink(&self) -> Events<E> {
+    pub(crate) fn sink(&self) -> Events<E> {
         let events = Arc::clone(&self.events);
         Events::new(move |e| events.lock().unwrap().push(e))
     }

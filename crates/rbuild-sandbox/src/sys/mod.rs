@@ -153,7 +153,7 @@ impl Failure {
     }
 
     /// Decodes a record read from the failure pipe; `None` when it is not one.
-    pub fn decode(bytes: &[u8]) -> Option<Failure> {
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Failure> {
         let word = |i: usize| -> Option<[u8; 4]> { bytes.get(i..i + 4)?.try_into().ok() };
         if bytes.len() != Self::SIZE {
             return None;

@@ -39,12 +39,12 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Locks the store, surviving a panicked holder (tests go on to report the real failure).
-    pub fn state(&self) -> MutexGuard<'_, State> {
+    pub(super) fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Wakes the watches after a change.
-    pub fn notify(&self) {
+    pub(super) fn notify(&self) {
         let rv = self.state().rv;
         self.changed.send_replace(rv);
     }

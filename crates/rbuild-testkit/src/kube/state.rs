@@ -64,7 +64,12 @@ impl State {
     /// Creates a Deployment (already fully rolled out), returning the stored object.
     ///
     /// `object` needs `metadata.name`, `spec.template`; `namespace` wins over the body's.
-    pub fn create(&mut self, namespace: &str, mut object: Value, scenario: Scenario) -> Value {
+    pub(super) fn create(
+        &mut self,
+        namespace: &str,
+        mut object: Value,
+        scenario: Scenario,
+    ) -> Value {
         let name = object["metadata"]["name"].as_str().unwrap_or("").to_owned();
         self.uid += 1;
         object["apiVersion"] = json!("apps/v1");
@@ -102,7 +107,7 @@ impl State {
     /// Replaces the spec/metadata of a stored Deployment with `updated` (after a patch or PUT),
     /// keeping the status and the server-owned metadata, bumping `generation` when the spec
     /// changed (as the registry strategy of apps/v1 Deployments does).
-    pub fn update(&mut self, key: &Key, mut updated: Value) -> Option<Value> {
+    pub(super) fn update(&mut self, key: &Key, mut updated: Value) -> Option<Value> {
         let stored = self.deployments.get_mut(key)?;
         let old = &stored.object;
         // The main resource ignores status changes; status is written through /status only.
@@ -132,7 +137,7 @@ impl State {
     }
 
     /// Deletes a Deployment, logging the `DELETED` event.
-    pub fn delete(&mut self, key: &Key) -> Option<Value> {
+    pub(super) fn delete(&mut self, key: &Key) -> Option<Value> {
         let rv = self.next_rv();
         let mut stored = self.deployments.remove(key)?;
         stored.object["metadata"]["resourceVersion"] = json!(rv.to_string());
@@ -146,7 +151,7 @@ impl State {
 
     /// One step of the simulated deployment controller over all Deployments. Returns whether
     /// anything changed.
-    pub fn tick(&mut self) -> bool {
+    pub(super) fn tick(&mut self) -> bool {
         let before = self.rv;
         let keys: Vec<Key> = self.deployments.keys().cloned().collect();
         for key in keys {
