@@ -80,9 +80,13 @@ pub enum Error {
     /// dropped).
     #[error("the build was cancelled")]
     Cancelled,
-    /// Pulling an image failed.
-    #[error("failed to pull {reference}")]
+    /// Pulling a base (or `--from`) image failed.
+    #[error("{file}:{line}: failed to pull {reference}")]
     Pull {
+        /// The Dockerfile's name.
+        file: String,
+        /// 1-based line of the instruction that names the image.
+        line: usize,
         /// The image.
         reference: String,
         /// The cause.

@@ -59,7 +59,7 @@ impl Build<'_> {
                 let prev_dir = prev
                     .and_then(|p| self.store.cache_get(&p.key).ok().flatten())
                     .and_then(|e| {
-                        serde_json::from_value::<crate::stage::StepRecord>(e.payload).ok()
+                        serde_json::from_value::<crate::image::StepRecord>(e.payload).ok()
                     })
                     .and_then(|r| r.layer)
                     .map(|l| self.store.layer_dir(&l.diff_id))

@@ -24,6 +24,13 @@ pub struct LayerRecord {
     pub media_type: String,
 }
 
+/// What the step cache keeps for a step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct StepRecord {
+    pub(crate) created: String,
+    pub(crate) layer: Option<LayerRecord>,
+}
+
 /// An image loaded from the store.
 #[derive(Debug, Clone)]
 pub struct LoadedImage {

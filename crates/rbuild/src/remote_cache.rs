@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::error::{Error, Result};
 use crate::image;
-use crate::stage::StepRecord;
+use crate::image::StepRecord;
 
 /// Media type of a cache entry's config blob.
 pub(crate) const STEP_CONFIG_MEDIA_TYPE: &str = "application/vnd.rbuild.cache.step.v1+json";

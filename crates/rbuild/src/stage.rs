@@ -9,7 +9,7 @@ use std::time::Instant;
 use rbuild_dockerfile::{Dockerfile, Instruction, InstructionKind, Lexer};
 use rbuild_oci::{Digest, Reference};
 use rbuild_store::{CacheEntry, Store};
-use serde::{Deserialize, Serialize};
+
 use sha2::Digest as _;
 
 use crate::cancel::CancelToken;
@@ -19,18 +19,11 @@ use crate::error::{BoxError, Error, Result};
 use crate::events::BuildEvent;
 use crate::executor::Executor;
 use crate::explain::{self, BuildRecord};
-use crate::image::{self, LayerRecord};
+use crate::image::{self, LayerRecord, StepRecord};
 use crate::options::BuildOptions;
 use crate::step::{self, Step};
 use crate::view::LayerView;
 use rbuild_oci::Events;
-
-/// What the step cache keeps for a step.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct StepRecord {
-    pub created: String,
-    pub layer: Option<LayerRecord>,
-}
 
 /// A built (or resolved) stage.
 #[derive(Debug, Clone)]
@@ -423,7 +416,12 @@ impl<'a> Build<'a> {
                     &reference,
                     Some(&platform),
                 )
-                .map_err(|e| self.err(line, format!("failed to pull {reference}: {e}")))?;
+                .map_err(|e| Error::Pull {
+                    file: self.file.clone(),
+                    line,
+                    reference: reference.to_string(),
+                    source: Box::new(e),
+                })?;
                 image::resolve(self.store, name)
             }
             (other, _, _) => other,
@@ -445,11 +443,12 @@ impl<'a> Build<'a> {
         })
     }
 
-    fn build_stage(&self, idx: usize) -> Result<StageResult> {
-        let stage = &self.df.stages[idx];
-        let from_line = stage.from.span.start_line;
+    /// The image stage `idx` starts from (an earlier stage, scratch, or a store/registry image)
+    /// and the FROM line to show for it.
+    fn stage_base(&self, idx: usize) -> Result<(StageResult, String)> {
+        let from_line = self.df.stages[idx].from.span.start_line;
         let base_name = self.base_name_of(idx)?;
-        let (base, from_text) = if let Some(e) = self.stage_index(&base_name, idx) {
+        Ok(if let Some(e) = self.stage_index(&base_name, idx) {
             (self.stage(e)?, format!("FROM {base_name}"))
         } else if base_name == "scratch" {
             (
@@ -467,11 +466,17 @@ impl<'a> Build<'a> {
                 .map_or_else(|_| base_name.clone(), |r| r.to_string());
             let text = format!("FROM {shown}@{}", r.key);
             (r, text)
-        };
-        // ONBUILD triggers of the base run first, as if written right after FROM; the new image
-        // does not inherit them (docker).
-        let mut instructions: Vec<Instruction> = Vec::new();
-        let mut base = base;
+        })
+    }
+
+    /// The ONBUILD triggers of `base`, taken out of its config: they run first, as if written
+    /// right after FROM (at its line), and the new image does not inherit them (docker).
+    fn onbuild_triggers(
+        &self,
+        base: &mut StageResult,
+        from_line: usize,
+    ) -> Result<Vec<Instruction>> {
+        let mut instructions = Vec::new();
         if let Some(triggers) = base.config.config.extra.remove("OnBuild")
             && let Some(list) = triggers.as_array()
         {
@@ -490,6 +495,16 @@ impl<'a> Build<'a> {
                 }
             }
         }
+        Ok(instructions)
+    }
+
+    /// Builds stage `idx` on its base (whose stages are built): plan, then each step from the
+    /// cache or executed.
+    fn build_stage(&self, idx: usize) -> Result<StageResult> {
+        let stage = &self.df.stages[idx];
+        let from_line = stage.from.span.start_line;
+        let (mut base, from_text) = self.stage_base(idx)?;
+        let mut instructions = self.onbuild_triggers(&mut base, from_line)?;
         instructions.extend(stage.instructions.iter().cloned());
         let total = instructions.len() + 1;
         self.total.fetch_add(total, Ordering::Relaxed);
@@ -525,65 +540,8 @@ impl<'a> Build<'a> {
             }
             key = st.key.clone();
             let started = Instant::now();
-            let mut hit = if no_cache {
-                None
-            } else {
-                self.cache_lookup(&st.key)?
-            };
-            if hit.is_none() && !no_cache && self.remote_fetch(&st.key) {
-                hit = self.cache_lookup(&st.key)?;
-            }
-            self.progress.emit(BuildEvent::StepStarted {
-                stage: idx,
-                stage_name: stage.name.clone(),
-                index: st.index,
-                total,
-                text: st.display.clone(),
-                cached: hit.is_some(),
-            });
-            if hit.is_none() && self.opts.explain {
-                let prev = self
-                    .last_record
-                    .stages
-                    .get(&idx)
-                    .and_then(|s| s.get(st.index - 2));
-                let reason = if no_cache {
-                    "--no-cache".to_owned()
-                } else {
-                    explain::explain(prev, &st.inputs)
-                };
-                self.progress.emit(BuildEvent::CacheMiss {
-                    stage: idx,
-                    index: st.index,
-                    reason,
-                });
-            }
-            if let Ok(mut r) = self.record.lock() {
-                r.stages.entry(idx).or_default().push(st.inputs.clone());
-            }
-            let record = match hit {
-                Some(r) => {
-                    self.cached.fetch_add(1, Ordering::Relaxed);
-                    r
-                }
-                None => {
-                    let layer = self.execute(idx, st, &view)?;
-                    let record = StepRecord {
-                        created: now_rfc3339(self.opts.source_date_epoch),
-                        layer,
-                    };
-                    let entry = CacheEntry {
-                        blobs: record.layer.iter().map(|l| l.digest.clone()).collect(),
-                        layer_dirs: record.layer.iter().map(|l| l.diff_id.clone()).collect(),
-                        payload: serde_json::to_value(&record)
-                            .map_err(Error::op("record a step in the cache"))?,
-                    };
-                    self.store
-                        .cache_put(&st.key, &entry)
-                        .map_err(Error::op("record a step in the cache"))?;
-                    record
-                }
-            };
+            let record =
+                self.step_result(idx, stage.name.as_deref(), total, st, no_cache, &view)?;
             if let Ok(mut e) = self.exported.lock() {
                 e.push((st.key.clone(), record.clone()));
             }
@@ -619,6 +577,78 @@ impl<'a> Build<'a> {
             config,
             layers,
             key,
+        })
+    }
+
+    /// One step's result: from the local cache, from a `--cache-from` repository, or executed
+    /// (and recorded in the cache); reports the step as it goes.
+    fn step_result(
+        &self,
+        idx: usize,
+        stage_name: Option<&str>,
+        total: usize,
+        st: &Step,
+        no_cache: bool,
+        view: &LayerView,
+    ) -> Result<StepRecord> {
+        let mut hit = if no_cache {
+            None
+        } else {
+            self.cache_lookup(&st.key)?
+        };
+        if hit.is_none() && !no_cache && self.remote_fetch(&st.key) {
+            hit = self.cache_lookup(&st.key)?;
+        }
+        self.progress.emit(BuildEvent::StepStarted {
+            stage: idx,
+            stage_name: stage_name.map(str::to_owned),
+            index: st.index,
+            total,
+            text: st.display.clone(),
+            cached: hit.is_some(),
+        });
+        if hit.is_none() && self.opts.explain {
+            let prev = self
+                .last_record
+                .stages
+                .get(&idx)
+                .and_then(|s| s.get(st.index - 2));
+            let reason = if no_cache {
+                "--no-cache".to_owned()
+            } else {
+                explain::explain(prev, &st.inputs)
+            };
+            self.progress.emit(BuildEvent::CacheMiss {
+                stage: idx,
+                index: st.index,
+                reason,
+            });
+        }
+        if let Ok(mut r) = self.record.lock() {
+            r.stages.entry(idx).or_default().push(st.inputs.clone());
+        }
+        Ok(match hit {
+            Some(r) => {
+                self.cached.fetch_add(1, Ordering::Relaxed);
+                r
+            }
+            None => {
+                let layer = self.execute(idx, st, view)?;
+                let record = StepRecord {
+                    created: now_rfc3339(self.opts.source_date_epoch),
+                    layer,
+                };
+                let entry = CacheEntry {
+                    blobs: record.layer.iter().map(|l| l.digest.clone()).collect(),
+                    layer_dirs: record.layer.iter().map(|l| l.diff_id.clone()).collect(),
+                    payload: serde_json::to_value(&record)
+                        .map_err(Error::op("record a step in the cache"))?,
+                };
+                self.store
+                    .cache_put(&st.key, &entry)
+                    .map_err(Error::op("record a step in the cache"))?;
+                record
+            }
         })
     }
 
