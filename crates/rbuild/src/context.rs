@@ -17,6 +17,8 @@ use rbuild_dockerfile::Ignore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
+pub(crate) use crate::rootfs::clean_rel;
+
 /// The kind of a context entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum EntryKind {
@@ -608,22 +610,6 @@ pub(crate) fn glob_match(pattern: &str, name: &str) -> bool {
 /// Whether `s` contains glob metacharacters.
 pub(crate) fn has_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
-}
-
-/// Cleans a context-relative source path: strips `./` and leading `/`, resolves `..` within the
-/// root. Returns `None` when the path climbs out of the context.
-pub(crate) fn clean_rel(path: &str) -> Option<String> {
-    let mut parts: Vec<&str> = Vec::new();
-    for c in path.split('/') {
-        match c {
-            "" | "." => {}
-            ".." => {
-                parts.pop()?;
-            }
-            c => parts.push(c),
-        }
-    }
-    Some(parts.join("/"))
 }
 
 #[cfg(test)]

@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub use rbuild_sandbox::{BindMount, Limits, Network};
 
 use crate::cancel::CancelToken;
-use crate::error::BoxError;
+
+/// A boxed cause.
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything a RUN step needs; built by the engine.
 #[derive(Debug, Clone)]

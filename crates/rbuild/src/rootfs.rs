@@ -610,6 +610,22 @@ pub(crate) fn proc_fd(fd: &impl AsFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd()))
 }
 
+/// Cleans a root-relative path (a context source, an image path): strips `./` and leading `/`, resolves `..` within the
+/// root. Returns `None` when the path climbs out of the root.
+pub(crate) fn clean_rel(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
+}
+
 #[cfg(test)]
 mod tests {
     use std::fs;

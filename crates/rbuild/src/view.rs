@@ -159,7 +159,7 @@ impl LayerView {
         let Some(start) = layers.find(path)? else {
             return Ok(out);
         };
-        let given = crate::context::clean_rel(path).unwrap_or_default();
+        let given = crate::rootfs::clean_rel(path).unwrap_or_default();
         let base = start.rel.clone();
         layers.walk(&start, &mut |n| {
             let below = n
