@@ -48,7 +48,7 @@ async fn main() -> anyhow::Result<()> {
             pinned,
             &requested,
             &options,
-            |event| match event {
+            rbuild_oci::Events::new(|event| match event {
                 Progress::ImageUpdated {
                     deployment,
                     previous,
@@ -59,7 +59,8 @@ async fn main() -> anyhow::Result<()> {
                 Progress::RollingBack { image, failure, .. } => {
                     eprintln!("error: {failure}; rolling back to {image}");
                 }
-            },
+                _ => {}
+            }),
         )
         .await
         .with_context(|| format!("failed to deploy {} to {deployment}", requested.familiar()))?;

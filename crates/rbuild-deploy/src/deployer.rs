@@ -1,5 +1,6 @@
 //! The deployer: connect, set an image, wait for the rollout, roll back, read the history.
 
+use rbuild_oci::Events;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -173,17 +174,14 @@ impl Deployer {
     /// [`Error::Api`]; [`Error::AmbiguousContainer`], [`Error::UnknownContainer`];
     /// [`Error::Rollout`] when the rollout fails, or with `rollback_on_failure`,
     /// [`Error::RolledBack`] / [`Error::RollbackFailed`].
-    pub async fn deploy<F>(
+    pub async fn deploy(
         &self,
         name: &str,
         image: &str,
         requested: &Reference,
         options: &DeployOptions,
-        mut progress: F,
-    ) -> Result<Deployed>
-    where
-        F: FnMut(Progress) + Send,
-    {
+        progress: Events<Progress>,
+    ) -> Result<Deployed> {
         crate::check_not_latest(requested, options.allow_latest)?;
         let pinned = image.parse::<Reference>().ok();
         if pinned.as_ref().and_then(Reference::digest).is_none() {
@@ -204,7 +202,7 @@ impl Deployer {
                 Action::Deploy,
             )
             .await?;
-        progress(Progress::ImageUpdated {
+        progress.emit(Progress::ImageUpdated {
             deployment: name.to_owned(),
             container: container.clone(),
             previous: deployed.previous.clone(),
@@ -214,7 +212,7 @@ impl Deployer {
             return Ok(deployed);
         }
         match self
-            .wait_for_rollout(&namespace, name, options.timeout, &mut progress)
+            .wait_for_rollout(&namespace, name, options.timeout, &progress)
             .await
         {
             Ok(message) => Ok(Deployed {
@@ -224,26 +222,23 @@ impl Deployer {
             Err(Error::Rollout {
                 source: failure, ..
             }) if options.rollback_on_failure && failure != RolloutFailure::Deleted => {
-                self.roll_back_after(&namespace, name, deployed, failure, options, &mut progress)
+                self.roll_back_after(&namespace, name, deployed, failure, options, &progress)
                     .await
             }
             Err(e) => Err(e),
         }
     }
 
-    async fn roll_back_after<F>(
+    async fn roll_back_after(
         &self,
         namespace: &str,
         name: &str,
         deployed: Deployed,
         failure: RolloutFailure,
         options: &DeployOptions,
-        progress: &mut F,
-    ) -> Result<Deployed>
-    where
-        F: FnMut(Progress) + Send,
-    {
-        progress(Progress::RollingBack {
+        progress: &Events<Progress>,
+    ) -> Result<Deployed> {
+        progress.emit(Progress::RollingBack {
             deployment: name.to_owned(),
             image: deployed.previous.clone(),
             failure: failure.clone(),
@@ -289,16 +284,13 @@ impl Deployer {
     ///
     /// [`Error::NoHistory`], [`Error::NotInHistory`], [`Error::ReadHistory`], the API errors of
     /// [`Deployer::deploy`], [`Error::Rollout`] when the rollback's rollout fails.
-    pub async fn rollback<F>(
+    pub async fn rollback(
         &self,
         name: &str,
         to: Option<&str>,
         options: &DeployOptions,
-        mut progress: F,
-    ) -> Result<Deployed>
-    where
-        F: FnMut(Progress) + Send,
-    {
+        progress: Events<Progress>,
+    ) -> Result<Deployed> {
         let namespace = self.namespace(options);
         let deployment = self.get(&namespace, name).await?;
         let history = read_history(&deployment, name)?;
@@ -334,7 +326,7 @@ impl Deployer {
                 Action::Rollback,
             )
             .await?;
-        progress(Progress::ImageUpdated {
+        progress.emit(Progress::ImageUpdated {
             deployment: name.to_owned(),
             container,
             previous: deployed.previous.clone(),
@@ -344,7 +336,7 @@ impl Deployer {
             return Ok(deployed);
         }
         let message = self
-            .wait_for_rollout(&namespace, name, options.timeout, &mut progress)
+            .wait_for_rollout(&namespace, name, options.timeout, &progress)
             .await?;
         Ok(Deployed {
             rolled_out: Some(message),
@@ -429,16 +421,13 @@ impl Deployer {
     /// [`RolloutFailure::TimedOut`] after `timeout`, or [`RolloutFailure::Deleted`];
     /// [`Error::NotFound`] when the Deployment does not exist when the wait starts; the API
     /// errors of [`Deployer::deploy`] when the watch fails.
-    pub async fn wait_for_rollout<F>(
+    pub async fn wait_for_rollout(
         &self,
         namespace: &str,
         name: &str,
         timeout: Option<Duration>,
-        progress: &mut F,
-    ) -> Result<String>
-    where
-        F: FnMut(Progress) + Send,
-    {
+        progress: &Events<Progress>,
+    ) -> Result<String> {
         let failed = |source| Error::Rollout {
             cluster: self.cluster.clone(),
             namespace: namespace.to_owned(),
@@ -460,15 +449,12 @@ impl Deployer {
         })
     }
 
-    async fn watch_until_done<F>(
+    async fn watch_until_done(
         &self,
         namespace: &str,
         name: &str,
-        progress: &mut F,
-    ) -> Result<String, WaitError>
-    where
-        F: FnMut(Progress) + Send,
-    {
+        progress: &Events<Progress>,
+    ) -> Result<String, WaitError> {
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let mut events = watcher(self.api(namespace), config).boxed();
         let mut last_message = String::new();
@@ -539,7 +525,7 @@ impl Deployer {
             let state = rollout_state(&deployment).map_err(WaitError::Failure)?;
             if state.message() != last_message {
                 last_message = state.message().to_owned();
-                progress(Progress::Status(last_message.clone()));
+                progress.emit(Progress::Status(last_message.clone()));
             }
             if let RolloutState::Complete(message) = state {
                 return Ok(message);

@@ -13,7 +13,7 @@
 //! use std::time::Duration;
 //!
 //! use rbuild_deploy::{ConnectOptions, DeployOptions, Deployer, Progress, check_not_latest};
-//! use rbuild_oci::Reference;
+//! use rbuild_oci::{Events, Reference};
 //!
 //! # async fn run() -> Result<(), rbuild_deploy::Error> {
 //! let requested: Reference = "registry.example.com/shop/web:1.4.2".parse().expect("reference");
@@ -27,7 +27,7 @@
 //!     .timeout(Duration::from_secs(300))
 //!     .rollback_on_failure(true);
 //! let deployed = deployer
-//!     .deploy("web", pinned, &requested, &options, |event| match event {
+//!     .deploy("web", pinned, &requested, &options, Events::new(|event| match event {
 //!         Progress::ImageUpdated { deployment, .. } => {
 //!             println!("deployment.apps/{deployment} image updated")
 //!         }
@@ -35,7 +35,8 @@
 //!         Progress::RollingBack { image, failure, .. } => {
 //!             eprintln!("error: {failure}; rolling back to {image}")
 //!         }
-//!     })
+//!         _ => {}
+//!     }))
 //!     .await?;
 //! println!("{} now runs {}", deployed.deployment, deployed.image);
 //! # Ok(())

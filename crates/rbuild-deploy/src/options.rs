@@ -96,8 +96,10 @@ impl DeployOptions {
     }
 }
 
-/// What the deployer reports while it works, for the caller to display.
+/// What the deployer reports while it works, for the caller to display (through an
+/// [`Events`](rbuild_oci::Events) sink, as build, push and pull events are).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Progress {
     /// The image was set: kubectl says `deployment.apps/<name> image updated`.
     ImageUpdated {

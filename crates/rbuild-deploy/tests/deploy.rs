@@ -15,6 +15,7 @@ use rbuild_deploy::{
     ConnectOptions, DeployOptions, Deployer, Error, HISTORY_ANNOTATION, Progress, RolloutFailure,
     history::Action,
 };
+use rbuild_oci::Events;
 use rbuild_oci::Reference;
 use rbuild_testkit::kube::{Access, FakeKube, FakeKubeOptions, Scenario};
 
@@ -78,9 +79,9 @@ async fn deploy_sets_the_pinned_image_and_waits_like_kubectl() {
         .add_deployment("default", "web", &[("app", "web:0")], 2);
     let deployer = cluster.deployer().await;
     let (image, requested) = pinned("1", D1);
-    let mut events = Vec::new();
+    let (sink, events) = collect();
     let deployed = deployer
-        .deploy("web", &image, &requested, &options(), |e| events.push(e))
+        .deploy("web", &image, &requested, &options(), sink)
         .await
         .unwrap();
     assert_eq!(deployed.previous, "web:0");
@@ -91,6 +92,7 @@ async fn deploy_sets_the_pinned_image_and_waits_like_kubectl() {
     assert_eq!(cluster.image().as_deref(), Some(image.as_str()));
 
     // The controller's steps, each message once, in kubectl's words.
+    let events = events.lock().unwrap().clone();
     let statuses: Vec<&str> = events
         .iter()
         .filter_map(|e| match e {
@@ -140,7 +142,7 @@ async fn deadline_exceeded_fails_and_rollback_on_failure_restores_the_image() {
     let (image, requested) = pinned("1", D1);
 
     let err = deployer
-        .deploy("web", &image, &requested, &options(), |_| {})
+        .deploy("web", &image, &requested, &options(), Events::none())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Rollout { .. }), "{err:?}");
@@ -157,14 +159,14 @@ async fn deadline_exceeded_fails_and_rollback_on_failure_restores_the_image() {
     cluster
         .server
         .set_scenario("default", "api", Scenario::ProgressDeadlineExceeded);
-    let mut events = Vec::new();
+    let (sink, events) = collect();
     let err = deployer
         .deploy(
             "api",
             &image,
             &requested,
             &options().rollback_on_failure(true),
-            |e| events.push(e),
+            sink,
         )
         .await
         .unwrap_err();
@@ -183,6 +185,7 @@ async fn deadline_exceeded_fails_and_rollback_on_failure_restores_the_image() {
     // The previous image is back and rolled out.
     let api_image = cluster.server.container_image("default", "api", "app");
     assert_eq!(api_image.as_deref(), Some("api:0"));
+    let events = events.lock().unwrap().clone();
     assert!(
         events
             .iter()
@@ -209,16 +212,16 @@ async fn rollback_to_previous_and_to_a_tag() {
     let (one, r1) = pinned("1", D1);
     let (two, r2) = pinned("2", D2);
     deployer
-        .deploy("web", &one, &r1, &options(), |_| {})
+        .deploy("web", &one, &r1, &options(), Events::none())
         .await
         .unwrap();
     deployer
-        .deploy("web", &two, &r2, &options(), |_| {})
+        .deploy("web", &two, &r2, &options(), Events::none())
         .await
         .unwrap();
 
     let back = deployer
-        .rollback("web", None, &options(), |_| {})
+        .rollback("web", None, &options(), Events::none())
         .await
         .unwrap();
     assert_eq!(back.image, one);
@@ -226,18 +229,18 @@ async fn rollback_to_previous_and_to_a_tag() {
     assert_eq!(cluster.image().as_deref(), Some(one.as_str()));
 
     let to_tag = deployer
-        .rollback("web", Some("2"), &options(), |_| {})
+        .rollback("web", Some("2"), &options(), Events::none())
         .await
         .unwrap();
     assert_eq!(to_tag.image, two);
     let to_first = deployer
-        .rollback("web", Some("0"), &options().wait(false), |_| {})
+        .rollback("web", Some("0"), &options().wait(false), Events::none())
         .await
         .unwrap();
     assert_eq!(to_first.image, "web:0");
 
     let err = deployer
-        .rollback("web", Some("9"), &options(), |_| {})
+        .rollback("web", Some("9"), &options(), Events::none())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NotInHistory { .. }), "{err:?}");
@@ -252,7 +255,7 @@ async fn rollback_without_history_is_an_error() {
     let err = cluster
         .deployer()
         .await
-        .rollback("web", None, &options(), |_| {})
+        .rollback("web", None, &options(), Events::none())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::NoHistory { .. }), "{err:?}");
@@ -269,7 +272,7 @@ async fn latest_and_unpinned_images_are_refused_before_any_request() {
     let image = format!("localhost:5000/web:latest@{D1}");
     let before = cluster.server.requests().len();
     let err = deployer
-        .deploy("web", &image, &requested, &options(), |_| {})
+        .deploy("web", &image, &requested, &options(), Events::none())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::LatestRefused { .. }), "{err:?}");
@@ -279,7 +282,7 @@ async fn latest_and_unpinned_images_are_refused_before_any_request() {
             "localhost:5000/web:1",
             &pinned("1", D1).1,
             &options(),
-            |_| {},
+            Events::none(),
         )
         .await
         .unwrap_err();
@@ -294,7 +297,7 @@ async fn latest_and_unpinned_images_are_refused_before_any_request() {
             &image,
             &requested,
             &options().allow_latest(true),
-            |_| {},
+            Events::none(),
         )
         .await
         .unwrap();
@@ -313,7 +316,7 @@ async fn several_containers_need_container() {
     let deployer = cluster.deployer().await;
     let (image, requested) = pinned("1", D1);
     let err = deployer
-        .deploy("web", &image, &requested, &options(), |_| {})
+        .deploy("web", &image, &requested, &options(), Events::none())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::AmbiguousContainer { .. }), "{err:?}");
@@ -325,7 +328,7 @@ async fn several_containers_need_container() {
             &image,
             &requested,
             &options().container("db"),
-            |_| {},
+            Events::none(),
         )
         .await
         .unwrap_err();
@@ -337,7 +340,7 @@ async fn several_containers_need_container() {
             &image,
             &requested,
             &options().container("app"),
-            |_| {},
+            Events::none(),
         )
         .await
         .unwrap();
@@ -394,7 +397,7 @@ async fn unknown_deployment_names_cluster_namespace_and_deployment() {
             &image,
             &requested,
             &options().namespace("shop"),
-            |_| {},
+            Events::none(),
         )
         .await
         .unwrap_err();
@@ -418,7 +421,7 @@ async fn forbidden_and_unreachable_are_named() {
     let deployer = cluster.deployer().await;
     let (image, requested) = pinned("1", D1);
     let err = deployer
-        .deploy("web", &image, &requested, &options(), |_| {})
+        .deploy("web", &image, &requested, &options(), Events::none())
         .await
         .unwrap_err();
     match &err {
@@ -433,7 +436,7 @@ async fn forbidden_and_unreachable_are_named() {
     let url = cluster.server.url();
     drop(cluster.server);
     let err = deployer
-        .deploy("web", &image, &requested, &options(), |_| {})
+        .deploy("web", &image, &requested, &options(), Events::none())
         .await
         .unwrap_err();
     assert!(matches!(err, Error::Unreachable { .. }), "{err:?}");
@@ -513,7 +516,13 @@ async fn scenarios_end_like_kubectl_rollout_status() {
         let deployer = cluster.deployer().await;
         let (image, requested) = pinned("1", D1);
         deployer
-            .deploy("web", &image, &requested, &options().wait(false), |_| {})
+            .deploy(
+                "web",
+                &image,
+                &requested,
+                &options().wait(false),
+                Events::none(),
+            )
             .await
             .unwrap();
 
@@ -521,14 +530,19 @@ async fn scenarios_end_like_kubectl_rollout_status() {
         let waiter = {
             let deployer = deployer.clone();
             tokio::spawn(async move {
-                let mut statuses = Vec::new();
+                let (sink, events) = collect();
                 let outcome = deployer
-                    .wait_for_rollout("default", "web", Some(Duration::from_secs(4)), &mut |p| {
-                        if let Progress::Status(s) = p {
-                            statuses.push(s);
-                        }
-                    })
+                    .wait_for_rollout("default", "web", Some(Duration::from_secs(4)), &sink)
                     .await;
+                let statuses: Vec<String> = events
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|p| match p {
+                        Progress::Status(s) => Some(s.clone()),
+                        _ => None,
+                    })
+                    .collect();
                 (outcome, statuses)
             })
         };
@@ -687,7 +701,7 @@ async fn redeploying_the_same_image_does_not_wait_for_a_new_rollout() {
     let deployer = cluster.deployer().await;
     let (image, requested) = pinned("1", D1);
     deployer
-        .deploy("web", &image, &requested, &options(), |_| {})
+        .deploy("web", &image, &requested, &options(), Events::none())
         .await
         .unwrap();
     cluster
@@ -699,7 +713,7 @@ async fn redeploying_the_same_image_does_not_wait_for_a_new_rollout() {
             &image,
             &requested,
             &options().timeout(Duration::from_secs(5)),
-            |_| {},
+            Events::none(),
         )
         .await
         .unwrap();
@@ -727,7 +741,7 @@ async fn stuck_rollout_times_out_and_a_stuck_rollback_is_reported() {
     let (image, requested) = pinned("1", D1);
     let quick = options().timeout(Duration::from_millis(700));
     let err = deployer
-        .deploy("web", &image, &requested, &quick, |_| {})
+        .deploy("web", &image, &requested, &quick, Events::none())
         .await
         .unwrap_err();
     assert_eq!(err.rollout_failure(), Some(&RolloutFailure::TimedOut));
@@ -739,7 +753,7 @@ async fn stuck_rollout_times_out_and_a_stuck_rollback_is_reported() {
             &image2,
             &requested2,
             &quick.clone().rollback_on_failure(true),
-            |_| {},
+            Events::none(),
         )
         .await
         .unwrap_err();
@@ -754,4 +768,14 @@ async fn stuck_rollout_times_out_and_a_stuck_rollback_is_reported() {
     }
     // The rollback was applied even though its rollout never finished.
     assert_eq!(cluster.image().as_deref(), Some(image.as_str()));
+}
+
+/// A sink that keeps every event, and the events it kept.
+fn collect() -> (
+    Events<Progress>,
+    std::sync::Arc<std::sync::Mutex<Vec<Progress>>>,
+) {
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let k = std::sync::Arc::clone(&kept);
+    (Events::new(move |e| k.lock().unwrap().push(e)), kept)
 }

@@ -152,8 +152,8 @@ pub(crate) async fn pin(flags: &RegistryFlags, requested: &Reference) -> anyhow:
 }
 
 /// Prints the deployer's progress the way kubectl does.
-pub(crate) fn printer(style: Style) -> impl FnMut(Progress) + Send {
-    move |event| match event {
+pub(crate) fn printer(style: Style) -> rbuild::Events<Progress> {
+    rbuild::Events::new(move |event| match event {
         Progress::ImageUpdated { deployment, .. } => match style {
             Style::Kubectl => println!("deployment.apps/{deployment} image updated"),
             Style::Legacy => {
@@ -169,7 +169,8 @@ pub(crate) fn printer(style: Style) -> impl FnMut(Progress) + Send {
         } => eprintln!(
             "rollout of deployment \"{deployment}\" failed ({failure}): rolling back to {image}"
         ),
-    }
+        other => println!("{other:?}"),
+    })
 }
 
 /// The deploy options of these flags.
