@@ -65,3 +65,22 @@ pub use rbuild_oci::{Digest, Platform, Reference};
 pub use rbuild_sandbox as sandbox;
 pub use rbuild_store as store;
 pub use rbuild_store::Store;
+
+/// Helpers of the crate's unit tests.
+#[cfg(test)]
+mod test_support {
+    /// Whether the test runs as root (layers hold root-owned files, which only root can
+    /// create); prints why it skips, and fails instead under CI (`RBUILD_REQUIRE_SANDBOX`).
+    pub(crate) fn is_root(test: &str) -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        let why = format!("{test}: skipped: needs root to unpack root-owned layer files");
+        assert!(
+            std::env::var_os("RBUILD_REQUIRE_SANDBOX").is_none(),
+            "{why}"
+        );
+        eprintln!("{why}");
+        false
+    }
+}
