@@ -1,169 +1,13 @@
-//! The line reader and BuildKit's untyped AST (`frontend/dockerfile/parser`): directives, BOM,
-//! CRLF, comments, line continuations, heredoc bodies, the per-keyword line parsers, and the
-//! S-expression dump that BuildKit's parser tests print.
+//! The line reader of BuildKit's parser (`frontend/dockerfile/parser/parser.go`,
+//! `directives.go`): directives, BOM, CRLF, comments, line continuations and heredoc bodies,
+//! handing each joined line to the per-keyword line parsers.
 
 use serde::Serialize;
 
 use crate::error::{Error, ErrorKind, Warning};
-use crate::lex::Lexer;
-pub(crate) use crate::line_parsers::new_node_from_line;
-
-/// A heredoc attached to a RUN, COPY or ADD line (`<<EOF`, `<<-EOF`, `3<<"EOF"`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Heredoc {
-    /// The delimiter word after quote removal (`EOF`).
-    pub name: String,
-    /// The file descriptor before `<<` (`3<<EOF`); 0 when absent.
-    pub file_descriptor: u64,
-    /// False when any part of the delimiter was quoted: the body is then not expanded.
-    pub expand: bool,
-    /// True for `<<-`: leading tabs are stripped from the body and from the terminator.
-    pub chomp: bool,
-    /// The body exactly as read, each line with its line ending, tabs not yet stripped.
-    pub content: String,
-}
-
-impl Heredoc {
-    /// The body with `<<-` applied (BuildKit `ChompHeredocContent`: leading tabs of each line).
-    pub fn body(&self) -> String {
-        if !self.chomp {
-            return self.content.clone();
-        }
-        self.content
-            .split_inclusive('\n')
-            .map(|l| l.trim_start_matches('\t'))
-            .collect()
-    }
-}
-
-/// One argument of a [`Node`]: a string, or a nested instruction (the trigger of ONBUILD).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(untagged)]
-pub enum NodeArg {
-    /// A plain value.
-    Value(String),
-    /// A sub-instruction.
-    Sub(Box<Node>),
-}
-
-/// One instruction as BuildKit's parser sees it before typing: the lower-case keyword, the
-/// `--flags`, and the arguments as the keyword's line parser split them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Node {
-    /// The keyword, lower-cased (`run`).
-    pub value: String,
-    /// The `--name=value` flags before the arguments, quotes and `\` escapes removed.
-    pub flags: Vec<String>,
-    /// The arguments.
-    pub args: Vec<NodeArg>,
-    /// True when the arguments were a JSON array (exec form).
-    pub json: bool,
-    /// The line as read: continuations joined, comments dropped, not trimmed.
-    pub original: String,
-    /// First source line (1-based).
-    pub start_line: usize,
-    /// Last source line, heredoc bodies included.
-    pub end_line: usize,
-    /// Heredoc bodies that follow the line.
-    pub heredocs: Vec<Heredoc>,
-}
-
-impl Node {
-    /// BuildKit's `Node.Dump()`: `copy ["--from=x"] "src" "dst"` (without the parentheses).
-    pub fn dump(&self) -> String {
-        let mut s = self.value.to_lowercase();
-        if !self.flags.is_empty() {
-            s.push(' ');
-            s.push_str(&go_quote_list(&self.flags));
-        }
-        for a in &self.args {
-            s.push(' ');
-            match a {
-                NodeArg::Value(v) => s.push_str(&go_quote(v)),
-                NodeArg::Sub(n) => {
-                    s.push('(');
-                    s.push_str(&n.dump());
-                    s.push(')');
-                }
-            }
-        }
-        s.trim().to_string()
-    }
-
-    /// The string arguments, a sub-instruction contributing its keyword and arguments
-    /// (BuildKit `nodeArgs`).
-    pub fn arg_strings(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        for a in &self.args {
-            match a {
-                NodeArg::Value(v) => out.push(v.clone()),
-                NodeArg::Sub(n) => {
-                    out.push(n.value.clone());
-                    out.extend(n.arg_strings());
-                }
-            }
-        }
-        out
-    }
-
-    fn can_contain_heredoc(&self) -> bool {
-        let mut node = self;
-        if node.value == "onbuild" {
-            if let Some(NodeArg::Sub(child)) = node.args.first() {
-                node = child;
-            }
-        }
-        matches!(node.value.as_str(), "run" | "copy" | "add") && !node.json
-    }
-}
-
-/// Go `strconv.Quote`.
-pub(crate) fn go_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            c if go_is_print(c) => out.push(c),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
-            c if (c as u32) < 0x10000 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push_str(&format!("\\U{:08x}", c as u32)),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// Approximates Go `unicode.IsPrint`: no controls, no spaces but U+0020, no format characters
-/// or private use.
-fn go_is_print(c: char) -> bool {
-    let u = c as u32;
-    if c == ' ' {
-        return true;
-    }
-    if c.is_control() || c.is_whitespace() {
-        return false;
-    }
-    !matches!(u,
-        0xAD | 0x600..=0x605 | 0x61C | 0x6DD | 0x70F | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E
-        | 0x2060..=0x206F | 0xFEFF | 0xFFF9..=0xFFFB | 0xE000..=0xF8FF | 0xF0000..)
-}
-
-/// Go `fmt.Sprintf("%q", []string{…})`.
-pub(crate) fn go_quote_list(items: &[String]) -> String {
-    let inner: Vec<String> = items.iter().map(|s| go_quote(s)).collect();
-    format!("[{}]", inner.join(" "))
-}
+use crate::heredoc::heredocs_from_line;
+use crate::line_parsers::new_node_from_line;
+use crate::node::{Node, NodeArg};
 
 /// Parser directives found at the top of the file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -363,7 +207,8 @@ pub fn parse_ast(src: &str) -> Result<Ast, Error> {
         // A heredoc word contains `<<` literally (nothing is expanded while looking for one), so
         // lines without it skip the lexer.
         if node.can_contain_heredoc() && line.contains("<<") {
-            let heredocs = heredocs_from_line(&line).map_err(|m| Error::msg(start, m))?;
+            let heredocs =
+                heredocs_from_line(&line).map_err(|e| Error::new(start, ErrorKind::Heredoc(e)))?;
             for mut h in heredocs {
                 let mut terminated = false;
                 for raw in lines.by_ref() {
@@ -407,83 +252,6 @@ fn set_lines(node: &mut Node, start: usize, end: usize) {
             set_lines(n, start, end);
         }
     }
-}
-
-/// BuildKit `heredocsFromLine`: the line is split into shell words (quotes and escapes kept,
-/// unset variables left alone) and every word shaped `[n]<<[-]WORD` is a heredoc.
-fn heredocs_from_line(line: &str) -> Result<Vec<Heredoc>, String> {
-    let lex = Lexer::new('\\')
-        .raw_quotes(true)
-        .raw_escapes(true)
-        .skip_unset_env(true);
-    let none = |_: &str| None;
-    let words = lex
-        .expand_words(line, &none)
-        .map(|w| w.words)
-        .unwrap_or_default();
-    let mut out = Vec::new();
-    for w in words {
-        if let Some(h) = parse_heredoc(&w)? {
-            out.push(h);
-        }
-    }
-    Ok(out)
-}
-
-/// Parses one `[n]<<[-]WORD` word (BuildKit `ParseHeredoc`); `None` when it is not one.
-///
-/// # Errors
-///
-/// A delimiter the shell lexer cannot read.
-pub fn parse_heredoc(word: &str) -> Result<Option<Heredoc>, String> {
-    let digits = word.bytes().take_while(u8::is_ascii_digit).count();
-    let Some(after) = word[digits..].strip_prefix("<<") else {
-        return Ok(None);
-    };
-    let (chomp, rest) = match after.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, after),
-    };
-    if rest.contains('<') || rest.is_empty() {
-        return Ok(None);
-    }
-    // Go ParseUint: out of range gives the maximum, an empty string 0.
-    let fd = if digits == 0 {
-        0
-    } else {
-        word[..digits].parse::<u64>().unwrap_or(u64::MAX)
-    };
-    let none = |_: &str| None;
-    let lex = Lexer::new('\\').skip_unset_env(true);
-    let words = lex
-        .expand_words(rest, &none)
-        .map_err(|e| e.to_string())?
-        .words;
-    if words.len() != 1 {
-        return Ok(None);
-    }
-    let raw = lex
-        .raw_quotes(true)
-        .expand_words(rest, &none)
-        .map_err(|e| e.to_string())?
-        .words;
-    if raw.len() != words.len() {
-        return Err(format!(
-            "internal lexing of heredoc produced inconsistent results: {rest}"
-        ));
-    }
-    // Quotes anywhere in the delimiter turn expansion off: compare the quote counts with and
-    // without quote removal.
-    let quotes = |s: &str| s.chars().filter(|&c| c == '\'' || c == '"').count();
-    let name = words.into_iter().next().unwrap_or_default();
-    let expand = quotes(&name) == quotes(&raw[0]);
-    Ok(Some(Heredoc {
-        name,
-        file_descriptor: fd,
-        expand,
-        chomp,
-        content: String::new(),
-    }))
 }
 
 #[cfg(test)]
@@ -537,25 +305,5 @@ mod tests {
         assert!(parse_ast("# escape=x\nFROM x").is_err());
         let late = parse_ast("# hello\n# escape=`\nFROM x").unwrap();
         assert_eq!(late.directives.escape, '\\');
-    }
-
-    #[test]
-    fn heredoc_words() {
-        let h = parse_heredoc("3<<-\"EOF\"").unwrap().unwrap();
-        assert_eq!(
-            (h.name.as_str(), h.file_descriptor, h.chomp, h.expand),
-            ("EOF", 3, true, false)
-        );
-        assert!(parse_heredoc("<<").unwrap().is_none());
-        assert!(parse_heredoc("a<<EOF").unwrap().is_none());
-        assert!(parse_heredoc("<<EOF").unwrap().unwrap().expand);
-    }
-
-    #[test]
-    fn go_quote_escapes() {
-        assert_eq!(
-            go_quote("a\"b\\c\n\u{1}é\u{a0}"),
-            "\"a\\\"b\\\\c\\n\\x01é\\u00a0\""
-        );
     }
 }

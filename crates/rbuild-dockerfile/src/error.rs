@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::heredoc::HeredocError;
 use crate::lex::ExpandError;
 
 /// A Dockerfile that cannot be parsed or expanded.
@@ -72,6 +73,9 @@ pub enum ErrorKind {
     /// A parser directive (`# escape=`, `# syntax=`, `# check=`) is repeated or invalid.
     #[error("{0}")]
     Directive(String),
+    /// A heredoc delimiter cannot be read.
+    #[error(transparent)]
+    Heredoc(HeredocError),
     /// A heredoc body has no terminator line before the end of the file.
     #[error("unterminated heredoc")]
     UnterminatedHeredoc,

@@ -189,7 +189,10 @@ impl Instruction {
     }
 }
 
-fn expand_heredocs(x: &mut Expander<'_>, docs: &mut [crate::Heredoc]) -> Result<(), Error> {
+fn expand_heredocs(
+    x: &mut Expander<'_>,
+    docs: &mut [crate::heredoc::Heredoc],
+) -> Result<(), Error> {
     // Heredoc bodies of COPY/ADD are expanded like a shell heredoc: variables yes, quotes are
     // plain characters (BuildKit uses a lexer with SkipProcessQuotes); quoted delimiters opt out.
     let lexer = x.lexer.skip_process_quotes(true);

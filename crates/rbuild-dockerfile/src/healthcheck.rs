@@ -4,10 +4,11 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::ast::Node;
+use crate::command::{Command, command_of};
 use crate::error::ErrorKind;
 use crate::flags::{FlagType, Flags};
-use crate::instructions::{Command, command_of};
+use crate::node::Node;
+use crate::quote::go_quote;
 
 /// What a HEALTHCHECK runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -39,7 +40,7 @@ pub struct Healthcheck {
 /// Go `time.ParseDuration`, for the HEALTHCHECK intervals; negative values are reported as
 /// such (they are below BuildKit's minimum anyway).
 fn parse_go_duration(s: &str) -> Result<(bool, Duration), String> {
-    let invalid = || format!("time: invalid duration {}", crate::ast::go_quote(s));
+    let invalid = || format!("time: invalid duration {}", go_quote(s));
     let (neg, mut rest) = match s.as_bytes().first() {
         Some(b'-') => (true, &s[1..]),
         Some(b'+') => (false, &s[1..]),
@@ -69,10 +70,7 @@ fn parse_go_duration(s: &str) -> Result<(bool, Duration), String> {
         rest = &rest[u..];
         let mult = match unit {
             "" => {
-                return Err(format!(
-                    "time: missing unit in duration {}",
-                    crate::ast::go_quote(s)
-                ));
+                return Err(format!("time: missing unit in duration {}", go_quote(s)));
             }
             "ns" => 1e-9,
             "us" | "\u{b5}s" | "\u{3bc}s" => 1e-6,
@@ -83,8 +81,8 @@ fn parse_go_duration(s: &str) -> Result<(bool, Duration), String> {
             u => {
                 return Err(format!(
                     "time: unknown unit {} in duration {}",
-                    crate::ast::go_quote(u),
-                    crate::ast::go_quote(s)
+                    go_quote(u),
+                    go_quote(s)
                 ));
             }
         };
@@ -160,7 +158,7 @@ pub(crate) fn parse_healthcheck(node: &Node, args: &[String]) -> Result<Healthch
                 .ok_or_else(|| {
                     syn(format!(
                         "strconv.ParseInt: parsing {}: invalid syntax",
-                        crate::ast::go_quote(&r)
+                        go_quote(&r)
                     ))
                 })?;
             if n < 0 {

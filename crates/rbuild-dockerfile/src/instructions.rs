@@ -3,13 +3,14 @@
 
 use serde::Serialize;
 
-use crate::healthcheck::parse_healthcheck;
-pub use crate::healthcheck::{HealthTest, Healthcheck};
-
-use crate::ast::{Heredoc, Node, NodeArg, parse_heredoc};
+use crate::command::{Command, command_of};
 use crate::error::{Error, ErrorKind, Warning};
 use crate::flags::{FlagType, Flags};
+use crate::healthcheck::{Healthcheck, parse_healthcheck};
+use crate::heredoc::{Heredoc, parse_heredoc};
 use crate::mount::{Mount, parse_mount};
+use crate::node::{Node, NodeArg};
+use crate::quote::go_quote;
 
 /// Where an instruction sits in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -33,16 +34,6 @@ pub struct Instruction {
     /// The untyped node it was built from; [`crate::Dockerfile::dump`] prints these.
     #[serde(skip)]
     pub node: Node,
-}
-
-/// The exec or shell form of RUN, CMD, ENTRYPOINT and HEALTHCHECK CMD.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Command {
-    /// JSON array form: run the program directly.
-    Exec(Vec<String>),
-    /// Shell form: the text is handed to the image's SHELL (empty when nothing was given).
-    Shell(String),
 }
 
 /// `FROM [--platform=…] image [AS name]`.
@@ -248,15 +239,6 @@ fn at_least_one(args: &[String], cmd: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) fn command_of(node: &Node, args: Vec<String>) -> Command {
-    // BuildKit `handleJSONArgs`: the shell form is the one argument the line parser kept.
-    if node.json {
-        Command::Exec(args)
-    } else {
-        Command::Shell(args.join(" "))
-    }
-}
-
 fn kvps(args: &[String], cmd: &str) -> Result<Vec<KeyValue>, String> {
     at_least_one(args, cmd)?;
     args.chunks(3)
@@ -287,7 +269,8 @@ fn sources_and_dest(
     for src in srcs {
         match heredoc_ok
             .then(|| parse_heredoc(src))
-            .transpose()?
+            .transpose()
+            .map_err(|e| e.to_string())?
             .flatten()
         {
             Some(h) => {
@@ -427,7 +410,7 @@ fn parse_kind(node: &Node, warnings: &mut Vec<Warning>) -> Result<InstructionKin
                     if !ok {
                         return Err(syn(format!(
                             "invalid name for build stage: {}, name can't start with a number or contain symbols",
-                            crate::ast::go_quote(name)
+                            go_quote(name)
                         )));
                     }
                     Some(lower)

@@ -47,29 +47,36 @@
 //! ```
 
 mod ast;
+mod command;
 mod error;
 mod expand;
 mod flags;
 mod healthcheck;
+mod heredoc;
 mod ignore;
 mod instructions;
 mod lex;
 mod line_parsers;
 mod mount;
+mod node;
 mod pattern;
+mod quote;
 
 use serde::Serialize;
 
-pub use ast::{Ast, Directives, Heredoc, Node, NodeArg, parse_ast, parse_heredoc};
+pub use ast::{Ast, Directives, parse_ast};
+pub use command::Command;
 pub use error::{Error, ErrorKind, Warning};
 pub use expand::ExpandReport;
+pub use healthcheck::{HealthTest, Healthcheck};
+pub use heredoc::{Heredoc, HeredocError, parse_heredoc};
 pub use ignore::{Ignore, IgnoreError, IgnorePattern};
 pub use instructions::{
-    Add, ArgDecl, Command, Copy, From, HealthTest, Healthcheck, Instruction, InstructionKind,
-    KeyValue, Run, Span,
+    Add, ArgDecl, Copy, From, Instruction, InstructionKind, KeyValue, Run, Span,
 };
 pub use lex::{ExpandError, Expansion, Lexer, Words};
 pub use mount::{Mount, MountType, Sharing};
+pub use node::{Node, NodeArg};
 
 /// Convenience alias for this crate's results.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,8 +1,9 @@
 //! BuildKit's per-keyword line parsers (`parser/line_parsers.go`, `split_command.go`): the
 //! keyword, the `--flags`, and the arguments split the way each instruction wants them.
 
-use crate::ast::{Node, NodeArg, go_quote};
 use crate::error::ErrorKind;
+use crate::node::{Node, NodeArg};
+use crate::quote::go_quote;
 
 /// Splits the keyword, the flags and the rest, then runs the keyword's line parser.
 pub(crate) fn new_node_from_line(line: &str, escape: char) -> Result<Node, ErrorKind> {
