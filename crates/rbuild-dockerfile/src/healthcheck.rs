@@ -7,8 +7,8 @@ use serde::Serialize;
 use crate::command::{Command, command_of};
 use crate::error::ErrorKind;
 use crate::flags::{FlagType, Flags};
+use crate::gostr::go_quote;
 use crate::node::Node;
-use crate::quote::go_quote;
 
 /// What a HEALTHCHECK runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -6,11 +6,11 @@ use serde::Serialize;
 use crate::command::{Command, command_of};
 use crate::error::{Error, ErrorKind, Warning};
 use crate::flags::{FlagType, Flags};
+use crate::gostr::{go_lower, go_quote};
 use crate::healthcheck::{Healthcheck, parse_healthcheck};
 use crate::heredoc::{Heredoc, parse_heredoc};
 use crate::mount::{Mount, parse_mount};
 use crate::node::{Node, NodeArg};
-use crate::quote::go_quote;
 
 /// Where an instruction sits in the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -401,7 +401,7 @@ fn parse_kind(node: &Node, warnings: &mut Vec<Warning>) -> Result<InstructionKin
             let name = match args.as_slice() {
                 [_] => None,
                 [_, as_kw, name] if as_kw.eq_ignore_ascii_case("as") => {
-                    let lower = name.to_lowercase();
+                    let lower = go_lower(name);
                     let mut chars = lower.chars();
                     let ok = chars.next().is_some_and(|c| c.is_ascii_lowercase())
                         && chars.all(|c| {

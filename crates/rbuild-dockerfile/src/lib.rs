@@ -51,6 +51,7 @@ mod command;
 mod error;
 mod expand;
 mod flags;
+mod gostr;
 mod healthcheck;
 mod heredoc;
 mod ignore;
@@ -60,7 +61,6 @@ mod line_parsers;
 mod mount;
 mod node;
 mod pattern;
-mod quote;
 
 use serde::Serialize;
 

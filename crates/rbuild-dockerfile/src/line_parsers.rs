@@ -2,12 +2,12 @@
 //! keyword, the `--flags`, and the arguments split the way each instruction wants them.
 
 use crate::error::ErrorKind;
+use crate::gostr::{go_is_space_byte, go_lower, go_quote};
 use crate::node::{Node, NodeArg};
-use crate::quote::go_quote;
 
 /// Splits the keyword, the flags and the rest, then runs the keyword's line parser.
 pub(crate) fn new_node_from_line(line: &str, escape: char) -> Result<Node, ErrorKind> {
-    let (cmd, flags, rest) = split_command(line);
+    let (cmd, flags, rest) = split_command(line, escape);
     let syntax = ErrorKind::Syntax;
     let (args, json) = match cmd.as_str() {
         "add" | "copy" | "volume" => parse_maybe_json_to_list(&rest).map_err(syntax)?,
@@ -66,7 +66,7 @@ fn split_whitespace(rest: &str) -> Vec<String> {
         .collect()
 }
 
-fn split_command(line: &str) -> (String, Vec<String>, String) {
+fn split_command(line: &str, escape: char) -> (String, Vec<String>, String) {
     let trimmed = line.trim();
     let (cmd, rest) = match trimmed.find(is_token_ws) {
         Some(i) => (
@@ -76,41 +76,51 @@ fn split_command(line: &str) -> (String, Vec<String>, String) {
         None => (trimmed, None),
     };
     let (rest, flags) = match rest {
-        Some(r) => extract_builder_flags(r),
+        Some(r) => extract_builder_flags(r, escape),
         None => (String::new(), Vec::new()),
     };
-    (cmd.to_lowercase(), flags, rest.trim().to_string())
+    (go_lower(cmd), flags, rest.trim().to_string())
 }
 
-/// BuildKit `extractBuilderFlags`: leading words that start with `--`, quotes removed, `\`
-/// escaping the next character; `--` alone ends the flags. Returns the rest and the flags.
-fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
+/// BuildKit `extractBuilderFlags`: leading words that start with `--`, quotes removed, the
+/// escape token escaping the next character; `--` alone ends the flags. Returns the rest and
+/// the flags.
+///
+/// BuildKit scans this part byte by byte and appends each byte as a rune of its own, so a
+/// non-ASCII character in a flag comes out as its bytes read as Latin-1 (`--chown=jürgen` is
+/// the flag `--chown=jÃ¼rgen`), and the bytes 0x85 and 0xA0 end a word. The dump shows that, so
+/// it is kept. Where such a byte splits a character, the broken rest becomes U+FFFD here (BuildKit
+/// keeps the raw bytes).
+fn extract_builder_flags(line: &str, escape: char) -> (String, Vec<String>) {
     #[derive(PartialEq)]
     enum Phase {
         Spaces,
         Word,
         Quote,
     }
-    let chars: Vec<(usize, char)> = line.char_indices().collect();
+    let bytes = line.as_bytes();
+    let rest_from = |pos: usize| String::from_utf8_lossy(&bytes[pos..]).into_owned();
+    // Only `\` and `` ` `` are possible escape tokens, both ASCII.
+    let esc = u8::try_from(escape).unwrap_or(b'\\');
     let mut words = Vec::new();
     let mut phase = Phase::Spaces;
     let mut word = String::new();
-    let mut quote = '\0';
+    let mut quote = 0u8;
     let mut blank_ok = false;
     let mut pos = 0;
-    while pos <= chars.len() {
-        let at_end = pos == chars.len();
-        let ch = chars.get(pos).map_or('\0', |&(_, c)| c);
+    while pos <= bytes.len() {
+        let at_end = pos == bytes.len();
+        let ch = bytes.get(pos).copied().unwrap_or(0);
         if phase == Phase::Spaces {
             if at_end {
                 break;
             }
-            if ch.is_whitespace() {
+            if go_is_space_byte(ch) {
                 pos += 1;
                 continue;
             }
-            if ch != '-' || chars.get(pos + 1).map(|&(_, c)| c) != Some('-') {
-                return (line[chars[pos].0..].to_string(), words);
+            if ch != b'-' || bytes.get(pos + 1) != Some(&b'-') {
+                return (rest_from(pos), words);
             }
             phase = Phase::Word;
         }
@@ -121,10 +131,10 @@ fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
             break;
         }
         if phase == Phase::Word {
-            if ch.is_whitespace() {
+            if go_is_space_byte(ch) {
                 phase = Phase::Spaces;
                 if word == "--" {
-                    return (line[chars[pos].0..].to_string(), words);
+                    return (rest_from(pos), words);
                 }
                 if blank_ok || !word.is_empty() {
                     words.push(std::mem::take(&mut word));
@@ -134,7 +144,7 @@ fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
                 pos += 1;
                 continue;
             }
-            if ch == '\'' || ch == '"' {
+            if ch == b'\'' || ch == b'"' {
                 quote = ch;
                 blank_ok = true;
                 phase = Phase::Quote;
@@ -142,15 +152,15 @@ fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
                 continue;
             }
             let mut c = ch;
-            if ch == '\\' {
-                if pos + 1 == chars.len() {
+            if ch == esc {
+                if pos + 1 == bytes.len() {
                     pos += 1;
                     continue;
                 }
                 pos += 1;
-                c = chars[pos].1;
+                c = bytes[pos];
             }
-            word.push(c);
+            word.push(char::from(c));
             pos += 1;
             continue;
         }
@@ -161,16 +171,16 @@ fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
             continue;
         }
         let mut c = ch;
-        if ch == '\\' {
-            if pos + 1 == chars.len() {
+        if ch == esc {
+            if pos + 1 == bytes.len() {
                 phase = Phase::Word;
                 pos += 1;
                 continue;
             }
             pos += 1;
-            c = chars[pos].1;
+            c = bytes[pos];
         }
-        word.push(c);
+        word.push(char::from(c));
         pos += 1;
     }
     (String::new(), words)
@@ -331,14 +341,25 @@ fn parse_maybe_json_to_list(rest: &str) -> Result<(Vec<NodeArg>, bool), String> 
     }
 }
 
+/// BuildKit `parseHealthConfig`: the type word, then the command as RUN takes it. BuildKit finds
+/// the end of the type byte by byte (see [`extract_builder_flags`] for what that means beyond
+/// ASCII).
 fn parse_health_config(rest: &str) -> Result<(Vec<NodeArg>, bool), String> {
-    let sep = rest.find(char::is_whitespace).unwrap_or(rest.len());
+    let bytes = rest.as_bytes();
+    let sep = bytes
+        .iter()
+        .position(|&b| go_is_space_byte(b))
+        .unwrap_or(bytes.len());
     if sep == 0 {
         return Ok((Vec::new(), false));
     }
-    let next = rest[sep..].trim_start();
-    let (mut cmd, json) = parse_maybe_json(next)?;
-    let mut out = vec![NodeArg::Value(rest[..sep].to_string())];
+    let next = bytes[sep..]
+        .iter()
+        .position(|&b| !go_is_space_byte(b))
+        .map_or(bytes.len(), |n| sep + n);
+    let typ = String::from_utf8_lossy(&bytes[..sep]).into_owned();
+    let (mut cmd, json) = parse_maybe_json(&String::from_utf8_lossy(&bytes[next..]))?;
+    let mut out = vec![NodeArg::Value(typ)];
     out.append(&mut cmd);
     Ok((out, json))
 }
@@ -349,10 +370,56 @@ mod tests {
 
     #[test]
     fn flags_extraction() {
-        let (rest, flags) = extract_builder_flags("--a=1 --b='x y' -- --c d");
+        let (rest, flags) = extract_builder_flags("--a=1 --b='x y' -- --c d", '\\');
         assert_eq!(flags, ["--a=1", "--b=x y"]);
         assert_eq!(rest, " --c d");
-        let (rest, flags) = extract_builder_flags("--mount=type=cache");
+        let (rest, flags) = extract_builder_flags("--mount=type=cache", '\\');
         assert_eq!((rest.as_str(), flags.len()), ("", 1));
+    }
+
+    #[test]
+    fn flags_use_the_escape_token_of_the_file() {
+        // With `# escape=``, a backslash in a flag is an ordinary character.
+        let (_, flags) = extract_builder_flags("--from=a\\b x y", '`');
+        assert_eq!(flags, ["--from=a\\b"]);
+        let (_, flags) = extract_builder_flags("--from=a`\"b x y", '`');
+        assert_eq!(flags, ["--from=a\"b"]);
+        let (_, flags) = extract_builder_flags("--from=a\\b x y", '\\');
+        assert_eq!(flags, ["--from=ab"]);
+    }
+
+    #[test]
+    fn flags_are_scanned_byte_by_byte_like_buildkit() {
+        // Each byte becomes a rune of its own.
+        let (rest, flags) = extract_builder_flags("--chown=jürgen x y", '\\');
+        assert_eq!(
+            (flags[0].as_str(), rest.as_str()),
+            ("--chown=jÃ¼rgen", "x y")
+        );
+        // U+2003 is a space to Rust but none of its bytes is one to the byte-wise scan.
+        let (rest, flags) = extract_builder_flags("--a=x\u{2003}y z", '\\');
+        assert_eq!(
+            (flags[0].as_str(), rest.as_str()),
+            ("--a=x\u{e2}\u{80}\u{83}y", "z")
+        );
+        // The second byte of `à` (0xA0) ends the word.
+        let (rest, flags) = extract_builder_flags("--a=à b", '\\');
+        assert_eq!((flags[0].as_str(), rest.as_str()), ("--a=Ã", "b"));
+    }
+
+    #[test]
+    fn healthcheck_type_ends_at_a_space_byte() {
+        let node = new_node_from_line("HEALTHCHECK CMD\u{2003}x  y", '\\').unwrap();
+        // (and strconv.Quote escapes it: a space separator is not printable to Go)
+        assert_eq!(node.dump(), r#"healthcheck "CMD\u2003x" "y""#);
+        let node = new_node_from_line("HEALTHCHECK CMDà x", '\\').unwrap();
+        assert_eq!(node.dump(), "healthcheck \"CMD\u{fffd}\" \"x\"");
+    }
+
+    #[test]
+    fn keyword_is_lowered_like_go() {
+        let node = new_node_from_line("RUNΣ x", '\\').unwrap();
+        assert_eq!(node.value, "runσ");
+        assert_eq!(node.dump(), "runσ \"\"");
     }
 }

@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 
+use crate::gostr::{go_lower, go_quote, go_quote_list};
 use crate::heredoc::Heredoc;
-use crate::quote::{go_quote, go_quote_list};
 
 /// One argument of a [`Node`]: a string, or a nested instruction (the trigger of ONBUILD).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -40,7 +40,7 @@ pub struct Node {
 impl Node {
     /// BuildKit's `Node.Dump()`: `copy ["--from=x"] "src" "dst"` (without the parentheses).
     pub fn dump(&self) -> String {
-        let mut s = self.value.to_lowercase();
+        let mut s = go_lower(&self.value);
         if !self.flags.is_empty() {
             s.push(' ');
             s.push_str(&go_quote_list(&self.flags));
