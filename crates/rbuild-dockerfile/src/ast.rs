@@ -156,16 +156,31 @@ fn process_line(d: &mut DirectiveState, raw: &str, strip_left: bool) -> Result<S
     })
 }
 
+/// The longest line BuildKit reads (`bufio.MaxScanTokenSize - 1`), in bytes, the newline not
+/// counted.
+const MAX_LINE: usize = 64 * 1024 - 1;
+
 /// Reads `src` into nodes, as BuildKit's `parser.Parse`.
 ///
 /// # Errors
 ///
 /// A repeated or invalid directive, a JSON array with non-strings, an unterminated heredoc, a
-/// file without instructions.
+/// file without instructions, a line longer than 65,535 bytes.
 pub fn parse_ast(src: &str) -> Result<Ast, Error> {
+    let bom = src.len();
     let src = src.strip_prefix('\u{FEFF}').unwrap_or(src);
+    let bom = bom - src.len();
     let mut d = DirectiveState::default();
-    let mut lines = src.split_inclusive('\n');
+    // BuildKit reads lines with a `bufio.Scanner` of the default 64 KiB buffer: a line longer than
+    // that stops the scan, and the parse fails after the lines read so far are handled.
+    let too_long = std::cell::Cell::new(false);
+    let mut first = true;
+    let mut lines = src.split_inclusive('\n').take_while(|l| {
+        let extra = if std::mem::take(&mut first) { bom } else { 0 };
+        let fits = l.strip_suffix('\n').unwrap_or(l).len() + extra <= MAX_LINE;
+        too_long.set(!fits);
+        fits
+    });
     let mut current = 0usize;
     let mut nodes = Vec::new();
     let mut warnings = Vec::new();
@@ -237,6 +252,12 @@ pub fn parse_ast(src: &str) -> Result<Ast, Error> {
     if nodes.is_empty() {
         return Err(Error::new(current.max(1), ErrorKind::Empty));
     }
+    if too_long.get() {
+        return Err(Error::new(
+            current + 1,
+            ErrorKind::LineTooLong { max: MAX_LINE },
+        ));
+    }
     Ok(Ast {
         nodes,
         directives: d.values,
@@ -305,5 +326,44 @@ mod tests {
         assert!(parse_ast("# escape=x\nFROM x").is_err());
         let late = parse_ast("# hello\n# escape=`\nFROM x").unwrap();
         assert_eq!(late.directives.escape, '\\');
+    }
+
+    #[test]
+    fn lines_longer_than_buildkits_scanner_buffer_are_refused() {
+        let ok = format!("FROM x\nRUN {}\n", "a".repeat(MAX_LINE - 4));
+        assert_eq!(parse_ast(&ok).unwrap().nodes.len(), 2);
+        let ok_last = format!("FROM x\nRUN {}", "a".repeat(MAX_LINE - 4));
+        assert!(parse_ast(&ok_last).is_ok());
+        let long = format!("FROM x\nRUN {}\nRUN b\n", "a".repeat(MAX_LINE - 3));
+        let e = parse_ast(&long).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "line 2: dockerfile line greater than max allowed size of 65535"
+        );
+        // The byte-order mark counts: BuildKit strips it after reading the line.
+        let bom = format!("\u{feff}RUN {}\n", "a".repeat(MAX_LINE - 4));
+        assert!(parse_ast(&bom).is_err());
+        assert!(parse_ast(&bom[3..]).is_ok());
+        // A heredoc body line is read by the same scanner.
+        let body = format!("FROM x\nRUN <<EOF\n{}\nEOF\n", "a".repeat(MAX_LINE + 1));
+        assert!(parse_ast(&body).is_err());
+        // Nothing read before it: the file has no instructions.
+        let e = parse_ast(&"a".repeat(MAX_LINE + 1)).unwrap_err();
+        assert_eq!(*e.kind(), ErrorKind::Empty);
+    }
+
+    #[test]
+    fn exec_form_json_is_read_as_go_reads_it() {
+        // A lone surrogate escape is U+FFFD to Go, not a reason to fall back to the shell form.
+        assert_eq!(dump("CMD [\"\\ud800\"]"), "(cmd \"\u{fffd}\")\n");
+        // 200 levels of nesting are valid JSON to Go: not strings, so an error.
+        let deep = format!("CMD [{}{}]", "[".repeat(200), "]".repeat(200));
+        let e = parse_ast(&deep).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "line 1: when using JSON array syntax, arrays must be comprised of strings only"
+        );
+        // An unterminated array is not JSON: the shell form.
+        assert_eq!(dump("CMD [\"a\""), "(cmd \"[\\\"a\\\"\")\n");
     }
 }

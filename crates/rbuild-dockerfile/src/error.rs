@@ -79,6 +79,12 @@ pub enum ErrorKind {
     /// A heredoc body has no terminator line before the end of the file.
     #[error("unterminated heredoc")]
     UnterminatedHeredoc,
+    /// A line is longer than BuildKit's line reader accepts.
+    #[error("dockerfile line greater than max allowed size of {max}")]
+    LineTooLong {
+        /// The longest line accepted, in bytes.
+        max: usize,
+    },
     /// The file holds no instruction at all.
     #[error("file with no instructions")]
     Empty,

@@ -51,6 +51,7 @@ mod command;
 mod error;
 mod expand;
 mod flags;
+mod gojson;
 mod gostr;
 mod healthcheck;
 mod heredoc;

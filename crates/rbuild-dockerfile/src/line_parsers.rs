@@ -2,6 +2,7 @@
 //! keyword, the `--flags`, and the arguments split the way each instruction wants them.
 
 use crate::error::ErrorKind;
+use crate::gojson::{JsonError, parse_string_array};
 use crate::gostr::{go_is_space_byte, go_lower, go_quote};
 use crate::node::{Node, NodeArg};
 
@@ -299,27 +300,15 @@ fn parse_name_val(rest: &str, key: &str, escape: char) -> Result<Vec<NodeArg>, S
     Ok(out)
 }
 
-enum JsonError {
-    NotJson,
-    NotStrings,
-}
-
 const NOT_STRINGS: &str = "when using JSON array syntax, arrays must be comprised of strings only";
 
+/// BuildKit `parseJSON`: leading blanks (Go `unicode.IsSpace`) skipped, then a JSON array.
 fn parse_json(rest: &str) -> Result<Vec<String>, JsonError> {
     let rest = rest.trim_start();
     if !rest.starts_with('[') {
         return Err(JsonError::NotJson);
     }
-    let items: Vec<serde_json::Value> =
-        serde_json::from_str(rest).map_err(|_| JsonError::NotJson)?;
-    items
-        .into_iter()
-        .map(|v| match v {
-            serde_json::Value::String(s) => Ok(s),
-            _ => Err(JsonError::NotStrings),
-        })
-        .collect()
+    parse_string_array(rest)
 }
 
 fn parse_maybe_json(rest: &str) -> Result<(Vec<NodeArg>, bool), String> {
