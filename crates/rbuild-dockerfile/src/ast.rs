@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use crate::error::{Error, ErrorKind, Warning};
+use crate::error::{DirectiveError, Error, ErrorKind, Warning};
 use crate::heredoc::heredocs_from_line;
 use crate::line_parsers::new_node_from_line;
 use crate::node::{Node, NodeArg};
@@ -41,7 +41,7 @@ impl DirectiveState {
     /// BuildKit `DirectiveParser.ParseLine`: `#`, then `name = value` with the regexp
     /// `^([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$`; the first line that is not a known directive
     /// ends the directive block.
-    fn check_line(&mut self, line: &str) -> Result<(), String> {
+    fn check_line(&mut self, line: &str) -> Result<(), DirectiveError> {
         if self.done {
             return Ok(());
         }
@@ -55,14 +55,18 @@ impl DirectiveState {
             return Ok(());
         }
         if self.seen.contains(&key) {
-            return Err(format!("only one {key} parser directive can be used"));
+            return Err(DirectiveError::Repeated { name: key });
         }
         self.seen.push(key.clone());
         match key.as_str() {
             "escape" => match value {
                 "\\" => self.values.escape = '\\',
                 "`" => self.values.escape = '`',
-                v => return Err(format!("invalid escape token '{v}' does not match ` or \\")),
+                v => {
+                    return Err(DirectiveError::InvalidEscape {
+                        value: v.to_owned(),
+                    });
+                }
             },
             "syntax" => self.values.syntax = Some(value.to_string()),
             _ => self.values.check = Some(value.to_string()),
@@ -142,7 +146,11 @@ fn trim_continuation(line: &str, escape: char) -> (String, bool) {
     (line.to_string(), true)
 }
 
-fn process_line(d: &mut DirectiveState, raw: &str, strip_left: bool) -> Result<String, String> {
+fn process_line(
+    d: &mut DirectiveState,
+    raw: &str,
+    strip_left: bool,
+) -> Result<String, DirectiveError> {
     let mut token = trim_newline(raw);
     if strip_left {
         token = token.trim_start();
@@ -322,6 +330,12 @@ mod tests {
         assert_eq!(
             e.to_string(),
             "line 2: only one escape parser directive can be used"
+        );
+        assert_eq!(
+            *e.kind(),
+            ErrorKind::Directive(DirectiveError::Repeated {
+                name: "escape".into()
+            })
         );
         assert!(parse_ast("# escape=x\nFROM x").is_err());
         let late = parse_ast("# hello\n# escape=`\nFROM x").unwrap();

@@ -71,8 +71,8 @@ impl std::error::Error for Error {
 #[non_exhaustive]
 pub enum ErrorKind {
     /// A parser directive (`# escape=`, `# syntax=`, `# check=`) is repeated or invalid.
-    #[error("{0}")]
-    Directive(String),
+    #[error(transparent)]
+    Directive(DirectiveError),
     /// A heredoc delimiter cannot be read.
     #[error(transparent)]
     Heredoc(HeredocError),
@@ -108,6 +108,24 @@ pub enum ErrorKind {
         /// Why the lexer refused it.
         #[source]
         source: ExpandError,
+    },
+}
+
+/// A parser directive that cannot be applied (BuildKit's messages).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirectiveError {
+    /// The same directive twice in the directive block.
+    #[error("only one {name} parser directive can be used")]
+    Repeated {
+        /// The directive, lower-cased (`escape`).
+        name: String,
+    },
+    /// `# escape=` with something other than `` ` `` or `\\`.
+    #[error("invalid escape token '{value}' does not match ` or \\")]
+    InvalidEscape {
+        /// The value given.
+        value: String,
     },
 }
 

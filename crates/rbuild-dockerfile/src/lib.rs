@@ -67,7 +67,7 @@ use serde::Serialize;
 
 pub use ast::{Ast, Directives, parse_ast};
 pub use command::Command;
-pub use error::{Error, ErrorKind, Warning};
+pub use error::{DirectiveError, Error, ErrorKind, Warning};
 pub use expand::ExpandReport;
 pub use healthcheck::{HealthTest, Healthcheck};
 pub use heredoc::{Heredoc, HeredocError, parse_heredoc};
