@@ -117,7 +117,8 @@ pub struct Ast {
 }
 
 impl Ast {
-    /// BuildKit's dump of the whole file: `(node)` per line.
+    /// BuildKit's dump of the whole file (`result.AST.Dump()` plus the newline BuildKit's parser
+    /// tests add): `(node)` per line.
     pub fn dump(&self) -> String {
         self.nodes
             .iter()

@@ -2,10 +2,12 @@
 //!
 //! Three layers, like BuildKit's `parser` → `instructions` → `dispatch`:
 //!
-//! 1. the line reader ([`Node`]): parser directives (`syntax`, `escape`, `check`), BOM and
-//!    CRLF, comments, line continuations, heredoc bodies, per-keyword argument splitting, and
-//!    [`Dockerfile::dump`], the S-expression form BuildKit's parser tests print, so a result can
-//!    be compared with BuildKit's on any file;
+//! 1. the line reader ([`parse_ast`] → [`Ast`] of [`Node`]s): parser directives (`syntax`,
+//!    `escape`, `check`), BOM and CRLF, comments, line continuations, heredoc bodies,
+//!    per-keyword argument splitting, and [`Ast::dump`], the S-expression BuildKit's
+//!    `Node.Dump()` prints. It accepts exactly what BuildKit's parser accepts (no instruction
+//!    rules) and its dump is byte-equal to BuildKit's on BuildKit's own parser corpus
+//!    (`testdata/buildkit`);
 //! 2. typed [`Instruction`]s with BuildKit's flag rules, exec/shell forms, `RUN --mount`,
 //!    stages and meta ARGs;
 //! 3. variable expansion with BuildKit's shell lexer ([`Lexer`], [`Instruction::expand`]),
@@ -172,7 +174,7 @@ impl Dockerfile {
     }
 
     /// BuildKit's AST dump: one `(keyword ["--flags"] "arg" …)` line per instruction, the
-    /// format of BuildKit's `parser/testfiles/*/result`.
+    /// format of BuildKit's `parser/testfiles/*/result`; the same as [`Ast::dump`] of the file.
     pub fn dump(&self) -> String {
         let mut out = String::new();
         for i in self.instructions() {
