@@ -38,8 +38,8 @@ pub enum ExpandError {
         /// The user's message, or BuildKit's default.
         message: String,
     },
-    /// `${…}` nested deeper than [`MAX_NESTING`] (BuildKit recurses without a limit and
-    /// overflows its stack instead).
+    /// `${…}` nested more than 128 deep (BuildKit recurses without a limit and overflows its
+    /// stack instead).
     #[error("variable substitutions nested more than {MAX_NESTING} deep")]
     TooDeep,
     /// A `#`, `%` or `/` pattern with an invalid escape.
