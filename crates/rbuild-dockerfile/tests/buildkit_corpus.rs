@@ -3,6 +3,12 @@
 //! the way BuildKit's `TestParseCases` and `TestParseErrorCases` run it: every accepted file's
 //! AST dump must equal its `result` byte for byte, every negative file must be rejected.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::path::{Path, PathBuf};
 
 use rbuild_dockerfile::parse_ast;
