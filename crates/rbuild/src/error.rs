@@ -94,7 +94,7 @@ pub enum Error {
         source: Box<Error>,
     },
     /// An `ADD <url>` download failed.
-    #[error("{file}:{line}: failed to download {url}")]
+    #[error("{file}:{line}: ADD {url}: failed to download")]
     Download {
         /// The Dockerfile's name.
         file: String,
