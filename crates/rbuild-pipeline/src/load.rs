@@ -29,7 +29,7 @@ const GLOBAL_KEYWORDS: [&str; 11] = [
     "default",
     "workflow",
 ];
-const JOB_KEYWORDS: [&str; 15] = [
+const JOB_KEYWORDS: [&str; 17] = [
     "stage",
     "script",
     "before_script",
@@ -45,6 +45,8 @@ const JOB_KEYWORDS: [&str; 15] = [
     "artifacts",
     "allow_failure",
     "when",
+    "start_in",
+    "inherit",
 ];
 
 struct Ctx<'a> {
@@ -66,6 +68,7 @@ impl Ctx<'_> {
 
 impl Pipeline {
     /// Reads and loads a pipeline file; `include: local` paths resolve against `project_dir`.
+    /// `include:rules` see no variables: use [`Pipeline::load`] to give them the pipeline's.
     ///
     /// # Errors
     ///
@@ -73,11 +76,27 @@ impl Pipeline {
     /// [`Error::Invalid`] (with file and line) for a configuration GitLab would reject, such as a
     /// job in an unknown stage.
     pub fn from_file(path: &Path, project_dir: &Path) -> Result<Pipeline> {
+        Self::load(path, project_dir, &BTreeMap::new())
+    }
+
+    /// Reads and loads a pipeline file, evaluating `include:rules` against `variables` (the
+    /// predefined and pipeline variables: GitLab gives include rules no job or global
+    /// `variables:`). Included files are read through a descriptor of `project_dir` and never
+    /// through a symlink out of it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipeline::from_file`].
+    pub fn load(
+        path: &Path,
+        project_dir: &Path,
+        variables: &BTreeMap<String, String>,
+    ) -> Result<Pipeline> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, path, project_dir)
+        Self::parse_with(&text, path, project_dir, variables)
     }
 
     /// Loads a pipeline from text (`path` names it in errors).
@@ -86,7 +105,21 @@ impl Pipeline {
     ///
     /// As [`Pipeline::from_file`].
     pub fn parse(text: &str, path: &Path, project_dir: &Path) -> Result<Pipeline> {
-        let loaded = crate::yaml::load(text, path, project_dir)?;
+        Self::parse_with(text, path, project_dir, &BTreeMap::new())
+    }
+
+    /// Loads a pipeline from text with `include:rules` evaluated against `variables`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Pipeline::from_file`].
+    pub fn parse_with(
+        text: &str,
+        path: &Path,
+        project_dir: &Path,
+        variables: &BTreeMap<String, String>,
+    ) -> Result<Pipeline> {
+        let loaded = crate::yaml::load(text, path, project_dir, variables)?;
         build(&loaded, path)
     }
 }
@@ -185,13 +218,16 @@ fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
                 ),
             ));
         }
-        if job.image.is_none() {
+        // `inherit:default` decides which `default:` keywords reach the job (GitLab's
+        // `Entry::Inherit::Default`); the job's own value wins either way.
+        let inherit = inherit_default(map, name, &cx)?;
+        if job.image.is_none() && inherit.allows("image") {
             job.image.clone_from(&default_image);
         }
-        if !map.contains_key("before_script") {
+        if !map.contains_key("before_script") && inherit.allows("before_script") {
             job.before_script = default_before.clone().unwrap_or_default();
         }
-        if !map.contains_key("after_script") {
+        if !map.contains_key("after_script") && inherit.allows("after_script") {
             job.after_script = default_after.clone().unwrap_or_default();
         }
         jobs.push(job);
@@ -258,6 +294,16 @@ fn check_references(jobs: &[Job], stages: &[String], cx: &Ctx<'_>) -> Result<()>
                 Some(_) => {}
             }
         }
+        if let Some(cycle) = needs_cycle(job, jobs) {
+            return Err(cx.err(
+                &job.name,
+                format!(
+                    "job {:?}: `needs` form a cycle: {}",
+                    job.name,
+                    cycle.join(" -> ")
+                ),
+            ));
+        }
         for dep in job.dependencies.iter().flatten() {
             if stage_of(dep).is_none_or(|s| s >= own) {
                 return Err(cx.err(
@@ -271,6 +317,40 @@ fn check_references(jobs: &[Job], stages: &[String], cx: &Ctx<'_>) -> Result<()>
         }
     }
     Ok(())
+}
+
+/// A `needs` path from `start` back to itself, if any (only jobs of one stage can form one,
+/// since needs never point to a later stage).
+fn needs_cycle(start: &Job, jobs: &[Job]) -> Option<Vec<String>> {
+    fn walk<'j>(
+        job: &'j Job,
+        jobs: &'j [Job],
+        path: &mut Vec<&'j str>,
+        seen: &mut Vec<&'j str>,
+    ) -> bool {
+        for need in job.needs.iter().flatten() {
+            if need.job == path[0] {
+                path.push(&need.job);
+                return true;
+            }
+            if seen.contains(&need.job.as_str()) {
+                continue;
+            }
+            let Some(next) = jobs.iter().find(|j| j.name == need.job) else {
+                continue;
+            };
+            seen.push(&next.name);
+            path.push(&next.name);
+            if walk(next, jobs, path, seen) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+    let mut path = vec![start.name.as_str()];
+    let mut seen = Vec::new();
+    walk(start, jobs, &mut path, &mut seen).then(|| path.into_iter().map(str::to_owned).collect())
 }
 
 fn parse_job(name: &str, map: &Mapping, cx: &mut Ctx<'_>) -> Result<Job> {
@@ -439,9 +519,31 @@ fn parse_job(name: &str, map: &Mapping, cx: &mut Ctx<'_>) -> Result<Job> {
             .filter(|w| *w != When::Never)
             .ok_or_else(|| e(cx, format!("unknown `when` value {v:?}")))?,
     };
-    if when == When::Delayed {
-        cx.unsupported("when:delayed (runs without delay)", name);
+    let start_in = map
+        .get("start_in")
+        .map(|v| parse_start_in(v).map_err(|m| e(cx, m)))
+        .transpose()?;
+    // GitLab's `Entry::Job` validations: `start_in` is required with `when: delayed` and only
+    // allowed with it (a rule may supply it instead when the rule says `delayed`).
+    let rules_delay = map.get("rules").is_some();
+    if when == When::Delayed && start_in.is_none() && !rules_delay {
+        return Err(e(cx, "`when: delayed` needs `start_in`".into()));
     }
+    if when != When::Delayed && start_in.is_some() && !rules_delay {
+        return Err(e(
+            cx,
+            "`start_in` is only allowed with `when: delayed`".into(),
+        ));
+    }
+    let inherit_variables = match map.get("inherit").and_then(|i| i.get("variables")) {
+        None => crate::model::Inherit::All,
+        Some(v) => parse_inherit(v).ok_or_else(|| {
+            e(
+                cx,
+                "`inherit:variables` must be true, false or a list of variable names".into(),
+            )
+        })?,
+    };
     Ok(Job {
         name: name.to_owned(),
         stage,
@@ -459,8 +561,99 @@ fn parse_job(name: &str, map: &Mapping, cx: &mut Ctx<'_>) -> Result<Job> {
         artifacts,
         allow_failure,
         when,
+        start_in,
+        inherit_variables,
         line,
     })
+}
+
+/// `inherit:default` of a job; unknown `inherit:` keys are errors as in GitLab.
+fn inherit_default(map: &Mapping, name: &str, cx: &Ctx<'_>) -> Result<crate::model::Inherit> {
+    let Some(inherit) = map.get("inherit") else {
+        return Ok(crate::model::Inherit::All);
+    };
+    let e = |m: &str| cx.err(name, format!("job {name:?}: {m}"));
+    let Value::Mapping(m) = inherit else {
+        return Err(e(
+            "`inherit` must be a mapping with `default` and/or `variables`",
+        ));
+    };
+    if let Some(k) = m
+        .keys()
+        .find(|k| !matches!(k.as_str(), Some("default" | "variables")))
+    {
+        return Err(e(&format!(
+            "unknown `inherit` key {}: it takes `default` and `variables`",
+            scalar(k).unwrap_or_default()
+        )));
+    }
+    match m.get("default") {
+        None => Ok(crate::model::Inherit::All),
+        Some(v) => parse_inherit(v).ok_or_else(|| {
+            e("`inherit:default` must be true, false or a list of `default:` keywords")
+        }),
+    }
+}
+
+fn parse_inherit(v: &Value) -> Option<crate::model::Inherit> {
+    use crate::model::Inherit;
+    match v {
+        Value::Bool(true) => Some(Inherit::All),
+        Value::Bool(false) => Some(Inherit::Nothing),
+        Value::Sequence(_) => names(v).map(Inherit::Only),
+        _ => None,
+    }
+}
+
+/// A `start_in` duration as GitLab takes it (`ChronicDuration`: `30 minutes`, `1 day`,
+/// `2h 30m`, a bare number of seconds), at most one week. Kept as written for the log.
+fn parse_start_in(v: &Value) -> std::result::Result<String, String> {
+    let text = scalar(v).ok_or_else(|| "`start_in` must be a duration".to_owned())?;
+    let secs = duration_secs(&text)
+        .ok_or_else(|| format!("`start_in` {text:?} is not a duration (like `30 minutes`)"))?;
+    if secs > 7 * 24 * 3600 {
+        return Err(format!("`start_in` {text:?} is more than one week"));
+    }
+    Ok(text)
+}
+
+/// Seconds of a human duration: numbers followed by units (`s`, `sec`, `seconds`, `m`,
+/// `min`, `minutes`, `h`, `hours`, `d`, `days`, `w`, `weeks`), summed; a bare number is seconds.
+pub(crate) fn duration_secs(text: &str) -> Option<u64> {
+    let mut total = 0u64;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = rest[digits..].trim_start();
+        let unit_end = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_end];
+        rest = rest[unit_end..].trim_start_matches([' ', ',']);
+        rest = rest.strip_prefix("and ").unwrap_or(rest).trim_start();
+        let factor = match unit.to_ascii_lowercase().as_str() {
+            "" | "s" | "sec" | "secs" | "second" | "seconds" => 1.0,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60.0,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3600.0,
+            "d" | "day" | "days" => 86400.0,
+            "w" | "wk" | "week" | "weeks" => 604_800.0,
+            _ => return None,
+        };
+        #[expect(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "a non-negative duration in seconds, bounded by the one-week check"
+        )]
+        let secs = (number * factor).round() as u64;
+        total = total.checked_add(secs)?;
+    }
+    Some(total)
 }
 
 fn parse_rules(v: &Value, owner: &str, cx: &mut Ctx<'_>) -> Result<Vec<Rule>> {
@@ -468,8 +661,12 @@ fn parse_rules(v: &Value, owner: &str, cx: &mut Ctx<'_>) -> Result<Vec<Rule>> {
     let Value::Sequence(list) = v else {
         return Err(e(cx, "`rules` must be a list".into()));
     };
+    // `!reference [.x, rules]` inside `rules:` leaves a nested list; GitLab flattens it (its
+    // documented `rules: [!reference [.default_rules, rules], ...]` example).
+    let mut flat = Vec::new();
+    flatten(list, &mut flat, 0);
     let mut rules = Vec::new();
-    for item in list {
+    for item in flat {
         let Value::Mapping(m) = item else {
             return Err(e(cx, "each rule is a mapping (`- if: ...`)".into()));
         };
@@ -492,12 +689,25 @@ fn parse_rules(v: &Value, owner: &str, cx: &mut Ctx<'_>) -> Result<Vec<Rule>> {
                     rule.variables = parse_variables(val).map_err(|m| e(cx, m.to_string()))?
                 }
                 "allow_failure" => rule.allow_failure = val.as_bool(),
+                "start_in" => rule.start_in = Some(parse_start_in(val).map_err(|m| e(cx, m))?),
                 other => cx.unsupported(&format!("rules:{other}"), owner),
             }
+        }
+        if rule.when == Some(When::Delayed) && rule.start_in.is_none() {
+            return Err(e(cx, "a rule with `when: delayed` needs `start_in`".into()));
         }
         rules.push(rule);
     }
     Ok(rules)
+}
+
+fn flatten<'v>(list: &'v [Value], out: &mut Vec<&'v Value>, depth: usize) {
+    for item in list {
+        match item {
+            Value::Sequence(inner) if depth < 10 => flatten(inner, out, depth + 1),
+            other => out.push(other),
+        }
+    }
 }
 
 fn parse_filter(v: &Value, job: &str, key: &str, cx: &mut Ctx<'_>) -> Result<RefFilter> {

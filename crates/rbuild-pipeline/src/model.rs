@@ -98,8 +98,36 @@ pub struct Job {
     pub allow_failure: Option<AllowFailure>,
     /// `when:`.
     pub when: When,
+    /// `start_in:` of a `when: delayed` job (GitLab's duration text, e.g. `30 minutes`).
+    pub start_in: Option<String>,
+    /// `inherit:variables`: which global `variables:` the job gets.
+    pub inherit_variables: Inherit,
     /// 1-based line of the job in its file (0 if unknown).
     pub line: usize,
+}
+
+/// An `inherit:default` or `inherit:variables` value: everything (`true`, the default),
+/// nothing (`false`), or only the listed names.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Inherit {
+    /// `true`.
+    #[default]
+    All,
+    /// `false`.
+    Nothing,
+    /// A list of keywords or variable names.
+    Only(Vec<String>),
+}
+
+impl Inherit {
+    /// Whether `name` is inherited.
+    pub fn allows(&self, name: &str) -> bool {
+        match self {
+            Inherit::All => true,
+            Inherit::Nothing => false,
+            Inherit::Only(names) => names.iter().any(|n| n == name),
+        }
+    }
 }
 
 /// `when:` values.
@@ -116,7 +144,8 @@ pub enum When {
     Manual,
     /// Never run (`rules` only).
     Never,
-    /// `delayed`: we run it like `on_success`, without the delay.
+    /// `delayed` (with `start_in`): GitLab starts it that long after its stage may start;
+    /// a local run starts it at once and says so in the log.
     Delayed,
 }
 
@@ -191,6 +220,8 @@ pub struct Rule {
     pub variables: Variables,
     /// `allow_failure:` overriding the job's when this rule matches.
     pub allow_failure: Option<bool>,
+    /// `start_in:` with `when: delayed`.
+    pub start_in: Option<String>,
 }
 
 /// `environment:`.

@@ -97,6 +97,12 @@ pub struct PlannedJob {
     /// Jobs whose artifacts this job receives (from `needs`, `dependencies`, or all earlier
     /// stages), in order.
     pub artifacts_from: Vec<String>,
+    /// The planned jobs it waits for when it has `needs:` (`Some(vec![])` for `needs: []`: it
+    /// starts at once); `None` means stage order: it waits for every job of earlier stages.
+    /// Optional needs and needs left out by `--job` that are not in the plan are dropped.
+    pub needs: Option<Vec<String>>,
+    /// `start_in` of a `when: delayed` job (from the job or its matching rule).
+    pub start_in: Option<String>,
     /// Why it runs.
     pub reason: String,
 }
@@ -146,10 +152,10 @@ impl fmt::Display for Plan {
         for stage in &self.stages {
             writeln!(f, "{}:", stage.name)?;
             for j in &stage.jobs {
-                let when = if j.when == When::OnSuccess {
-                    String::new()
-                } else {
-                    format!(" [{}]", j.when)
+                let when = match (j.when, &j.start_in) {
+                    (When::OnSuccess, _) => String::new(),
+                    (When::Delayed, Some(d)) => format!(" [delayed, start_in {d}]"),
+                    (w, _) => format!(" [{w}]"),
                 };
                 let env = j
                     .environment
@@ -190,12 +196,15 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
 
     let mut skipped = Vec::new();
     let mut workflow_block = None;
+    let mut workflow_vars = Variables::new();
     if let Some(rules) = &pipeline.workflow_rules {
         let mut with_secrets = base.clone();
         with_secrets.extend(&opts.variables);
         let values = with_secrets.expand_all()?;
         match first_match(rules, &values) {
-            Some((_, rule)) if rule.when != Some(When::Never) => base.extend(&rule.variables),
+            Some((_, rule)) if rule.when != Some(When::Never) => {
+                workflow_vars.extend(&rule.variables);
+            }
             Some((i, _)) => {
                 workflow_block = Some(format!(
                     "workflow:rules: rule {} matched with when: never",
@@ -211,6 +220,7 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
 
     let mut planned: Vec<PlannedJob> = Vec::new();
     let mut not_selected = BTreeSet::new();
+    let mut blocking: Vec<(usize, String)> = Vec::new();
     let stage_index = |s: &str| {
         pipeline
             .stages
@@ -231,13 +241,21 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
             skipped.push(skip(reason.clone()));
             continue;
         }
-        let mut vars = base.clone();
+        // `inherit:variables` filters the global `variables:` only; predefined and
+        // `workflow:rules:variables` always reach the job.
+        let mut vars = cx.variables();
+        for v in pipeline.variables.iter() {
+            if job.inherit_variables.allows(&v.name) {
+                vars.push(v.clone());
+            }
+        }
+        vars.extend(&workflow_vars);
         vars.extend(&job.variables);
         let mut with_secrets = vars.clone();
         with_secrets.extend(&opts.variables);
         let values = with_secrets.expand_all()?;
 
-        let (mut when, reason, rule_vars, rule_allow) = match &job.rules {
+        let (when, reason, rule_vars, rule_allow, rule_start_in) = match &job.rules {
             Some(rules) => match first_match(rules, &values) {
                 None => {
                     skipped.push(skip("rules: no rule matched".into()));
@@ -261,16 +279,25 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
                         format!("rules: rule {} {what}", i + 1),
                         rule.variables.clone(),
                         rule.allow_failure,
+                        rule.start_in.clone(),
                     )
                 }
             },
             None => match only_except(job, cx, &values) {
-                Filtered::Runs(reason) => (job.when, reason, Variables::new(), None),
+                Filtered::Runs(reason) => (job.when, reason, Variables::new(), None, None),
                 Filtered::Skipped(reason) => {
                     skipped.push(skip(reason));
                     continue;
                 }
             },
+        };
+        let allow_failure = match (rule_allow, &job.allow_failure) {
+            (Some(true), _) => AllowFailure::Yes,
+            (Some(false), _) => AllowFailure::No,
+            (None, Some(a)) => a.clone(),
+            // GitLab: manual jobs default to `allow_failure: true` (they do not block).
+            (None, None) if when == When::Manual => AllowFailure::Yes,
+            (None, None) => AllowFailure::No,
         };
         let selected = opts.jobs.contains(&job.name);
         if !opts.jobs.is_empty() && !selected {
@@ -279,23 +306,25 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
             continue;
         }
         if when == When::Manual && !opts.manual && !selected {
-            skipped.push(skip("manual job: run it with --manual or --job".into()));
+            if allow_failure == AllowFailure::No {
+                // A blocking manual job (`allow_failure: false`, GitLab's default only for
+                // manual jobs from `rules`) holds the pipeline: later stages wait for it to be
+                // played ("Blocking manual jobs" in GitLab's job control docs).
+                blocking.push((stage_index(&job.stage), job.name.clone()));
+                skipped.push(skip(
+                    "manual job (blocking: allow_failure: false): run it with --manual or --job"
+                        .into(),
+                ));
+            } else {
+                skipped.push(skip("manual job: run it with --manual or --job".into()));
+            }
             continue;
         }
-        if let Some(needs) = &job.needs {
-            let missing = needs.iter().find(|n| {
-                !n.optional
-                    && !not_selected.contains(&n.job)
-                    && !planned.iter().any(|p| p.name == n.job)
-            });
-            if let Some(n) = missing {
-                skipped.push(skip(format!("needs `{}`, which does not run", n.job)));
-                continue;
-            }
-        }
-        if when == When::Delayed {
-            when = When::OnSuccess;
-        }
+        let start_in = if when == When::Delayed {
+            rule_start_in.or_else(|| job.start_in.clone())
+        } else {
+            None
+        };
 
         vars.extend(&rule_vars);
         vars.extend(&opts.variables);
@@ -332,15 +361,6 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
         all = layered;
         let env = all.expand_all()?;
         let image = job.image.as_ref().map(|i| expand(&i.name, &env));
-        let artifacts_from = artifact_sources(job, &planned);
-        let allow_failure = match (rule_allow, &job.allow_failure) {
-            (Some(true), _) => AllowFailure::Yes,
-            (Some(false), _) => AllowFailure::No,
-            (None, Some(a)) => a.clone(),
-            // GitLab: manual jobs default to `allow_failure: true` (they do not block).
-            (None, None) if when == When::Manual => AllowFailure::Yes,
-            (None, None) => AllowFailure::No,
-        };
         planned.push(PlannedJob {
             name: job.name.clone(),
             stage: job.stage.clone(),
@@ -356,9 +376,34 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
             allow_failure,
             environment,
             artifacts: job.artifacts.clone(),
-            artifacts_from,
+            artifacts_from: Vec::new(),
+            needs: job
+                .needs
+                .as_ref()
+                .map(|n| n.iter().map(|n| n.job.clone()).collect()),
+            start_in,
             reason,
         });
+    }
+    drop_unreachable(
+        pipeline,
+        &mut planned,
+        &mut skipped,
+        &not_selected,
+        &blocking,
+        stage_index,
+    );
+    let names = planned_names(&planned);
+    for i in 0..planned.len() {
+        let job = pipeline
+            .job(&planned[i].name)
+            .expect("planned jobs come from the pipeline");
+        planned[i].artifacts_from = artifact_sources(job, &planned[..i], &planned);
+        if let Some(needs) = &mut planned[i].needs {
+            // Optional needs, and needs left out with `--job`, that are not planned: nothing to
+            // wait for.
+            needs.retain(|n| names.contains(n));
+        }
     }
 
     let mut stages: Vec<PlannedStage> = Vec::new();
@@ -479,8 +524,64 @@ fn ref_matches(pattern: &str, git_ref: &GitRef, source: &str) -> bool {
     }
 }
 
-fn artifact_sources(job: &Job, planned: &[PlannedJob]) -> Vec<String> {
-    let runs = |name: &str| planned.iter().any(|p| p.name == name);
+fn planned_names(planned: &[PlannedJob]) -> BTreeSet<String> {
+    planned.iter().map(|p| p.name.clone()).collect()
+}
+
+/// Removes, until nothing changes, the planned jobs that can never start: those whose needs
+/// do not run (GitLab does not create them), and those held by a blocking manual job that
+/// was not played (jobs of later stages in stage order, and through `needs` whatever needs
+/// a held job). Needs of jobs left out with `--job` do not count: the user chose to run
+/// without them.
+fn drop_unreachable(
+    pipeline: &Pipeline,
+    planned: &mut Vec<PlannedJob>,
+    skipped: &mut Vec<SkippedJob>,
+    not_selected: &BTreeSet<String>,
+    blocking: &[(usize, String)],
+    stage_index: impl Fn(&str) -> usize,
+) {
+    loop {
+        let names = planned_names(planned);
+        let mut drop = None;
+        for (i, p) in planned.iter().enumerate() {
+            let job = pipeline
+                .job(&p.name)
+                .expect("planned jobs come from the pipeline");
+            let reason = match &job.needs {
+                Some(needs) => needs
+                    .iter()
+                    .find(|n| {
+                        !n.optional && !not_selected.contains(&n.job) && !names.contains(&n.job)
+                    })
+                    .map(|n| format!("needs `{}`, which does not run", n.job)),
+                None => {
+                    let own = stage_index(&p.stage);
+                    blocking.iter().find(|(s, _)| *s < own).map(|(_, m)| {
+                        format!("blocked: manual job `{m}` (allow_failure: false) was not played")
+                    })
+                }
+            };
+            if let Some(reason) = reason {
+                drop = Some((i, reason));
+                break;
+            }
+        }
+        let Some((i, reason)) = drop else { return };
+        let p = planned.remove(i);
+        skipped.push(SkippedJob {
+            name: p.name,
+            stage: p.stage,
+            reason,
+        });
+    }
+}
+
+/// Whose artifacts `job` receives: its `needs` (with `artifacts: true`), else its
+/// `dependencies`, else every job of an earlier stage that keeps any (`earlier` are the jobs
+/// planned before it, `all` the whole plan).
+fn artifact_sources(job: &Job, earlier: &[PlannedJob], all: &[PlannedJob]) -> Vec<String> {
+    let runs = |name: &str| all.iter().any(|p| p.name == name);
     if let Some(needs) = &job.needs {
         return needs
             .iter()
@@ -492,7 +593,7 @@ fn artifact_sources(job: &Job, planned: &[PlannedJob]) -> Vec<String> {
         return deps.iter().filter(|d| runs(d)).cloned().collect();
     }
     // GitLab's default: artifacts of all jobs of earlier stages (only those that keep any).
-    planned
+    earlier
         .iter()
         .filter(|p| {
             p.stage != job.stage && p.artifacts.as_ref().is_some_and(|a| !a.paths.is_empty())

@@ -2,10 +2,11 @@
 //!
 //! The order follows GitLab's config pipeline (`Gitlab::Ci::Config`): parse each file (YAML
 //! anchors, aliases and `<<` merge keys are resolved here, per file: anchors never cross
-//! includes), merge `include: local` files under the main one, resolve `!reference` tags, then
-//! `extends`.
+//! includes), merge `include: local` files under the main one, expand `extends`, then resolve
+//! `!reference` tags.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
@@ -105,30 +106,49 @@ pub(crate) fn parse(text: &str, path: &Path) -> Result<Mapping> {
     }
 }
 
-/// Loads `text` (the content of `path`) with its local includes resolved against `project_dir`.
-pub(crate) fn load(text: &str, path: &Path, project_dir: &Path) -> Result<Loaded> {
+/// Loads `text` (the content of `path`) with its local includes resolved against
+/// `project_dir`; `include:rules` are evaluated against `variables`.
+pub(crate) fn load(
+    text: &str,
+    path: &Path,
+    project_dir: &Path,
+    variables: &BTreeMap<String, String>,
+) -> Result<Loaded> {
     let mut loaded = Loaded {
         root: Mapping::new(),
         sources: Vec::new(),
         ignored_includes: Vec::new(),
     };
     let mut visiting = BTreeSet::new();
-    let root = load_file(text, path, project_dir, &mut loaded, &mut visiting, 0)?;
+    let project = Project {
+        dir: project_dir,
+        variables,
+    };
+    let root = load_file(text, path, &project, &mut loaded, &mut visiting, 0)?;
     loaded.root = root;
     // Reorder so the main file is searched first for line numbers.
     if let Some(pos) = loaded.sources.iter().position(|s| s.path == path) {
         let main = loaded.sources.remove(pos);
         loaded.sources.insert(0, main);
     }
-    resolve_references(&mut loaded)?;
+    // GitLab's order (`Gitlab::Ci::Config#build_config`): includes are merged, then `extends`
+    // is expanded, then `!reference` tags are resolved, so a reference may name a key that a
+    // template only has through `extends`.
     resolve_extends(&mut loaded)?;
+    resolve_references(&mut loaded)?;
     Ok(loaded)
+}
+
+/// Where includes come from and what their rules see.
+struct Project<'a> {
+    dir: &'a Path,
+    variables: &'a BTreeMap<String, String>,
 }
 
 fn load_file(
     text: &str,
     path: &Path,
-    project_dir: &Path,
+    project: &Project<'_>,
     loaded: &mut Loaded,
     visiting: &mut BTreeSet<PathBuf>,
     depth: usize,
@@ -154,6 +174,10 @@ fn load_file(
         Value::Sequence(s) => s,
         other => vec![other],
     };
+    let root = crate::run::rooted::open_root(project.dir).map_err(|source| Error::ReadFile {
+        path: project.dir.to_owned(),
+        source,
+    })?;
     let mut merged = Mapping::new();
     for entry in entries {
         let local = match &entry {
@@ -164,20 +188,30 @@ fn load_file(
                 continue;
             }
             Value::String(s) => s.clone(),
-            Value::Mapping(m) => match m.get("local").and_then(Value::as_str) {
-                Some(s) => s.to_owned(),
-                None => {
-                    let kind = m
-                        .keys()
-                        .filter_map(Value::as_str)
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    loaded.ignored_includes.push(format!(
-                        "include with `{kind}` is not supported (only `local`)"
-                    ));
-                    continue;
+            Value::Mapping(m) => {
+                if let Some(rules) = m.get("rules") {
+                    let included = include_rules_match(rules, project)
+                        .map_err(|m| invalid(format!("include: rules: {m}")))?;
+                    if !included {
+                        continue;
+                    }
                 }
-            },
+                match m.get("local").and_then(Value::as_str) {
+                    Some(s) => s.to_owned(),
+                    None => {
+                        let kind = m
+                            .keys()
+                            .filter_map(Value::as_str)
+                            .filter(|k| *k != "rules")
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        loaded.ignored_includes.push(format!(
+                            "include with `{kind}` is not supported (only `local`)"
+                        ));
+                        continue;
+                    }
+                }
+            }
             _ => {
                 return Err(invalid(
                     "`include` entries are paths or `{local: path}`".into(),
@@ -185,22 +219,121 @@ fn load_file(
             }
         };
         // GitLab resolves local includes from the repository root; a leading `/` is optional.
-        let file = project_dir.join(local.trim_start_matches('/'));
-        if !visiting.insert(file.clone()) {
-            return Err(invalid(format!("include of {local} forms a cycle")));
+        let rel = local.trim_start_matches('/');
+        let files: Vec<PathBuf> = if rel.contains('*') {
+            // `include: 'ci/*.yml'`: every matching file, in path order (GitLab's
+            // `Gitlab::Ci::Config::External::Mapper::Matcher` wildcard locals).
+            let resolved = crate::run::artifacts::resolve_paths(project.dir, &[rel.to_owned()])
+                .map_err(|source| Error::ReadFile {
+                    path: project.dir.join(rel),
+                    source,
+                })?;
+            let mut found: Vec<PathBuf> =
+                resolved.found.into_iter().filter(|p| is_yaml(p)).collect();
+            found.sort();
+            if found.is_empty() {
+                return Err(invalid(format!(
+                    "include: no file in the project matches `{local}`"
+                )));
+            }
+            found
+        } else {
+            if !is_yaml(Path::new(rel)) {
+                return Err(invalid(format!(
+                    "included file `{local}` does not have a YAML extension (.yml or .yaml)"
+                )));
+            }
+            vec![PathBuf::from(rel)]
+        };
+        for rel in files {
+            let file = project.dir.join(&rel);
+            if !visiting.insert(file.clone()) {
+                return Err(invalid(format!(
+                    "include of {} forms a cycle",
+                    rel.display()
+                )));
+            }
+            // Read through a descriptor under the project: an include that is (or passes
+            // through) a symlink out of the project is refused.
+            let sub_text =
+                crate::run::rooted::read_beneath(root.as_fd(), &rel).map_err(|source| {
+                    Error::ReadFile {
+                        path: file.clone(),
+                        source,
+                    }
+                })?;
+            let sub = load_file(&sub_text, &file, project, loaded, visiting, depth + 1)?;
+            visiting.remove(&file);
+            deep_merge(&mut merged, sub);
         }
-        let sub_text = std::fs::read_to_string(&file).map_err(|source| Error::ReadFile {
-            path: file.clone(),
-            source,
-        })?;
-        let sub = load_file(&sub_text, &file, project_dir, loaded, visiting, depth + 1)?;
-        visiting.remove(&file);
-        deep_merge(&mut merged, sub);
     }
     // The including file wins over what it includes (GitLab: "deep merge, the main file takes
     // precedence").
     deep_merge(&mut merged, own);
     Ok(merged)
+}
+
+fn is_yaml(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == "yml" || e == "yaml")
+}
+
+/// `include:rules`: the first rule whose `if` and `exists` hold decides; `when: never` (or no
+/// matching rule) leaves the file out. Only `if`, `exists` and `when` are allowed there, as in
+/// GitLab (`Entry::Include::Rules::Rule`).
+fn include_rules_match(rules: &Value, project: &Project<'_>) -> std::result::Result<bool, String> {
+    let Value::Sequence(list) = rules else {
+        return Err("`rules` must be a list".into());
+    };
+    let lookup = |n: &str| project.variables.get(n).cloned();
+    for rule in list {
+        let Value::Mapping(m) = rule else {
+            return Err("each rule is a mapping (`- if: ...`)".into());
+        };
+        let mut matched = true;
+        let mut when = "always".to_owned();
+        for (k, v) in m {
+            match k.as_str().unwrap_or_default() {
+                "if" => {
+                    let text = v.as_str().ok_or("`if` must be a string")?;
+                    let expr = crate::expr::Expr::parse(text).map_err(|e| e.to_string())?;
+                    matched &= expr.eval(&lookup);
+                }
+                "exists" => {
+                    let patterns: Vec<String> = match v {
+                        Value::Sequence(s) => s
+                            .iter()
+                            .map(|p| p.as_str().map(str::to_owned))
+                            .collect::<Option<_>>()
+                            .ok_or("`exists` must be a list of paths")?,
+                        Value::String(p) => vec![p.clone()],
+                        _ => return Err("`exists` must be a list of paths".into()),
+                    };
+                    matched &= exists(&patterns, project.dir);
+                }
+                "when" => {
+                    when = v
+                        .as_str()
+                        .filter(|w| ["always", "never"].contains(w))
+                        .ok_or("`when` of an include rule is `always` or `never`")?
+                        .to_owned();
+                }
+                other => return Err(format!("unknown rule keyword `{other}`")),
+            }
+        }
+        if matched {
+            return Ok(when != "never");
+        }
+    }
+    Ok(false)
+}
+
+/// `exists`: whether any pattern matches a file of the project (never looking outside it).
+pub(crate) fn exists(patterns: &[String], project_dir: &Path) -> bool {
+    let patterns: Vec<String> = patterns
+        .iter()
+        .map(|p| p.trim_start_matches('/').to_owned())
+        .collect();
+    crate::run::artifacts::resolve_paths(project_dir, &patterns).is_ok_and(|r| !r.found.is_empty())
 }
 
 /// Merges `over` into `base`: mappings key by key (recursively), everything else replaced.
@@ -362,7 +495,12 @@ mod tests {
     use super::*;
 
     fn load_text(text: &str) -> Result<Loaded> {
-        load(text, Path::new(".gitlab-ci.yml"), Path::new("."))
+        load(
+            text,
+            Path::new(".gitlab-ci.yml"),
+            Path::new("."),
+            &BTreeMap::new(),
+        )
     }
 
     #[test]
@@ -439,7 +577,13 @@ mod tests {
         )
         .unwrap();
         let main = "include:\n  - local: /ci/common.yml\n  - remote: https://example.com/x.yml\nvariables: {B: main}\njob:\n  extends: .tmpl\n";
-        let l = load(main, &dir.path().join(".gitlab-ci.yml"), dir.path()).unwrap();
+        let l = load(
+            main,
+            &dir.path().join(".gitlab-ci.yml"),
+            dir.path(),
+            &BTreeMap::new(),
+        )
+        .unwrap();
         assert_eq!(l.root["variables"]["A"], "from-include");
         assert_eq!(l.root["variables"]["B"], "main");
         assert_eq!(

@@ -1,10 +1,10 @@
 //! Running a plan: stages in order, the jobs of a stage concurrently (bounded), artifacts
 //! between jobs, masked and prefixed output, and a summary.
 
-mod artifacts;
+pub(crate) mod artifacts;
 mod masker;
 mod report;
-mod rooted;
+pub(crate) mod rooted;
 mod scheduler;
 mod shell;
 

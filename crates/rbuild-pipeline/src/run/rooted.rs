@@ -85,6 +85,35 @@ pub(crate) fn open_dir_beneath(root: BorrowedFd<'_>, rel: &Path) -> io::Result<O
     Ok(dir)
 }
 
+/// Reads the regular file `rel` below `root` as text, following only symlinks that stay
+/// below `root` (on kernels without `openat2`, none): an included pipeline file that links
+/// out of the project is refused, never read.
+pub(crate) fn read_beneath(root: BorrowedFd<'_>, rel: &Path) -> io::Result<String> {
+    use std::io::Read as _;
+    names(rel).ok_or_else(|| outside(rel))?;
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    let fd = match rustix::fs::openat2(root, rel, flags, Mode::empty(), resolve) {
+        Err(Errno::NOSYS) => {
+            let parent = rel.parent().unwrap_or(Path::new(""));
+            let name = rel.file_name().ok_or_else(|| outside(rel))?;
+            let dir = open_dir_beneath(root, parent)?;
+            rustix::fs::openat(&dir, name, flags | OFlags::NOFOLLOW, Mode::empty())?
+        }
+        other => other?,
+    };
+    // A FIFO or device would block or never end: only regular files are pipeline files.
+    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} is not a regular file", rel.display()),
+        ));
+    }
+    let mut text = String::new();
+    File::from(fd).read_to_string(&mut text)?;
+    Ok(text)
+}
+
 /// Whether an error from [`open_dir_beneath`] means "the path leaves the root".
 pub(crate) fn is_escape(e: &io::Error) -> bool {
     matches!(

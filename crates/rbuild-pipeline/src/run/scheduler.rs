@@ -1,12 +1,13 @@
-//! The scheduler: stages in order, the jobs of a stage concurrently up to a bound, `when:`
-//! deciding what runs after a failure, and artifacts carried between jobs.
+//! The scheduler: jobs as a graph (`needs:` edges, else stage order), run concurrently up to
+//! a bound, `when:` deciding what runs after a failure, and artifacts carried between jobs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 
 use super::artifacts;
 use super::masker::Masker;
@@ -22,7 +23,7 @@ use crate::variables::Variable;
 pub struct RunOptions {
     /// The project checkout.
     pub project_dir: PathBuf,
-    /// At most this many jobs of a stage at once (`--jobs`, at least 1).
+    /// At most this many jobs at once (`--jobs`, at least 1).
     pub concurrency: usize,
     /// Run each job in a fresh copy of the project (as a CI runner's clean checkout) instead of
     /// in the project itself; artifacts are then the only way files travel between jobs.
@@ -35,11 +36,12 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
-    /// Defaults: in place, 4 jobs at once, temporary work directory.
+    /// Defaults: in place, as many jobs at once as the machine has cores, temporary work
+    /// directory.
     pub fn new(project_dir: impl Into<PathBuf>) -> Self {
         Self {
             project_dir: project_dir.into(),
-            concurrency: 4,
+            concurrency: std::thread::available_parallelism().map_or(1, usize::from),
             isolate: false,
             work_dir: None,
             path_prepend: Vec::new(),
@@ -88,9 +90,10 @@ impl<R: JobRunner> Runner<R> {
         Self { executor, opts }
     }
 
-    /// Runs `plan`: stages in order, jobs of a stage concurrently up to the bound. A job that
-    /// fails without `allow_failure` makes later `on_success` jobs skip and `on_failure` jobs
-    /// run; `always` jobs run regardless. Events go to `on_event`.
+    /// Runs `plan`: a job with `needs:` as soon as its needs finished, others after every job
+    /// of the earlier stages, concurrently up to the bound. A job that fails without
+    /// `allow_failure` makes the `on_success` jobs waiting for it skip and its `on_failure`
+    /// jobs run; `always` jobs run regardless. Events go to `on_event`.
     ///
     /// # Errors
     ///
@@ -129,7 +132,7 @@ impl<R: JobRunner> Runner<R> {
                 (dir.keep(), true)
             }
         };
-        let result = self.run_stages(plan, &sink, &work).await;
+        let result = self.run_graph(plan, &sink, &work).await;
         if temporary {
             // Best effort: a leftover temporary directory is not worth failing the run for.
             let _ = std::fs::remove_dir_all(&work);
@@ -139,53 +142,102 @@ impl<R: JobRunner> Runner<R> {
         Ok(report)
     }
 
-    async fn run_stages(
+    /// Runs the plan as a graph: a job with `needs:` starts as soon as the jobs it needs have
+    /// finished (`needs: []` at once), any other job once every job of the earlier stages has
+    /// (GitLab's stage order). At most `concurrency` jobs run at a time; ready jobs start in
+    /// plan order.
+    async fn run_graph(
         &self,
         plan: &Plan,
         sink: &Arc<dyn Fn(&Event) + Send + Sync>,
         work: &Path,
     ) -> Result<RunReport> {
+        let jobs: Vec<&PlannedJob> = plan.jobs().collect();
+        let deps = dependencies(plan, &jobs);
+        let mut done: Vec<Option<JobStatus>> = vec![None; jobs.len()];
+        let mut started = vec![false; jobs.len()];
+        let mut announced = BTreeSet::new();
         let mut report = RunReport::default();
-        let mut failed = false;
-        for stage in &plan.stages {
-            sink(&Event::StageStarted {
-                stage: stage.name.clone(),
-            });
-            let mut to_run = Vec::new();
-            for job in &stage.jobs {
-                let runs = match job.when {
-                    When::Always => true,
-                    When::OnFailure => failed,
-                    _ => !failed,
-                };
-                if runs {
-                    to_run.push(job);
-                } else {
-                    sink(&Event::JobFinished {
-                        job: job.name.clone(),
-                        status: JobStatus::Skipped,
-                        duration: Duration::ZERO,
-                    });
-                    report.jobs.push(JobReport {
-                        name: job.name.clone(),
-                        stage: job.stage.clone(),
-                        status: JobStatus::Skipped,
-                        duration: Duration::ZERO,
-                        exit_code: None,
-                    });
+        let mut running = FuturesUnordered::new();
+        let mut first_error = None;
+        loop {
+            // Start (or skip) every job whose dependencies are finished, up to the bound.
+            // Skipping finishes a job, which may make others ready: repeat until stable.
+            let mut progressed = true;
+            while progressed && first_error.is_none() {
+                progressed = false;
+                for (i, job) in jobs.iter().enumerate() {
+                    if started[i] {
+                        continue;
+                    }
+                    let Some(statuses) = deps[i]
+                        .iter()
+                        .map(|&d| done[d])
+                        .collect::<Option<Vec<JobStatus>>>()
+                    else {
+                        continue;
+                    };
+                    let runs = should_run(job, &statuses);
+                    if runs && running.len() >= self.opts.concurrency.max(1) {
+                        continue;
+                    }
+                    if announced.insert(job.stage.clone()) {
+                        sink(&Event::StageStarted {
+                            stage: job.stage.clone(),
+                        });
+                    }
+                    started[i] = true;
+                    progressed = true;
+                    if runs {
+                        let fut = self.run_job(job, sink, work);
+                        running.push(async move { (i, fut.await) });
+                    } else {
+                        sink(&Event::JobFinished {
+                            job: job.name.clone(),
+                            status: JobStatus::Skipped,
+                            duration: Duration::ZERO,
+                        });
+                        done[i] = Some(JobStatus::Skipped);
+                        report.jobs.push(JobReport {
+                            name: job.name.clone(),
+                            stage: job.stage.clone(),
+                            status: JobStatus::Skipped,
+                            duration: Duration::ZERO,
+                            exit_code: None,
+                        });
+                    }
                 }
             }
-            let results: Vec<Result<JobReport>> = futures::stream::iter(to_run)
-                .map(|job| self.run_job(job, sink, work))
-                .buffer_unordered(self.opts.concurrency.max(1))
-                .collect()
-                .await;
-            for r in results {
-                let r = r?;
-                failed |= r.status == JobStatus::Failed;
-                report.jobs.push(r);
+            let Some((i, result)) = running.next().await else {
+                break;
+            };
+            match result {
+                Ok(r) => {
+                    done[i] = Some(r.status);
+                    report.jobs.push(r);
+                }
+                // Let the running jobs finish (their processes and directories are cleaned
+                // up by their own futures), start nothing new, then report the first error.
+                Err(e) => {
+                    done[i] = Some(JobStatus::Failed);
+                    first_error.get_or_insert(e);
+                }
             }
         }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if let Some(i) = started.iter().position(|s| !s) {
+            // Only a cycle in `needs` leaves a job waiting forever; loading rejects those, so
+            // this guards hand-made plans.
+            return Err(Error::Executor {
+                job: jobs[i].name.clone(),
+                source: "the job waits for itself through `needs`".into(),
+            });
+        }
+        // The summary reads in plan order (stages, then file order), not finishing order.
+        let position = |name: &str| jobs.iter().position(|j| j.name == name);
+        report.jobs.sort_by_key(|r| position(&r.name));
         Ok(report)
     }
 
@@ -211,6 +263,15 @@ impl<R: JobRunner> Runner<R> {
             Masker::new(secret_values(job)),
             sink.clone(),
         );
+        if job.when == When::Delayed {
+            out.line(
+                Stream::System,
+                &format!(
+                    "delayed job (start_in {}): started without waiting in a local run",
+                    job.start_in.as_deref().unwrap_or("unset")
+                ),
+            );
+        }
         let artifacts_root = work.join("artifacts");
         let workdir = if self.opts.isolate {
             let dir = work
@@ -303,6 +364,41 @@ impl<R: JobRunner> Runner<R> {
             duration,
             exit_code: outcome.exit_code,
         })
+    }
+}
+
+/// For each job (by index into `jobs`), the jobs it waits for: its planned `needs`, or every
+/// job of an earlier stage.
+fn dependencies(plan: &Plan, jobs: &[&PlannedJob]) -> Vec<Vec<usize>> {
+    let stage_of = |job: &PlannedJob| plan.stages.iter().position(|s| s.name == job.stage);
+    jobs.iter()
+        .map(|job| match &job.needs {
+            Some(needs) => needs
+                .iter()
+                .filter_map(|n| jobs.iter().position(|j| j.name == *n))
+                .collect(),
+            None => {
+                let own = stage_of(job);
+                jobs.iter()
+                    .enumerate()
+                    .filter(|(_, j)| stage_of(j) < own)
+                    .map(|(i, _)| i)
+                    .collect()
+            }
+        })
+        .collect()
+}
+
+/// Whether a job runs once the jobs it waits for ended with `statuses` (GitLab's `when:`):
+/// `on_success` (also `manual` and `delayed` once started) when none failed, and — for a job
+/// with `needs`, whose needed jobs must have run — none was skipped; `on_failure` when one
+/// failed; `always` regardless. Allowed failures count as success.
+fn should_run(job: &PlannedJob, statuses: &[JobStatus]) -> bool {
+    let failed = statuses.contains(&JobStatus::Failed);
+    match job.when {
+        When::Always => true,
+        When::OnFailure => failed,
+        _ => !failed && (job.needs.is_none() || !statuses.contains(&JobStatus::Skipped)),
     }
 }
 
