@@ -20,6 +20,7 @@ mod differential;
 mod hardening;
 mod parse_cli;
 mod pipeline_cli;
+mod pipeline_runs;
 mod registry_cli;
 mod registry_conformance_cli;
 mod reliability;

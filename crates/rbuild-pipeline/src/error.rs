@@ -128,6 +128,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A plan whose `needs` make a job wait for itself (loading rejects such files; a plan
+    /// built or edited by hand can still have one).
+    #[error("job {job:?} waits for itself through `needs`")]
+    NeedsCycle {
+        /// A job on the cycle.
+        job: String,
+    },
     /// A [`JobRunner`](crate::JobRunner) could not run a job at all (as opposed to the job failing).
     #[error("executor failed to run job {job:?}")]
     Executor {

@@ -994,6 +994,138 @@ mod tests {
     }
 
     #[test]
+    fn a_needs_cycle_is_an_error_naming_the_jobs() {
+        let err = parse(
+            "a:\n  script: [x]\n  needs: [b]\nb:\n  script: [x]\n  needs: [c]\nc:\n  script: [x]\n  needs: [a]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".gitlab-ci.yml:1: job \"a\": `needs` form a cycle: a -> b -> c -> a"
+        );
+        let err = parse("a:\n  script: [x]\n  needs: [a]\n").unwrap_err();
+        assert!(err.to_string().contains("cycle: a -> a"), "{err}");
+    }
+
+    #[test]
+    fn delayed_needs_start_in_and_start_in_needs_delayed() {
+        let err = parse("j:\n  script: [x]\n  when: delayed\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".gitlab-ci.yml:1: job \"j\": `when: delayed` needs `start_in`"
+        );
+        let err = parse("j:\n  script: [x]\n  start_in: 1 hour\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("only allowed with `when: delayed`")
+        );
+        let err = parse("j:\n  script: [x]\n  when: delayed\n  start_in: soon\n").unwrap_err();
+        assert!(
+            err.to_string().contains("\"soon\" is not a duration"),
+            "{err}"
+        );
+        let err = parse("j:\n  script: [x]\n  when: delayed\n  start_in: 8 days\n").unwrap_err();
+        assert!(err.to_string().contains("more than one week"), "{err}");
+        let err = parse("j:\n  script: [x]\n  rules: [{when: delayed}]\n").unwrap_err();
+        assert!(err.to_string().contains("needs `start_in`"), "{err}");
+        let p = parse("j:\n  script: [x]\n  when: delayed\n  start_in: 2h 30m\n").unwrap();
+        assert_eq!(p.job("j").unwrap().start_in.as_deref(), Some("2h 30m"));
+        assert_eq!(duration_secs("2h 30m"), Some(9000));
+        assert_eq!(duration_secs("1 day and 10 seconds"), Some(86410));
+        assert_eq!(duration_secs("90"), Some(90));
+        assert_eq!(duration_secs(""), None);
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+    }
+
+    #[test]
+    fn inherit_takes_booleans_and_lists_and_rejects_other_keys() {
+        let p = parse(
+            "variables: {A: a}\ndefault: {image: alpine}\nj:\n  inherit: {default: [before_script], variables: [A]}\n  script: [x]\n",
+        )
+        .unwrap();
+        let j = p.job("j").unwrap();
+        assert!(j.image.is_none());
+        assert_eq!(
+            j.inherit_variables,
+            crate::model::Inherit::Only(vec!["A".into()])
+        );
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let err = parse("j:\n  inherit: {services: false}\n  script: [x]\n").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown `inherit` key services"),
+            "{err}"
+        );
+        let err = parse("j:\n  inherit: {variables: maybe}\n  script: [x]\n").unwrap_err();
+        assert!(
+            err.to_string().contains("`inherit:variables` must be"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn include_globs_and_rules_read_only_inside_the_project() {
+        let tmp = tempfile::tempdir().unwrap();
+        let project = tmp.path().join("project");
+        std::fs::create_dir_all(project.join("ci")).unwrap();
+        // A sentinel beside the project, reachable only through a planted symlink.
+        let sentinel = tmp.path().join("sentinel.yml");
+        std::fs::write(&sentinel, "stolen:\n  script: [leak]\n").unwrap();
+        let before = std::fs::metadata(&sentinel).unwrap();
+        std::os::unix::fs::symlink(&sentinel, project.join("ci/evil.yml")).unwrap();
+        std::fs::write(project.join("ci/ok.yml"), "ok:\n  script: [x]\n").unwrap();
+        let main = project.join(".gitlab-ci.yml");
+        let load = |text: &str| Pipeline::parse(text, &main, &project);
+
+        let err = load("include: ci/evil.yml\nj:\n  script: [x]\n").unwrap_err();
+        assert!(matches!(err, Error::ReadFile { .. }), "{err:?}");
+        let err = load("include: 'ci/*.yml'\nj:\n  script: [x]\n").unwrap_err();
+        assert!(matches!(err, Error::ReadFile { .. }), "{err:?}");
+        let err = load("include: ../sentinel.yml\nj:\n  script: [x]\n").unwrap_err();
+        assert!(matches!(err, Error::ReadFile { .. }), "{err:?}");
+        let after = std::fs::metadata(&sentinel).unwrap();
+        assert_eq!(before.modified().unwrap(), after.modified().unwrap());
+        assert_eq!(
+            std::fs::read_to_string(&sentinel).unwrap(),
+            "stolen:\n  script: [leak]\n"
+        );
+
+        std::fs::remove_file(project.join("ci/evil.yml")).unwrap();
+        let p = load("include: 'ci/*.yml'\nj:\n  script: [x]\n").unwrap();
+        assert!(p.job("ok").is_some());
+        let err = load("include: 'nope/*.yml'\nj:\n  script: [x]\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no file in the project matches `nope/*.yml`"),
+            "{err}"
+        );
+        let err = load("include: ci/ok.txt\nj:\n  script: [x]\n").unwrap_err();
+        assert!(err.to_string().contains("YAML extension"), "{err}");
+        // A false rule means the file is not even read (it does not exist).
+        let p = load(
+            "include:\n  - local: ci/missing.yml\n    rules: [{if: '$X == \"1\"'}]\nj:\n  script: [x]\n",
+        )
+        .unwrap();
+        assert!(p.job("j").is_some());
+        let vars = BTreeMap::from([("X".to_owned(), "1".to_owned())]);
+        let err = Pipeline::parse_with(
+            "include:\n  - local: ci/missing.yml\n    rules: [{if: '$X == \"1\"'}]\nj:\n  script: [x]\n",
+            &main,
+            &project,
+            &vars,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::ReadFile { .. }), "{err:?}");
+        let err = load(
+            "include:\n  - local: ci/ok.yml\n    rules: [{changes: [a]}]\nj:\n  script: [x]\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown rule keyword `changes`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn the_model_does_not_depend_on_loading() {
         // `load` builds the model; the model must not reach back (no module cycle).
         let model = include_str!("model.rs");

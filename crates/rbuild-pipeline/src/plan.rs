@@ -255,7 +255,8 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
         with_secrets.extend(&opts.variables);
         let values = with_secrets.expand_all()?;
 
-        let (when, reason, rule_vars, rule_allow, rule_start_in) = match &job.rules {
+        let (when, reason, rule_vars, rule_allow, rule_start_in, manual_by_rule) = match &job.rules
+        {
             Some(rules) => match first_match(rules, &values) {
                 None => {
                     skipped.push(skip("rules: no rule matched".into()));
@@ -280,11 +281,12 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
                         rule.variables.clone(),
                         rule.allow_failure,
                         rule.start_in.clone(),
+                        rule.when == Some(When::Manual),
                     )
                 }
             },
             None => match only_except(job, cx, &values) {
-                Filtered::Runs(reason) => (job.when, reason, Variables::new(), None, None),
+                Filtered::Runs(reason) => (job.when, reason, Variables::new(), None, None, false),
                 Filtered::Skipped(reason) => {
                     skipped.push(skip(reason));
                     continue;
@@ -295,8 +297,10 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
             (Some(true), _) => AllowFailure::Yes,
             (Some(false), _) => AllowFailure::No,
             (None, Some(a)) => a.clone(),
-            // GitLab: manual jobs default to `allow_failure: true` (they do not block).
-            (None, None) if when == When::Manual => AllowFailure::Yes,
+            // GitLab: manual jobs default to `allow_failure: true` (they do not block), except
+            // when `when: manual` comes from a rule, where the default is `false` (the
+            // `when: manual` keyword docs).
+            (None, None) if when == When::Manual && !manual_by_rule => AllowFailure::Yes,
             (None, None) => AllowFailure::No,
         };
         let selected = opts.jobs.contains(&job.name);

@@ -1,7 +1,9 @@
 //! Golden tests for plan selection and variable expansion: one folder per case under
 //! `testdata/plan/<case>/` with `pipeline.yml` and `expected.txt`.
 //!
-//! `expected.txt` is a list of sections; each header says what to plan for:
+//! `expected.txt` is a list of sections; each header says what to plan for (the pipeline is
+//! loaded per section, since `include:rules` depend on the ref; a load or plan error is the
+//! section's whole output):
 //! `=== branch NAME | --manual | --job JOB NAME | KEY=VALUE ...` (`tag NAME` for tags). The body
 //! is the rendered plan, then each planned job's image and user-visible environment.
 //! Regenerate after an intended change with `UPDATE_GOLDEN=1 cargo test -p rbuild-pipeline`
@@ -34,7 +36,7 @@ fn context(git_ref: GitRef) -> PipelineContext {
     cx
 }
 
-fn render_section(pipeline: &Pipeline, header: &str) -> String {
+fn render_section(file: &Path, header: &str) -> String {
     let mut parts = header.split(" | ");
     let (kind, name) = parts
         .next()
@@ -58,8 +60,29 @@ fn render_section(pipeline: &Pipeline, header: &str) -> String {
             panic!("bad header part {p:?}");
         }
     }
-    let plan = plan(pipeline, &context(git_ref), &opts.variables(secrets)).expect("plan");
-    let mut out = plan.to_string();
+    // Loaded per section: `include:rules` depend on the ref and the pipeline variables.
+    let cx = context(git_ref);
+    let mut include_vars = cx.variables();
+    include_vars.extend(&secrets);
+    let include_vars = include_vars.expand_all().expect("variables");
+    let project = file.parent().expect("the case folder");
+    let pipeline = match Pipeline::load(file, project, &include_vars) {
+        Ok(p) => p,
+        // Paths relative to the case folder, so the expected text is the same on any machine.
+        Err(e) => {
+            let prefix = format!("{}/", project.display());
+            return format!("error: {}\n", e.to_string().replace(&prefix, ""));
+        }
+    };
+    let mut out = String::new();
+    for w in &pipeline.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    let plan = match plan(&pipeline, &cx, &opts.variables(secrets)) {
+        Ok(p) => p,
+        Err(e) => return format!("error: {e}\n"),
+    };
+    out.push_str(&plan.to_string());
     for job in plan.jobs() {
         let _ = writeln!(out, "  [{}]", job.name);
         if let Some(image) = &job.image {
@@ -67,6 +90,18 @@ fn render_section(pipeline: &Pipeline, header: &str) -> String {
         }
         if let Some(url) = job.environment.as_ref().and_then(|e| e.url.as_ref()) {
             let _ = writeln!(out, "    url: {url}");
+        }
+        for (key, lines) in [
+            ("before_script", &job.before_script),
+            ("script", &job.script),
+            ("after_script", &job.after_script),
+        ] {
+            if !lines.is_empty() {
+                let _ = writeln!(out, "    {key}: {}", lines.join("; "));
+            }
+        }
+        if let Some(needs) = &job.needs {
+            let _ = writeln!(out, "    needs: [{}]", needs.join(", "));
         }
         if !job.artifacts_from.is_empty() {
             let _ = writeln!(out, "    artifacts from: {}", job.artifacts_from.join(", "));
@@ -98,14 +133,13 @@ fn plan_golden_cases() {
     );
     let mut failures = Vec::new();
     for case in cases {
-        let pipeline =
-            Pipeline::from_file(&case.join("pipeline.yml"), &case).expect("load pipeline");
+        let file = case.join("pipeline.yml");
         let expected_path = case.join("expected.txt");
         let expected = std::fs::read_to_string(&expected_path).unwrap();
         let mut actual = String::new();
         for header in expected.lines().filter_map(|l| l.strip_prefix("=== ")) {
             let _ = writeln!(actual, "=== {header}");
-            actual.push_str(&render_section(&pipeline, header));
+            actual.push_str(&render_section(&file, header));
         }
         if update {
             std::fs::write(&expected_path, &actual).unwrap();

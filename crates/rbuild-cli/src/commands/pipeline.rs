@@ -21,7 +21,8 @@ use super::RegistryFlags;
 /// `rbuild pipeline` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum Command {
-    /// Run the pipeline: stages in order, the jobs of a stage concurrently.
+    /// Run the pipeline: a job with `needs:` once its needs finished, others stage by stage,
+    /// concurrently up to `--jobs`.
     Run(RunArgs),
     /// Show which jobs run, stage by stage, and why each other job does not.
     Plan(Selection),
@@ -64,9 +65,9 @@ pub(crate) struct RunArgs {
     /// Where scripts run [default: in the job's `image:` when it has one, else on the host].
     #[arg(long, value_enum, value_name = "EXECUTOR")]
     pub executor: Option<ExecutorArg>,
-    /// At most this many jobs of a stage at once.
-    #[arg(long = "jobs", value_name = "N", default_value_t = 4)]
-    pub concurrency: usize,
+    /// At most this many jobs at once [default: the number of cores].
+    #[arg(long = "jobs", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: Option<u16>,
 }
 
 /// `--executor`.
@@ -102,6 +103,13 @@ pub(crate) async fn run(
 /// does not define), `--var-file`, then `--var`.
 fn secret_variables(pipeline: &Pipeline, selection: &Selection) -> anyhow::Result<Variables> {
     let mut vars = pipeline.secrets_from(|n| std::env::var(n).ok());
+    vars.extend(&explicit_variables(selection)?);
+    Ok(vars)
+}
+
+/// `--var-file`, then `--var`.
+fn explicit_variables(selection: &Selection) -> anyhow::Result<Variables> {
+    let mut vars = Variables::new();
     if let Some(path) = &selection.var_file {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("failed to read {}", path.display()))?;
@@ -129,10 +137,6 @@ fn load_and_plan(selection: &Selection) -> anyhow::Result<(PathBuf, Pipeline, Pl
         .file
         .clone()
         .unwrap_or_else(|| project.join(".gitlab-ci.yml"));
-    let pipeline = Pipeline::from_file(&file, &project)?;
-    for w in &pipeline.warnings {
-        eprintln!("warning: {w}");
-    }
     let mut git = GitInfo::discover(&project)?;
     if let Some(b) = &selection.branch {
         git = git.with_ref(GitRef::Branch(b.clone()));
@@ -140,6 +144,14 @@ fn load_and_plan(selection: &Selection) -> anyhow::Result<(PathBuf, Pipeline, Pl
         git = git.with_ref(GitRef::Tag(t.clone()));
     }
     let cx = PipelineContext::new(git, &project);
+    // `include:rules` see the predefined variables and the ones given on the command line
+    // (GitLab: pipeline variables, never the file's own `variables:`).
+    let mut include_vars = cx.variables();
+    include_vars.extend(&explicit_variables(selection)?);
+    let pipeline = Pipeline::load(&file, &project, &include_vars.expand_all()?)?;
+    for w in &pipeline.warnings {
+        eprintln!("warning: {w}");
+    }
     let options = PlanOptions::default()
         .jobs(selection.jobs.iter().cloned())
         .manual(selection.manual)
@@ -184,9 +196,10 @@ async fn run_pipeline(
         insecure_registries: flags.insecure_registries.clone(),
     };
     let executor = ImageExecutor::new(kind, root).registries(registries);
-    let options = RunOptions::new(&project)
-        .concurrency(args.concurrency)
-        .path_prepend(shims.path());
+    let mut options = RunOptions::new(&project).path_prepend(shims.path());
+    if let Some(n) = args.concurrency {
+        options = options.concurrency(usize::from(n));
+    }
     let runner = Runner::new(executor, options);
     let report = runner
         .run(&planned, |event| println!("{event}"))

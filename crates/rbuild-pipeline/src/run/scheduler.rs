@@ -230,9 +230,8 @@ impl<R: JobRunner> Runner<R> {
         if let Some(i) = started.iter().position(|s| !s) {
             // Only a cycle in `needs` leaves a job waiting forever; loading rejects those, so
             // this guards hand-made plans.
-            return Err(Error::Executor {
+            return Err(Error::NeedsCycle {
                 job: jobs[i].name.clone(),
-                source: "the job waits for itself through `needs`".into(),
             });
         }
         // The summary reads in plan order (stages, then file order), not finishing order.
@@ -564,6 +563,137 @@ mod tests {
                 .unwrap();
             assert!(finished < stage_two, "{job} finished after stage two began");
         }
+    }
+
+    /// A runner that records when each job started and ended (milliseconds since creation),
+    /// taking each job's `SLEEP_MS` variable as its run time and failing jobs whose `FAIL` is set.
+    struct Timed {
+        t0: Instant,
+        log: Arc<Mutex<Vec<(String, u128, u128)>>>,
+        running: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+    }
+
+    impl Timed {
+        fn new() -> Self {
+            Self {
+                t0: Instant::now(),
+                log: Arc::default(),
+                running: Arc::default(),
+                most: Arc::default(),
+            }
+        }
+    }
+
+    impl JobRunner for Timed {
+        async fn run(
+            &self,
+            job: &PlannedJob,
+            _cx: &JobContext,
+            _out: &JobOutput,
+        ) -> Result<JobOutcome> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            let start = self.t0.elapsed().as_millis();
+            let ms = job.env.get("SLEEP_MS").map_or(0, |v| v.parse().unwrap());
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let end = self.t0.elapsed().as_millis();
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            self.log
+                .lock()
+                .unwrap()
+                .push((job.name.clone(), start, end));
+            Ok(JobOutcome {
+                exit_code: Some(i32::from(job.env.contains_key("FAIL"))),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_with_needs_starts_before_its_stage_predecessors_end() {
+        let project = tempfile::tempdir().unwrap();
+        let plan = plan_of(
+            "stages: [build, test]\n\
+             slow: {stage: build, script: [x], variables: {SLEEP_MS: '400'}}\n\
+             fast: {stage: build, script: [x], variables: {SLEEP_MS: '10'}}\n\
+             after-fast: {stage: test, needs: [fast], script: [x]}\n\
+             at-once: {stage: test, needs: [], script: [x]}\n\
+             staged: {stage: test, script: [x]}\n",
+            project.path(),
+        );
+        let timed = Timed::new();
+        let log = timed.log.clone();
+        let runner = Runner::new(timed, RunOptions::new(project.path()).concurrency(4));
+        let report = runner.run(&plan, |_: &Event| {}).await.unwrap();
+        assert!(report.success());
+        let log = log.lock().unwrap().clone();
+        let at = |name: &str| log.iter().find(|(n, ..)| n == name).unwrap().clone();
+        let (_, _, slow_end) = at("slow");
+        let (_, _, fast_end) = at("fast");
+        let (_, after_fast_start, _) = at("after-fast");
+        let (_, at_once_start, _) = at("at-once");
+        let (_, staged_start, _) = at("staged");
+        // Ordering, not timing goals: each comparison has the 400 ms job as its margin.
+        assert!(after_fast_start >= fast_end, "{log:?}");
+        assert!(
+            after_fast_start < slow_end,
+            "needs did not start early: {log:?}"
+        );
+        assert!(at_once_start < fast_end, "`needs: []` waited: {log:?}");
+        assert!(
+            staged_start >= slow_end,
+            "a stage-ordered job started early: {log:?}"
+        );
+        // The summary is in plan order whatever the finishing order.
+        let names: Vec<_> = report.jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names, ["slow", "fast", "after-fast", "at-once", "staged"]);
+    }
+
+    #[tokio::test]
+    async fn the_bound_holds_across_stages_and_a_failed_need_skips_only_its_dependants() {
+        let project = tempfile::tempdir().unwrap();
+        let plan = plan_of(
+            "stages: [one, two]\n\
+             a: {stage: one, script: [x], variables: {SLEEP_MS: '50'}}\n\
+             bad: {stage: one, script: [x], variables: {FAIL: '1'}}\n\
+             b: {stage: two, needs: [], script: [x], variables: {SLEEP_MS: '50'}}\n\
+             c: {stage: two, needs: [], script: [x], variables: {SLEEP_MS: '50'}}\n\
+             on-a: {stage: two, needs: [a], script: [x]}\n\
+             on-bad: {stage: two, needs: [bad], script: [x]}\n\
+             on-on-bad: {stage: two, needs: [on-bad], script: [x]}\n\
+             rescue: {stage: two, needs: [bad], script: [x], when: on_failure}\n\
+             staged: {stage: two, script: [x]}\n",
+            project.path(),
+        );
+        let timed = Timed::new();
+        let most = timed.most.clone();
+        let runner = Runner::new(timed, RunOptions::new(project.path()).concurrency(2));
+        let report = runner.run(&plan, |_: &Event| {}).await.unwrap();
+        assert_eq!(most.load(Ordering::SeqCst), 2, "the bound is 2");
+        let status = |name: &str| report.job(name).unwrap().status;
+        assert_eq!(status("bad"), JobStatus::Failed);
+        assert_eq!(status("on-a"), JobStatus::Passed);
+        assert_eq!(status("on-bad"), JobStatus::Skipped);
+        assert_eq!(
+            status("on-on-bad"),
+            JobStatus::Skipped,
+            "a skipped need skips"
+        );
+        assert_eq!(status("rescue"), JobStatus::Passed);
+        assert_eq!(status("staged"), JobStatus::Skipped);
+        assert_eq!(status("b"), JobStatus::Passed);
+        assert!(!report.success());
+    }
+
+    #[tokio::test]
+    async fn a_hand_made_plan_with_a_needs_cycle_is_an_error_not_a_hang() {
+        let project = tempfile::tempdir().unwrap();
+        let mut plan = plan_of("a: {script: [x]}\nb: {script: [x]}\n", project.path());
+        plan.stages[0].jobs[0].needs = Some(vec!["b".into()]);
+        plan.stages[0].jobs[1].needs = Some(vec!["a".into()]);
+        let runner = Runner::new(Timed::new(), RunOptions::new(project.path()));
+        let err = runner.run(&plan, |_: &Event| {}).await.unwrap_err();
+        assert!(err.to_string().contains("\"a\""), "{err}");
     }
 
     #[test]

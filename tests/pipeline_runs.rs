@@ -1,0 +1,139 @@
+//! `rbuild pipeline run|plan` on small `.gitlab-ci.yml` files run for real with the shell
+//! executor: the needs DAG, delayed jobs, include rules fed by `--var`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use crate::support::*;
+
+/// A git repository on branch `main` with `.gitlab-ci.yml` = `ci` and the given extra files.
+fn project(work: &Path, ci: &str, files: &[(&str, &str)]) -> PathBuf {
+    let project = work.join("p");
+    fs::create_dir_all(&project).unwrap();
+    fs::write(project.join(".gitlab-ci.yml"), ci).unwrap();
+    for (path, text) in files {
+        let path = project.join(path);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+    let git = |args: &[&str]| {
+        sh(Command::new("git")
+            .arg("-C")
+            .arg(&project)
+            .args(["-c", "user.name=CI", "-c", "user.email=ci@example.com"])
+            .args(args))
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "x"]);
+    project
+}
+
+fn pipeline(work: &Path, project: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("--root")
+        .arg(work.join("root"))
+        .arg("pipeline")
+        .args(args)
+        .arg("--project")
+        .arg(project)
+        .env("HOME", work)
+        .output()
+        .expect("spawn rbuild")
+}
+
+#[test]
+fn pipeline_needs_start_a_job_before_its_stage_predecessors_end() {
+    if !have_tool("git") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    // `slow` (stage build) can only finish once `early` (stage test, needs `fast`) has run:
+    // with stage-by-stage scheduling it times out and fails. No timing is asserted: the
+    // marker file is the proof of order.
+    let ci = "stages: [build, test]\n\
+        slow:\n  stage: build\n  script:\n    - for i in $(seq 300); do [ -f early.done ] && exit 0; sleep 0.1; done; exit 1\n\
+        fast:\n  stage: build\n  script: [echo fast]\n\
+        early:\n  stage: test\n  needs: [fast]\n  script: [touch early.done]\n\
+        staged:\n  stage: test\n  script: ['test -f early.done']\n";
+    let project = project(work.path(), ci, &[]);
+    let out = pipeline(
+        work.path(),
+        &project,
+        &["run", "--executor", "shell", "--jobs", "2"],
+    );
+    let text = ok(&out);
+    for job in ["slow", "fast", "early", "staged"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{job} ")) && l.contains("passed")),
+            "{job} did not pass:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn pipeline_needs_cycle_is_a_plan_error_before_any_job_runs() {
+    if !have_tool("git") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let ci = "first:\n  script: [touch ran]\n\
+        a:\n  needs: [b]\n  script: [x]\n\
+        b:\n  needs: [a]\n  script: [x]\n";
+    let project = project(work.path(), ci, &[]);
+    let out = pipeline(work.path(), &project, &["run", "--executor", "shell"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(".gitlab-ci.yml:3: job \"a\": `needs` form a cycle: a -> b -> a"),
+        "{err}"
+    );
+    assert!(!project.join("ran").exists(), "a job ran before the error");
+}
+
+#[test]
+fn pipeline_delayed_jobs_run_without_waiting_and_say_so() {
+    if !have_tool("git") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let ci = "later:\n  when: delayed\n  start_in: 1 week\n  script: [echo ran-delayed]\n";
+    let project = project(work.path(), ci, &[]);
+    let plan = ok(&pipeline(work.path(), &project, &["plan"]));
+    assert!(plan.contains("later [delayed, start_in 1 week]"), "{plan}");
+    let text = ok(&pipeline(
+        work.path(),
+        &project,
+        &["run", "--executor", "shell"],
+    ));
+    assert!(
+        text.contains("[later] delayed job (start_in 1 week): started without waiting"),
+        "{text}"
+    );
+    assert!(text.contains("[later] ran-delayed"), "{text}");
+}
+
+#[test]
+fn pipeline_include_rules_see_command_line_variables() {
+    if !have_tool("git") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let ci = "include:\n  - local: ci/extra.yml\n    rules: [{if: '$EXTRA == \"yes\"'}]\n\
+        build:\n  script: [echo build]\n";
+    let project = project(
+        work.path(),
+        ci,
+        &[("ci/extra.yml", "extra:\n  script: [echo extra]\n")],
+    );
+    let without = ok(&pipeline(work.path(), &project, &["plan"]));
+    assert!(!without.contains("extra"), "{without}");
+    let with = ok(&pipeline(
+        work.path(),
+        &project,
+        &["plan", "--var", "EXTRA=yes"],
+    ));
+    assert!(with.contains("  extra: "), "{with}");
+}
