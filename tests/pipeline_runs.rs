@@ -137,3 +137,31 @@ fn pipeline_include_rules_see_command_line_variables() {
     ));
     assert!(with.contains("  extra: "), "{with}");
 }
+
+#[test]
+fn pipeline_matrix_jobs_run_with_their_names_and_variables() {
+    if !have_tool("git") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let ci = "stages: [build, test]\n\
+        build:\n  stage: build\n  parallel:\n    matrix:\n      - OS: [linux, bsd]\n        ARCH: amd64\n\
+        \x20 script: ['echo \"os=$OS arch=$ARCH node=$CI_NODE_INDEX/$CI_NODE_TOTAL\"']\n\
+        linux only:\n  stage: test\n  needs:\n    - job: build\n      parallel:\n        matrix:\n          - OS: linux\n            ARCH: amd64\n\
+        \x20 script: [echo linux-only]\n";
+    let project = project(work.path(), ci, &[]);
+    let text = ok(&pipeline(
+        work.path(),
+        &project,
+        &["run", "--executor", "shell"],
+    ));
+    assert!(
+        text.contains("[build: [linux, amd64]] os=linux arch=amd64 node=1/2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("[build: [bsd, amd64]] os=bsd arch=amd64 node=2/2"),
+        "{text}"
+    );
+    assert!(text.contains("[linux only] linux-only"), "{text}");
+}

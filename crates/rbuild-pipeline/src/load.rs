@@ -29,7 +29,7 @@ const GLOBAL_KEYWORDS: [&str; 11] = [
     "default",
     "workflow",
 ];
-const JOB_KEYWORDS: [&str; 17] = [
+const JOB_KEYWORDS: [&str; 18] = [
     "stage",
     "script",
     "before_script",
@@ -47,6 +47,7 @@ const JOB_KEYWORDS: [&str; 17] = [
     "when",
     "start_in",
     "inherit",
+    "parallel",
 ];
 
 struct Ctx<'a> {
@@ -230,8 +231,27 @@ fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
         if !map.contains_key("after_script") && inherit.allows("after_script") {
             job.after_script = default_after.clone().unwrap_or_default();
         }
-        jobs.push(job);
+        match map.get("parallel") {
+            None => jobs.push(job),
+            Some(v) => {
+                let instances = parallel_instances(name, v)
+                    .map_err(|m| cx.err(name, format!("job {name:?}: parallel: {m}")))?;
+                let total = instances.len().to_string();
+                for (index, (instance, vars)) in instances.into_iter().enumerate() {
+                    let mut one = job.clone();
+                    one.name = instance;
+                    one.parallel_of = Some(name.to_owned());
+                    // Matrix values override the job's own variables (GitLab puts them in the
+                    // job's `variables:`); the node variables say which instance this is.
+                    one.variables.extend(&vars);
+                    one.variables.set("CI_NODE_INDEX", (index + 1).to_string());
+                    one.variables.set("CI_NODE_TOTAL", total.clone());
+                    jobs.push(one);
+                }
+            }
+        }
     }
+    expand_parallel_references(&mut jobs);
     check_references(&jobs, &stages, &cx)?;
     if jobs.is_empty() {
         return Err(Error::Invalid {
@@ -433,23 +453,48 @@ fn parse_job(name: &str, map: &Mapping, cx: &mut Ctx<'_>) -> Result<Job> {
     };
     let needs = match map.get("needs") {
         None => None,
-        Some(Value::Sequence(s)) => Some(
-            s.iter()
-                .map(|n| match n {
-                    Value::Mapping(m) => Some(Need {
-                        job: m.get("job").and_then(scalar)?,
-                        artifacts: m.get("artifacts").and_then(Value::as_bool).unwrap_or(true),
-                        optional: m.get("optional").and_then(Value::as_bool).unwrap_or(false),
-                    }),
-                    other => scalar(other).map(|job| Need {
-                        job,
+        Some(Value::Sequence(s)) => {
+            let mut needs = Vec::new();
+            for n in s {
+                match n {
+                    Value::Mapping(m) => {
+                        let job = m.get("job").and_then(scalar).ok_or_else(|| {
+                            e(cx, "`needs` entries are job names or `{job: name}`".into())
+                        })?;
+                        let artifacts = m.get("artifacts").and_then(Value::as_bool).unwrap_or(true);
+                        let optional = m.get("optional").and_then(Value::as_bool).unwrap_or(false);
+                        // `needs:parallel:matrix` names some instances of a matrix job, by the
+                        // same names the matrix gives them.
+                        let jobs = match m.get("parallel") {
+                            None => vec![job],
+                            Some(p @ Value::Mapping(pm)) if pm.contains_key("matrix") => {
+                                parallel_instances(&job, p)
+                                    .map_err(|m| e(cx, format!("needs:parallel: {m}")))?
+                                    .into_iter()
+                                    .map(|(name, _)| name)
+                                    .collect()
+                            }
+                            Some(_) => {
+                                return Err(e(cx, "`needs:parallel` takes a `matrix`".into()));
+                            }
+                        };
+                        needs.extend(jobs.into_iter().map(|job| Need {
+                            job,
+                            artifacts,
+                            optional,
+                        }));
+                    }
+                    other => needs.push(Need {
+                        job: scalar(other).ok_or_else(|| {
+                            e(cx, "`needs` entries are job names or `{job: name}`".into())
+                        })?,
                         artifacts: true,
                         optional: false,
                     }),
-                })
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| e(cx, "`needs` entries are job names or `{job: name}`".into()))?,
-        ),
+                }
+            }
+            Some(needs)
+        }
         Some(_) => return Err(e(cx, "`needs` must be a list".into())),
     };
     let dependencies = map
@@ -563,8 +608,118 @@ fn parse_job(name: &str, map: &Mapping, cx: &mut Ctx<'_>) -> Result<Job> {
         when,
         start_in,
         inherit_variables,
+        parallel_of: None,
         line,
     })
+}
+
+/// GitLab's limit on the jobs one `parallel:` makes (`Entry::Product::Parallel`).
+const MAX_PARALLEL: usize = 200;
+
+/// The instances of a `parallel:` job, each with its name and matrix variables, in GitLab's
+/// order and naming (`Normalizer::NumberStrategy`: `job 1/3`; `MatrixStrategy`:
+/// `job: [a, b]`, one entry after the other, each the product of its value lists with the
+/// first variable varying slowest).
+fn parallel_instances(
+    name: &str,
+    v: &Value,
+) -> std::result::Result<Vec<(String, Variables)>, String> {
+    let matrix = match v {
+        Value::Number(n) => {
+            let total = n
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| (1..=MAX_PARALLEL).contains(n))
+                .ok_or_else(|| format!("must be a number from 1 to {MAX_PARALLEL}"))?;
+            return Ok((1..=total)
+                .map(|i| (format!("{name} {i}/{total}"), Variables::new()))
+                .collect());
+        }
+        Value::Mapping(m) => match m.get("matrix") {
+            Some(Value::Sequence(entries)) if !entries.is_empty() => entries,
+            _ => return Err("`matrix` must be a non-empty list of variable mappings".into()),
+        },
+        _ => return Err("must be a number or `{matrix: [...]}`".into()),
+    };
+    let mut out = Vec::new();
+    for entry in matrix {
+        let Value::Mapping(vars) = entry else {
+            return Err("each `matrix` entry is a mapping of variables to values".into());
+        };
+        if vars.is_empty() {
+            return Err("a `matrix` entry has no variables".into());
+        }
+        let mut combos: Vec<Vec<(String, String)>> = vec![Vec::new()];
+        for (k, values) in vars {
+            let key = scalar(k).ok_or("matrix variable names are strings")?;
+            let values = names(values)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| format!("{key}: values are a string or a list of strings"))?;
+            let mut next = Vec::with_capacity(combos.len() * values.len());
+            for c in &combos {
+                for v in &values {
+                    let mut c = c.clone();
+                    c.push((key.clone(), v.clone()));
+                    next.push(c);
+                }
+            }
+            combos = next;
+            if combos.len() > MAX_PARALLEL {
+                return Err(format!("the matrix makes more than {MAX_PARALLEL} jobs"));
+            }
+        }
+        for combo in combos {
+            let label: Vec<&str> = combo.iter().map(|(_, v)| v.as_str()).collect();
+            let mut vars = Variables::new();
+            for (k, v) in &combo {
+                vars.set(k.clone(), v.clone());
+            }
+            out.push((format!("{name}: [{}]", label.join(", ")), vars));
+        }
+        if out.len() > MAX_PARALLEL {
+            return Err(format!("the matrix makes more than {MAX_PARALLEL} jobs"));
+        }
+    }
+    Ok(out)
+}
+
+/// `needs: [x]` and `dependencies: [x]` naming a `parallel:` job mean all its instances.
+fn expand_parallel_references(jobs: &mut [Job]) {
+    let mut instances: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for j in jobs.iter() {
+        if let Some(base) = &j.parallel_of {
+            instances
+                .entry(base.clone())
+                .or_default()
+                .push(j.name.clone());
+        }
+    }
+    if instances.is_empty() {
+        return;
+    }
+    for job in jobs.iter_mut() {
+        if let Some(needs) = &mut job.needs {
+            *needs = needs
+                .drain(..)
+                .flat_map(|n| match instances.get(&n.job) {
+                    Some(all) => all
+                        .iter()
+                        .map(|i| Need {
+                            job: i.clone(),
+                            ..n.clone()
+                        })
+                        .collect(),
+                    None => vec![n],
+                })
+                .collect();
+        }
+        if let Some(deps) = &mut job.dependencies {
+            *deps = deps
+                .drain(..)
+                .flat_map(|d| instances.get(&d).cloned().unwrap_or_else(|| vec![d]))
+                .collect();
+        }
+    }
 }
 
 /// `inherit:default` of a job; unknown `inherit:` keys are errors as in GitLab.
@@ -1123,6 +1278,51 @@ mod tests {
             err.to_string().contains("unknown rule keyword `changes`"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn parallel_bounds_shapes_and_unknown_matrix_needs_are_errors() {
+        let err = parse("t:\n  script: [x]\n  parallel: 0\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".gitlab-ci.yml:1: job \"t\": parallel: must be a number from 1 to 200"
+        );
+        assert!(parse("t:\n  script: [x]\n  parallel: 201\n").is_err());
+        let values: Vec<String> = (0..15).map(|i| i.to_string()).collect();
+        let big = format!(
+            "t:\n  script: [x]\n  parallel:\n    matrix:\n      - A: [{0}]\n        B: [{0}]\n",
+            values.join(", ")
+        );
+        let err = parse(&big).unwrap_err();
+        assert!(err.to_string().contains("more than 200 jobs"), "{err}");
+        let err = parse("t:\n  script: [x]\n  parallel: {matrix: [[a]]}\n").unwrap_err();
+        assert!(err.to_string().contains("each `matrix` entry"), "{err}");
+        let err = parse("t:\n  script: [x]\n  parallel: {matrix: [{A: []}]}\n").unwrap_err();
+        assert!(err.to_string().contains("A: values are"), "{err}");
+        let err = parse(
+            "b:\n  stage: build\n  script: [x]\n  parallel: {matrix: [{P: [aws]}]}\n\
+             d:\n  script: [x]\n  needs: [{job: b, parallel: {matrix: [{P: gcp}]}}]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".gitlab-ci.yml:5: job \"d\": undefined need: b: [gcp]"
+        );
+        let p = parse(
+            "b:\n  stage: build\n  script: [x]\n  parallel: 2\n  variables: {V: job}\n\
+             d:\n  script: [x]\n  dependencies: [b]\n",
+        )
+        .unwrap();
+        let names: Vec<_> = p.jobs.iter().map(|j| j.name.as_str()).collect();
+        assert_eq!(names, ["b 1/2", "b 2/2", "d"]);
+        assert_eq!(
+            p.job("d").unwrap().dependencies.as_deref().unwrap(),
+            ["b 1/2", "b 2/2"]
+        );
+        let b2 = p.job("b 2/2").unwrap();
+        assert_eq!(b2.variables.get("CI_NODE_INDEX"), Some("2"));
+        assert_eq!(b2.variables.get("V"), Some("job"));
+        assert_eq!(b2.parallel_of.as_deref(), Some("b"));
     }
 
     #[test]

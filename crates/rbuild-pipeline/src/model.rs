@@ -102,6 +102,9 @@ pub struct Job {
     pub start_in: Option<String>,
     /// `inherit:variables`: which global `variables:` the job gets.
     pub inherit_variables: Inherit,
+    /// For one instance of a `parallel:` job (`test 2/3`, `test: [a, b]`), the job's name as
+    /// written.
+    pub parallel_of: Option<String>,
     /// 1-based line of the job in its file (0 if unknown).
     pub line: usize,
 }

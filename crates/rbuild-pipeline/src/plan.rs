@@ -187,7 +187,11 @@ impl fmt::Display for Plan {
 /// variables that refer to each other in a cycle.
 pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Result<Plan> {
     for name in &opts.jobs {
-        if pipeline.job(name).is_none() {
+        if !pipeline
+            .jobs
+            .iter()
+            .any(|j| j.name == *name || j.parallel_of.as_ref() == Some(name))
+        {
             return Err(Error::UnknownJob { name: name.clone() });
         }
     }
@@ -303,7 +307,9 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
             (None, None) if when == When::Manual && !manual_by_rule => AllowFailure::Yes,
             (None, None) => AllowFailure::No,
         };
-        let selected = opts.jobs.contains(&job.name);
+        // `--job NAME` of a `parallel:` job selects all its instances.
+        let selected = opts.jobs.contains(&job.name)
+            || job.parallel_of.as_ref().is_some_and(|b| opts.jobs.contains(b));
         if !opts.jobs.is_empty() && !selected {
             not_selected.insert(job.name.clone());
             skipped.push(skip("not selected with --job".into()));

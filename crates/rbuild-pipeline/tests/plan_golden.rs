@@ -109,7 +109,11 @@ fn render_section(file: &Path, header: &str) -> String {
         for (k, v) in &job.env {
             // Predefined variables are covered by their own tests; show what the file defines
             // plus the environment ones.
-            if !k.starts_with("CI") || k.starts_with("CI_ENVIRONMENT") || k == "CI_REGISTRY" {
+            if !k.starts_with("CI")
+                || k.starts_with("CI_ENVIRONMENT")
+                || k.starts_with("CI_NODE")
+                || k == "CI_REGISTRY"
+            {
                 let _ = writeln!(out, "    {k}={v}");
             }
         }
