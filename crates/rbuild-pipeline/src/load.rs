@@ -29,7 +29,7 @@ const GLOBAL_KEYWORDS: [&str; 11] = [
     "default",
     "workflow",
 ];
-const JOB_KEYWORDS: [&str; 18] = [
+const JOB_KEYWORDS: [&str; 20] = [
     "stage",
     "script",
     "before_script",
@@ -48,6 +48,8 @@ const JOB_KEYWORDS: [&str; 18] = [
     "start_in",
     "inherit",
     "parallel",
+    "retry",
+    "timeout",
 ];
 
 struct Ctx<'a> {
@@ -161,7 +163,7 @@ fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
         .cloned()
         .unwrap_or_default();
     for key in default.keys().filter_map(Value::as_str) {
-        if !["image", "before_script", "after_script"].contains(&key) {
+        if !["image", "before_script", "after_script", "retry", "timeout"].contains(&key) {
             cx.unsupported(&format!("default:{key}"), "(global)");
         }
     }
@@ -176,6 +178,14 @@ fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
         .map(|v| script(v).map_err(|m| cx.err("after_script", m.to_string())))
         .transpose()?;
 
+    let default_retry = default
+        .get("retry")
+        .map(|v| parse_retry(v).map_err(|m| cx.err("default", format!("default: retry: {m}"))))
+        .transpose()?;
+    let default_timeout = default
+        .get("timeout")
+        .map(|v| parse_timeout(v).map_err(|m| cx.err("default", format!("default: {m}"))))
+        .transpose()?;
     let workflow_rules = match root.get("workflow").and_then(Value::as_mapping) {
         Some(w) => {
             for key in w.keys().filter_map(Value::as_str).filter(|k| *k != "rules") {
@@ -230,6 +240,12 @@ fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
         }
         if !map.contains_key("after_script") && inherit.allows("after_script") {
             job.after_script = default_after.clone().unwrap_or_default();
+        }
+        if job.retry.is_none() && inherit.allows("retry") {
+            job.retry.clone_from(&default_retry);
+        }
+        if job.timeout.is_none() && inherit.allows("timeout") {
+            job.timeout.clone_from(&default_timeout);
         }
         match map.get("parallel") {
             None => jobs.push(job),
@@ -507,7 +523,7 @@ fn parse_job(name: &str, map: &Mapping, cx: &mut Ctx<'_>) -> Result<Job> {
             for key in m
                 .keys()
                 .filter_map(Value::as_str)
-                .filter(|k| !["paths", "when", "expire_in", "name"].contains(k))
+                .filter(|k| !["paths", "when", "expire_in", "name", "reports"].contains(k))
             {
                 cx.unsupported(&format!("artifacts:{key}"), name);
             }
@@ -522,7 +538,28 @@ fn parse_job(name: &str, map: &Mapping, cx: &mut Ctx<'_>) -> Result<Job> {
                     .filter(|w| matches!(w, When::OnSuccess | When::OnFailure | When::Always))
                     .ok_or_else(|| e(cx, format!("`artifacts:when` cannot be `{w}`")))?,
             };
-            Some(Artifacts { paths, when })
+            let mut dotenv = Vec::new();
+            match m.get("reports") {
+                None => {}
+                Some(Value::Mapping(r)) => {
+                    for (k, v) in r {
+                        match k.as_str().unwrap_or_default() {
+                            "dotenv" => {
+                                dotenv = names(v).ok_or_else(|| {
+                                    e(cx, "`artifacts:reports:dotenv` must be a path or a list of paths".into())
+                                })?;
+                            }
+                            other => cx.unsupported(&format!("artifacts:reports:{other}"), name),
+                        }
+                    }
+                }
+                Some(_) => return Err(e(cx, "`artifacts:reports` must be a mapping".into())),
+            }
+            Some(Artifacts {
+                paths,
+                when,
+                dotenv,
+            })
         }
         Some(_) => return Err(e(cx, "`artifacts` must be a mapping".into())),
     };
@@ -608,9 +645,97 @@ fn parse_job(name: &str, map: &Mapping, cx: &mut Ctx<'_>) -> Result<Job> {
         when,
         start_in,
         inherit_variables,
+        retry: map
+            .get("retry")
+            .map(|v| parse_retry(v).map_err(|m| e(cx, format!("retry: {m}"))))
+            .transpose()?,
+        timeout: map
+            .get("timeout")
+            .map(|v| parse_timeout(v).map_err(|m| e(cx, m)))
+            .transpose()?,
         parallel_of: None,
         line,
     })
+}
+
+/// `retry: N` or `retry: {max, when, exit_codes}` (`Entry::Retry`: max 0 to 2).
+fn parse_retry(v: &Value) -> std::result::Result<crate::model::Retry, String> {
+    let max_of = |v: &Value| {
+        v.as_u64()
+            .and_then(|n| u8::try_from(n).ok())
+            .filter(|n| *n <= 2)
+            .ok_or_else(|| "`max` must be 0, 1 or 2".to_owned())
+    };
+    match v {
+        Value::Number(_) => Ok(crate::model::Retry {
+            max: max_of(v)?,
+            when: Vec::new(),
+            exit_codes: Vec::new(),
+        }),
+        Value::Mapping(m) => {
+            if let Some(k) = m
+                .keys()
+                .find(|k| !matches!(k.as_str(), Some("max" | "when" | "exit_codes")))
+            {
+                return Err(format!(
+                    "unknown key {}: it takes `max`, `when` and `exit_codes`",
+                    scalar(k).unwrap_or_default()
+                ));
+            }
+            const REASONS: [&str; 13] = [
+                "always",
+                "unknown_failure",
+                "script_failure",
+                "api_failure",
+                "stuck_or_timeout_failure",
+                "runner_system_failure",
+                "runner_unsupported",
+                "stale_schedule",
+                "job_execution_timeout",
+                "archived_failure",
+                "unmet_prerequisites",
+                "scheduler_failure",
+                "data_integrity_failure",
+            ];
+            let when = match m.get("when") {
+                None => Vec::new(),
+                Some(w) => names(w).ok_or("`when` must be a failure reason or a list of them")?,
+            };
+            if let Some(bad) = when.iter().find(|w| !REASONS.contains(&w.as_str())) {
+                return Err(format!("unknown failure reason `{bad}` in `when`"));
+            }
+            let exit_codes = match m.get("exit_codes") {
+                None => Vec::new(),
+                Some(Value::Sequence(s)) => s
+                    .iter()
+                    .map(|c| c.as_i64().and_then(|c| i32::try_from(c).ok()))
+                    .collect::<Option<_>>()
+                    .ok_or("`exit_codes` must be exit codes")?,
+                Some(c) => vec![
+                    c.as_i64()
+                        .and_then(|c| i32::try_from(c).ok())
+                        .ok_or("`exit_codes` must be exit codes")?,
+                ],
+            };
+            Ok(crate::model::Retry {
+                max: m.get("max").map_or(Ok(0), max_of)?,
+                when,
+                exit_codes,
+            })
+        }
+        _ => Err("must be 0, 1, 2 or `{max, when, exit_codes}`".into()),
+    }
+}
+
+/// `timeout:` — a duration of at least 10 minutes in GitLab; locally any positive one.
+fn parse_timeout(v: &Value) -> std::result::Result<crate::model::Timeout, String> {
+    let text = scalar(v).ok_or("`timeout` must be a duration")?;
+    match duration_secs(&text) {
+        Some(secs) if secs > 0 => Ok(crate::model::Timeout { text, secs }),
+        _ => Err(format!(
+            "`timeout` {text:?} is not a duration (like `1h 30m`)"
+        )),
+    }
 }
 
 /// GitLab's limit on the jobs one `parallel:` makes (`Entry::Product::Parallel`).
@@ -1039,11 +1164,11 @@ mod tests {
 
     #[test]
     fn unsupported_keywords_give_one_warning() {
-        let p = parse("services: [x]\na:\n  script: [x]\n  cache: {}\n  retry: 2\nb:\n  script: [x]\n  cache: {}\n").unwrap();
+        let p = parse("services: [x]\na:\n  script: [x]\n  cache: {}\n  tags: [x]\nb:\n  script: [x]\n  cache: {}\n").unwrap();
         assert_eq!(p.warnings.len(), 1);
         assert_eq!(
             p.warnings[0].to_string(),
-            "unsupported keywords are ignored: `cache` (a, b), `retry` (a), `services` ((global))"
+            "unsupported keywords are ignored: `cache` (a, b), `services` ((global)), `tags` (a)"
         );
     }
 
@@ -1323,6 +1448,43 @@ mod tests {
         assert_eq!(b2.variables.get("CI_NODE_INDEX"), Some("2"));
         assert_eq!(b2.variables.get("V"), Some("job"));
         assert_eq!(b2.parallel_of.as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn retry_and_timeout_parse_with_gitlab_bounds_and_defaults() {
+        let err = parse("j:\n  script: [x]\n  retry: 3\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".gitlab-ci.yml:1: job \"j\": retry: `max` must be 0, 1 or 2"
+        );
+        let err = parse("j:\n  script: [x]\n  retry: {max: 1, when: [flaky]}\n").unwrap_err();
+        assert!(
+            err.to_string().contains("unknown failure reason `flaky`"),
+            "{err}"
+        );
+        let err = parse("j:\n  script: [x]\n  retry: {tries: 1}\n").unwrap_err();
+        assert!(err.to_string().contains("unknown key tries"), "{err}");
+        let err = parse("j:\n  script: [x]\n  timeout: forever\n").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`timeout` \"forever\" is not a duration"),
+            "{err}"
+        );
+        let p = parse(
+            "default: {retry: 2, timeout: 1h}\na:\n  script: [x]\nb:\n  script: [x]\n  retry: {max: 1, exit_codes: 137}\n  timeout: 90 minutes\nc:\n  inherit: {default: false}\n  script: [x]\n",
+        )
+        .unwrap();
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let a = p.job("a").unwrap();
+        assert_eq!(a.retry.as_ref().unwrap().max, 2);
+        assert_eq!(a.timeout.as_ref().unwrap().secs, 3600);
+        let b = p.job("b").unwrap();
+        let retry = b.retry.as_ref().unwrap();
+        assert!(retry.applies("script_failure", Some(137)));
+        assert!(!retry.applies("script_failure", Some(1)));
+        assert_eq!(b.timeout.as_ref().unwrap().secs, 5400);
+        let c = p.job("c").unwrap();
+        assert!(c.retry.is_none() && c.timeout.is_none());
     }
 
     #[test]

@@ -102,6 +102,10 @@ pub struct Job {
     pub start_in: Option<String>,
     /// `inherit:variables`: which global `variables:` the job gets.
     pub inherit_variables: Inherit,
+    /// `retry:` (job value, else `default:retry`).
+    pub retry: Option<Retry>,
+    /// `timeout:` (job value, else `default:timeout`).
+    pub timeout: Option<Timeout>,
     /// For one instance of a `parallel:` job (`test 2/3`, `test: [a, b]`), the job's name as
     /// written.
     pub parallel_of: Option<String>,
@@ -254,6 +258,46 @@ pub struct Artifacts {
     pub paths: Vec<String>,
     /// When to save them: `on_success` (default), `on_failure` or `always`.
     pub when: When,
+    /// `reports:dotenv`: files of `KEY=VALUE` lines whose variables the jobs that receive
+    /// this job's artifacts get.
+    pub dotenv: Vec<String>,
+}
+
+/// `retry:` — run a failed job again, up to `max` more times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// Extra attempts, 0 to 2 (GitLab's bounds).
+    pub max: u8,
+    /// `retry:when` failure kinds (`always` when empty).
+    pub when: Vec<String>,
+    /// `retry:exit_codes`: retry only script failures with these codes (any when empty).
+    pub exit_codes: Vec<i32>,
+}
+
+impl Retry {
+    /// Whether a failure of kind `reason` (GitLab's failure reasons: `script_failure`,
+    /// `job_execution_timeout`, `runner_system_failure`) with `exit_code` is retried.
+    pub fn applies(&self, reason: &str, exit_code: Option<i32>) -> bool {
+        let kind_ok = self.when.is_empty()
+            || self.when.iter().any(|w| {
+                w == "always"
+                    || w == reason
+                    || (w == "stuck_or_timeout_failure" && reason == "job_execution_timeout")
+                    || (w == "unknown_failure" && reason == "runner_system_failure")
+            });
+        let code_ok =
+            self.exit_codes.is_empty() || exit_code.is_some_and(|c| self.exit_codes.contains(&c));
+        kind_ok && code_ok
+    }
+}
+
+/// `timeout:` as written and in seconds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timeout {
+    /// The text (`1h 30m`).
+    pub text: String,
+    /// Its length.
+    pub secs: u64,
 }
 
 impl Pipeline {

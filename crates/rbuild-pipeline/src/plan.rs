@@ -103,6 +103,10 @@ pub struct PlannedJob {
     pub needs: Option<Vec<String>>,
     /// `start_in` of a `when: delayed` job (from the job or its matching rule).
     pub start_in: Option<String>,
+    /// `retry:`.
+    pub retry: Option<crate::model::Retry>,
+    /// `timeout:`.
+    pub timeout: Option<crate::model::Timeout>,
     /// Why it runs.
     pub reason: String,
 }
@@ -309,7 +313,10 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
         };
         // `--job NAME` of a `parallel:` job selects all its instances.
         let selected = opts.jobs.contains(&job.name)
-            || job.parallel_of.as_ref().is_some_and(|b| opts.jobs.contains(b));
+            || job
+                .parallel_of
+                .as_ref()
+                .is_some_and(|b| opts.jobs.contains(b));
         if !opts.jobs.is_empty() && !selected {
             not_selected.insert(job.name.clone());
             skipped.push(skip("not selected with --job".into()));
@@ -392,6 +399,8 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
                 .as_ref()
                 .map(|n| n.iter().map(|n| n.job.clone()).collect()),
             start_in,
+            retry: job.retry.clone(),
+            timeout: job.timeout.clone(),
             reason,
         });
     }
@@ -602,11 +611,15 @@ fn artifact_sources(job: &Job, earlier: &[PlannedJob], all: &[PlannedJob]) -> Ve
     if let Some(deps) = &job.dependencies {
         return deps.iter().filter(|d| runs(d)).cloned().collect();
     }
-    // GitLab's default: artifacts of all jobs of earlier stages (only those that keep any).
+    // GitLab's default: artifacts of all jobs of earlier stages (only those that keep any,
+    // files or a dotenv report).
     earlier
         .iter()
         .filter(|p| {
-            p.stage != job.stage && p.artifacts.as_ref().is_some_and(|a| !a.paths.is_empty())
+            p.stage != job.stage
+                && p.artifacts
+                    .as_ref()
+                    .is_some_and(|a| !a.paths.is_empty() || !a.dotenv.is_empty())
         })
         .map(|p| p.name.clone())
         .collect()

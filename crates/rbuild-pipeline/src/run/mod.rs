@@ -198,4 +198,11 @@ pub trait JobRunner: Send + Sync {
         cx: &JobContext,
         out: &JobOutput,
     ) -> impl Future<Output = Result<JobOutcome>> + Send;
+
+    /// Whether dropping the future of [`JobRunner::run`] stops the job and everything it
+    /// started. The runner enforces `timeout:` only for executors that say so; for others it
+    /// logs that the timeout is not enforced rather than leave a job running unseen.
+    fn stops_when_dropped(&self) -> bool {
+        false
+    }
 }

@@ -3,20 +3,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 
-use super::artifacts;
 use super::masker::Masker;
 use super::report::{JobReport, JobStatus, RunReport};
 use super::{Event, JobContext, JobOutcome, JobOutput, JobRunner, Stream};
+use super::{artifacts, rooted};
 use crate::error::{Error, Result};
 use crate::model::When;
 use crate::plan::{Plan, PlannedJob};
-use crate::variables::Variable;
+use crate::variables::{Variable, Variables};
 
 /// Options of a run.
 #[derive(Debug, Clone)]
@@ -158,6 +158,8 @@ impl<R: JobRunner> Runner<R> {
         let mut started = vec![false; jobs.len()];
         let mut announced = BTreeSet::new();
         let mut report = RunReport::default();
+        // Declared before `running`, whose futures borrow it.
+        let dotenv = Mutex::new(BTreeMap::new());
         let mut running = FuturesUnordered::new();
         let mut first_error = None;
         loop {
@@ -189,7 +191,7 @@ impl<R: JobRunner> Runner<R> {
                     started[i] = true;
                     progressed = true;
                     if runs {
-                        let fut = self.run_job(job, sink, work);
+                        let fut = self.run_job(job, sink, work, &dotenv);
                         running.push(async move { (i, fut.await) });
                     } else {
                         sink(&Event::JobFinished {
@@ -245,6 +247,7 @@ impl<R: JobRunner> Runner<R> {
         job: &PlannedJob,
         sink: &Arc<dyn Fn(&Event) + Send + Sync>,
         work: &Path,
+        dotenv: &Mutex<BTreeMap<String, Variables>>,
     ) -> Result<JobReport> {
         let started = Instant::now();
         let io = |action: String| {
@@ -271,49 +274,90 @@ impl<R: JobRunner> Runner<R> {
                 ),
             );
         }
-        let artifacts_root = work.join("artifacts");
-        let workdir = if self.opts.isolate {
-            let dir = work
-                .join("jobs")
-                .join(crate::slug::ref_slug(&format!("{}-{}", job.id, job.name)));
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(io("clean the job directory".into()))?;
-            }
-            artifacts::copy_tree(&self.opts.project_dir, &dir, Some(work))
-                .map_err(io("copy the project".into()))?;
-            dir
-        } else {
-            self.opts.project_dir.clone()
-        };
-        for from in &job.artifacts_from {
-            let saved = artifacts_root.join(artifact_dir_name(from));
-            if saved.exists() {
-                artifacts::restore(&saved, &workdir)
-                    .map_err(io(format!("restore artifacts of {from:?}")))?;
-                out.line(Stream::System, &format!("restored artifacts of {from}"));
+        let timeout = job.timeout.as_ref().map(|t| Duration::from_secs(t.secs));
+        if let (Some(t), false) = (&job.timeout, self.executor.stops_when_dropped()) {
+            out.line(
+                Stream::System,
+                &format!(
+                    "WARNING: timeout {} is not enforced: this executor cannot stop a job early",
+                    t.text
+                ),
+            );
+        }
+        // Variables from the dotenv reports of the jobs whose artifacts this job receives
+        // (GitLab: they rank above the file's variables, below pipeline and secret ones).
+        let mut inherited = Variables::new();
+        {
+            let reports = dotenv
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for from in &job.artifacts_from {
+                if let Some(vars) = reports.get(from) {
+                    inherited.extend(vars);
+                }
             }
         }
-        let env = job_env(job, &workdir)?;
-        let mut cx = JobContext {
-            env,
-            workdir: workdir.clone(),
-            path_prepend: self.opts.path_prepend.clone(),
-            job_status: None,
-        };
-        let outcome = match self.executor.run(job, &cx, &out).await {
-            Ok(o) => o,
-            Err(e) => {
-                let mut msg = e.to_string();
-                let mut src = std::error::Error::source(&e);
-                while let Some(s) = src {
-                    msg.push_str(&format!(": {s}"));
-                    src = s.source();
+        let max_attempts = 1 + job.retry.as_ref().map_or(0, |r| usize::from(r.max));
+        let mut attempt = 0;
+        let (outcome, workdir) = loop {
+            attempt += 1;
+            let workdir = self.prepare_workdir(job, work, &out)?;
+            let env = job_env(job, &workdir, &inherited)?;
+            let mut cx = JobContext {
+                env,
+                workdir: workdir.clone(),
+                path_prepend: self.opts.path_prepend.clone(),
+                job_status: None,
+            };
+            let run = self.executor.run(job, &cx, &out);
+            let result = match timeout.filter(|_| self.executor.stops_when_dropped()) {
+                Some(limit) => match tokio::time::timeout(limit, run).await {
+                    Ok(r) => r.map(|o| (o, "script_failure")),
+                    Err(_) => {
+                        out.line(
+                            Stream::System,
+                            &format!(
+                                "ERROR: job exceeded its timeout of {}: stopped",
+                                job.timeout.as_ref().map_or("", |t| t.text.as_str())
+                            ),
+                        );
+                        Ok((JobOutcome { exit_code: None }, "job_execution_timeout"))
+                    }
+                },
+                None => run.await.map(|o| (o, "script_failure")),
+            };
+            let (outcome, reason) = match result {
+                Ok(r) => r,
+                Err(e) => {
+                    let mut msg = e.to_string();
+                    let mut src = std::error::Error::source(&e);
+                    while let Some(s) = src {
+                        msg.push_str(&format!(": {s}"));
+                        src = s.source();
+                    }
+                    out.line(Stream::System, &format!("ERROR: {msg}"));
+                    (JobOutcome { exit_code: None }, "runner_system_failure")
                 }
-                out.line(Stream::System, &format!("ERROR: {msg}"));
-                JobOutcome { exit_code: None }
+            };
+            cx.job_status = Some(outcome.succeeded());
+            let retry = job
+                .retry
+                .as_ref()
+                .is_some_and(|r| r.applies(reason, outcome.exit_code));
+            if outcome.succeeded() || attempt >= max_attempts || !retry {
+                break (outcome, workdir);
             }
+            out.line(
+                Stream::System,
+                &format!(
+                    "job failed ({reason}, exit code {}): retrying, attempt {} of {max_attempts}",
+                    outcome
+                        .exit_code
+                        .map_or_else(|| "none".to_owned(), |c| c.to_string()),
+                    attempt + 1
+                ),
+            );
         };
-        cx.job_status = Some(outcome.succeeded());
         if let Some(a) = &job.artifacts {
             let wanted = match a.when {
                 When::Always => true,
@@ -335,12 +379,20 @@ impl<R: JobRunner> Runner<R> {
                     );
                 }
                 let found = resolved.found;
-                let store = artifacts_root.join(artifact_dir_name(&job.name));
+                let store = work.join("artifacts").join(artifact_dir_name(&job.name));
                 artifacts::save(&workdir, &found, &store).map_err(io("save artifacts".into()))?;
                 out.line(
                     Stream::System,
                     &format!("saved {} artifact path(s)", found.len()),
                 );
+            }
+            // Reports are collected whatever the job's result (GitLab uploads them always).
+            if !a.dotenv.is_empty() {
+                let vars = read_dotenv(&workdir, &a.dotenv, &out);
+                dotenv
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(job.name.clone(), vars);
             }
         }
         let status = if outcome.succeeded() {
@@ -364,6 +416,93 @@ impl<R: JobRunner> Runner<R> {
             exit_code: outcome.exit_code,
         })
     }
+
+    /// The directory the job runs in: the project itself, or (isolated) a fresh copy of it
+    /// for each attempt, with the artifacts it receives restored.
+    fn prepare_workdir(&self, job: &PlannedJob, work: &Path, out: &JobOutput) -> Result<PathBuf> {
+        let io = |action: String| {
+            move |source| Error::JobIo {
+                job: job.name.clone(),
+                action,
+                source,
+            }
+        };
+        let workdir = if self.opts.isolate {
+            let dir = work
+                .join("jobs")
+                .join(crate::slug::ref_slug(&format!("{}-{}", job.id, job.name)));
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(io("clean the job directory".into()))?;
+            }
+            artifacts::copy_tree(&self.opts.project_dir, &dir, Some(work))
+                .map_err(io("copy the project".into()))?;
+            dir
+        } else {
+            self.opts.project_dir.clone()
+        };
+        for from in &job.artifacts_from {
+            let saved = work.join("artifacts").join(artifact_dir_name(from));
+            if saved.exists() {
+                artifacts::restore(&saved, &workdir)
+                    .map_err(io(format!("restore artifacts of {from:?}")))?;
+                out.line(Stream::System, &format!("restored artifacts of {from}"));
+            }
+        }
+        Ok(workdir)
+    }
+}
+
+/// GitLab's limit on a dotenv report's size.
+const DOTENV_MAX_BYTES: usize = 5 * 1024;
+
+/// The variables of a job's `artifacts:reports:dotenv` files, read through a descriptor of
+/// its directory (a report that is a symlink out of it is refused); problems are warnings in
+/// the job log, as GitLab reports a bad dotenv artifact without failing the job.
+fn read_dotenv(workdir: &Path, files: &[String], out: &JobOutput) -> Variables {
+    let mut vars = Variables::new();
+    let root = match rooted::open_root(workdir) {
+        Ok(fd) => fd,
+        Err(e) => {
+            out.line(Stream::System, &format!("WARNING: dotenv: {e}"));
+            return vars;
+        }
+    };
+    for file in files {
+        let rel = Path::new(file.trim_start_matches("./"));
+        let text = match rooted::read_beneath(std::os::fd::AsFd::as_fd(&root), rel) {
+            Ok(t) if t.len() <= DOTENV_MAX_BYTES => t,
+            Ok(_) => {
+                out.line(
+                    Stream::System,
+                    &format!("WARNING: dotenv report {file} is larger than 5 KiB: not used"),
+                );
+                continue;
+            }
+            Err(e) => {
+                out.line(
+                    Stream::System,
+                    &format!("WARNING: dotenv report {file} not read: {e}"),
+                );
+                continue;
+            }
+        };
+        match crate::variables::parse_var_file(&text, rel) {
+            Ok(parsed) => {
+                for v in parsed.iter() {
+                    vars.push(Variable::new(v.name.clone(), v.value.clone()).with_expand(false));
+                }
+                out.line(
+                    Stream::System,
+                    &format!("dotenv report {file}: {} variable(s)", parsed.len()),
+                );
+            }
+            Err(e) => out.line(
+                Stream::System,
+                &format!("WARNING: dotenv report not used: {e}"),
+            ),
+        }
+    }
+    vars
 }
 
 /// For each job (by index into `jobs`), the jobs it waits for: its planned `needs`, or every
@@ -447,13 +586,23 @@ fn artifact_dir_name(job: &str) -> String {
 }
 
 /// The job's environment with `CI_PROJECT_DIR` set to where it actually runs (re-expanded, so
-/// variables built from `$CI_PROJECT_DIR` follow).
-fn job_env(job: &PlannedJob, workdir: &Path) -> Result<BTreeMap<String, String>> {
+/// variables built from `$CI_PROJECT_DIR` follow) and the dotenv variables it `inherited`
+/// (above the file's variables, below secret ones).
+fn job_env(
+    job: &PlannedJob,
+    workdir: &Path,
+    inherited: &Variables,
+) -> Result<BTreeMap<String, String>> {
     let dir = workdir.to_string_lossy();
-    if job.env.get("CI_PROJECT_DIR").map(String::as_str) == Some(&*dir) {
+    if inherited.is_empty() && job.env.get("CI_PROJECT_DIR").map(String::as_str) == Some(&*dir) {
         return Ok(job.env.clone());
     }
     let mut vars = job.variables.clone();
+    for v in inherited.iter() {
+        if !job.variables.iter().any(|j| j.name == v.name && j.masked) {
+            vars.push(v.clone());
+        }
+    }
     vars.push(Variable::new("CI_PROJECT_DIR", dir.into_owned()).with_expand(false));
     vars.expand_all()
 }
@@ -704,11 +853,15 @@ mod tests {
         );
         let job = plan.job("j").unwrap();
         assert_eq!(job.env["OUT"], "/checkout/out");
-        let env = job_env(job, Path::new("/runner/jobs/1-j")).unwrap();
+        let none = Variables::new();
+        let env = job_env(job, Path::new("/runner/jobs/1-j"), &none).unwrap();
         assert_eq!(env["CI_PROJECT_DIR"], "/runner/jobs/1-j");
         assert_eq!(env["OUT"], "/runner/jobs/1-j/out");
         // In place, the planned environment is used as is.
-        assert_eq!(job_env(job, Path::new("/checkout")).unwrap(), job.env);
+        assert_eq!(
+            job_env(job, Path::new("/checkout"), &none).unwrap(),
+            job.env
+        );
     }
 
     #[test]

@@ -68,6 +68,9 @@ impl ShellRunner {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // Its own process group, so that a job stopped early (`timeout:`, the run
+            // cancelled) takes the commands its script started with it.
+            .process_group(0)
             .kill_on_drop(true);
         if let Some(ok) = cx.job_status {
             cmd.env("CI_JOB_STATUS", if ok { "success" } else { "failed" });
@@ -83,6 +86,12 @@ impl ShellRunner {
         let mut child = cmd
             .spawn()
             .map_err(io(&format!("spawn {}", self.shell.display())))?;
+        let mut group = GroupGuard(
+            child
+                .id()
+                .and_then(|id| i32::try_from(id).ok())
+                .and_then(rustix::process::Pid::from_raw),
+        );
         let stdout = child.stdout.take();
         let stderr = child.stderr.take();
         let (r1, r2) = tokio::join!(
@@ -92,7 +101,21 @@ impl ShellRunner {
         r1.map_err(io("read job stdout"))?;
         r2.map_err(io("read job stderr"))?;
         let status = child.wait().await.map_err(io("wait for the job shell"))?;
+        group.0 = None;
         Ok(status.code())
+    }
+}
+
+/// Kills the process group of a job shell that is dropped before it was waited for (the
+/// future was cancelled), so no command of the job outlives it.
+struct GroupGuard(Option<rustix::process::Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            // The group may be gone already; nothing else to do then.
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
     }
 }
 
@@ -126,6 +149,10 @@ async fn pump<R: AsyncRead + Unpin>(
 }
 
 impl JobRunner for ShellRunner {
+    fn stops_when_dropped(&self) -> bool {
+        true
+    }
+
     async fn run(&self, job: &PlannedJob, cx: &JobContext, out: &JobOutput) -> Result<JobOutcome> {
         let mut main: Vec<String> = job.before_script.clone();
         main.extend(job.script.iter().cloned());
