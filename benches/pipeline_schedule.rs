@@ -11,6 +11,11 @@
     missing_docs,
     reason = "criterion's macros generate undocumented items"
 )]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
 
 use std::fmt::Write as _;
 use std::path::Path;

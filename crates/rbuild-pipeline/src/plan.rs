@@ -414,9 +414,10 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
     );
     let names = planned_names(&planned);
     for i in 0..planned.len() {
-        let job = pipeline
-            .job(&planned[i].name)
-            .expect("planned jobs come from the pipeline");
+        // Planned jobs all come from the pipeline.
+        let Some(job) = pipeline.job(&planned[i].name) else {
+            continue;
+        };
         planned[i].artifacts_from = artifact_sources(job, &planned[..i], &planned);
         if let Some(needs) = &mut planned[i].needs {
             // Optional needs, and needs left out with `--job`, that are not planned: nothing to
@@ -564,9 +565,9 @@ fn drop_unreachable(
         let names = planned_names(planned);
         let mut drop = None;
         for (i, p) in planned.iter().enumerate() {
-            let job = pipeline
-                .job(&p.name)
-                .expect("planned jobs come from the pipeline");
+            let Some(job) = pipeline.job(&p.name) else {
+                continue;
+            };
             let reason = match &job.needs {
                 Some(needs) => needs
                     .iter()

@@ -2,6 +2,12 @@
 //! (the job's whole process group stopped), and `artifacts:reports:dotenv` passing variables
 //! to later jobs, never read through a symlink out of the job's directory.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "a test or benchmark stops at the first failed set-up step"
+)]
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
