@@ -51,8 +51,8 @@ mod yaml;
 
 pub use error::{Error, PatternError, Result};
 pub use model::{
-    AllowFailure, Artifacts, DEFAULT_STAGES, Environment, Image, Inherit, Job, Need, Pipeline,
-    RefFilter, Retry, Rule, Timeout, Warning, When,
+    AllowFailure, Artifacts, Cache, CacheKey, CachePolicy, DEFAULT_STAGES, Environment, Image,
+    Inherit, Job, Need, Pipeline, RefFilter, Retry, Rule, Timeout, Warning, When,
 };
 pub use plan::{Plan, PlanOptions, PlannedEnvironment, PlannedJob, PlannedStage, SkippedJob, plan};
 pub use predefined::{GitInfo, GitRef, PipelineContext, job_variables};

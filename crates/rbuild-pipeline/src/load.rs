@@ -9,8 +9,8 @@ use serde_yaml::{Mapping, Value};
 use crate::error::{Error, Result};
 use crate::expr::Expr;
 use crate::model::{
-    AllowFailure, Artifacts, DEFAULT_STAGES, Environment, Image, Job, Need, Pipeline, RefFilter,
-    Rule, Warning, When,
+    AllowFailure, Artifacts, Cache, CacheKey, CachePolicy, DEFAULT_STAGES, Environment, Image, Job,
+    Need, Pipeline, RefFilter, Rule, Warning, When,
 };
 use crate::variables::{Variable, Variables};
 use crate::yaml::Loaded;
@@ -29,7 +29,7 @@ const GLOBAL_KEYWORDS: [&str; 11] = [
     "default",
     "workflow",
 ];
-const JOB_KEYWORDS: [&str; 20] = [
+const JOB_KEYWORDS: [&str; 21] = [
     "stage",
     "script",
     "before_script",
@@ -50,6 +50,7 @@ const JOB_KEYWORDS: [&str; 20] = [
     "parallel",
     "retry",
     "timeout",
+    "cache",
 ];
 
 struct Ctx<'a> {
@@ -163,7 +164,16 @@ fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
         .cloned()
         .unwrap_or_default();
     for key in default.keys().filter_map(Value::as_str) {
-        if !["image", "before_script", "after_script", "retry", "timeout"].contains(&key) {
+        if ![
+            "image",
+            "before_script",
+            "after_script",
+            "retry",
+            "timeout",
+            "cache",
+        ]
+        .contains(&key)
+        {
             cx.unsupported(&format!("default:{key}"), "(global)");
         }
     }
@@ -181,6 +191,9 @@ fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
     let default_retry = default
         .get("retry")
         .map(|v| parse_retry(v).map_err(|m| cx.err("default", format!("default: retry: {m}"))))
+        .transpose()?;
+    let default_cache = pick("cache")
+        .map(|v| parse_cache(v, &mut cx).map_err(|m| cx.err("cache", format!("cache: {m}"))))
         .transpose()?;
     let default_timeout = default
         .get("timeout")
@@ -207,7 +220,7 @@ fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
             continue;
         }
         if GLOBAL_KEYWORDS.contains(&name) {
-            if ["services", "cache", "types"].contains(&name) {
+            if ["services", "types"].contains(&name) {
                 cx.unsupported(name, "(global)");
             }
             continue;
@@ -240,6 +253,9 @@ fn build(loaded: &Loaded, path: &Path) -> Result<Pipeline> {
         }
         if !map.contains_key("after_script") && inherit.allows("after_script") {
             job.after_script = default_after.clone().unwrap_or_default();
+        }
+        if !map.contains_key("cache") && inherit.allows("cache") {
+            job.cache = default_cache.clone().unwrap_or_default();
         }
         if job.retry.is_none() && inherit.allows("retry") {
             job.retry.clone_from(&default_retry);
@@ -645,6 +661,10 @@ fn parse_job(name: &str, map: &Mapping, cx: &mut Ctx<'_>) -> Result<Job> {
         when,
         start_in,
         inherit_variables,
+        cache: match map.get("cache") {
+            None => Vec::new(),
+            Some(v) => parse_cache(v, cx).map_err(|m| e(cx, format!("cache: {m}")))?,
+        },
         retry: map
             .get("retry")
             .map(|v| parse_retry(v).map_err(|m| e(cx, format!("retry: {m}"))))
@@ -656,6 +676,84 @@ fn parse_job(name: &str, map: &Mapping, cx: &mut Ctx<'_>) -> Result<Job> {
         parallel_of: None,
         line,
     })
+}
+
+/// `cache:` — one mapping or a list of them (GitLab allows up to 4).
+fn parse_cache(v: &Value, cx: &mut Ctx<'_>) -> std::result::Result<Vec<Cache>, String> {
+    let entries: Vec<&Value> = match v {
+        Value::Sequence(s) => s.iter().collect(),
+        Value::Null => Vec::new(),
+        other => vec![other],
+    };
+    if entries.len() > 4 {
+        return Err("at most 4 caches per job".into());
+    }
+    let mut out = Vec::new();
+    for entry in entries {
+        let Value::Mapping(m) = entry else {
+            return Err("each cache is a mapping (`key`, `paths`, `policy`, ...)".into());
+        };
+        let mut cache = Cache::default();
+        for (k, val) in m {
+            match k.as_str().unwrap_or_default() {
+                "key" => {
+                    cache.key = match val {
+                        Value::Mapping(km) => {
+                            if let Some(bad) = km
+                                .keys()
+                                .find(|k| !matches!(k.as_str(), Some("files" | "prefix")))
+                            {
+                                return Err(format!(
+                                    "unknown `key` keyword {}: it takes `files` and `prefix`",
+                                    scalar(bad).unwrap_or_default()
+                                ));
+                            }
+                            let files = km
+                                .get("files")
+                                .and_then(names)
+                                .filter(|f| (1..=2).contains(&f.len()))
+                                .ok_or("`key:files` must list one or two files")?;
+                            CacheKey::Files {
+                                files,
+                                prefix: km.get("prefix").and_then(scalar),
+                            }
+                        }
+                        other => CacheKey::Text(scalar(other).ok_or("`key` must be a string")?),
+                    }
+                }
+                "paths" => cache.paths = names(val).ok_or("`paths` must be a list of paths")?,
+                "policy" => {
+                    cache.policy = match val.as_str() {
+                        Some("pull") => CachePolicy::Pull,
+                        Some("push") => CachePolicy::Push,
+                        Some("pull-push") => CachePolicy::PullPush,
+                        _ => return Err("`policy` is `pull`, `push` or `pull-push`".into()),
+                    }
+                }
+                "when" => {
+                    cache.when = val
+                        .as_str()
+                        .and_then(When::parse)
+                        .filter(|w| matches!(w, When::OnSuccess | When::OnFailure | When::Always))
+                        .ok_or("`when` is `on_success`, `on_failure` or `always`")?;
+                }
+                "untracked" => {
+                    cache.untracked = val.as_bool().ok_or("`untracked` is true or false")?;
+                    if cache.untracked {
+                        cx.unsupported("cache:untracked", "(cache)");
+                    }
+                }
+                "fallback_keys" => {
+                    cache.fallback_keys =
+                        names(val).ok_or("`fallback_keys` must be a list of keys")?;
+                }
+                "unprotect" => {}
+                other => return Err(format!("unknown keyword `{other}`")),
+            }
+        }
+        out.push(cache);
+    }
+    Ok(out)
 }
 
 /// `retry: N` or `retry: {max, when, exit_codes}` (`Entry::Retry`: max 0 to 2).
@@ -1168,7 +1266,7 @@ mod tests {
         assert_eq!(p.warnings.len(), 1);
         assert_eq!(
             p.warnings[0].to_string(),
-            "unsupported keywords are ignored: `cache` (a, b), `services` ((global)), `tags` (a)"
+            "unsupported keywords are ignored: `services` ((global)), `tags` (a)"
         );
     }
 
@@ -1485,6 +1583,31 @@ mod tests {
         assert_eq!(b.timeout.as_ref().unwrap().secs, 5400);
         let c = p.job("c").unwrap();
         assert!(c.retry.is_none() && c.timeout.is_none());
+    }
+
+    #[test]
+    fn cache_forms_and_errors() {
+        let p = parse(
+            "cache: {key: global, paths: [a/]}\nj:\n  script: [x]\nk:\n  cache: [{key: {files: [Cargo.lock]}, policy: pull, when: always}]\n  script: [x]\n",
+        )
+        .unwrap();
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        assert_eq!(
+            p.job("j").unwrap().cache[0].key,
+            CacheKey::Text("global".into())
+        );
+        let k = &p.job("k").unwrap().cache[0];
+        assert_eq!(k.policy, CachePolicy::Pull);
+        assert_eq!(k.when, When::Always);
+        let err = parse("j:\n  script: [x]\n  cache: {policy: sometimes}\n").unwrap_err();
+        assert!(err.to_string().contains("`policy` is `pull`"), "{err}");
+        let err = parse("j:\n  script: [x]\n  cache: {key: {files: [a, b, c]}}\n").unwrap_err();
+        assert!(err.to_string().contains("one or two files"), "{err}");
+        let err = parse("j:\n  script: [x]\n  cache: {colour: red}\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".gitlab-ci.yml:1: job \"j\": cache: unknown keyword `colour`"
+        );
     }
 
     #[test]

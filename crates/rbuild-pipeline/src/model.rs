@@ -102,6 +102,8 @@ pub struct Job {
     pub start_in: Option<String>,
     /// `inherit:variables`: which global `variables:` the job gets.
     pub inherit_variables: Inherit,
+    /// `cache:` entries (job value, else `default:cache` or the global `cache:`).
+    pub cache: Vec<Cache>,
     /// `retry:` (job value, else `default:retry`).
     pub retry: Option<Retry>,
     /// `timeout:` (job value, else `default:timeout`).
@@ -261,6 +263,61 @@ pub struct Artifacts {
     /// `reports:dotenv`: files of `KEY=VALUE` lines whose variables the jobs that receive
     /// this job's artifacts get.
     pub dotenv: Vec<String>,
+}
+
+/// One `cache:` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cache {
+    /// `key` (default `default`).
+    pub key: CacheKey,
+    /// `paths` to save (globs as in `artifacts:paths`).
+    pub paths: Vec<String>,
+    /// `policy`.
+    pub policy: CachePolicy,
+    /// `when` to save: `on_success` (default), `on_failure` or `always`.
+    pub when: When,
+    /// `untracked: true`: also every file git does not track (not supported locally: warned).
+    pub untracked: bool,
+    /// `fallback_keys`, tried in order when `key` has no cache yet.
+    pub fallback_keys: Vec<String>,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self {
+            key: CacheKey::Text("default".into()),
+            paths: Vec::new(),
+            policy: CachePolicy::PullPush,
+            when: When::OnSuccess,
+            untracked: false,
+            fallback_keys: Vec::new(),
+        }
+    }
+}
+
+/// `cache:key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheKey {
+    /// A text key (variables expanded at run time).
+    Text(String),
+    /// `key:files` (one or two files) with an optional `prefix`.
+    Files {
+        /// The files whose content makes the key.
+        files: Vec<String>,
+        /// `key:prefix`.
+        prefix: Option<String>,
+    },
+}
+
+/// `cache:policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CachePolicy {
+    /// Restore before the job, never save.
+    Pull,
+    /// Save after the job, never restore.
+    Push,
+    /// Both (the default).
+    PullPush,
 }
 
 /// `retry:` — run a failed job again, up to `max` more times.

@@ -103,6 +103,8 @@ pub struct PlannedJob {
     pub needs: Option<Vec<String>>,
     /// `start_in` of a `when: delayed` job (from the job or its matching rule).
     pub start_in: Option<String>,
+    /// `cache:` entries.
+    pub cache: Vec<crate::model::Cache>,
     /// `retry:`.
     pub retry: Option<crate::model::Retry>,
     /// `timeout:`.
@@ -399,6 +401,7 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
                 .as_ref()
                 .map(|n| n.iter().map(|n| n.job.clone()).collect()),
             start_in,
+            cache: job.cache.clone(),
             retry: job.retry.clone(),
             timeout: job.timeout.clone(),
             reason,

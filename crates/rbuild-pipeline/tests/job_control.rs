@@ -156,3 +156,62 @@ async fn dotenv_reports_pass_variables_to_later_jobs() {
         before
     );
 }
+
+#[tokio::test]
+async fn cache_is_reused_across_runs_and_key_files_change_the_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("p");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::write(project.join("deps.lock"), "v1").unwrap();
+    let cache_dir = tmp.path().join("cache");
+    // A sentinel beside the project: a job links to it from a cached path.
+    let sentinel = tmp.path().join("sentinel");
+    std::fs::write(&sentinel, "host file").unwrap();
+    let yaml = format!(
+        "stages: [build, test]\n\
+         fetch:\n  stage: build\n  cache:\n    - key: {{files: [deps.lock], prefix: deps}}\n      paths: [vendor/]\n\
+         \x20 script:\n    - 'if [ -f vendor/got ]; then echo \"reused $(cat vendor/got)\"; else mkdir -p vendor; cat deps.lock > vendor/got; ln -s {} vendor/link; echo fresh; fi'\n\
+         readonly:\n  stage: test\n  cache: {{key: shared, fallback_keys: [seed], paths: [out/], policy: pull}}\n  script: ['cat out/seed 2>/dev/null || echo no-seed', 'mkdir -p out; echo changed > out/seed']\n\
+         seed:\n  stage: build\n  cache: {{key: seed, paths: [out/]}}\n  script: ['mkdir -p out; echo seeded > out/seed']\n",
+        sentinel.display()
+    );
+    let plan = plan_for(&project, &yaml);
+    let opts = || {
+        RunOptions::new(&project)
+            .isolate(true)
+            .cache_dir(&cache_dir)
+    };
+    let (first, lines) = run(&plan, opts()).await;
+    assert!(first.success(), "{lines:?}");
+    assert!(said(&lines, "fetch", "fresh"), "{lines:?}");
+    // `readonly` ran after `seed`: the fallback key gave it the seed's cache.
+    assert!(said(&lines, "readonly", "seeded"), "{lines:?}");
+
+    let (second, lines) = run(&plan, opts()).await;
+    assert!(second.success(), "{lines:?}");
+    assert!(said(&lines, "fetch", "reused v1"), "{lines:?}");
+    // `policy: pull` saved nothing under `shared`: still the fallback.
+    assert!(
+        said(&lines, "readonly", "cache \"seed\" restored"),
+        "{lines:?}"
+    );
+
+    // Another lock file content is another key: a fresh cache.
+    std::fs::write(project.join("deps.lock"), "v2").unwrap();
+    let plan = plan_for(&project, &yaml);
+    let (third, lines) = run(&plan, opts()).await;
+    assert!(third.success(), "{lines:?}");
+    assert!(said(&lines, "fetch", "fresh"), "{lines:?}");
+    // The cached symlink stayed a symlink: the sentinel was neither copied nor written.
+    assert_eq!(std::fs::read_to_string(&sentinel).unwrap(), "host file");
+    let saved: Vec<_> = std::fs::read_dir(&cache_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("deps-") && !n.ends_with(".lock"))
+        .collect();
+    assert_eq!(saved.len(), 2, "{saved:?}");
+    for name in saved {
+        let link = cache_dir.join(name).join("vendor/link");
+        assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+    }
+}

@@ -196,7 +196,10 @@ async fn run_pipeline(
         insecure_registries: flags.insecure_registries.clone(),
     };
     let executor = ImageExecutor::new(kind, root).registries(registries);
-    let mut options = RunOptions::new(&project).path_prepend(shims.path());
+    // `cache:` lives under the rbuild root, shared by every run of every project there.
+    let mut options = RunOptions::new(&project)
+        .path_prepend(shims.path())
+        .cache_dir(root.join("pipeline-cache"));
     if let Some(n) = args.concurrency {
         options = options.concurrency(usize::from(n));
     }

@@ -2,6 +2,7 @@
 //! between jobs, masked and prefixed output, and a summary.
 
 pub(crate) mod artifacts;
+mod cache;
 mod masker;
 mod report;
 pub(crate) mod rooted;

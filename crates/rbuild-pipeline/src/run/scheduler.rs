@@ -12,11 +12,11 @@ use futures::stream::FuturesUnordered;
 use super::masker::Masker;
 use super::report::{JobReport, JobStatus, RunReport};
 use super::{Event, JobContext, JobOutcome, JobOutput, JobRunner, Stream};
-use super::{artifacts, rooted};
+use super::{artifacts, cache, rooted};
 use crate::error::{Error, Result};
-use crate::model::When;
+use crate::model::{CachePolicy, When};
 use crate::plan::{Plan, PlannedJob};
-use crate::variables::{Variable, Variables};
+use crate::variables::{Variable, Variables, expand};
 
 /// Options of a run.
 #[derive(Debug, Clone)]
@@ -33,6 +33,9 @@ pub struct RunOptions {
     pub work_dir: Option<PathBuf>,
     /// Directories put first on every job's `PATH`.
     pub path_prepend: Vec<PathBuf>,
+    /// Where `cache:` is kept across jobs and runs; without one, `cache:` is skipped (and the
+    /// job log says so).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -45,7 +48,15 @@ impl RunOptions {
             isolate: false,
             work_dir: None,
             path_prepend: Vec::new(),
+            cache_dir: None,
         }
+    }
+
+    /// Keeps `cache:` in `dir` (created mode 0700 when missing).
+    #[must_use]
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
     }
 
     /// Sets the concurrency bound.
@@ -132,6 +143,14 @@ impl<R: JobRunner> Runner<R> {
                 (dir.keep(), true)
             }
         };
+        if let Some(dir) = &self.opts.cache_dir {
+            // Caches hold job output (build trees, dependencies): 0700 like the work directory.
+            private_dir(dir).map_err(|source| Error::JobIo {
+                job: String::new(),
+                action: format!("create cache directory {}", dir.display()),
+                source,
+            })?;
+        }
         let result = self.run_graph(plan, &sink, &work).await;
         if temporary {
             // Best effort: a leftover temporary directory is not worth failing the run for.
@@ -299,10 +318,11 @@ impl<R: JobRunner> Runner<R> {
         }
         let max_attempts = 1 + job.retry.as_ref().map_or(0, |r| usize::from(r.max));
         let mut attempt = 0;
-        let (outcome, workdir) = loop {
+        let (outcome, workdir, cache_keys) = loop {
             attempt += 1;
             let workdir = self.prepare_workdir(job, work, &out)?;
             let env = job_env(job, &workdir, &inherited)?;
+            let cache_keys = self.restore_caches(job, &env, &workdir, &out)?;
             let mut cx = JobContext {
                 env,
                 workdir: workdir.clone(),
@@ -345,7 +365,7 @@ impl<R: JobRunner> Runner<R> {
                 .as_ref()
                 .is_some_and(|r| r.applies(reason, outcome.exit_code));
             if outcome.succeeded() || attempt >= max_attempts || !retry {
-                break (outcome, workdir);
+                break (outcome, workdir, cache_keys);
             }
             out.line(
                 Stream::System,
@@ -395,6 +415,7 @@ impl<R: JobRunner> Runner<R> {
                     .insert(job.name.clone(), vars);
             }
         }
+        self.save_caches(job, &cache_keys, &workdir, outcome.succeeded(), &out)?;
         let status = if outcome.succeeded() {
             JobStatus::Passed
         } else if job.allow_failure.allows(outcome.exit_code) {
@@ -415,6 +436,105 @@ impl<R: JobRunner> Runner<R> {
             duration,
             exit_code: outcome.exit_code,
         })
+    }
+
+    /// Computes each cache's key and restores the caches the job pulls (its key, else its
+    /// fallback keys in order). Returns the keys, in `job.cache` order (`None` for a cache
+    /// whose key is refused: the log says why and it is neither restored nor saved).
+    fn restore_caches(
+        &self,
+        job: &PlannedJob,
+        env: &BTreeMap<String, String>,
+        workdir: &Path,
+        out: &JobOutput,
+    ) -> Result<Vec<Option<String>>> {
+        let Some(dir) = &self.opts.cache_dir else {
+            if !job.cache.is_empty() {
+                out.line(
+                    Stream::System,
+                    "WARNING: cache: no cache directory for this run, caches are skipped",
+                );
+            }
+            return Ok(vec![None; job.cache.len()]);
+        };
+        let mut keys = Vec::new();
+        for c in &job.cache {
+            let key = match cache::key(c, env, workdir) {
+                Ok(k) => k,
+                Err(why) => {
+                    out.line(Stream::System, &format!("WARNING: cache: {why}"));
+                    keys.push(None);
+                    continue;
+                }
+            };
+            if c.policy != CachePolicy::Push {
+                let mut tried = vec![key.clone()];
+                tried.extend(c.fallback_keys.iter().map(|k| expand(k, env)));
+                tried.retain(|k| !k.is_empty() && k != "." && k != ".." && !k.contains('/'));
+                let restored =
+                    cache::restore(dir, &tried, workdir).map_err(|source| Error::JobIo {
+                        job: job.name.clone(),
+                        action: format!("restore cache {key:?}"),
+                        source,
+                    })?;
+                out.line(
+                    Stream::System,
+                    &match restored {
+                        Some(k) => format!("cache {k:?} restored"),
+                        None => format!("cache {key:?} not found"),
+                    },
+                );
+            }
+            keys.push(Some(key));
+        }
+        Ok(keys)
+    }
+
+    /// Saves the caches the job pushes, when their `when` matches the outcome.
+    fn save_caches(
+        &self,
+        job: &PlannedJob,
+        keys: &[Option<String>],
+        workdir: &Path,
+        succeeded: bool,
+        out: &JobOutput,
+    ) -> Result<()> {
+        let Some(dir) = &self.opts.cache_dir else {
+            return Ok(());
+        };
+        for (c, key) in job.cache.iter().zip(keys) {
+            let Some(key) = key else { continue };
+            let wanted = match c.when {
+                When::Always => true,
+                When::OnFailure => !succeeded,
+                _ => succeeded,
+            };
+            if c.policy == CachePolicy::Pull || !wanted || c.paths.is_empty() {
+                continue;
+            }
+            let io = |action: String| {
+                move |source| Error::JobIo {
+                    job: job.name.clone(),
+                    action,
+                    source,
+                }
+            };
+            let resolved = artifacts::resolve_paths(workdir, &c.paths)
+                .map_err(io(format!("look up the paths of cache {key:?}")))?;
+            for p in resolved.outside {
+                out.line(
+                    Stream::System,
+                    &format!("WARNING: cache: {p}: leads out of the project directory through a symlink, not saved"),
+                );
+            }
+            cache::save(dir, key, workdir, &resolved.found)
+                .map_err(io(format!("save cache {key:?}")))?;
+            out.line(
+                Stream::System,
+                &format!("cache {key:?} saved ({} path(s))", resolved.found.len()),
+            );
+        }
+        Ok(())
     }
 
     /// The directory the job runs in: the project itself, or (isolated) a fresh copy of it
