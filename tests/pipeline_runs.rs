@@ -165,3 +165,41 @@ fn pipeline_matrix_jobs_run_with_their_names_and_variables() {
     );
     assert!(text.contains("[linux only] linux-only"), "{text}");
 }
+
+#[test]
+fn pipeline_cache_is_reused_across_runs_under_the_root() {
+    if !have_tool("git") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let ci = "deps:\n  cache:\n    key: {files: [deps.lock]}\n    paths: [vendor/]\n\
+        \x20 script:\n    - 'if [ -f vendor/v ]; then echo \"cached $(cat vendor/v)\"; else mkdir -p vendor; cp deps.lock vendor/v; echo fetched; fi'\n";
+    let project = project(work.path(), ci, &[("deps.lock", "one")]);
+    let first = ok(&pipeline(
+        work.path(),
+        &project,
+        &["run", "--executor", "shell"],
+    ));
+    assert!(first.contains("[deps] fetched"), "{first}");
+    // Jobs run in the checkout here: remove what the first run left so only the cache can
+    // bring it back.
+    fs::remove_dir_all(project.join("vendor")).unwrap();
+    let second = ok(&pipeline(
+        work.path(),
+        &project,
+        &["run", "--executor", "shell"],
+    ));
+    assert!(second.contains("[deps] cached one"), "{second}");
+    assert!(work.path().join("root/pipeline-cache").is_dir());
+    fs::remove_dir_all(project.join("vendor")).unwrap();
+    fs::write(project.join("deps.lock"), "two").unwrap();
+    let third = ok(&pipeline(
+        work.path(),
+        &project,
+        &["run", "--executor", "shell"],
+    ));
+    assert!(
+        third.contains("[deps] fetched"),
+        "a new key:files content reused: {third}"
+    );
+}
