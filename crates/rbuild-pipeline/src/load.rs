@@ -1056,6 +1056,16 @@ fn parse_rules(v: &Value, owner: &str, cx: &mut Ctx<'_>) -> Result<Vec<Rule>> {
                     let expr = Expr::parse(&text).map_err(|err| e(cx, err.to_string()))?;
                     rule.condition = Some((text, expr));
                 }
+                "exists" => {
+                    // A list, or `{paths: [...]}` (the `project:` form needs a GitLab server).
+                    let paths = match val {
+                        Value::Mapping(em) => em.get("paths").and_then(names),
+                        other => names(other),
+                    };
+                    rule.exists = Some(paths.ok_or_else(|| {
+                        e(cx, "`exists` must be a list of paths or globs".into())
+                    })?);
+                }
                 "when" => {
                     rule.when = Some(
                         val.as_str()

@@ -231,6 +231,9 @@ pub struct Rule {
     pub allow_failure: Option<bool>,
     /// `start_in:` with `when: delayed`.
     pub start_in: Option<String>,
+    /// `exists:` — the rule matches only when one of these paths or globs names a file of the
+    /// project (variables expanded first).
+    pub exists: Option<Vec<String>>,
 }
 
 /// `environment:`.

@@ -211,7 +211,7 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
         let mut with_secrets = base.clone();
         with_secrets.extend(&opts.variables);
         let values = with_secrets.expand_all()?;
-        match first_match(rules, &values) {
+        match first_match(rules, &values, &cx.project_dir) {
             Some((_, rule)) if rule.when != Some(When::Never) => {
                 workflow_vars.extend(&rule.variables);
             }
@@ -267,17 +267,18 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
 
         let (when, reason, rule_vars, rule_allow, rule_start_in, manual_by_rule) = match &job.rules
         {
-            Some(rules) => match first_match(rules, &values) {
+            Some(rules) => match first_match(rules, &values, &cx.project_dir) {
                 None => {
                     skipped.push(skip("rules: no rule matched".into()));
                     continue;
                 }
                 Some((i, rule)) => {
                     let when = rule.when.unwrap_or(job.when);
-                    let what = rule.condition.as_ref().map_or_else(
-                        || "has no `if`".to_owned(),
-                        |(t, _)| format!("`if: {t}` matched"),
-                    );
+                    let what = match (&rule.condition, &rule.exists) {
+                        (Some((t, _)), _) => format!("`if: {t}` matched"),
+                        (None, Some(paths)) => format!("`exists: {}` matched", paths.join(", ")),
+                        (None, None) => "has no `if`".to_owned(),
+                    };
                     if when == When::Never {
                         skipped.push(skip(format!(
                             "rules: rule {} {what} with when: never",
@@ -444,15 +445,21 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
     Ok(Plan { stages, skipped })
 }
 
+/// The first rule whose `if` is true and, with `exists`, one of whose paths names a file of
+/// the project (looked up under `project`, never outside it).
 fn first_match<'r>(
     rules: &'r [Rule],
     values: &BTreeMap<String, String>,
+    project: &std::path::Path,
 ) -> Option<(usize, &'r Rule)> {
     let lookup = |n: &str| values.get(n).cloned();
-    rules
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.condition.as_ref().is_none_or(|(_, e)| e.eval(&lookup)))
+    rules.iter().enumerate().find(|(_, r)| {
+        r.condition.as_ref().is_none_or(|(_, e)| e.eval(&lookup))
+            && r.exists.as_ref().is_none_or(|paths| {
+                let paths: Vec<String> = paths.iter().map(|p| expand(p, values)).collect();
+                crate::yaml::exists(&paths, project)
+            })
+    })
 }
 
 /// What `only`/`except` decided for a job, with the reason the plan prints. Not an error: a
@@ -627,4 +634,56 @@ fn artifact_sources(job: &Job, earlier: &[PlannedJob], all: &[PlannedJob]) -> Ve
         })
         .map(|p| p.name.clone())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    use crate::predefined::GitInfo;
+
+    #[test]
+    fn rules_exists_looks_in_the_project_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let project = tmp.path().join("p");
+        std::fs::create_dir_all(project.join("cmd/tool")).unwrap();
+        std::fs::write(project.join("Dockerfile"), "FROM scratch\n").unwrap();
+        std::fs::write(project.join("cmd/tool/main.go"), "package main\n").unwrap();
+        // A sentinel beside the project, reachable only through a planted symlink.
+        std::fs::create_dir(tmp.path().join("outside")).unwrap();
+        std::fs::write(tmp.path().join("outside/secret.txt"), "x").unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("outside"), project.join("link")).unwrap();
+        let pipeline = Pipeline::parse(
+            "docker:\n  script: [build]\n  rules: [{exists: [Dockerfile]}]\n\
+             go:\n  script: [go]\n  rules: [{exists: {paths: ['**/*.go']}, when: manual}]\n\
+             rust:\n  script: [cargo]\n  rules: [{exists: [Cargo.toml]}]\n\
+             escape:\n  script: [x]\n  rules: [{exists: [link/secret.txt]}]\n\
+             by-var:\n  variables: {FILE: Dockerfile}\n  script: [x]\n  rules: [{if: '$CI_COMMIT_BRANCH', exists: [$FILE]}]\n",
+            Path::new(".gitlab-ci.yml"),
+            &project,
+        )
+        .unwrap();
+        let git = GitInfo {
+            sha: "0".repeat(40),
+            git_ref: GitRef::Branch("main".into()),
+            project_name: "p".into(),
+            project_path: None,
+            default_branch: "main".into(),
+        };
+        let plan = plan(
+            &pipeline,
+            &PipelineContext::new(git, &project),
+            &PlanOptions::default().manual(true),
+        )
+        .unwrap();
+        assert_eq!(plan.job_names(), ["docker", "go", "by-var"]);
+        assert_eq!(
+            plan.job("docker").unwrap().reason,
+            "rules: rule 1 `exists: Dockerfile` matched"
+        );
+        assert_eq!(plan.job("go").unwrap().when, When::Manual);
+        let skipped: Vec<_> = plan.skipped.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(skipped, ["rust", "escape"]);
+    }
 }
