@@ -203,3 +203,54 @@ fn pipeline_cache_is_reused_across_runs_under_the_root() {
         "a new key:files content reused: {third}"
     );
 }
+
+#[test]
+fn pipeline_rules_changes_compare_two_commits() {
+    if !have_tool("git") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let ci = "docs:\n  script: [echo docs]\n  rules: [{changes: ['docs/**/*.md']}]\n\
+        code:\n  script: [echo code]\n  rules: [{changes: ['src/*.rs']}]\n";
+    let project = project(work.path(), ci, &[("src/main.rs", "fn main() {}\n")]);
+    fs::create_dir_all(project.join("docs/guide")).unwrap();
+    fs::write(project.join("docs/guide/intro.md"), "# intro\n").unwrap();
+    sh(Command::new("git")
+        .arg("-C")
+        .arg(&project)
+        .args(["-c", "user.name=CI", "-c", "user.email=ci@example.com"])
+        .args(["add", "-A"]));
+    sh(Command::new("git")
+        .arg("-C")
+        .arg(&project)
+        .args(["-c", "user.name=CI", "-c", "user.email=ci@example.com"])
+        .args(["commit", "-q", "-m", "docs"]));
+    let plan = |compare: &str| {
+        ok(&pipeline(
+            work.path(),
+            &project,
+            &["plan", "--compare-to", compare],
+        ))
+    };
+    let last = plan("HEAD~1");
+    assert!(
+        last.contains("  docs: rules: rule 1 `changes: docs/**/*.md` matched"),
+        "{last}"
+    );
+    assert!(
+        last.contains("code (test): rules: no rule matched"),
+        "{last}"
+    );
+    let none = plan("HEAD");
+    assert!(
+        none.contains("docs (test): rules: no rule matched"),
+        "{none}"
+    );
+    let bad = pipeline(
+        work.path(),
+        &project,
+        &["plan", "--compare-to", "no-such-ref"],
+    );
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("no-such-ref"), "{}", stderr(&bad));
+}

@@ -55,7 +55,7 @@ pub use model::{
     Inherit, Job, Need, Pipeline, RefFilter, Retry, Rule, Timeout, Warning, When,
 };
 pub use plan::{Plan, PlanOptions, PlannedEnvironment, PlannedJob, PlannedStage, SkippedJob, plan};
-pub use predefined::{GitInfo, GitRef, PipelineContext, job_variables};
+pub use predefined::{GitInfo, GitRef, PipelineContext, changed_files, job_variables};
 pub use run::{
     Event, JobContext, JobOutcome, JobOutput, JobReport, JobRunner, JobStatus, Masker, RunOptions,
     RunReport, Runner, ShellRunner, Stream,

@@ -1056,6 +1056,23 @@ fn parse_rules(v: &Value, owner: &str, cx: &mut Ctx<'_>) -> Result<Vec<Rule>> {
                     let expr = Expr::parse(&text).map_err(|err| e(cx, err.to_string()))?;
                     rule.condition = Some((text, expr));
                 }
+                "changes" => {
+                    let paths = match val {
+                        Value::Mapping(cm) => {
+                            if cm.contains_key("compare_to") {
+                                cx.unsupported(
+                                    "rules:changes:compare_to (use --compare-to)",
+                                    owner,
+                                );
+                            }
+                            cm.get("paths").and_then(names)
+                        }
+                        other => names(other),
+                    };
+                    rule.changes = Some(paths.ok_or_else(|| {
+                        e(cx, "`changes` must be a list of paths or globs".into())
+                    })?);
+                }
                 "exists" => {
                     // A list, or `{paths: [...]}` (the `project:` form needs a GitLab server).
                     let paths = match val {

@@ -234,6 +234,9 @@ pub struct Rule {
     /// `exists:` — the rule matches only when one of these paths or globs names a file of the
     /// project (variables expanded first).
     pub exists: Option<Vec<String>>,
+    /// `changes:` — the rule matches only when a changed file matches one of these paths or
+    /// globs (see [`PipelineContext::changed_files`](crate::PipelineContext::changed_files)).
+    pub changes: Option<Vec<String>>,
 }
 
 /// `environment:`.

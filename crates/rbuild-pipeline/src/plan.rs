@@ -211,7 +211,7 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
         let mut with_secrets = base.clone();
         with_secrets.extend(&opts.variables);
         let values = with_secrets.expand_all()?;
-        match first_match(rules, &values, &cx.project_dir) {
+        match first_match(rules, &values, cx) {
             Some((_, rule)) if rule.when != Some(When::Never) => {
                 workflow_vars.extend(&rule.variables);
             }
@@ -267,17 +267,22 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
 
         let (when, reason, rule_vars, rule_allow, rule_start_in, manual_by_rule) = match &job.rules
         {
-            Some(rules) => match first_match(rules, &values, &cx.project_dir) {
+            Some(rules) => match first_match(rules, &values, cx) {
                 None => {
                     skipped.push(skip("rules: no rule matched".into()));
                     continue;
                 }
                 Some((i, rule)) => {
                     let when = rule.when.unwrap_or(job.when);
-                    let what = match (&rule.condition, &rule.exists) {
-                        (Some((t, _)), _) => format!("`if: {t}` matched"),
-                        (None, Some(paths)) => format!("`exists: {}` matched", paths.join(", ")),
-                        (None, None) => "has no `if`".to_owned(),
+                    let what = match (&rule.condition, &rule.exists, &rule.changes) {
+                        (Some((t, _)), ..) => format!("`if: {t}` matched"),
+                        (None, Some(paths), _) => {
+                            format!("`exists: {}` matched", paths.join(", "))
+                        }
+                        (None, None, Some(paths)) => {
+                            format!("`changes: {}` matched", paths.join(", "))
+                        }
+                        (None, None, None) => "has no `if`".to_owned(),
                     };
                     if when == When::Never {
                         skipped.push(skip(format!(
@@ -446,18 +451,35 @@ pub fn plan(pipeline: &Pipeline, cx: &PipelineContext, opts: &PlanOptions) -> Re
 }
 
 /// The first rule whose `if` is true and, with `exists`, one of whose paths names a file of
-/// the project (looked up under `project`, never outside it).
+/// the project (looked up under the project directory, never outside it), and with
+/// `changes`, one of whose paths matches a changed file (always, when the pipeline has
+/// nothing to compare with, as GitLab does for tags).
 fn first_match<'r>(
     rules: &'r [Rule],
     values: &BTreeMap<String, String>,
-    project: &std::path::Path,
+    cx: &PipelineContext,
 ) -> Option<(usize, &'r Rule)> {
     let lookup = |n: &str| values.get(n).cloned();
     rules.iter().enumerate().find(|(_, r)| {
         r.condition.as_ref().is_none_or(|(_, e)| e.eval(&lookup))
             && r.exists.as_ref().is_none_or(|paths| {
                 let paths: Vec<String> = paths.iter().map(|p| expand(p, values)).collect();
-                crate::yaml::exists(&paths, project)
+                crate::yaml::exists(&paths, &cx.project_dir)
+            })
+            && r.changes.as_ref().is_none_or(|paths| {
+                let Some(changed) = &cx.changed_files else {
+                    return true;
+                };
+                paths.iter().any(|p| {
+                    let p = expand(p, values);
+                    let p = p.trim_start_matches("./").trim_end_matches('/');
+                    let re = crate::run::artifacts::glob_regex(p);
+                    // GitLab matches each changed path with `File.fnmatch` (path-aware
+                    // globs): a directory name alone matches no file below it.
+                    changed
+                        .iter()
+                        .any(|f| f == p || re.as_ref().is_some_and(|re| re.is_match(f)))
+                })
             })
     })
 }
@@ -685,5 +707,42 @@ mod tests {
         assert_eq!(plan.job("go").unwrap().when, When::Manual);
         let skipped: Vec<_> = plan.skipped.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(skipped, ["rust", "escape"]);
+    }
+
+    #[test]
+    fn rules_changes_match_changed_files_and_always_without_a_base() {
+        let project = Path::new("/checkout");
+        let pipeline = Pipeline::parse(
+            "docs:\n  script: [x]\n  rules: [{changes: ['docs/**/*.md']}]\n\
+             code:\n  script: [x]\n  rules: [{changes: {paths: ['src/*.rs', Cargo.toml]}}]\n\
+             dir:\n  script: [x]\n  rules: [{changes: [src]}]\n",
+            Path::new(".gitlab-ci.yml"),
+            project,
+        )
+        .unwrap();
+        let git = GitInfo {
+            sha: "0".repeat(40),
+            git_ref: GitRef::Branch("main".into()),
+            project_name: "p".into(),
+            project_path: None,
+            default_branch: "main".into(),
+        };
+        let mut cx = PipelineContext::new(git, project);
+        cx.changed_files = Some(vec!["docs/guide/intro.md".into(), "README.md".into()]);
+        let names = |cx: &PipelineContext| {
+            plan(&pipeline, cx, &PlanOptions::default())
+                .unwrap()
+                .job_names()
+                .into_iter()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(&cx), ["docs"]);
+        cx.changed_files = Some(vec!["src/main.rs".into()]);
+        assert_eq!(names(&cx), ["code"]);
+        cx.changed_files = Some(vec!["src/deep/x.rs".into()]);
+        assert!(names(&cx).is_empty());
+        cx.changed_files = None;
+        assert_eq!(names(&cx), ["docs", "code", "dir"]);
     }
 }

@@ -168,6 +168,42 @@ pub struct PipelineContext {
     pub job_token: String,
     /// `CI_PIPELINE_SOURCE` (`push` unless told otherwise).
     pub source: String,
+    /// Files changed by the pipeline's push, for `rules:changes` ([`changed_files`]); `None`
+    /// when there is nothing to compare with (a tag, a first commit), where GitLab takes every
+    /// `changes` rule as matching.
+    pub changed_files: Option<Vec<String>>,
+}
+
+/// The files changed between `compare_to` (default: for the default branch, the previous
+/// commit; for another branch, its merge base with the default branch, as GitLab compares
+/// branch pipelines) and `HEAD` in the repository at `dir`. `None` for a tag pipeline or when
+/// no base exists (a first commit, no default branch locally) and none was given.
+///
+/// # Errors
+///
+/// [`Error::Git`] when `compare_to` is given and git cannot resolve or diff it.
+pub fn changed_files(
+    dir: &Path,
+    git_ref: &GitRef,
+    default_branch: &str,
+    compare_to: Option<&str>,
+) -> Result<Option<Vec<String>>> {
+    let base = match (compare_to, git_ref) {
+        (Some(r), _) => git(dir, &["rev-parse", "--verify", &format!("{r}^{{commit}}")])?,
+        (None, GitRef::Tag(_)) => return Ok(None),
+        (None, GitRef::Branch(b)) if b == default_branch => {
+            match git(dir, &["rev-parse", "--verify", "HEAD~1^{commit}"]) {
+                Ok(sha) => sha,
+                Err(_) => return Ok(None),
+            }
+        }
+        (None, GitRef::Branch(_)) => match git(dir, &["merge-base", "HEAD", default_branch]) {
+            Ok(sha) => sha,
+            Err(_) => return Ok(None),
+        },
+    };
+    let names = git(dir, &["diff", "--name-only", "--no-renames", &base, "HEAD"])?;
+    Ok(Some(names.lines().map(str::to_owned).collect()))
 }
 
 impl PipelineContext {
@@ -184,6 +220,7 @@ impl PipelineContext {
             pipeline_id: now.as_secs(),
             job_token: token,
             source: "push".into(),
+            changed_files: None,
         }
     }
 

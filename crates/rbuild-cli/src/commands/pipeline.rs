@@ -55,6 +55,10 @@ pub(crate) struct Selection {
     /// Run `when: manual` jobs too.
     #[arg(long)]
     pub manual: bool,
+    /// What `rules:changes` compares `HEAD` with [default: the previous commit on the default
+    /// branch, else the merge base with the default branch].
+    #[arg(long = "compare-to", value_name = "REF")]
+    pub compare_to: Option<String>,
 }
 
 /// Arguments of `rbuild pipeline run`.
@@ -143,7 +147,13 @@ fn load_and_plan(selection: &Selection) -> anyhow::Result<(PathBuf, Pipeline, Pl
     } else if let Some(t) = &selection.tag {
         git = git.with_ref(GitRef::Tag(t.clone()));
     }
-    let cx = PipelineContext::new(git, &project);
+    let mut cx = PipelineContext::new(git, &project);
+    cx.changed_files = rbuild_pipeline::changed_files(
+        &project,
+        &cx.git.git_ref,
+        &cx.git.default_branch,
+        selection.compare_to.as_deref(),
+    )?;
     // `include:rules` see the predefined variables and the ones given on the command line
     // (GitLab: pipeline variables, never the file's own `variables:`).
     let mut include_vars = cx.variables();
@@ -196,7 +206,9 @@ async fn run_pipeline(
         insecure_registries: flags.insecure_registries.clone(),
     };
     let executor = ImageExecutor::new(kind, root).registries(registries);
-    // `cache:` lives under the rbuild root, shared by every run of every project there.
+    // `cache:` lives under the rbuild root, shared by every run of every project there. The
+    // store is opened (created) first: it refuses a root that has content but no layout.
+    super::open_store(root)?;
     let mut options = RunOptions::new(&project)
         .path_prepend(shims.path())
         .cache_dir(root.join("pipeline-cache"));

@@ -139,7 +139,7 @@ fn walk(dir: BorrowedFd<'_>, rel: &Path, f: &mut dyn FnMut(&Path)) -> io::Result
     Ok(())
 }
 
-fn glob_regex(pattern: &str) -> Option<Regex> {
+pub(crate) fn glob_regex(pattern: &str) -> Option<Regex> {
     let mut re = String::from("^");
     let mut chars = pattern.chars().peekable();
     while let Some(c) = chars.next() {
