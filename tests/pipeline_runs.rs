@@ -254,3 +254,32 @@ fn pipeline_rules_changes_compare_two_commits() {
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("no-such-ref"), "{}", stderr(&bad));
 }
+
+#[test]
+fn pipeline_summary_as_json_lists_every_job() {
+    if !have_tool("git") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let ci = "ok:\n  script: [echo fine]\n\
+        flaky:\n  script: [exit 3]\n  allow_failure: {exit_codes: [3]}\n\
+        later:\n  stage: deploy\n  script: [echo later]\n";
+    let project = project(work.path(), ci, &[]);
+    let out = pipeline(
+        work.path(),
+        &project,
+        &["run", "--executor", "shell", "--format", "json"],
+    );
+    let text = ok(&out);
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("stdout is one JSON document");
+    assert_eq!(doc["status"], "passed");
+    let jobs = doc["jobs"].as_array().unwrap();
+    let names: Vec<_> = jobs.iter().map(|j| j["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["ok", "flaky", "later"]);
+    assert_eq!(jobs[1]["status"], "failed (allowed)");
+    assert_eq!(jobs[1]["exit_code"], 3);
+    assert_eq!(jobs[1]["allow_failure"], true);
+    assert_eq!(jobs[0]["allow_failure"], false);
+    // The log went to stderr.
+    assert!(stderr(&out).contains("[ok] fine"), "{}", stderr(&out));
+}

@@ -72,6 +72,19 @@ pub(crate) struct RunArgs {
     /// At most this many jobs at once [default: the number of cores].
     #[arg(long = "jobs", value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: Option<u16>,
+    /// The summary as a table after the log, or as JSON on stdout (the log then goes to
+    /// stderr).
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
+    pub format: SummaryFormat,
+}
+
+/// `--format` of `pipeline run`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum SummaryFormat {
+    /// The job log, then a table.
+    Text,
+    /// One JSON document: the pipeline's status and duration and one entry per job.
+    Json,
 }
 
 /// `--executor`.
@@ -216,16 +229,50 @@ async fn run_pipeline(
         options = options.concurrency(usize::from(n));
     }
     let runner = Runner::new(executor, options);
+    let json = args.format == SummaryFormat::Json;
     let report = runner
-        .run(&planned, |event| println!("{event}"))
+        .run(&planned, move |event| {
+            if json {
+                eprintln!("{event}");
+            } else {
+                println!("{event}");
+            }
+        })
         .await
         .context("failed to run the pipeline")?;
-    println!();
-    print!("{}", report.summary_table());
+    if json {
+        println!("{}", summary_json(&report));
+    } else {
+        println!();
+        print!("{}", report.summary_table());
+    }
     Ok(if report.success() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    })
+}
+
+/// The summary as JSON: what the table shows, with durations in seconds.
+fn summary_json(report: &rbuild_pipeline::RunReport) -> serde_json::Value {
+    let jobs: Vec<serde_json::Value> = report
+        .jobs
+        .iter()
+        .map(|j| {
+            serde_json::json!({
+                "name": j.name,
+                "stage": j.stage,
+                "status": j.status.to_string(),
+                "duration_seconds": j.duration.as_secs_f64(),
+                "exit_code": j.exit_code,
+                "allow_failure": j.allow_failure,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "status": if report.success() { "passed" } else { "failed" },
+        "duration_seconds": report.duration.as_secs_f64(),
+        "jobs": jobs,
     })
 }
 

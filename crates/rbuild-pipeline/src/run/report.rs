@@ -40,6 +40,8 @@ pub struct JobReport {
     pub duration: Duration,
     /// Exit code of its scripts, when it ran.
     pub exit_code: Option<i32>,
+    /// Whether its failure is allowed (`allow_failure: true` or exit codes).
+    pub allow_failure: bool,
 }
 
 /// The outcome of a run.
@@ -62,7 +64,7 @@ impl RunReport {
         self.jobs.iter().find(|j| j.name == name)
     }
 
-    /// A plain-text table: job, stage, status, duration.
+    /// A plain-text table: job, stage, status, duration, allow_failure.
     pub fn summary_table(&self) -> String {
         let w_job = self
             .jobs
@@ -79,14 +81,15 @@ impl RunReport {
             .max()
             .unwrap_or(5);
         let mut s = format!(
-            "{:<w_job$}  {:<w_stage$}  {:<16}  {:>8}\n",
+            "{:<w_job$}  {:<w_stage$}  {:<16}  {:>8}  ALLOW_FAILURE\n",
             "JOB", "STAGE", "STATUS", "DURATION"
         );
         for j in &self.jobs {
             let status = j.status.to_string();
             let dur = format!("{:.1}s", j.duration.as_secs_f64());
+            let allowed = if j.allow_failure { "yes" } else { "no" };
             s.push_str(&format!(
-                "{:<w_job$}  {:<w_stage$}  {status:<16}  {dur:>8}\n",
+                "{:<w_job$}  {:<w_stage$}  {status:<16}  {dur:>8}  {allowed}\n",
                 j.name, j.stage
             ));
         }
@@ -112,6 +115,7 @@ mod tests {
                 status: JobStatus::AllowedFailure,
                 duration: Duration::from_millis(1500),
                 exit_code: Some(1),
+                allow_failure: true,
             }],
             duration: Duration::from_secs(2),
         };
@@ -120,6 +124,7 @@ mod tests {
             t.contains("build image  build  failed (allowed)      1.5s"),
             "{t}"
         );
+        assert!(t.contains("1.5s  yes\n"), "{t}");
         assert!(t.ends_with("pipeline passed in 2.0s\n"));
     }
 
@@ -130,6 +135,7 @@ mod tests {
             status,
             duration: Duration::ZERO,
             exit_code: None,
+            allow_failure: false,
         }
     }
 

@@ -14,7 +14,7 @@ use super::report::{JobReport, JobStatus, RunReport};
 use super::{Event, JobContext, JobOutcome, JobOutput, JobRunner, Stream};
 use super::{artifacts, cache, rooted};
 use crate::error::{Error, Result};
-use crate::model::{CachePolicy, When};
+use crate::model::{AllowFailure, CachePolicy, When};
 use crate::plan::{Plan, PlannedJob};
 use crate::variables::{Variable, Variables, expand};
 
@@ -225,6 +225,7 @@ impl<R: JobRunner> Runner<R> {
                             status: JobStatus::Skipped,
                             duration: Duration::ZERO,
                             exit_code: None,
+                            allow_failure: job.allow_failure != AllowFailure::No,
                         });
                     }
                 }
@@ -435,6 +436,7 @@ impl<R: JobRunner> Runner<R> {
             status,
             duration,
             exit_code: outcome.exit_code,
+            allow_failure: job.allow_failure != AllowFailure::No,
         })
     }
 
