@@ -1,8 +1,11 @@
 //! GitLab CI pipeline model, planner and runner.
 //!
-//! Reads a `.gitlab-ci.yml` (anchors, `extends`, `include: local`, `!reference`), computes the
-//! predefined `CI_*` variables from git, plans which jobs run for a branch or tag (and why the
-//! others do not), and runs the plan stage by stage through a [`JobRunner`]: [`ShellRunner`]
+//! Reads a `.gitlab-ci.yml` (anchors, `include: local` with globs and rules, `extends`, then
+//! `!reference`, in GitLab's order), computes the predefined `CI_*` variables from git, plans
+//! which jobs run for a branch or tag (and why the others do not: rules with `if`, `exists`
+//! and `changes`, blocking manual jobs, `parallel` instances), and runs the plan as a graph
+//! (`needs:` edges, else stage order, bounded concurrency; `retry`, `timeout`, `cache`,
+//! dotenv reports) through a [`JobRunner`]: [`ShellRunner`]
 //! on the host, or (cargo feature `image-jobs`, on by default) [`image::ImageExecutor`] in the
 //! job's image through the rbuild engine. It knows nothing about Kubernetes: a caller puts
 //! `docker`/`deploy` commands on the job's `PATH` ([`RunOptions::path_prepend`]), and they
