@@ -280,6 +280,12 @@ fn pipeline_summary_as_json_lists_every_job() {
     assert_eq!(jobs[1]["exit_code"], 3);
     assert_eq!(jobs[1]["allow_failure"], true);
     assert_eq!(jobs[0]["allow_failure"], false);
-    // The log went to stderr.
+    // The log went to stderr, and to one file per job under the root.
     assert!(stderr(&out).contains("[ok] fine"), "{}", stderr(&out));
+    let logs = work.path().join("root/pipeline-logs");
+    let run_dir = fs::read_dir(&logs).unwrap().next().unwrap().unwrap().path();
+    let flaky = fs::read_to_string(run_dir.join("flaky.log")).unwrap();
+    assert!(flaky.contains("[flaky] $ exit 3"), "{flaky}");
+    assert!(flaky.contains("[flaky] job failed (allowed)"), "{flaky}");
+    assert!(!flaky.contains("fine"), "{flaky}");
 }

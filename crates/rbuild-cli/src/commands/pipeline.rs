@@ -230,8 +230,16 @@ async fn run_pipeline(
     }
     let runner = Runner::new(executor, options);
     let json = args.format == SummaryFormat::Json;
+    let pipeline_id = planned
+        .jobs()
+        .next()
+        .and_then(|j| j.env.get("CI_PIPELINE_ID").cloned())
+        .unwrap_or_default();
+    let logs = std::sync::Arc::new(JobLogs::new(root.join("pipeline-logs").join(&pipeline_id))?);
+    let sink = logs.clone();
     let report = runner
         .run(&planned, move |event| {
+            sink.record(event);
             if json {
                 eprintln!("{event}");
             } else {
@@ -240,6 +248,7 @@ async fn run_pipeline(
         })
         .await
         .context("failed to run the pipeline")?;
+    eprintln!("job logs: {}", logs.dir.display());
     if json {
         println!("{}", summary_json(&report));
     } else {
@@ -251,6 +260,71 @@ async fn run_pipeline(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// One log file per job under the rbuild root (`pipeline-logs/PIPELINE_ID/JOB.log`, mode
+/// 0700 directories): the job's lines as printed, secrets already masked.
+struct JobLogs {
+    dir: PathBuf,
+    files: std::sync::Mutex<std::collections::HashMap<String, Option<std::fs::File>>>,
+}
+
+impl JobLogs {
+    fn new(dir: PathBuf) -> anyhow::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| format!("failed to create the job log directory {}", dir.display()))?;
+        Ok(Self {
+            dir,
+            files: std::sync::Mutex::default(),
+        })
+    }
+
+    fn record(&self, event: &rbuild_pipeline::Event) {
+        use rbuild_pipeline::Event;
+        use std::io::Write as _;
+        let job = match event {
+            Event::JobStarted { job }
+            | Event::Output { job, .. }
+            | Event::JobFinished { job, .. } => job,
+            _ => return,
+        };
+        let mut files = self
+            .files
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let file = files.entry(job.clone()).or_insert_with(|| {
+            let path = self.dir.join(format!("{}.log", log_name(job)));
+            match std::fs::File::create(&path) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    eprintln!("warning: cannot write {}: {e}", path.display());
+                    None
+                }
+            }
+        });
+        if let Some(f) = file {
+            // A full disk must not stop the run: the log is a copy of what is printed.
+            let _ = writeln!(f, "{event}");
+        }
+    }
+}
+
+/// A job name as a file name: bytes outside `[A-Za-z0-9._-]` escaped as `%XX` (names hold
+/// spaces, `/` and `:` — `test 1/3`, `build: [aws, app]`).
+fn log_name(job: &str) -> String {
+    job.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02x}")
+            }
+        })
+        .collect()
 }
 
 /// The summary as JSON: what the table shows, with durations in seconds.
