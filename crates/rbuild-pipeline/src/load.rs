@@ -53,6 +53,35 @@ const JOB_KEYWORDS: [&str; 21] = [
     "cache",
 ];
 
+/// Every job keyword GitLab knows (`Gitlab::Ci::Config::Entry::Job::ALLOWED_KEYS` and the
+/// keys of its bridge jobs), including those rbuild does not implement.
+const GITLAB_JOB_KEYWORDS: [&str; 24] = [
+    "coverage",
+    "dast_configuration",
+    "extends",
+    "hooks",
+    "id_tokens",
+    "identity",
+    "interruptible",
+    "manual_confirmation",
+    "pages",
+    "publish",
+    "release",
+    "resource_group",
+    "run",
+    "secrets",
+    "services",
+    "tags",
+    "trigger",
+    "environment",
+    "inherit",
+    "parallel",
+    "retry",
+    "timeout",
+    "cache",
+    "start_in",
+];
+
 struct Ctx<'a> {
     loaded: &'a Loaded,
     unsupported: BTreeMap<String, Vec<String>>,
@@ -406,13 +435,22 @@ fn needs_cycle(start: &Job, jobs: &[Job]) -> Option<Vec<String>> {
 }
 
 fn parse_job(name: &str, map: &Mapping, cx: &mut Ctx<'_>) -> Result<Job> {
-    for key in map.keys().filter_map(Value::as_str) {
-        if !JOB_KEYWORDS.contains(&key) {
-            cx.unsupported(key, name);
-        }
-    }
     let line = cx.loaded.locate(name).1;
     let e = |cx: &Ctx<'_>, m: String| cx.err(name, format!("job {name:?}: {m}"));
+    for key in map.keys().filter_map(Value::as_str) {
+        if JOB_KEYWORDS.contains(&key) {
+            continue;
+        }
+        // A GitLab keyword we do not implement is warned about; anything else is a typo or
+        // a foreign key, which GitLab rejects ("config contains unknown keys").
+        if !GITLAB_JOB_KEYWORDS.contains(&key) {
+            return Err(e(
+                cx,
+                format!("unknown keyword `{key}` (GitLab rejects a job with unknown keys)"),
+            ));
+        }
+        cx.unsupported(key, name);
+    }
     let Some(script_value) = map.get("script") else {
         return Err(e(cx, "a job needs a `script`".into()));
     };
@@ -1635,6 +1673,18 @@ mod tests {
             err.to_string(),
             ".gitlab-ci.yml:1: job \"j\": cache: unknown keyword `colour`"
         );
+    }
+
+    #[test]
+    fn an_unknown_job_keyword_is_an_error_at_its_job() {
+        let err = parse("a:\n  script: [x]\n\nb:\n  scirpt: [x]\n  script: [y]\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            ".gitlab-ci.yml:4: job \"b\": unknown keyword `scirpt` (GitLab rejects a job with unknown keys)"
+        );
+        // A GitLab keyword rbuild does not implement is a warning only.
+        let p = parse("a:\n  script: [x]\n  interruptible: true\n").unwrap();
+        assert_eq!(p.warnings.len(), 1);
     }
 
     #[test]
