@@ -182,10 +182,7 @@ fn load_file(
     for entry in entries {
         let local = match &entry {
             Value::String(s) if s.starts_with("http://") || s.starts_with("https://") => {
-                loaded
-                    .ignored_includes
-                    .push(format!("include of remote file {s} is not supported"));
-                continue;
+                return Err(invalid(offline(&format!("remote: {s}"))));
             }
             Value::String(s) => s.clone(),
             Value::Mapping(m) => {
@@ -199,16 +196,18 @@ fn load_file(
                 match m.get("local").and_then(Value::as_str) {
                     Some(s) => s.to_owned(),
                     None => {
-                        let kind = m
-                            .keys()
-                            .filter_map(Value::as_str)
-                            .filter(|k| *k != "rules")
-                            .collect::<Vec<_>>()
-                            .join(", ");
-                        loaded.ignored_includes.push(format!(
-                            "include with `{kind}` is not supported (only `local`)"
-                        ));
-                        continue;
+                        let what = ["remote", "project", "template", "component"]
+                            .iter()
+                            .find_map(|k| {
+                                m.get(*k)
+                                    .map(|v| format!("{k}: {}", v.as_str().unwrap_or("...")))
+                            });
+                        return Err(invalid(match what {
+                            Some(what) => offline(&what),
+                            None => "an `include` entry needs `local`, `remote`, `project`, \
+                                     `template` or `component`"
+                                .into(),
+                        }));
                     }
                 }
             }
@@ -271,6 +270,14 @@ fn load_file(
     // precedence").
     deep_merge(&mut merged, own);
     Ok(merged)
+}
+
+/// Why an include that needs the network or a GitLab server is refused, and what to do.
+fn offline(what: &str) -> String {
+    format!(
+        "include `{what}` cannot be resolved offline: rbuild reads `local` includes only; \
+         copy the file into the project and include it with `local:`"
+    )
 }
 
 fn is_yaml(p: &Path) -> bool {
@@ -576,7 +583,8 @@ mod tests {
             "variables: {A: from-include, B: from-include}\n.tmpl:\n  script: [echo included]\n",
         )
         .unwrap();
-        let main = "include:\n  - local: /ci/common.yml\n  - remote: https://example.com/x.yml\nvariables: {B: main}\njob:\n  extends: .tmpl\n";
+        let main =
+            "include:\n  - local: /ci/common.yml\nvariables: {B: main}\njob:\n  extends: .tmpl\n";
         let l = load(
             main,
             &dir.path().join(".gitlab-ci.yml"),
@@ -590,6 +598,23 @@ mod tests {
             serde_yaml::to_string(&l.root["job"]["script"]).unwrap(),
             "- echo included\n"
         );
-        assert_eq!(l.ignored_includes.len(), 1);
+        assert!(l.ignored_includes.is_empty());
+        for entry in [
+            "https://example.com/x.yml",
+            "{remote: 'https://example.com/x.yml'}",
+            "{project: group/ci, file: x.yml}",
+        ] {
+            let err = load(
+                &format!("include:\n  - {entry}\njob:\n  script: [x]\n"),
+                &dir.path().join(".gitlab-ci.yml"),
+                dir.path(),
+                &BTreeMap::new(),
+            )
+            .unwrap_err();
+            assert!(
+                err.to_string().contains("cannot be resolved offline"),
+                "{entry}: {err}"
+            );
+        }
     }
 }
