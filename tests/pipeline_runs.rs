@@ -289,3 +289,42 @@ fn pipeline_summary_as_json_lists_every_job() {
     assert!(flaky.contains("[flaky] job failed (allowed)"), "{flaky}");
     assert!(!flaky.contains("fine"), "{flaky}");
 }
+
+#[test]
+fn pipeline_interrupt_stops_running_jobs() {
+    if !have_tool("git") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let ci = "slow:\n  script: ['sleep 60 & echo $! > bg.pid; touch started; sleep 60']\n";
+    let project = project(work.path(), ci, &[]);
+    let mut child = Command::new(bin())
+        .arg("--root")
+        .arg(work.path().join("root"))
+        .args(["pipeline", "run", "--executor", "shell", "--project"])
+        .arg(&project)
+        .env("HOME", work.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = project.join("started");
+    for _ in 0..300 {
+        if started.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(started.exists(), "the job never started");
+    sh(Command::new("kill").args(["-INT", &child.id().to_string()]));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("interrupted"), "{}", stderr(&out));
+    let pid = fs::read_to_string(project.join("bg.pid")).unwrap();
+    let stat = fs::read_to_string(format!("/proc/{}/stat", pid.trim()));
+    let alive = stat.is_ok_and(|s| {
+        let state = s.rsplit(')').next().unwrap_or("").trim_start();
+        !state.starts_with('Z')
+    });
+    assert!(!alive, "a job's process outlived the interrupted run");
+}

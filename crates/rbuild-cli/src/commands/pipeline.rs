@@ -237,17 +237,24 @@ async fn run_pipeline(
         .unwrap_or_default();
     let logs = std::sync::Arc::new(JobLogs::new(root.join("pipeline-logs").join(&pipeline_id))?);
     let sink = logs.clone();
-    let report = runner
-        .run(&planned, move |event| {
-            sink.record(event);
-            if json {
-                eprintln!("{event}");
-            } else {
-                println!("{event}");
-            }
-        })
-        .await
-        .context("failed to run the pipeline")?;
+    let run = runner.run(&planned, move |event| {
+        sink.record(event);
+        if json {
+            eprintln!("{event}");
+        } else {
+            println!("{event}");
+        }
+    });
+    // Job shells run in process groups of their own (so a timeout stops all they started),
+    // which also keeps the terminal's Ctrl-C from reaching them: on SIGINT, drop the run,
+    // which kills every running job's process group, and exit like an interrupted shell.
+    let report = tokio::select! {
+        report = run => report.context("failed to run the pipeline")?,
+        _ = tokio::signal::ctrl_c() => {
+            eprintln!("interrupted: running jobs stopped");
+            return Ok(ExitCode::from(130));
+        }
+    };
     eprintln!("job logs: {}", logs.dir.display());
     if json {
         println!("{}", summary_json(&report));
