@@ -298,7 +298,7 @@ fn pipeline_interrupt_stops_running_jobs() {
     let work = tempfile::tempdir().unwrap();
     let ci = "slow:\n  script: ['sleep 60 & echo $! > bg.pid; touch started; sleep 60']\n";
     let project = project(work.path(), ci, &[]);
-    let mut child = Command::new(bin())
+    let child = Command::new(bin())
         .arg("--root")
         .arg(work.path().join("root"))
         .args(["pipeline", "run", "--executor", "shell", "--project"])
