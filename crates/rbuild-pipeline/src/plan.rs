@@ -1,5 +1,7 @@
 //! The planner: which jobs run, in which stage, with which environment, and why the others
-//! do not. Pure: no IO, no processes.
+//! do not. No processes and no writes; the only reads are `rules:exists` lookups, through
+//! descriptors under the project directory (changed files for `rules:changes` come with the
+//! [`PipelineContext`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
