@@ -204,3 +204,66 @@ async fn image_jobs_run_in_their_image_and_reach_only_the_project() {
         "the job wrote outside its project"
     );
 }
+
+/// Pids of processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(marker))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_job_over_its_timeout_is_stopped_with_its_container() {
+    if !sandbox_ready() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("store");
+    build_base(&root, &work.path().join("context")).await;
+    let project = work.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    let marker = format!("{}", 700_000 + std::process::id() % 99_999);
+    let plan = plan_for(
+        &project,
+        &format!(
+            "image: {IMAGE}\n\
+             slow:\n  timeout: 2s\n  script:\n    - sleep {marker}\n"
+        ),
+    );
+    let (report, lines) = run(
+        ImageExecutor::new(ExecutorKind::ByJob, &root),
+        &project,
+        &plan,
+    )
+    .await;
+    assert!(!report.success(), "{lines:#?}");
+    assert_eq!(
+        report.job("slow").unwrap().status,
+        JobStatus::Failed,
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("is not enforced")),
+        "{lines:#?}"
+    );
+    // The container's processes are gone (a bound, not a timing target).
+    let mut left = processes_with(&format!("sleep\0{marker}"));
+    for _ in 0..300 {
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        left = processes_with(&format!("sleep\0{marker}"));
+    }
+    for pid in &left {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status();
+    }
+    assert!(left.is_empty(), "container processes left: {left:?}");
+}

@@ -90,7 +90,20 @@ pub(super) fn check_sandbox() -> Result<(), Error> {
     rbuild::sandbox::check_support().map_err(|e| Error::SandboxUnsupported { source: e.into() })
 }
 
+/// Cancels the container when dropped: a job future dropped by `timeout:` or Ctrl-C stops the
+/// container's whole process tree instead of leaving it running.
+struct StopOnDrop(Option<rbuild::sandbox::CancelHandle>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.cancel();
+        }
+    }
+}
+
 /// Runs `session` and returns the script's exit status; output lines go to `out` as stdout.
+/// Dropping the returned future (a job `timeout:`, Ctrl-C) kills the container.
 pub(super) async fn run_session(
     store: &rbuild::Store,
     image: Loaded,
@@ -99,7 +112,9 @@ pub(super) async fn run_session(
 ) -> Result<i32, Error> {
     let store = store.clone();
     let job = session.job.clone();
-    tokio::task::spawn_blocking(move || -> Result<i32, Error> {
+    let cancel = rbuild::sandbox::CancelHandle::new();
+    let mut stop = StopOnDrop(Some(cancel.clone()));
+    let result = tokio::task::spawn_blocking(move || -> Result<i32, Error> {
         let prepare = |action: &'static str| {
             let reference = session.image.clone();
             move |e: rbuild::BoxError| Error::PrepareContainer {
@@ -134,7 +149,7 @@ pub(super) async fn run_session(
             ..RunSpec::default()
         };
         let mut lines = LineSplitter::default();
-        let outcome = rbuild::sandbox::run(&spec, &mut |chunk| {
+        let outcome = rbuild::sandbox::run_cancellable(&spec, &cancel, &mut |chunk| {
             lines.push(chunk, |l| out.line(Stream::Stdout, l));
         })
         .map_err(|e| Error::RunContainer {
@@ -144,8 +159,9 @@ pub(super) async fn run_session(
         lines.finish(|l| out.line(Stream::Stdout, l));
         Ok(outcome.status)
     })
-    .await
-    .map_err(|source| Error::Task {
+    .await;
+    stop.0 = None;
+    result.map_err(|source| Error::Task {
         job,
         task: "container",
         source,

@@ -378,6 +378,12 @@ impl ImageExecutor {
 }
 
 impl JobRunner for ImageExecutor {
+    /// Host jobs run through the shell runner (which kills its process group); image jobs'
+    /// containers are cancelled through the sandbox when their future is dropped.
+    fn stops_when_dropped(&self) -> bool {
+        true
+    }
+
     async fn run(
         &self,
         job: &PlannedJob,
