@@ -9,6 +9,7 @@ pub(crate) mod rooted;
 mod scheduler;
 mod shell;
 
+use rbuild_oci::Events;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
@@ -35,8 +36,10 @@ pub enum Stream {
     System,
 }
 
-/// Progress of a run, for the CLI to display.
+/// Progress of a run, for the CLI to display (carried internally by the same
+/// [`Events`] sink as build, push, pull and deploy events).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// A stage begins.
     StageStarted {
@@ -92,16 +95,12 @@ impl fmt::Display for Event {
 pub struct JobOutput {
     job: String,
     masker: Arc<Masker>,
-    sink: Arc<dyn Fn(&Event) + Send + Sync>,
+    sink: Events<Event>,
 }
 
 impl JobOutput {
     /// An output handle for `job` sending masked lines to `sink` (for executors' own tests).
-    pub fn new(
-        job: impl Into<String>,
-        masker: Masker,
-        sink: Arc<dyn Fn(&Event) + Send + Sync>,
-    ) -> Self {
+    pub fn new(job: impl Into<String>, masker: Masker, sink: Events<Event>) -> Self {
         Self {
             job: job.into(),
             masker: Arc::new(masker),
@@ -111,7 +110,7 @@ impl JobOutput {
 
     /// Emits one line (without newline).
     pub fn line(&self, stream: Stream, line: &str) {
-        (self.sink)(&Event::Output {
+        self.sink.emit(Event::Output {
             job: self.job.clone(),
             stream,
             line: self.masker.mask(line),

@@ -1,9 +1,10 @@
 //! The scheduler: jobs as a graph (`needs:` edges, else stage order), run concurrently up to
 //! a bound, `when:` deciding what runs after a failure, and artifacts carried between jobs.
 
+use rbuild_oci::Events;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -114,7 +115,7 @@ impl<R: JobRunner> Runner<R> {
     where
         F: Fn(&Event) + Send + Sync + 'static,
     {
-        let sink: Arc<dyn Fn(&Event) + Send + Sync> = Arc::new(on_event);
+        let sink: Events<Event> = Events::new(move |e: Event| on_event(&e));
         let started = Instant::now();
         // The work directory holds every job's checkout copy and saved artifacts: 0700, so
         // other local users can read none of it. A temporary one gets a random name, created
@@ -165,12 +166,7 @@ impl<R: JobRunner> Runner<R> {
     /// finished (`needs: []` at once), any other job once every job of the earlier stages has
     /// (GitLab's stage order). At most `concurrency` jobs run at a time; ready jobs start in
     /// plan order.
-    async fn run_graph(
-        &self,
-        plan: &Plan,
-        sink: &Arc<dyn Fn(&Event) + Send + Sync>,
-        work: &Path,
-    ) -> Result<RunReport> {
+    async fn run_graph(&self, plan: &Plan, sink: &Events<Event>, work: &Path) -> Result<RunReport> {
         let jobs: Vec<&PlannedJob> = plan.jobs().collect();
         let deps = dependencies(plan, &jobs);
         let mut done: Vec<Option<JobStatus>> = vec![None; jobs.len()];
@@ -203,7 +199,7 @@ impl<R: JobRunner> Runner<R> {
                         continue;
                     }
                     if announced.insert(job.stage.clone()) {
-                        sink(&Event::StageStarted {
+                        sink.emit(Event::StageStarted {
                             stage: job.stage.clone(),
                         });
                     }
@@ -213,7 +209,7 @@ impl<R: JobRunner> Runner<R> {
                         let fut = self.run_job(job, sink, work, &dotenv);
                         running.push(async move { (i, fut.await) });
                     } else {
-                        sink(&Event::JobFinished {
+                        sink.emit(Event::JobFinished {
                             job: job.name.clone(),
                             status: JobStatus::Skipped,
                             duration: Duration::ZERO,
@@ -265,7 +261,7 @@ impl<R: JobRunner> Runner<R> {
     async fn run_job(
         &self,
         job: &PlannedJob,
-        sink: &Arc<dyn Fn(&Event) + Send + Sync>,
+        sink: &Events<Event>,
         work: &Path,
         dotenv: &Mutex<BTreeMap<String, Variables>>,
     ) -> Result<JobReport> {
@@ -277,7 +273,7 @@ impl<R: JobRunner> Runner<R> {
                 source,
             }
         };
-        sink(&Event::JobStarted {
+        sink.emit(Event::JobStarted {
             job: job.name.clone(),
         });
         let out = JobOutput::new(
@@ -425,7 +421,7 @@ impl<R: JobRunner> Runner<R> {
             JobStatus::Failed
         };
         let duration = started.elapsed();
-        sink(&Event::JobFinished {
+        sink.emit(Event::JobFinished {
             job: job.name.clone(),
             status,
             duration,
@@ -732,6 +728,7 @@ fn job_env(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn artifact_dir_names_are_distinct() {
