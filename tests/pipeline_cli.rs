@@ -32,33 +32,12 @@ fn example_project(work: &Path) -> PathBuf {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pipeline");
     let project = work.join("shop");
     copy_tree(&example, &project);
-    let git = |args: &[&str]| {
-        sh(Command::new("git")
-            .arg("-C")
-            .arg(&project)
-            .args(["-c", "user.name=CI", "-c", "user.email=ci@example.com"])
-            .args(args))
-    };
-    git(&["init", "-q", "-b", "master"]);
-    git(&["add", "-A"]);
-    git(&["commit", "-q", "-m", "example"]);
+    git_commit_all(&project, "master", "example");
     project
 }
 
 fn pipeline(work: &Path, project: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .arg("--root")
-        .arg(work.join("root"))
-        .arg("pipeline")
-        .args(args)
-        .arg("--project")
-        .arg(project)
-        .env("HOME", work)
-        .env_remove("KUBECONFIG")
-        .env_remove("DOCKER_CONFIG")
-        .env_remove("REGISTRY_HOST")
-        .output()
-        .expect("spawn rbuild")
+    rbuild_pipeline(work, project, args)
 }
 
 #[test]

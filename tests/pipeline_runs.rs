@@ -17,30 +17,12 @@ fn project(work: &Path, ci: &str, files: &[(&str, &str)]) -> PathBuf {
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(path, text).unwrap();
     }
-    let git = |args: &[&str]| {
-        sh(Command::new("git")
-            .arg("-C")
-            .arg(&project)
-            .args(["-c", "user.name=CI", "-c", "user.email=ci@example.com"])
-            .args(args))
-    };
-    git(&["init", "-q", "-b", "main"]);
-    git(&["add", "-A"]);
-    git(&["commit", "-q", "-m", "x"]);
+    git_commit_all(&project, "main", "x");
     project
 }
 
 fn pipeline(work: &Path, project: &Path, args: &[&str]) -> Output {
-    Command::new(bin())
-        .arg("--root")
-        .arg(work.join("root"))
-        .arg("pipeline")
-        .args(args)
-        .arg("--project")
-        .arg(project)
-        .env("HOME", work)
-        .output()
-        .expect("spawn rbuild")
+    rbuild_pipeline(work, project, args)
 }
 
 #[test]

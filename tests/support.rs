@@ -146,3 +146,35 @@ pub(crate) fn context_with(work: &Path, name: &str, dockerfile: &str) -> PathBuf
     fs::write(ctx.join("Dockerfile"), dockerfile).unwrap();
     ctx
 }
+
+/// `git init -b BRANCH` in `dir`, then one commit of everything in it, as a CI user.
+pub(crate) fn git_commit_all(dir: &Path, branch: &str, message: &str) {
+    let git = |args: &[&str]| {
+        sh(Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args(["-c", "user.name=CI", "-c", "user.email=ci@example.com"])
+            .args(args))
+    };
+    git(&["init", "-q", "-b", branch]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", message]);
+}
+
+/// `rbuild --root WORK/root pipeline ARGS --project PROJECT`, with `HOME` at `work` and no
+/// cluster or registry settings inherited from the environment.
+pub(crate) fn rbuild_pipeline(work: &Path, project: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("--root")
+        .arg(work.join("root"))
+        .arg("pipeline")
+        .args(args)
+        .arg("--project")
+        .arg(project)
+        .env("HOME", work)
+        .env_remove("KUBECONFIG")
+        .env_remove("DOCKER_CONFIG")
+        .env_remove("REGISTRY_HOST")
+        .output()
+        .expect("spawn rbuild")
+}
