@@ -277,15 +277,32 @@ struct JobLogs {
 }
 
 impl JobLogs {
+    /// A fresh directory for this run's logs: `DIR`, or `DIR.2`, `DIR.3`, ... when an earlier
+    /// run (pipeline ids are per second) already has `DIR`, so no run overwrites another's logs.
     fn new(dir: PathBuf) -> anyhow::Result<Self> {
         use std::os::unix::fs::DirBuilderExt as _;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("failed to create the job log directory {}", dir.display()))?;
+        let failed = |d: &Path| format!("failed to create the job log directory {}", d.display());
+        if let Some(parent) = dir.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .with_context(|| failed(parent))?;
+        }
+        let mut candidate = dir.clone();
+        for n in 2u32.. {
+            match std::fs::DirBuilder::new().mode(0o700).create(&candidate) {
+                Ok(()) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && n < 10_000 => {
+                    let mut name = dir.as_os_str().to_owned();
+                    name.push(format!(".{n}"));
+                    candidate = PathBuf::from(name);
+                }
+                Err(e) => return Err(e).with_context(|| failed(&candidate)),
+            }
+        }
         Ok(Self {
-            dir,
+            dir: candidate,
             files: std::sync::Mutex::default(),
         })
     }
@@ -362,5 +379,23 @@ fn ref_label(selection: &Selection) -> String {
         (Some(b), _) => format!("branch {b}"),
         (_, Some(t)) => format!("tag {t}"),
         _ => "the checked-out ref".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod job_logs_tests {
+    use super::*;
+
+    #[test]
+    fn a_second_run_with_the_same_id_gets_its_own_log_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("pipeline-logs").join("1700000000");
+        let first = JobLogs::new(dir.clone()).unwrap();
+        let second = JobLogs::new(dir.clone()).unwrap();
+        let third = JobLogs::new(dir.clone()).unwrap();
+        assert_eq!(first.dir, dir);
+        assert_eq!(second.dir, tmp.path().join("pipeline-logs/1700000000.2"));
+        assert_eq!(third.dir, tmp.path().join("pipeline-logs/1700000000.3"));
+        assert!(second.dir.is_dir() && third.dir.is_dir());
     }
 }
