@@ -272,16 +272,12 @@ impl OpSource for rbuild_sandbox::Error {
     }
 }
 impl OpSource for tokio::task::JoinError {
-    fn with_op(self, op: String) -> Error {
+    /// A task that did not finish was cancelled (a panic is passed on as the panic it is).
+    fn with_op(self, _op: String) -> Error {
         if self.is_panic() {
             std::panic::resume_unwind(self.into_panic());
         }
-        Error::Cancelled.with_op(op)
-    }
-}
-impl OpSource for Error {
-    fn with_op(self, _op: String) -> Error {
-        self
+        Error::Cancelled
     }
 }
 

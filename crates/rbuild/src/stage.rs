@@ -400,8 +400,8 @@ impl<'a> Build<'a> {
 
     fn resolve_image(&self, name: &str, line: usize) -> Result<StageResult> {
         let found = image::resolve(self.store, name);
-        let found = match (found, self.registry, self.rt.clone().ok_or(())) {
-            (Err(Error::ImageNotFound { .. }), Some(client), Ok(handle)) => {
+        let found = match (found, self.registry, self.rt.as_ref()) {
+            (Err(Error::ImageNotFound { .. }), Some(client), Some(handle)) => {
                 let reference: Reference = name.parse().map_err(|e| {
                     self.err(line, format!("invalid image reference `{name}`: {e}"))
                 })?;
@@ -410,7 +410,7 @@ impl<'a> Build<'a> {
                 });
                 let platform = self.platform.clone();
                 crate::registry::pull_blocking(
-                    &handle,
+                    handle,
                     self.store,
                     client,
                     &reference,
@@ -654,14 +654,14 @@ impl<'a> Build<'a> {
 
     /// Asks the `--cache-from` repositories for every step of a stage, in one parallel batch.
     fn remote_lookup(&self, steps: &[Step]) {
-        let (Some(client), Ok(handle)) = (self.registry, self.rt.clone().ok_or(())) else {
+        let (Some(client), Some(handle)) = (self.registry, self.rt.as_ref()) else {
             self.progress.emit(BuildEvent::Warning(
                 "--cache-from needs a registry client and a tokio runtime; the remote cache is not used".to_owned(),
             ));
             return;
         };
         let keys: Vec<String> = steps.iter().map(|s| s.key.clone()).collect();
-        let hits = crate::remote_cache::lookup(&handle, client, &self.opts.cache_from, &keys);
+        let hits = crate::remote_cache::lookup(handle, client, &self.opts.cache_from, &keys);
         if let Ok(mut h) = self.remote_hits.lock() {
             h.extend(hits);
         }
@@ -674,11 +674,10 @@ impl<'a> Build<'a> {
             Ok(h) => h.get(key).cloned(),
             Err(_) => None,
         };
-        let (Some(hit), Some(client), Ok(handle)) = (hit, self.registry, self.rt.clone().ok_or(()))
-        else {
+        let (Some(hit), Some(client), Some(handle)) = (hit, self.registry, self.rt.as_ref()) else {
             return false;
         };
-        match crate::remote_cache::fetch(&handle, client, self.store, key, &hit) {
+        match crate::remote_cache::fetch(handle, client, self.store, key, &hit) {
             Ok(()) => true,
             Err(e) => {
                 self.progress.emit(BuildEvent::Warning(format!(
