@@ -8,20 +8,16 @@
 )]
 
 use std::fs;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, symlink};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rbuild_sandbox::{BindMount, CancelHandle, Error, Network, Outcome, RunSpec, Stdio};
 
+mod common;
+use common::{Fixture, busybox_bin};
+
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n";
 const GROUP: &str = "root:x:0:\nwheel:x:10:root,app\napp:x:1000:\nstaff:x:50:\n";
-
-struct Fixture {
-    dir: tempfile::TempDir,
-    lower: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-}
 
 impl Fixture {
     fn spec(&self, script: &str) -> RunSpec {
@@ -44,18 +40,7 @@ impl Fixture {
 /// links point at /proc/self/exe), `/etc/passwd`, `/etc/group` and `/etc/motd`; no /proc,
 /// /dev or /sys so that leftovers of their mountpoints would show.
 fn busybox_rootfs(root: &Path, with_etc: bool) {
-    let bin = root.join("bin");
-    fs::create_dir_all(&bin).unwrap();
-    fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-    let list = std::process::Command::new("/bin/busybox")
-        .arg("--list")
-        .output()
-        .unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            symlink("busybox", bin.join(applet)).unwrap();
-        }
-    }
+    busybox_bin(root);
     if with_etc {
         let etc = root.join("etc");
         fs::create_dir_all(&etc).unwrap();
@@ -65,38 +50,8 @@ fn busybox_rootfs(root: &Path, with_etc: bool) {
     }
 }
 
-/// Skips with the reason, or fails when `RBUILD_REQUIRE_SANDBOX` is set (CI).
-fn skip(why: &str) {
-    assert!(
-        std::env::var_os("RBUILD_REQUIRE_SANDBOX").is_none(),
-        "skipped: {why}"
-    );
-    eprintln!("skipped: {why}");
-}
-
 fn fixture_with(with_etc: bool) -> Option<Fixture> {
-    if !nix::unistd::geteuid().is_root() {
-        skip("sandbox tests need root");
-        return None;
-    }
-    if !Path::new("/bin/busybox").exists() {
-        skip("/bin/busybox (busybox-static) is not installed");
-        return None;
-    }
-    if let Err(e) = rbuild_sandbox::check_support() {
-        skip(&e.to_string());
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let f = Fixture {
-        lower: dir.path().join("lower"),
-        upper: dir.path().join("upper"),
-        work: dir.path().join("work"),
-        dir,
-    };
-    for d in [&f.lower, &f.upper, &f.work] {
-        fs::create_dir(d).unwrap();
-    }
+    let f = Fixture::new()?;
     busybox_rootfs(&f.lower, with_etc);
     Some(f)
 }

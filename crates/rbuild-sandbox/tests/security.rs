@@ -12,64 +12,22 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rbuild_sandbox::{Limits, Network, Outcome, Profile, RunSpec, Ulimit};
+
+mod common;
+use common::{Fixture, busybox_bin, skip};
 
 const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n";
 const GROUP: &str = "root:x:0:\napp:x:1000:\n";
 /// Docker's default 14 capabilities as `/proc/PID/status` shows them.
 const DOCKER_CAPS: u64 = 0xa804_25fb;
 
-struct Fixture {
-    dir: tempfile::TempDir,
-    lower: PathBuf,
-    upper: PathBuf,
-    work: PathBuf,
-}
-
-fn skip(why: &str) {
-    assert!(
-        std::env::var_os("RBUILD_REQUIRE_SANDBOX").is_none(),
-        "skipped: {why}"
-    );
-    eprintln!("skipped: {why}");
-}
-
 fn fixture() -> Option<Fixture> {
-    if !nix::unistd::geteuid().is_root() {
-        skip("sandbox tests need root");
-        return None;
-    }
-    if !Path::new("/bin/busybox").exists() {
-        skip("/bin/busybox (busybox-static) is not installed");
-        return None;
-    }
-    if let Err(e) = rbuild_sandbox::check_support() {
-        skip(&e.to_string());
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let f = Fixture {
-        lower: dir.path().join("lower"),
-        upper: dir.path().join("upper"),
-        work: dir.path().join("work"),
-        dir,
-    };
-    for d in [&f.lower, &f.upper, &f.work] {
-        fs::create_dir(d).unwrap();
-    }
-    let bin = f.lower.join("bin");
-    fs::create_dir_all(&bin).unwrap();
-    fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
-    let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            symlink("busybox", bin.join(applet)).unwrap();
-        }
-    }
+    let f = Fixture::new()?;
+    busybox_bin(&f.lower);
     let etc = f.lower.join("etc");
     fs::create_dir_all(&etc).unwrap();
     fs::write(etc.join("passwd"), PASSWD).unwrap();
