@@ -72,6 +72,46 @@ enum Command {
     /// What the `docker` and `deploy` names of this binary run.
     #[command(subcommand, hide = true)]
     Shim(shim::Shim),
+    /// Say how builds would run here: rootful, rootless (user namespace), and what is missing.
+    Info(commands::info::Args),
+}
+
+impl Command {
+    /// Whether the command reads or writes the store or runs sandboxes, and so needs root or a
+    /// user namespace (files in a rootless store belong to the user's subordinate ids).
+    fn needs_root(&self) -> bool {
+        !matches!(
+            self,
+            Command::Parse(_)
+                | Command::Login(_)
+                | Command::Logout(_)
+                | Command::Ls(_)
+                | Command::Deploy(_)
+                | Command::Rollback(_)
+                | Command::History(_)
+                | Command::Registry(_)
+                | Command::Info(_)
+        )
+    }
+}
+
+/// As an ordinary user, continues in a user namespace where this process is root (see
+/// `rbuild_sandbox::userns`); must run before any thread is started. `Some(code)` in the
+/// original process once the namespaced one is done.
+fn enter_user_namespace() -> Option<ExitCode> {
+    use rbuild::sandbox::userns::{self, Entered};
+    match userns::enter() {
+        Ok(Entered::Exited(code)) => Some(ExitCode::from(u8::try_from(code).unwrap_or(1))),
+        Ok(Entered::SingleId { warning }) => {
+            eprintln!("warning: {warning}");
+            None
+        }
+        Ok(_) => None,
+        Err(e) => {
+            eprintln!("error: cannot build as this user: {e}");
+            Some(ExitCode::FAILURE)
+        }
+    }
 }
 
 /// Where the store lives when `--root` is not given.
@@ -119,7 +159,6 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
-    init_logging();
     // Multi-call: invoked as `docker` or `deploy`, the arguments are translated first.
     let argv = match shim::argv(std::env::args_os().collect()) {
         Ok(argv) => argv,
@@ -132,6 +171,12 @@ fn main() -> ExitCode {
         },
     };
     let cli = Cli::parse_from(argv);
+    if cli.command.needs_root() {
+        if let Some(code) = enter_user_namespace() {
+            return code;
+        }
+    }
+    init_logging();
     let root = cli.root.clone().unwrap_or_else(default_root);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -172,6 +217,7 @@ fn main() -> ExitCode {
             Command::Pipeline(c) => commands::pipeline::run(&root, &cli.registry, c).await,
             Command::Registry(c) => commands::registry::run(&cli.registry, c).await,
             Command::Shim(s) => shim::run(&root, &cli.registry, s).await,
+            Command::Info(a) => commands::info::run(&root, a),
         }
     });
     match result {

@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 
 use nix::sys::time::TimeSpec;
 
-use crate::write::OVERLAY_XATTR_PREFIX;
+use crate::write::is_overlay_xattr;
 use crate::{Error, Result};
 
 /// Metadata of an entry, from its ustar header and PAX records.
@@ -95,7 +95,7 @@ pub(crate) fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> R
                 if let Some(x) = k.strip_prefix("SCHILY.xattr.") {
                     // overlayfs' private xattrs are never layer content; honouring them would
                     // let a layer forge opaque markers or redirects.
-                    if !x.starts_with(OVERLAY_XATTR_PREFIX) {
+                    if !is_overlay_xattr(x) {
                         meta.xattrs.push((x.to_owned(), value.to_vec()));
                     }
                 }

@@ -19,7 +19,7 @@ use tar::EntryType;
 use crate::meta::{Meta, apply_fd_meta, read_meta, set_node_xattr_tolerant};
 use crate::resolve::{Root, WalkError, components, join};
 use crate::sys::{self, AsFdRef};
-use crate::write::{OPAQUE_MARKER, OVERLAY_OPAQUE_XATTR, WHITEOUT_PREFIX};
+use crate::write::{OPAQUE_MARKER, WHITEOUT_PREFIX, overlay_opaque_xattr};
 use crate::{Error, Result};
 
 /// What an unpack or apply did.
@@ -341,7 +341,7 @@ impl Extractor {
                     use xattr::FileExt as _;
                     let fd = sys::open_dir_at(dir, last).map_err(|e| unpack_err(name, e))?;
                     File::from(fd)
-                        .set_xattr(OVERLAY_OPAQUE_XATTR, b"y")
+                        .set_xattr(overlay_opaque_xattr(), b"y")
                         .map_err(|e| unpack_io(name, e))?;
                 }
                 self.root.invalidate();
@@ -530,7 +530,7 @@ impl Extractor {
         match self.mode {
             Mode::Upperdir => {
                 use xattr::FileExt as _;
-                dir.set_xattr(OVERLAY_OPAQUE_XATTR, b"y")
+                dir.set_xattr(overlay_opaque_xattr(), b"y")
                     .map_err(|e| unpack_io(name, e))
             }
             Mode::Apply => {

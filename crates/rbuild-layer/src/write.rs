@@ -20,10 +20,32 @@ use crate::{Compression, Error, LayerDescriptor, LayerOptions, Result};
 pub(crate) const WHITEOUT_PREFIX: &str = ".wh.";
 /// The opaque-directory marker file.
 pub(crate) const OPAQUE_MARKER: &str = ".wh..wh..opq";
-/// The overlayfs xattr marking an opaque directory (kernel `Documentation/filesystems/overlayfs.rst`).
-pub(crate) const OVERLAY_OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-/// overlayfs' private xattrs: never part of image content.
-pub(crate) const OVERLAY_XATTR_PREFIX: &str = "trusted.overlay.";
+
+/// The overlayfs xattr marking an opaque directory in the layer directories of this process
+/// (kernel `Documentation/filesystems/overlayfs.rst`): `trusted.overlay.opaque` as root on the
+/// host, `user.overlay.opaque` inside a user namespace, where overlayfs is mounted with
+/// `userxattr` because `trusted.*` needs the host's `CAP_SYS_ADMIN`. Rootless stores are
+/// separate from root's, so one store only ever holds one of the two.
+pub fn overlay_opaque_xattr() -> &'static str {
+    static NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let initial = std::fs::read_to_string("/proc/self/uid_map").map_or(true, |map| {
+            map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]
+        });
+        if initial {
+            "trusted.overlay.opaque"
+        } else {
+            "user.overlay.opaque"
+        }
+    })
+}
+
+/// overlayfs' private xattrs (`trusted.overlay.*`, and `user.overlay.*` of a `userxattr`
+/// mount): never part of image content, and never taken from a layer, which could otherwise
+/// forge opaque markers or redirects.
+pub(crate) fn is_overlay_xattr(name: &str) -> bool {
+    name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.")
+}
 
 /// Size of the copy buffer for file contents.
 const COPY_BUF: usize = 128 * 1024;
@@ -371,9 +393,9 @@ fn read_xattrs(path: &Path) -> Result<Xattrs> {
         let Some(value) = xattr::get(path, &name).map_err(err)? else {
             continue;
         };
-        if name == OVERLAY_OPAQUE_XATTR {
+        if name == overlay_opaque_xattr() {
             out.opaque = value == b"y";
-        } else if !name.starts_with(OVERLAY_XATTR_PREFIX) {
+        } else if !is_overlay_xattr(&name) {
             out.content.insert(name, value);
         }
     }

@@ -74,6 +74,7 @@ mod spec;
 mod support;
 mod sys;
 mod user;
+pub mod userns;
 
 pub use cancel::CancelHandle;
 pub use error::{Error, Result};

@@ -63,6 +63,11 @@ pub(crate) struct Plan {
     pub overlay_options: CString,
     pub hostname: CString,
     pub network_none: bool,
+    /// Running as root inside a user namespace: `/sys` is bind-mounted (sysfs can only be
+    /// mounted by the owner of the network namespace) unless the run has its own network.
+    pub user_namespace: bool,
+    /// `setgroups(2)` is denied here (a single-id user namespace): keep the groups we have.
+    pub setgroups_denied: bool,
     pub capture: bool,
     pub binds: Vec<Bind>,
     /// `/a`, `/a/b`, … for `mkdir -p` of the working directory after `pivot_root`.
@@ -334,8 +339,17 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
     link(&canonical("work", &spec.work_dir)?, "w")?;
     // index=off: the same lower dirs are shared by concurrent mounts with different uppers,
     // which the inodes index would refuse (overlayfs.rst "Sharing and copying layers").
+    // Inside a user namespace overlayfs keeps its whiteout and opaque markers in `user.*`
+    // xattrs (`trusted.*` needs the host's CAP_SYS_ADMIN); the layer code reads the same.
+    // There redirects cannot be followed (`redirect_dir=off` means "follow" to newer kernels,
+    // which `userxattr` refuses); none are ever created here either way.
+    let redirect = if crate::userns::in_initial_user_namespace() {
+        "redirect_dir=off"
+    } else {
+        "redirect_dir=nofollow,userxattr"
+    };
     let overlay_options = format!(
-        "lowerdir={},upperdir=u,workdir=w,redirect_dir=off,metacopy=off,index=off",
+        "lowerdir={},upperdir=u,workdir=w,{redirect},metacopy=off,index=off",
         lowers.join(":")
     );
 
@@ -406,6 +420,8 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
         overlay_options: cstring("overlay options", overlay_options.as_bytes())?,
         hostname: cstring("hostname", spec.hostname.as_bytes())?,
         network_none: spec.network == Network::None,
+        user_namespace: !crate::userns::in_initial_user_namespace(),
+        setgroups_denied: crate::userns::setgroups_denied(),
         capture: spec.stdio == crate::Stdio::Capture,
         binds,
         cwd_prefixes,

@@ -316,10 +316,16 @@ fn failure_error(plan: &Plan, spec: &RunSpec, failure: Failure) -> Error {
         Step::Loopback => "bring up the loopback interface".to_owned(),
         Step::EnterScratch => format!("enter {}", plan.scratch.path().display()),
         Step::MountOverlay => format!(
-            "mount the overlay (upper {}, work {}, {} lower dirs)",
+            "mount the overlay (upper {}, work {}, {} lower dirs){}",
             spec.upper_dir.display(),
             spec.work_dir.display(),
-            spec.lower_dirs.len()
+            spec.lower_dirs.len(),
+            if plan.user_namespace {
+                " inside a user namespace, which needs Linux 5.11 or later (overlayfs with \
+                 `userxattr`); fuse-overlayfs is not supported as a fallback"
+            } else {
+                ""
+            }
         ),
         Step::OpenRootfs => "open the overlay root".to_owned(),
         Step::MountProc => "mount /proc".to_owned(),
@@ -349,8 +355,28 @@ fn failure_error(plan: &Plan, spec: &RunSpec, failure: Failure) -> Error {
         Step::ReadPasswd => "read the image's /etc/passwd".to_owned(),
         Step::ReadGroup => "read the image's /etc/group".to_owned(),
         Step::SetGroups => "set the supplementary groups".to_owned(),
-        Step::SetGid => "set the group id".to_owned(),
-        Step::SetUid => "set the user id".to_owned(),
+        Step::SetGid | Step::SetUid if plan.user_namespace && failure.errno == libc::EINVAL => {
+            let (kind, map) = match failure.step {
+                Step::SetUid => ("uid", "/etc/subuid"),
+                _ => ("gid", "/etc/subgid"),
+            };
+            return Error::Unsupported {
+                what: format!(
+                    "the step runs as {kind} {}, which is not mapped in this user namespace \
+                     (only the ids of /proc/self/{kind}_map exist here)",
+                    failure.index
+                ),
+                remedy: if map == "/etc/subuid" {
+                    "give the user a range in /etc/subuid (e.g. `USER:100000:65536`) and \
+                     install `uidmap`, or build as root"
+                } else {
+                    "give the user a range in /etc/subgid (e.g. `USER:100000:65536`) and \
+                     install `uidmap`, or build as root"
+                },
+            };
+        }
+        Step::SetGid => format!("set the group id to {}", failure.index),
+        Step::SetUid => format!("set the user id to {}", failure.index),
         Step::WaitInit => "wait for pid 1 of the sandbox".to_owned(),
         Step::JoinCgroup => "join the run's cgroup (for --memory/--pids-limit)".to_owned(),
         Step::CgroupNamespace => "create the cgroup namespace".to_owned(),

@@ -5,7 +5,8 @@ use std::sync::OnceLock;
 use crate::error::{Error, Result};
 use crate::sys;
 
-/// Checks that this process can run sandboxes: root (euid 0), overlayfs known to the kernel
+/// Checks that this process can run sandboxes: root (euid 0, in the host's user namespace or
+/// in one of its own, see [`userns`](crate::userns)), overlayfs known to the kernel
 /// (`/proc/filesystems`), and mount/pid/uts/ipc namespaces creatable (a forked probe tries
 /// `unshare`).
 ///
@@ -27,8 +28,14 @@ pub fn check_support() -> Result<()> {
 fn probe() -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Err(Error::Unsupported {
-            what: "running sandboxes needs root (effective uid 0)".to_owned(),
-            remedy: "run rbuild as root (sudo); rootless builds are not supported yet",
+            what: format!(
+                "running sandboxes needs root, here or in a user namespace; this process is \
+                 neither ({})",
+                crate::userns::detect()
+            ),
+            remedy: "the rbuild command enters a user namespace by itself; a program that \
+                     embeds the engine calls `rbuild_sandbox::userns::enter()` first thing in \
+                     `main`",
         });
     }
     let filesystems =

@@ -34,10 +34,6 @@ use rbuild_store::{LayerMismatch, LayerPair, Store};
 
 pub use rbuild_store::{CheckOptions, CheckReport, Problem};
 
-/// The overlay xattr marking an opaque directory (overlayfs documentation, "whiteouts and
-/// opaque directories").
-const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-
 /// Checks the whole store, layer directories included; with [`CheckOptions::repair`], drops
 /// what is broken so that the next build recreates it.
 ///
@@ -117,7 +113,7 @@ fn snapshot(root: &Path) -> io::Result<BTreeMap<PathBuf, Entry>> {
             ("other", String::new())
         };
         let opaque = ft.is_dir()
-            && xattr::get(path, OPAQUE_XATTR)
+            && xattr::get(path, rbuild_layer::overlay_opaque_xattr())
                 .ok()
                 .flatten()
                 .is_some_and(|v| v == b"y");

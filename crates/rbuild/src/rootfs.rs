@@ -148,12 +148,11 @@ pub(crate) fn file_type(st: &Stat) -> FileType {
 /// Whether the directory open as `fd` is an opaque overlay directory.
 pub(crate) fn is_opaque(fd: impl AsFd) -> bool {
     let fd = fd.as_fd();
-    ["trusted.overlay.opaque", "user.overlay.opaque"]
-        .iter()
-        .any(|name| {
-            let mut buf = [0u8; 4];
-            matches!(rustix::fs::fgetxattr(fd, *name, &mut buf), Ok(1) if buf[0] == b'y')
-        })
+    let mut buf = [0u8; 4];
+    matches!(
+        rustix::fs::fgetxattr(fd, rbuild_layer::overlay_opaque_xattr(), &mut buf),
+        Ok(1) if buf[0] == b'y'
+    )
 }
 
 /// Opens directory `name` in `dir` without following a symlink.

@@ -5,6 +5,7 @@ pub(crate) mod check;
 pub(crate) mod deploy;
 pub(crate) mod history;
 pub(crate) mod images;
+pub(crate) mod info;
 pub(crate) mod inspect;
 pub(crate) mod login;
 pub(crate) mod logout;

@@ -134,7 +134,8 @@ pub(super) fn mask_paths(security: &SecurityPlan) -> Result<(), Failure> {
                     | libc::MS_RDONLY
                     | libc::MS_NOSUID
                     | libc::MS_NODEV
-                    | libc::MS_NOEXEC,
+                    | libc::MS_NOEXEC
+                    | super::mounts::kept_flags(path.as_ptr()),
                 std::ptr::null(),
             ),
             Step::ReadonlyPath,

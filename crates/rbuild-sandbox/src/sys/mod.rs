@@ -33,6 +33,7 @@ use crate::plan::{Buffers, ExecArrays, Plan};
 mod harden;
 mod mounts;
 mod process;
+pub(crate) mod userns;
 
 pub(crate) use mounts::DEVICES;
 use mounts::mount;
@@ -490,7 +491,7 @@ fn init(plan: &Plan, buffers: &mut Buffers, arrays: &ExecArrays) -> Result<Infal
         Step::OpenRootfs,
         0,
     )?;
-    mounts::mount_kernel_filesystems(root)?;
+    mounts::mount_kernel_filesystems(root, plan.user_namespace && !plan.network_none)?;
     mounts::bind_mounts(root, plan)?;
     mounts::pivot(root)?;
     harden::mask_paths(&plan.security)?;

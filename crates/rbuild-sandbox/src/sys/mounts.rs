@@ -95,6 +95,31 @@ fn open_in_root(dirfd: RawFd, path: &CStr, flags: c_int) -> Result<RawFd, i32> {
     }
 }
 
+/// The flags of the mount at `path` that a remount must repeat: inside a user namespace
+/// the kernel locks `nosuid`, `nodev`, `noexec` and the atime flags of mounts that came from
+/// the parent namespace, and refuses a remount that would clear them (runc's
+/// `getUnprivilegedMountFlags`). Zero when `statvfs` fails (the remount then reports).
+pub(super) fn kept_flags(path: *const c_char) -> libc::c_ulong {
+    // SAFETY: statvfs is a plain C struct of integers; all-zero bytes are a valid value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is NUL-terminated and `st` is a live out pointer.
+    if unsafe { libc::statvfs(path, &mut st) } != 0 {
+        return 0;
+    }
+    let pairs = [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ];
+    pairs
+        .iter()
+        .filter(|(st_flag, _)| st.f_flag & st_flag != 0)
+        .fold(0, |acc, (_, ms)| acc | ms)
+}
+
 pub(super) fn mount(
     source: *const c_char,
     target: *const c_char,
@@ -141,7 +166,7 @@ pub(super) fn bind_mounts(root: RawFd, plan: &Plan) -> Result<(), Failure> {
                     std::ptr::null(),
                     path.as_ptr(),
                     std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                    libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | kept_flags(path.as_ptr()),
                     std::ptr::null(),
                 ),
                 Step::RemountReadonly,
@@ -191,8 +216,11 @@ pub(super) fn loopback_up() -> Result<(), Failure> {
 
 /// `/proc` (of the new pid namespace: this is pid 1 in it), a tmpfs `/dev` with the default
 /// devices, `/dev/pts`, `/dev/shm`, and a read-only `/sys`, as in the OCI runtime spec's
-/// default mounts.
-pub(super) fn mount_kernel_filesystems(root: RawFd) -> Result<(), Failure> {
+/// default mounts (the host's `/sys` bound read-only when `user_namespace_host_network`).
+pub(super) fn mount_kernel_filesystems(
+    root: RawFd,
+    user_namespace_host_network: bool,
+) -> Result<(), Failure> {
     let open = |path: &CStr, flags, step| {
         open_in_root(root, path, flags | libc::O_DIRECTORY).map_err(|errno| Failure {
             step,
@@ -316,6 +344,41 @@ pub(super) fn mount_kernel_filesystems(root: RawFd) -> Result<(), Failure> {
     close(dev);
 
     let sys = open(c"sys", libc::O_PATH, Step::MountSys)?;
+    if user_namespace_host_network {
+        // sysfs can only be mounted by the owner of the network namespace, which is the
+        // host's here: bind the host's /sys instead (as rootless runc and podman do), then
+        // make the bind read-only, keeping the flags the kernel locked on it.
+        check(
+            mount(
+                c"/sys".as_ptr(),
+                FdPath::new(sys, c"").as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            ),
+            Step::MountSys,
+            1,
+        )?;
+        close(sys);
+        let sys = open(c"sys", libc::O_PATH, Step::MountSys)?;
+        check(
+            mount(
+                std::ptr::null(),
+                FdPath::new(sys, c"").as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND
+                    | libc::MS_REMOUNT
+                    | libc::MS_RDONLY
+                    | nosuid_nodev_noexec
+                    | kept_flags(FdPath::new(sys, c"").as_ptr()),
+                std::ptr::null(),
+            ),
+            Step::MountSys,
+            2,
+        )?;
+        close(sys);
+        return Ok(());
+    }
     check(
         mount(
             c"sysfs".as_ptr(),

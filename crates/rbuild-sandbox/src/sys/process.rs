@@ -104,17 +104,21 @@ pub(super) fn set_user(plan: &Plan, buffers: &mut Buffers) -> Result<(), Failure
             UserError::TooManyGroups => USER_ERROR_TOO_MANY_GROUPS,
         },
     })?;
-    check(
-        // SAFETY: setgroups(2) reads `ngroups` ids from `groups`, whose first `ngroups`
-        // entries `resolve` initialised.
-        unsafe { libc::setgroups(ids.ngroups, groups.as_ptr()) },
-        Step::SetGroups,
-        0,
-    )?;
+    if !plan.setgroups_denied {
+        check(
+            // SAFETY: setgroups(2) reads `ngroups` ids from `groups`, whose first `ngroups`
+            // entries `resolve` initialised.
+            unsafe { libc::setgroups(ids.ngroups, groups.as_ptr()) },
+            Step::SetGroups,
+            0,
+        )?;
+    }
+    // The failure's index carries the id, for the message (an id outside a user namespace's
+    // map gives EINVAL).
     // SAFETY: setgid(2) takes a plain integer id.
-    check(unsafe { libc::setgid(ids.gid) }, Step::SetGid, 0)?;
+    check(unsafe { libc::setgid(ids.gid) }, Step::SetGid, ids.gid)?;
     // SAFETY: setuid(2) takes a plain integer id; it comes after setgid, which needs root.
-    check(unsafe { libc::setuid(ids.uid) }, Step::SetUid, 0)?;
+    check(unsafe { libc::setuid(ids.uid) }, Step::SetUid, ids.uid)?;
     Ok(())
 }
 
