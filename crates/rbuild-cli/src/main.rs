@@ -74,6 +74,8 @@ enum Command {
     Shim(shim::Shim),
     /// Say how builds would run here: rootful, rootless (user namespace), and what is missing.
     Info(commands::info::Args),
+    /// Run a command (default: a shell) as root in the user namespace rootless builds use.
+    Unshare(commands::unshare::Args),
 }
 
 impl Command {
@@ -218,6 +220,7 @@ fn main() -> ExitCode {
             Command::Registry(c) => commands::registry::run(&cli.registry, c).await,
             Command::Shim(s) => shim::run(&root, &cli.registry, s).await,
             Command::Info(a) => commands::info::run(&root, a),
+            Command::Unshare(a) => commands::unshare::run(a),
         }
     });
     match result {

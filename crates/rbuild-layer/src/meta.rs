@@ -18,11 +18,27 @@ pub(crate) struct Meta {
     pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
+/// A failed chown to `uid:gid`: names the ids, and says when they do not exist in this user
+/// namespace (a rootless build whose ranges do not cover the image's owners).
+pub(crate) fn owner_io_error(uid: u32, gid: u32, source: io::Error) -> io::Error {
+    let text = if source.raw_os_error() == Some(libc::EINVAL) {
+        format!(
+            "cannot give it owner {uid}:{gid}: the id is not mapped in this user namespace (a \
+             rootless build needs /etc/subuid and /etc/subgid ranges covering the image's \
+             owners; see `rbuild info`)"
+        )
+    } else {
+        format!("cannot give it owner {uid}:{gid}: {source}")
+    };
+    io::Error::new(source.kind(), text)
+}
+
 /// chown, then chmod (chown clears setuid/setgid), then xattrs (chown also drops
 /// `security.capability`), on an open file or directory.
 pub(crate) fn apply_fd_meta(file: &File, meta: &Meta) -> io::Result<()> {
     use xattr::FileExt as _;
-    std::os::unix::fs::fchown(file, Some(meta.uid), Some(meta.gid))?;
+    std::os::unix::fs::fchown(file, Some(meta.uid), Some(meta.gid))
+        .map_err(|e| owner_io_error(meta.uid, meta.gid, e))?;
     file.set_permissions(std::fs::Permissions::from_mode(meta.mode))?;
     for (k, v) in &meta.xattrs {
         set_xattr_tolerant(|| file.set_xattr(k, v))?;

@@ -16,7 +16,7 @@ use rbuild_oci::Digest;
 use sha2::{Digest as _, Sha256};
 use tar::EntryType;
 
-use crate::meta::{Meta, apply_fd_meta, read_meta, set_node_xattr_tolerant};
+use crate::meta::{Meta, apply_fd_meta, owner_io_error, read_meta, set_node_xattr_tolerant};
 use crate::resolve::{Root, WalkError, components, join};
 use crate::sys::{self, AsFdRef};
 use crate::write::{OPAQUE_MARKER, WHITEOUT_PREFIX, overlay_opaque_xattr};
@@ -436,7 +436,7 @@ impl Extractor {
         chmod: bool,
     ) -> Result<()> {
         let dir = self.parent_required(parent, name)?;
-        sys::lchown_at(dir, last, meta.uid, meta.gid).map_err(|e| unpack_err(name, e))?;
+        sys::lchown_at(dir, last, meta.uid, meta.gid).map_err(|e| owner_err(name, meta, e))?;
         let path = sys::fd_child_path(dir, last);
         if chmod {
             // chmod after chown: chown clears setuid/setgid. The node was created by us a
@@ -518,7 +518,8 @@ impl Extractor {
                     sys::mknod_at(dir, n, SFlag::S_IFCHR, 0, 0)
                 })?;
                 let dir = self.parent_required(parent, name)?;
-                sys::lchown_at(dir, target, meta.uid, meta.gid).map_err(|e| unpack_err(name, e))?;
+                sys::lchown_at(dir, target, meta.uid, meta.gid)
+                    .map_err(|e| owner_err(name, meta, e))?;
                 sys::lutimes_at(dir, target, meta.mtime).map_err(|e| unpack_err(name, e))
             }
         }
@@ -583,6 +584,12 @@ impl Extractor {
 
 fn unpack_err(entry: &str, e: Errno) -> Error {
     unpack_io(entry, e.into())
+}
+
+/// A failed chown of `entry`: names the ids, and says when they do not exist in this user
+/// namespace (a rootless build whose ranges do not cover the image's owners).
+fn owner_err(entry: &str, meta: &Meta, e: Errno) -> Error {
+    unpack_io(entry, owner_io_error(meta.uid, meta.gid, e.into()))
 }
 
 fn unpack_io(entry: &str, source: io::Error) -> Error {

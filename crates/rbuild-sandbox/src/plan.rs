@@ -68,6 +68,8 @@ pub(crate) struct Plan {
     pub user_namespace: bool,
     /// `setgroups(2)` is denied here (a single-id user namespace): keep the groups we have.
     pub setgroups_denied: bool,
+    /// gid 5 (`tty`, owner of `/dev/pts` entries) exists here; not in a single-id namespace.
+    pub tty_gid_mapped: bool,
     pub capture: bool,
     pub binds: Vec<Bind>,
     /// `/a`, `/a/b`, … for `mkdir -p` of the working directory after `pivot_root`.
@@ -422,6 +424,7 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
         network_none: spec.network == Network::None,
         user_namespace: !crate::userns::in_initial_user_namespace(),
         setgroups_denied: crate::userns::setgroups_denied(),
+        tty_gid_mapped: crate::userns::gid_mapped(5),
         capture: spec.stdio == crate::Stdio::Capture,
         binds,
         cwd_prefixes,

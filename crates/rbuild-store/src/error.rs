@@ -247,6 +247,23 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The store's layer directories mark opaque directories with another overlayfs xattr
+    /// than this process uses: a store made by rootful builds used rootless, or the reverse.
+    #[error(
+        "the layer directories of {path} mark opaque directories with {found} (made by {}), \
+         but this process uses {wanted} ({}): a store is either rootful or rootless; use \
+         another --root",
+        mode_of(found),
+        mode_of(wanted)
+    )]
+    LayerFormat {
+        /// The store's root.
+        path: PathBuf,
+        /// The xattr the store records.
+        found: String,
+        /// The xattr this process uses.
+        wanted: String,
+    },
     /// Removing a file or directory tree failed.
     #[error("cannot remove {path}")]
     Remove {
@@ -263,5 +280,14 @@ impl Error {
     /// corruption), so that a caller can fall back to pulling it.
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::ReadBlob { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// Which kind of build writes opaque markers as `xattr`.
+fn mode_of(xattr: &str) -> &'static str {
+    if xattr.starts_with("trusted.") {
+        "rootful builds"
+    } else {
+        "rootless builds, in a user namespace"
     }
 }

@@ -362,6 +362,45 @@ impl Store {
         self.cache_dir().join("entries")
     }
 
+    /// Records, on first use, which overlayfs xattr marks opaque directories in this store's
+    /// layer directories (`trusted.overlay.opaque` rootful, `user.overlay.opaque` in a user
+    /// namespace), and refuses a process that uses the other one: it would misread every
+    /// opaque directory the store holds.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::LayerFormat`] on a mismatch; [`Error::ReadLayout`] / [`Error::WriteFile`]
+    /// when the record cannot be read or written.
+    pub fn claim_layer_format(&self, opaque_xattr: &str) -> Result<()> {
+        let path = self.state_dir().join("opaque-xattr");
+        let recorded = match fs::read_to_string(&path) {
+            // Stores from before this record only ever had rootful builds.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.has_any_layer_dir() => {
+                Ok("trusted.overlay.opaque".to_owned())
+            }
+            other => other,
+        };
+        match recorded {
+            Ok(found) if found.trim() == opaque_xattr => Ok(()),
+            Ok(found) => Err(Error::LayerFormat {
+                path: self.root.clone(),
+                found: found.trim().to_owned(),
+                wanted: opaque_xattr.to_owned(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => atomic::write_atomic(
+                &self.tmp_dir(),
+                &path,
+                format!("{opaque_xattr}\n").as_bytes(),
+            )
+            .map_err(|source| Error::WriteFile { path, source }),
+            Err(source) => Err(Error::ReadLayout { path, source }),
+        }
+    }
+
+    fn has_any_layer_dir(&self) -> bool {
+        fs::read_dir(self.layers_dir()).is_ok_and(|mut entries| entries.next().is_some())
+    }
+
     pub(crate) fn state_dir(&self) -> PathBuf {
         self.cache_dir().join("state")
     }

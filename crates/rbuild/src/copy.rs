@@ -762,10 +762,7 @@ fn set_owner_mode(
         Some(rustix::fs::Uid::from_raw(uid)),
         Some(rustix::fs::Gid::from_raw(gid)),
     )
-    .map_err(|e| CopyError::Io {
-        what: format!("set the owner of /{shown}"),
-        source: e.into(),
-    })?;
+    .map_err(|e| owner_error(shown, uid, gid, e))?;
     rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(|e| CopyError::Io {
         what: format!("set the mode of /{shown}"),
         source: e.into(),
@@ -837,10 +834,25 @@ fn chown_at(dir: &OwnedFd, name: &OsStr, uid: u32, gid: u32, shown: &str) -> Res
         Some(rustix::fs::Gid::from_raw(gid)),
         AtFlags::SYMLINK_NOFOLLOW,
     )
-    .map_err(|e| CopyError::Io {
-        what: format!("set the owner of /{shown}"),
+    .map_err(|e| owner_error(shown, uid, gid, e))
+}
+
+/// A failed chown of `/shown` to `uid:gid`; EINVAL means the id does not exist in this user
+/// namespace (a rootless build whose ranges do not cover it), which the message says.
+fn owner_error(shown: &str, uid: u32, gid: u32, e: rustix::io::Errno) -> CopyError {
+    let what = if e == rustix::io::Errno::INVAL {
+        format!(
+            "give /{shown} the owner {uid}:{gid}: the id is not mapped in this user namespace \
+             (a rootless build needs /etc/subuid and /etc/subgid ranges covering it; see \
+             `rbuild info`)"
+        )
+    } else {
+        format!("give /{shown} the owner {uid}:{gid}")
+    };
+    CopyError::Io {
+        what,
         source: e.into(),
-    })
+    }
 }
 
 fn set_times_at(dir: &OwnedFd, name: &OsStr, t: (i64, i64), shown: &str) -> Result<(), CopyError> {

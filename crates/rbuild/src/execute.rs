@@ -178,6 +178,14 @@ impl Build<'_> {
                             self.opts.limits.memory.unwrap_or_default()
                         ));
                     }
+                    if single_id_namespace() && output.contains("Invalid argument") {
+                        output.push_str(
+                            "\nrbuild: this build runs in a user namespace that maps a single \
+                             id (rootless without /etc/subuid and /etc/subgid ranges): giving a \
+                             file to any other user or group fails with \"Invalid argument\"; \
+                             see `rbuild info`\n",
+                        );
+                    }
                     return Err(Error::RunFailed {
                         file: self.file.clone(),
                         line: st.line,
@@ -485,4 +493,15 @@ fn materialise(view: &LayerView, rel: &str, dest: &Path) -> std::io::Result<()> 
         })?;
     }
     Ok(())
+}
+
+/// Whether this process is root in a user namespace that maps only one uid (0): rootless
+/// without subordinate ranges, or `unshare --map-root-user`.
+fn single_id_namespace() -> bool {
+    match rbuild_sandbox::userns::detect() {
+        rbuild_sandbox::userns::Mode::NamespacedRoot { uids, .. } => {
+            uids.iter().map(|r| u64::from(r.count)).sum::<u64>() <= 1
+        }
+        _ => false,
+    }
 }

@@ -189,6 +189,9 @@ pub fn unpacked_dirs(store: &Store, layers: &[LayerRecord]) -> Result<Vec<std::p
 /// an error naming the operation when a blob cannot be read or unpacked, or does not hash to its
 /// `diff_id`.
 pub(crate) fn ensure_unpacked(store: &Store, layers: &[LayerRecord]) -> Result<LayerView> {
+    store
+        .claim_layer_format(rbuild_layer::overlay_opaque_xattr())
+        .map_err(Error::op("open the store's layer directories"))?;
     let mut dirs = Vec::with_capacity(layers.len());
     for layer in layers.iter().rev() {
         if !store.has_layer_dir(&layer.diff_id) {

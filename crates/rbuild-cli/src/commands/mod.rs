@@ -21,6 +21,7 @@ pub(crate) mod rollback;
 pub(crate) mod run;
 pub(crate) mod save;
 pub(crate) mod tag;
+pub(crate) mod unshare;
 
 use std::path::Path;
 

@@ -491,7 +491,11 @@ fn init(plan: &Plan, buffers: &mut Buffers, arrays: &ExecArrays) -> Result<Infal
         Step::OpenRootfs,
         0,
     )?;
-    mounts::mount_kernel_filesystems(root, plan.user_namespace && !plan.network_none)?;
+    mounts::mount_kernel_filesystems(
+        root,
+        plan.user_namespace && !plan.network_none,
+        plan.tty_gid_mapped,
+    )?;
     mounts::bind_mounts(root, plan)?;
     mounts::pivot(root)?;
     harden::mask_paths(&plan.security)?;

@@ -220,6 +220,7 @@ pub(super) fn loopback_up() -> Result<(), Failure> {
 pub(super) fn mount_kernel_filesystems(
     root: RawFd,
     user_namespace_host_network: bool,
+    tty_gid_mapped: bool,
 ) -> Result<(), Failure> {
     let open = |path: &CStr, flags, step| {
         open_in_root(root, path, flags | libc::O_DIRECTORY).map_err(|errno| Failure {
@@ -303,7 +304,11 @@ pub(super) fn mount_kernel_filesystems(
             FdPath::new(dev, c"/pts").as_ptr(),
             c"devpts".as_ptr(),
             libc::MS_NOSUID | libc::MS_NOEXEC,
-            c"newinstance,ptmxmode=0666,mode=0620,gid=5".as_ptr(),
+            if tty_gid_mapped {
+                c"newinstance,ptmxmode=0666,mode=0620,gid=5".as_ptr()
+            } else {
+                c"newinstance,ptmxmode=0666,mode=0620".as_ptr()
+            },
         ),
         Step::MountDevpts,
         0,
