@@ -24,6 +24,7 @@ mod pipeline_runs;
 mod registry_cli;
 mod registry_conformance_cli;
 mod reliability;
+mod rootless;
 mod sandbox;
 mod semantics;
 mod support;

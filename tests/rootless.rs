@@ -1,0 +1,480 @@
+//! Rootless builds: `rbuild` run by an ordinary user (test users made here, with and without
+//! `/etc/subuid` ranges, through `runuser`), and by root inside `unshare --user
+//! --map-root-user`. The images must be the rootful build's, bit for bit.
+
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+use crate::support::*;
+
+/// A user with a subordinate range of 65,536 ids.
+const RANGED: &str = "rbuild-rootless";
+const RANGE_START: u32 = 400_000;
+/// A user without ranges: a single-id namespace.
+const SINGLE: &str = "rbuild-single";
+
+/// Creates the test users once (useradd and /etc/subuid edits are not concurrent-safe).
+fn ensure_users() -> bool {
+    static DONE: Mutex<Option<bool>> = Mutex::new(None);
+    let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(ok) = *done {
+        return ok;
+    }
+    let ok = can_build()
+        && have_tool("runuser")
+        && have_tool("useradd")
+        && have_tool("newuidmap")
+        && have_tool("unshare")
+        && make_users();
+    *done = Some(ok);
+    ok
+}
+
+fn make_users() -> bool {
+    for user in [RANGED, SINGLE] {
+        let exists = Command::new("id")
+            .arg(user)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !exists {
+            sh(Command::new("useradd").args(["-m", "-s", "/bin/sh", user]));
+        }
+    }
+    // Exactly one range for RANGED, none for SINGLE (useradd may have added its own).
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = fs::read_to_string(file).unwrap_or_default();
+        let mut kept: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                !l.starts_with(&format!("{RANGED}:")) && !l.starts_with(&format!("{SINGLE}:"))
+            })
+            .collect();
+        let line = format!("{RANGED}:{RANGE_START}:65536");
+        kept.push(&line);
+        fs::write(file, kept.join("\n") + "\n").unwrap();
+    }
+    true
+}
+
+fn uid_of(user: &str) -> u32 {
+    sh(Command::new("id").args(["-u", user]))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A work directory owned by `user`, with the rbuild binary copied in (the build tree may not
+/// be reachable by other users).
+struct UserWork {
+    user: &'static str,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl UserWork {
+    fn new(user: &'static str) -> UserWork {
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("rbuild");
+        if fs::hard_link(bin(), &copy).is_err() {
+            fs::copy(bin(), &copy).unwrap();
+        }
+        UserWork {
+            user,
+            dir,
+            bin: copy,
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Hands everything written so far to the user.
+    fn give(&self) {
+        sh(Command::new("chown")
+            .args(["-R", self.user])
+            .arg(self.path()));
+    }
+
+    /// `rbuild --root WORK/root ARGS` as the user, with HOME in the work directory.
+    fn rbuild(&self, args: &[&str]) -> Output {
+        self.give();
+        Command::new("runuser")
+            .args(["-u", self.user, "--", "env"])
+            .arg(format!("HOME={}", self.path().display()))
+            .arg(&self.bin)
+            .arg("--root")
+            .arg(self.path().join("root"))
+            .args(args)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .env_remove("RBUILD_ROOT")
+            .env_remove("XDG_DATA_HOME")
+            .output()
+            .unwrap()
+    }
+}
+
+/// The multi-stage app: RUN chown to 1000, COPY --from keeping owners, COPY --chown, a USER
+/// step, a deleted file (whiteout) and a replaced directory (opaque).
+const APP: &str = "FROM localhost/busybox:test AS build
+RUN mkdir -p /out && echo built > /out/artifact && chown 1000:1000 /out/artifact && chmod 640 /out/artifact
+FROM localhost/busybox:test
+COPY --from=build /out/artifact /srv/artifact
+COPY --chown=1001:1002 data.txt /srv/data.txt
+COPY data.txt /srv/root-owned.txt
+RUN rm /etc/group && rm -rf /home && mkdir /home && echo fresh > /home/only
+USER 1000
+RUN echo hi > /tmp/by-1000
+";
+
+fn write_app(ctx: &Path) {
+    fs::create_dir_all(ctx).unwrap();
+    fs::write(ctx.join("Dockerfile"), APP).unwrap();
+    fs::write(ctx.join("data.txt"), "data\n").unwrap();
+}
+
+/// Builds the busybox base and the app with a fixed epoch; returns (base, app) digests.
+fn build_both(
+    run: &dyn Fn(&[&str]) -> Output,
+    base_ctx: &Path,
+    app_ctx: &Path,
+) -> (String, String) {
+    let build = |tag: &str, ctx: &Path| {
+        last_line(&ok(&run(&[
+            "build",
+            "--progress",
+            "plain",
+            "--source-date-epoch",
+            "0",
+            "-t",
+            tag,
+            ctx.to_str().unwrap(),
+        ])))
+    };
+    (
+        build("localhost/busybox:test", base_ctx),
+        build("localhost/app:test", app_ctx),
+    )
+}
+
+#[test]
+fn a_rootless_build_gives_the_rootful_image_bit_for_bit() {
+    if !ensure_users() || !have_tool("skopeo") || !have_tool("umoci") {
+        return;
+    }
+    let user = UserWork::new(RANGED);
+    let w = user.path();
+    rbuild_testkit::busybox::write_context(&w.join("base")).unwrap();
+    write_app(&w.join("app"));
+
+    let info = ok(&user.rbuild(&["info"]));
+    assert!(info.starts_with("mode: rootless\n"), "{info}");
+    assert!(info.contains("65536 subordinate uids"), "{info}");
+
+    let rootless = build_both(&|a| user.rbuild(a), &w.join("base"), &w.join("app"));
+    let rootful_root = w.join("rootful-root");
+    let rootful = build_both(
+        &|a| rbuild(&rootful_root, a),
+        &w.join("base"),
+        &w.join("app"),
+    );
+    assert_eq!(
+        rootless, rootful,
+        "rootless (left) and rootful (right) digests"
+    );
+
+    // On the host, the layer files belong to the user and their subordinate ids.
+    let host_uid = uid_of(RANGED);
+    let layers = w.join("root/layers");
+    let mut owners = Vec::new();
+    for layer in fs::read_dir(&layers).unwrap() {
+        let path = layer.unwrap().path().join("out/artifact");
+        if let Ok(meta) = fs::symlink_metadata(&path) {
+            owners.push(meta.uid());
+        }
+    }
+    assert_eq!(owners, [RANGE_START + 999], "host owner of uid 1000's file");
+    assert_eq!(fs::metadata(w.join("root")).unwrap().uid(), host_uid);
+
+    // An independent reader sees the image's ids.
+    let layout = w.join("layout");
+    sh(Command::new("skopeo").args([
+        "copy",
+        &format!("oci:{}:localhost/app:test", w.join("root").display()),
+        &format!("oci:{}:app", layout.display()),
+    ]));
+    let bundle = w.join("bundle");
+    sh(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:app", layout.display()))
+        .arg(&bundle));
+    let rootfs = bundle.join("rootfs");
+    let owner_mode = |p: &str| {
+        let m = fs::symlink_metadata(rootfs.join(p)).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    assert_eq!(owner_mode("srv/artifact"), (1000, 1000, 0o640));
+    assert_eq!(owner_mode("srv/data.txt").0, 1001);
+    assert_eq!(owner_mode("srv/data.txt").1, 1002);
+    assert_eq!(owner_mode("srv/root-owned.txt").0, 0);
+    assert_eq!(owner_mode("tmp/by-1000").0, 1000);
+    assert!(!rootfs.join("etc/group").exists(), "whiteout applied");
+    assert!(
+        !rootfs.join("home/app").exists(),
+        "opaque /home hides the base's"
+    );
+    assert_eq!(
+        fs::read_to_string(rootfs.join("home/only")).unwrap(),
+        "fresh\n"
+    );
+}
+
+/// Steps (by number) that ran instead of coming from the cache.
+fn ran(out: &str) -> Vec<usize> {
+    out.lines()
+        .filter(|l| l.starts_with('[') && !l.contains("] FROM "))
+        .filter_map(|l| l[1..].split('/').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn rootless_rebuilds_hit_and_miss_the_cache_exactly_where_rootful_ones_do() {
+    if !ensure_users() {
+        return;
+    }
+    let user = UserWork::new(RANGED);
+    let w = user.path();
+    rbuild_testkit::busybox::write_context(&w.join("base")).unwrap();
+    let ctx = w.join("ctx");
+    fs::create_dir_all(ctx.join("app")).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM localhost/busybox:test\nARG MODE=dev\nRUN echo prepare > /prepared\n\
+         COPY app/ /app/\nRUN echo \"$MODE\" > /mode\nCMD [\"cat\", \"/mode\"]\n",
+    )
+    .unwrap();
+    fs::write(ctx.join("app/main.sh"), "echo main\n").unwrap();
+    fs::write(ctx.join("notes.log"), "ignored\n").unwrap();
+    fs::write(ctx.join(".dockerignore"), "*.log\n").unwrap();
+    ok(&user.rbuild(&[
+        "build",
+        "-t",
+        "localhost/busybox:test",
+        w.join("base").to_str().unwrap(),
+    ]));
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build", "--progress", "plain"];
+        args.extend_from_slice(extra);
+        args.push(ctx.to_str().unwrap());
+        ran(&ok(&user.rbuild(&args)))
+    };
+    assert_eq!(build(&[]), [2, 3, 4, 5, 6]);
+    assert_eq!(build(&[]), Vec::<usize>::new(), "no change");
+    fs::write(ctx.join("notes.log"), "still ignored\n").unwrap();
+    assert_eq!(build(&[]), Vec::<usize>::new(), "an ignored file");
+    fs::write(ctx.join("app/main.sh"), "echo changed\n").unwrap();
+    assert_eq!(build(&[]), [4, 5, 6], "a copied file");
+    assert_eq!(
+        build(&["--build-arg", "MODE=prod"]),
+        [3, 4, 5, 6],
+        "an ARG RUN reads"
+    );
+    let run = ok(&user.rbuild(&[
+        "run",
+        "localhost/busybox:test",
+        "--",
+        "sh",
+        "-c",
+        "id -u; cat /proc/self/uid_map",
+    ]));
+    let mut lines = run.lines();
+    assert_eq!(lines.next(), Some("0"), "{run}");
+    let maps: Vec<Vec<u64>> = lines
+        .map(|l| l.split_whitespace().map(|n| n.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(
+        maps,
+        [
+            vec![0, u64::from(uid_of(RANGED)), 1],
+            vec![1, u64::from(RANGE_START), 65536]
+        ],
+        "{run}"
+    );
+}
+
+#[test]
+fn a_pipeline_image_job_runs_rootless() {
+    if !ensure_users() || !have_tool("git") {
+        return;
+    }
+    let user = UserWork::new(RANGED);
+    let w = user.path();
+    rbuild_testkit::busybox::write_context(&w.join("base")).unwrap();
+    ok(&user.rbuild(&[
+        "build",
+        "-t",
+        "localhost/busybox:test",
+        w.join("base").to_str().unwrap(),
+    ]));
+    let project = w.join("proj");
+    fs::create_dir_all(&project).unwrap();
+    fs::write(project.join("input.txt"), "from the checkout\n").unwrap();
+    fs::write(
+        project.join(".gitlab-ci.yml"),
+        "image: localhost/busybox:test\ncompile:\n  script:\n    - cat input.txt\n    \
+         - echo \"built by $(id -u)\" > output.txt\n",
+    )
+    .unwrap();
+    user.give();
+    let git = |args: &[&str]| {
+        sh(Command::new("runuser")
+            .args(["-u", RANGED, "--", "git", "-C"])
+            .arg(&project)
+            .args(["-c", "user.name=CI", "-c", "user.email=ci@example.com"])
+            .args(args))
+    };
+    git(&["init", "-q", "-b", "main"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "x"]);
+    let out = ok(&user.rbuild(&["pipeline", "run", "--project", project.to_str().unwrap()]));
+    assert!(out.contains("[compile] from the checkout"), "{out}");
+    let written = project.join("output.txt");
+    assert_eq!(fs::read_to_string(&written).unwrap(), "built by 0\n");
+    // Root in the job is the user on the host.
+    assert_eq!(fs::metadata(&written).unwrap().uid(), uid_of(RANGED));
+}
+
+/// `FROM scratch` with busybox and a RUN that stays with root's ids: buildable with one id.
+fn write_single_id_context(ctx: &Path, dockerfile_tail: &str) {
+    fs::create_dir_all(ctx).unwrap();
+    fs::copy("/bin/busybox", ctx.join("busybox")).unwrap();
+    fs::write(ctx.join("f"), "f\n").unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "FROM scratch\nCOPY busybox /bin/busybox\n\
+             RUN [\"/bin/busybox\", \"sh\", \"-c\", \"/bin/busybox echo ok > /ok\"]\n{dockerfile_tail}"
+        ),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_user_without_ranges_builds_with_one_id_and_is_told_what_fails() {
+    if !ensure_users() {
+        return;
+    }
+    let user = UserWork::new(SINGLE);
+    let w = user.path();
+    let info = ok(&user.rbuild(&["info"]));
+    assert!(info.starts_with("mode: rootless (single id)\n"), "{info}");
+    assert!(
+        info.contains(&format!(
+            "no range for {SINGLE}; add `{SINGLE}:100000:65536`"
+        )),
+        "{info}"
+    );
+
+    write_single_id_context(&w.join("ok"), "");
+    let out = user.rbuild(&[
+        "build",
+        "--progress",
+        "plain",
+        w.join("ok").to_str().unwrap(),
+    ]);
+    ok(&out);
+    assert!(
+        stderr(&out).contains("warning: building rootless with a single id"),
+        "{}",
+        stderr(&out)
+    );
+
+    write_single_id_context(&w.join("copy"), "COPY --chown=1000:1000 f /f\n");
+    let out = user.rbuild(&[
+        "build",
+        "--progress",
+        "plain",
+        w.join("copy").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("Dockerfile:4"), "{err}");
+    assert!(err.contains("owner 1000:1000"), "{err}");
+    assert!(err.contains("not mapped in this user namespace"), "{err}");
+
+    write_single_id_context(
+        &w.join("run"),
+        "RUN [\"/bin/busybox\", \"chown\", \"1000\", \"/ok\"]\n",
+    );
+    let out = user.rbuild(&[
+        "build",
+        "--progress",
+        "plain",
+        w.join("run").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("Dockerfile:4: RUN"), "{err}");
+    assert!(err.contains("maps a single id"), "{err}");
+    // Nothing half-made: the store still holds only what succeeded.
+    let check = ok(&user.rbuild(&["check"]));
+    assert!(check.contains("store is clean"), "{check}");
+}
+
+#[test]
+fn root_inside_unshare_map_root_user_builds_the_rootful_image() {
+    if !ensure_users() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    write_single_id_context(
+        &w.join("ctx"),
+        "RUN [\"/bin/busybox\", \"rm\", \"/ok\"]\nCOPY f /f\n",
+    );
+    let unshared = |args: &[&str]| {
+        Command::new("unshare")
+            .args(["--user", "--map-root-user"])
+            .arg(bin())
+            .arg("--root")
+            .arg(w.join("ns-root"))
+            .args(args)
+            .env_remove("SOURCE_DATE_EPOCH")
+            .output()
+            .unwrap()
+    };
+    let info = ok(&unshared(&["info"]));
+    assert!(info.starts_with("mode: user-namespaced root\n"), "{info}");
+    let ctx = w.join("ctx");
+    let args = [
+        "build",
+        "--progress",
+        "plain",
+        "--source-date-epoch",
+        "0",
+        ctx.to_str().unwrap(),
+    ];
+    let namespaced = last_line(&ok(&unshared(&args)));
+    let rootful = last_line(&ok(&rbuild(&w.join("rootful-root"), &args)));
+    assert_eq!(namespaced, rootful);
+
+    // A store written rootful is refused from inside the namespace (its opaque markers are
+    // trusted.* xattrs), with nothing changed.
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user"])
+        .arg(bin())
+        .arg("--root")
+        .arg(w.join("rootful-root"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("a store is either rootful or rootless"),
+        "{}",
+        stderr(&out)
+    );
+}
