@@ -70,6 +70,14 @@ pub(crate) struct Plan {
     pub setgroups_denied: bool,
     /// gid 5 (`tty`, owner of `/dev/pts` entries) exists here; not in a single-id namespace.
     pub tty_gid_mapped: bool,
+    /// `--userns=auto`: (source, target) pairs relative to the scratch directory to mount
+    /// idmapped with `userns_fd` before the overlay, which the command then joins.
+    pub idmaps: Vec<(CString, CString)>,
+    /// The user namespace of a user-namespaced run (kept open by the process).
+    pub userns_fd: Option<std::os::fd::RawFd>,
+    /// The host uid and gid the overlay is mounted as in a user-namespaced run (the step's
+    /// root), so that overlayfs can write through the idmapped layers.
+    pub mounter_ids: Option<(u32, u32)>,
     pub capture: bool,
     pub binds: Vec<Bind>,
     /// `/a`, `/a/b`, … for `mkdir -p` of the working directory after `pivot_root`.
@@ -337,8 +345,57 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
         lowers.push(format!("l/{i}"));
     }
     lowers.push("s".to_owned());
-    link(&canonical("upper", &spec.upper_dir)?, "u")?;
-    link(&canonical("work", &spec.work_dir)?, "w")?;
+    let upper = canonical("upper", &spec.upper_dir)?;
+    let work = canonical("work", &spec.work_dir)?;
+    link(&upper, "u")?;
+    link(&work, "w")?;
+    let (mut upper_opt, mut work_opt) = ("u".to_owned(), "w".to_owned());
+    // --userns=auto: every layer is also mounted idmapped under i/ (the child does it: mounts
+    // belong to its mount namespace), and the overlay is made of those.
+    let mut idmaps = Vec::new();
+    let userns_fd = match &spec.user_namespace {
+        None => None,
+        Some(shift) => {
+            if !crate::userns::in_initial_user_namespace() {
+                return Err(Error::InvalidSpec {
+                    what: "user namespace",
+                    value: format!("{shift:?}"),
+                    reason: "a user-namespaced run needs root on the host (it is already \
+                             rootless here)",
+                });
+            }
+            let (Some(up_parent), Some(up_name), Some(work_name)) =
+                (upper.parent(), upper.file_name(), work.file_name())
+            else {
+                return Err(Error::InvalidSpec {
+                    what: "upper directory",
+                    value: upper.display().to_string(),
+                    reason: "must have a parent directory",
+                });
+            };
+            if work.parent() != Some(up_parent) {
+                return Err(Error::InvalidSpec {
+                    what: "work directory",
+                    value: work.display().to_string(),
+                    reason: "must be a sibling of the upper directory for a user-namespaced run",
+                });
+            }
+            link(up_parent, "p")?;
+            mkdir("i")?;
+            let mut shifted = Vec::with_capacity(lowers.len());
+            for (i, lower) in lowers.iter().enumerate() {
+                mkdir(&format!("i/{i}"))?;
+                idmaps.push((lower.clone(), format!("i/{i}")));
+                shifted.push(format!("i/{i}"));
+            }
+            mkdir("i/p")?;
+            idmaps.push(("p".to_owned(), "i/p".to_owned()));
+            lowers = shifted;
+            upper_opt = format!("i/p/{}", up_name.to_string_lossy());
+            work_opt = format!("i/p/{}", work_name.to_string_lossy());
+            Some(shift.namespace()?)
+        }
+    };
     // index=off: the same lower dirs are shared by concurrent mounts with different uppers,
     // which the inodes index would refuse (overlayfs.rst "Sharing and copying layers").
     // Inside a user namespace overlayfs keeps its whiteout and opaque markers in `user.*`
@@ -351,7 +408,7 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
         "redirect_dir=nofollow,userxattr"
     };
     let overlay_options = format!(
-        "lowerdir={},upperdir=u,workdir=w,{redirect},metacopy=off,index=off",
+        "lowerdir={},upperdir={upper_opt},workdir={work_opt},{redirect},metacopy=off,index=off",
         lowers.join(":")
     );
 
@@ -425,6 +482,12 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
         user_namespace: !crate::userns::in_initial_user_namespace(),
         setgroups_denied: crate::userns::setgroups_denied(),
         tty_gid_mapped: crate::userns::gid_mapped(5),
+        idmaps: idmaps
+            .iter()
+            .map(|(from, to)| Ok((cstring("path", from.as_bytes())?, cstring("path", to.as_bytes())?)))
+            .collect::<Result<_>>()?,
+        userns_fd,
+        mounter_ids: spec.user_namespace.map(|s| (s.uid, s.gid)),
         capture: spec.stdio == crate::Stdio::Capture,
         binds,
         cwd_prefixes,

@@ -85,6 +85,9 @@ pub struct RunSpec {
     pub security: Profile,
     /// Memory, process and `ulimit` limits (none by default).
     pub limits: Limits,
+    /// Run the command as root of a new user namespace on these host ids (`--userns=auto`),
+    /// seeing the layers through idmapped mounts; `None` runs it with the caller's ids.
+    pub user_namespace: Option<crate::userns::IdShift>,
 }
 
 impl Default for RunSpec {
@@ -103,11 +106,19 @@ impl Default for RunSpec {
             extra_mounts: Vec::new(),
             security: Profile::default(),
             limits: Limits::default(),
+            user_namespace: None,
         }
     }
 }
 
 impl RunSpec {
+    /// Runs the command in a user namespace on `shift` (see [`RunSpec::user_namespace`]).
+    #[must_use]
+    pub fn user_namespace(mut self, shift: Option<crate::userns::IdShift>) -> Self {
+        self.user_namespace = shift;
+        self
+    }
+
     /// Sets the overlay lower directories, top-most first.
     #[must_use]
     pub fn lower_dirs(mut self, dirs: Vec<PathBuf>) -> Self {

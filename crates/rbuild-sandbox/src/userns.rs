@@ -509,3 +509,70 @@ mod tests {
         assert!(parse_subordinate(text, "dave", 7).is_empty());
     }
 }
+
+/// The ids of a user-namespaced RUN (`--userns=auto`): the command runs as root of a new user
+/// namespace in which ids `0..count` are host uids `uid..uid+count` and gids `gid..gid+count`,
+/// so a step's root is not the host's root. The layers are shown to it through idmapped
+/// mounts, so the files it writes land in the layer with the image's ids, as in a rootful run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdShift {
+    /// First host uid (container uid 0).
+    pub uid: u32,
+    /// First host gid (container gid 0).
+    pub gid: u32,
+    /// How many ids (65,536 covers every id images normally use).
+    pub count: u32,
+}
+
+impl IdShift {
+    /// The subordinate ranges of `root` in `/etc/subuid` and `/etc/subgid` (podman's
+    /// `--userns=auto` takes its ranges from the same files): the first range of each, up to
+    /// 65,536 ids.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] when root has no range in one of the files.
+    pub fn for_root() -> Result<IdShift> {
+        let first = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| parse_subordinate(&text, "root", 0).into_iter().next())
+        };
+        match (first("/etc/subuid"), first("/etc/subgid")) {
+            (Some(u), Some(g)) => Ok(IdShift {
+                uid: u.start,
+                gid: g.start,
+                count: u.count.min(g.count).min(65536),
+            }),
+            _ => Err(Error::Unsupported {
+                what: "--userns=auto needs subordinate ids for root, and /etc/subuid or \
+                       /etc/subgid has no `root:` range"
+                    .to_owned(),
+                remedy: "add a range no user owns, e.g. `root:1000000:65536`, to both /etc/subuid \
+                         and /etc/subgid",
+            }),
+        }
+    }
+
+    /// A user namespace with this shift, made once per process and kept open.
+    pub(crate) fn namespace(&self) -> Result<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd as _;
+        static MADE: std::sync::Mutex<Vec<(IdShift, std::os::fd::OwnedFd)>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, fd)) = made.iter().find(|(s, _)| s == self) {
+            return Ok(fd.as_raw_fd());
+        }
+        let fd = sys::userns::namespace_fd(
+            &format!("0 {} {}\n", self.uid, self.count),
+            &format!("0 {} {}\n", self.gid, self.count),
+        )
+        .map_err(|e| Error::Unsupported {
+            what: format!("cannot create the user namespace for --userns=auto: {e}"),
+            remedy: "run as root with user namespaces enabled (user.max_user_namespaces)",
+        })?;
+        let raw = fd.as_raw_fd();
+        made.push((*self, fd));
+        Ok(raw)
+    }
+}

@@ -209,6 +209,49 @@ struct SockFprog {
     filter: *const seccompiler::sock_filter,
 }
 
+/// Makes the effective capability set the permitted one again (after `setfsuid` to a
+/// nonzero id cleared the file capabilities from it, capabilities(7)).
+pub(super) fn raise_effective(step: Step) -> Result<(), Failure> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    check(
+        // SAFETY: header and a two-element data array of the layout capget(2) documents for
+        // _LINUX_CAPABILITY_VERSION_3, both live and writable.
+        unsafe {
+            libc::syscall(
+                libc::SYS_capget,
+                &mut header as *mut CapHeader,
+                data.as_mut_ptr(),
+            ) as c_int
+        },
+        step,
+        0,
+    )?;
+    for d in &mut data {
+        d.effective = d.permitted;
+    }
+    check(
+        // SAFETY: as above, for capset(2), which only reads them.
+        unsafe {
+            libc::syscall(
+                libc::SYS_capset,
+                &mut header as *mut CapHeader,
+                data.as_ptr(),
+            ) as c_int
+        },
+        step,
+        1,
+    )?;
+    Ok(())
+}
+
 /// Steps 7–9, after the user switch: capabilities, no-new-privileges, seccomp.
 pub(super) fn restrict(security: &SecurityPlan) -> Result<(), Failure> {
     if let Some(keep) = security.capabilities {

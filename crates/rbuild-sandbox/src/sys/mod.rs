@@ -82,10 +82,12 @@ pub(crate) enum Step {
     SetCapabilities,
     NoNewPrivileges,
     Seccomp,
+    IdmapLayer,
+    EnterUserNamespace,
 }
 
 impl Step {
-    const ALL: [Step; 40] = [
+    const ALL: [Step; 42] = [
         Step::Stdio,
         Step::Unshare,
         Step::ForkInit,
@@ -126,6 +128,8 @@ impl Step {
         Step::SetCapabilities,
         Step::NoNewPrivileges,
         Step::Seccomp,
+        Step::IdmapLayer,
+        Step::EnterUserNamespace,
     ];
 
     fn from_u32(n: u32) -> Option<Step> {
@@ -474,6 +478,19 @@ fn init(plan: &Plan, buffers: &mut Buffers, arrays: &ExecArrays) -> Result<Infal
         Step::EnterScratch,
         0,
     )?;
+    if let Some(userns) = plan.userns_fd {
+        mounts::idmap_layers(plan, userns)?;
+    }
+    // overlayfs works in its upper layer with the credentials of whoever mounted it; through
+    // idmapped layers those must be ids the mapping has, so mount as the step's root (file
+    // system ids only: the capabilities stay those of host root).
+    if let Some((uid, gid)) = plan.mounter_ids {
+        // SAFETY: setfsgid(2)/setfsuid(2) take plain ids and only change this process.
+        unsafe { libc::setfsgid(gid) };
+        // SAFETY: as above.
+        unsafe { libc::setfsuid(uid) };
+        harden::raise_effective(Step::MountOverlay)?;
+    }
     check(
         mount(
             c"overlay".as_ptr(),
@@ -485,6 +502,13 @@ fn init(plan: &Plan, buffers: &mut Buffers, arrays: &ExecArrays) -> Result<Infal
         Step::MountOverlay,
         0,
     )?;
+    if plan.mounter_ids.is_some() {
+        // Back to 0, which restores the file capabilities to the effective set.
+        // SAFETY: as above.
+        unsafe { libc::setfsuid(0) };
+        // SAFETY: as above.
+        unsafe { libc::setfsgid(0) };
+    }
     // SAFETY: NUL-terminated path; the descriptor is ours.
     let root = check(
         unsafe { libc::open(c"root".as_ptr(), libc::O_DIRECTORY | libc::O_CLOEXEC) },
@@ -499,8 +523,14 @@ fn init(plan: &Plan, buffers: &mut Buffers, arrays: &ExecArrays) -> Result<Infal
     mounts::bind_mounts(root, plan)?;
     mounts::pivot(root)?;
     harden::mask_paths(&plan.security)?;
-    process::enter_cwd(plan)?;
+    // Raising a hard limit needs CAP_SYS_RESOURCE on the host: before leaving its namespace.
     harden::set_rlimits(&plan.security)?;
+    if let Some(userns) = plan.userns_fd {
+        // From here the process is root of the step's user namespace only; writes into the
+        // rootfs (the working directory) are made with its ids.
+        process::enter_user_namespace(userns)?;
+    }
+    process::enter_cwd(plan)?;
     harden::drop_bounding(&plan.security)?;
     process::set_user(plan, buffers)?;
     harden::restrict(&plan.security)?;
