@@ -13,6 +13,8 @@ use crate::support::*;
 /// A user with a subordinate range of 65,536 ids.
 const RANGED: &str = "rbuild-rootless";
 const RANGE_START: u32 = 400_000;
+/// Root's range for `--userns=auto` when the machine has none.
+const ROOT_RANGE_START: u32 = 1_000_000;
 /// A user without ranges: a single-id namespace.
 const SINGLE: &str = "rbuild-single";
 
@@ -54,6 +56,11 @@ fn make_users() -> bool {
             .collect();
         let line = format!("{RANGED}:{RANGE_START}:65536");
         kept.push(&line);
+        // Root's range, for `--userns=auto`, unless the machine has one.
+        let root_line = format!("root:{ROOT_RANGE_START}:65536");
+        if !kept.iter().any(|l| l.starts_with("root:")) {
+            kept.push(&root_line);
+        }
         fs::write(file, kept.join("\n") + "\n").unwrap();
     }
     true
@@ -474,6 +481,84 @@ fn root_inside_unshare_map_root_user_builds_the_rootful_image() {
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("a store is either rootful or rootless"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Root's first `/etc/subuid` range start.
+fn root_range_start() -> u64 {
+    let text = fs::read_to_string("/etc/subuid").unwrap();
+    let line = text.lines().find(|l| l.starts_with("root:")).unwrap();
+    line.split(':').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn userns_auto_runs_steps_as_a_subordinate_root_with_the_same_image() {
+    if !ensure_users() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    rbuild_testkit::busybox::write_context(&w.join("base")).unwrap();
+    write_app(&w.join("app"));
+    let auto_root = w.join("auto-root");
+    let auto = build_both(
+        &|a: &[&str]| {
+            let mut args = a.to_vec();
+            args.insert(1, "--userns=auto");
+            rbuild(&auto_root, &args)
+        },
+        &w.join("base"),
+        &w.join("app"),
+    );
+    let rootful_root = w.join("rootful-root");
+    let rootful = build_both(
+        &|a| rbuild(&rootful_root, a),
+        &w.join("base"),
+        &w.join("app"),
+    );
+    assert_eq!(
+        auto, rootful,
+        "--userns=auto (left) and rootful (right) digests"
+    );
+
+    // The step's root is the start of root's subordinate range, not the host's root.
+    let ctx = w.join("probe");
+    fs::create_dir_all(&ctx).unwrap();
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM localhost/busybox:test\nRUN cat /proc/self/uid_map\n",
+    )
+    .unwrap();
+    let out = ok(&rbuild(
+        &auto_root,
+        &[
+            "build",
+            "--userns=auto",
+            "--progress",
+            "plain",
+            ctx.to_str().unwrap(),
+        ],
+    ));
+    let map = out
+        .lines()
+        .find_map(|l| {
+            let f: Vec<u64> = l
+                .split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            (f.len() == 3).then_some(f)
+        })
+        .unwrap_or_else(|| panic!("no uid_map line in:\n{out}"));
+    assert_eq!(map, [0, root_range_start(), 65536], "{out}");
+
+    // As an ordinary user the flag is refused with the reason.
+    let user = UserWork::new(RANGED);
+    let out = user.rbuild(&["build", "--userns=auto", ctx.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--userns=auto is for root on the host"),
         "{}",
         stderr(&out)
     );

@@ -484,7 +484,12 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
         tty_gid_mapped: crate::userns::gid_mapped(5),
         idmaps: idmaps
             .iter()
-            .map(|(from, to)| Ok((cstring("path", from.as_bytes())?, cstring("path", to.as_bytes())?)))
+            .map(|(from, to)| {
+                Ok((
+                    cstring("path", from.as_bytes())?,
+                    cstring("path", to.as_bytes())?,
+                ))
+            })
             .collect::<Result<_>>()?,
         userns_fd,
         mounter_ids: spec.user_namespace.map(|s| (s.uid, s.gid)),

@@ -30,6 +30,7 @@ fn run_shifted(f: &Fixture, script: &str) -> (i32, String) {
         .env(["PATH=/bin"])
         .network(Network::None)
         .user_namespace(Some(SHIFT));
+    assert!(f.upper.starts_with(f.dir.path()));
     let mut out = Vec::new();
     let outcome = rbuild_sandbox::run(&spec, &mut |c| out.extend_from_slice(c))
         .unwrap_or_else(|e| panic!("run failed: {e:?}"));

@@ -47,6 +47,9 @@ pub struct RunStep {
     pub insecure: bool,
     /// Resource limits.
     pub limits: Limits,
+    /// Run as root of a user namespace on these host ids (`--userns=auto`); `None` runs with
+    /// the builder's own ids.
+    pub user_namespace: Option<rbuild_sandbox::userns::IdShift>,
 }
 
 /// How a RUN step ended.
@@ -162,6 +165,7 @@ impl Executor for SandboxExecutor {
                 rbuild_sandbox::Profile::default()
             },
             limits: step.limits.clone(),
+            user_namespace: step.user_namespace,
         };
         match rbuild_sandbox::run_cancellable(&spec, &stop, output) {
             Ok(o) => Ok(RunOutcome {

@@ -87,6 +87,11 @@ pub(crate) struct Args {
     /// capability and no seccomp filter (repeatable).
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     allow: Vec<String>,
+    /// User namespace of RUN steps: `host` (default: the builder's own ids) or `auto` (as root:
+    /// a user namespace on root's /etc/subuid and /etc/subgid range, so a step's root is not
+    /// the host's root; same image).
+    #[arg(long, value_name = "MODE")]
+    userns: Option<String>,
     /// Largest body an `ADD <url>` may download, in bytes (default 1 GiB).
     #[arg(long = "add-max-bytes", value_name = "BYTES")]
     add_max_bytes: Option<u64>,
@@ -94,7 +99,7 @@ pub(crate) struct Args {
     context: PathBuf,
 }
 
-/// `--memory`, `--pids-limit`, `--ulimit`, `--network`, `--allow`.
+/// `--memory`, `--pids-limit`, `--ulimit`, `--userns`, `--network`, `--allow`.
 fn sandbox_options(mut opts: BuildOptions, args: &Args) -> anyhow::Result<BuildOptions> {
     let mut limits = rbuild::sandbox::Limits::default();
     if let Some(m) = &args.memory {
@@ -108,6 +113,21 @@ fn sandbox_options(mut opts: BuildOptions, args: &Args) -> anyhow::Result<BuildO
         limits.ulimits.push(u.parse().context("invalid --ulimit")?);
     }
     opts = opts.limits(limits);
+    match args.userns.as_deref() {
+        None | Some("host") => {}
+        Some("auto") => {
+            use rbuild::sandbox::userns::{self, IdShift, Mode};
+            let mode = userns::detect();
+            anyhow::ensure!(
+                mode == Mode::Rootful,
+                "--userns=auto is for root on the host; this build is already {} (its steps \
+                 run in a user namespace)",
+                mode.name()
+            );
+            opts = opts.user_namespace(Some(IdShift::for_root()?));
+        }
+        Some(other) => anyhow::bail!("unknown --userns `{other}` (expected host or auto)"),
+    }
     if let Some(n) = &args.network {
         opts = opts.network(match n.as_str() {
             "host" | "default" => rbuild::sandbox::Network::Host,

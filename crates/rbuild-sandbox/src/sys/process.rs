@@ -90,9 +90,17 @@ pub(super) fn enter_user_namespace(userns: libc::c_int) -> Result<(), Failure> {
         0,
     )?;
     // SAFETY: setresgid(2) with integer ids.
-    check(unsafe { libc::setresgid(0, 0, 0) }, Step::EnterUserNamespace, 1)?;
+    check(
+        unsafe { libc::setresgid(0, 0, 0) },
+        Step::EnterUserNamespace,
+        1,
+    )?;
     // SAFETY: setresuid(2) with integer ids, after setresgid.
-    check(unsafe { libc::setresuid(0, 0, 0) }, Step::EnterUserNamespace, 2)?;
+    check(
+        unsafe { libc::setresuid(0, 0, 0) },
+        Step::EnterUserNamespace,
+        2,
+    )?;
     Ok(())
 }
 
