@@ -173,10 +173,10 @@ fn main() -> ExitCode {
         },
     };
     let cli = Cli::parse_from(argv);
-    if cli.command.needs_root() {
-        if let Some(code) = enter_user_namespace() {
-            return code;
-        }
+    if cli.command.needs_root()
+        && let Some(code) = enter_user_namespace()
+    {
+        return code;
     }
     init_logging();
     let root = cli.root.clone().unwrap_or_else(default_root);

@@ -12,18 +12,20 @@
 //! `main` (before any thread starts) to switch to it:
 //!
 //! ```no_run
-//! fn main() {
-//!     match rbuild_sandbox::userns::enter() {
-//!         Ok(rbuild_sandbox::userns::Entered::Exited(code)) => std::process::exit(code),
-//!         Ok(_) => {} // root: in the host's namespace, or in a user namespace from here on
-//!         Err(e) => {
-//!             eprintln!("error: {e}");
-//!             std::process::exit(1);
-//!         }
+//! use rbuild_sandbox::userns::{self, Entered};
+//!
+//! // First thing in `main`, before any thread is started:
+//! match userns::enter() {
+//!     Ok(Entered::Exited(code)) => std::process::exit(code),
+//!     Ok(_) => {} // root: in the host's namespace, or in a user namespace from here on
+//!     Err(e) => {
+//!         eprintln!("error: {e}");
+//!         std::process::exit(1);
 //!     }
-//!     // … build
 //! }
+//! // … build
 //! ```
+
 
 use std::ffi::OsStr;
 use std::fmt;

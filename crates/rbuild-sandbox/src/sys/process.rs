@@ -83,20 +83,20 @@ fn read_file<'a>(path: &CStr, buf: &'a mut [u8], step: Step) -> Result<Option<&'
 /// Joins the user namespace of a `--userns=auto` run and becomes its root (`setns` keeps
 /// the host ids, which have no mapping there, until `setresuid`).
 pub(super) fn enter_user_namespace(userns: libc::c_int) -> Result<(), Failure> {
-    // SAFETY: setns(2) with a namespace descriptor the process holds open.
     check(
+        // SAFETY: setns(2) with a namespace descriptor the process holds open.
         unsafe { libc::setns(userns, libc::CLONE_NEWUSER) },
         Step::EnterUserNamespace,
         0,
     )?;
-    // SAFETY: setresgid(2) with integer ids.
     check(
+        // SAFETY: setresgid(2) with integer ids.
         unsafe { libc::setresgid(0, 0, 0) },
         Step::EnterUserNamespace,
         1,
     )?;
-    // SAFETY: setresuid(2) with integer ids, after setresgid.
     check(
+        // SAFETY: setresuid(2) with integer ids, after setresgid.
         unsafe { libc::setresuid(0, 0, 0) },
         Step::EnterUserNamespace,
         2,
