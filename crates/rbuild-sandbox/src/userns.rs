@@ -26,7 +26,6 @@
 //! // … build
 //! ```
 
-
 use std::ffi::OsStr;
 use std::fmt;
 use std::io;
@@ -226,57 +225,93 @@ pub fn parse_subordinate(text: &str, user: &str, uid: u32) -> Vec<SubordinateRan
 
 /// The mode this process would build with, and why.
 pub fn detect() -> Mode {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
     let euid = nix::unistd::geteuid().as_raw();
-    let egid = nix::unistd::getegid().as_raw();
-    if euid == 0 {
-        if in_initial_user_namespace() {
+    let user = nix::unistd::User::from_uid(euid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| euid.to_string());
+    classify(&Facts {
+        euid,
+        egid: nix::unistd::getegid().as_raw(),
+        initial_namespace: in_initial_user_namespace(),
+        uid_map: read("/proc/self/uid_map").unwrap_or_default(),
+        gid_map: read("/proc/self/gid_map").unwrap_or_default(),
+        max_user_namespaces: read("/proc/sys/user/max_user_namespaces"),
+        unprivileged_userns_clone: read("/proc/sys/kernel/unprivileged_userns_clone"),
+        user,
+        subuid: read("/etc/subuid").unwrap_or_default(),
+        subgid: read("/etc/subgid").unwrap_or_default(),
+        newuidmap: find_program("newuidmap").is_some(),
+        newgidmap: find_program("newgidmap").is_some(),
+    })
+}
+
+/// What [`detect`] reads, so that [`classify`] is a pure function of it.
+struct Facts {
+    euid: u32,
+    egid: u32,
+    initial_namespace: bool,
+    uid_map: String,
+    gid_map: String,
+    max_user_namespaces: Option<String>,
+    unprivileged_userns_clone: Option<String>,
+    user: String,
+    subuid: String,
+    subgid: String,
+    newuidmap: bool,
+    newgidmap: bool,
+}
+
+fn classify(f: &Facts) -> Mode {
+    if f.euid == 0 {
+        if f.initial_namespace {
             return Mode::Rootful;
         }
-        let read = |p| parse_map(&std::fs::read_to_string(p).unwrap_or_default());
         return Mode::NamespacedRoot {
-            uids: read("/proc/self/uid_map"),
-            gids: read("/proc/self/gid_map"),
+            uids: parse_map(&f.uid_map),
+            gids: parse_map(&f.gid_map),
         };
     }
-    if let Some(reason) = user_namespaces_disabled() {
+    let sysctl = |v: &Option<String>| v.as_deref().map(str::trim) == Some("0");
+    let disabled = if sysctl(&f.max_user_namespaces) {
+        Some("user namespaces are disabled (user.max_user_namespaces is 0)")
+    } else if sysctl(&f.unprivileged_userns_clone) {
+        Some("unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone is 0)")
+    } else {
+        None
+    };
+    if let Some(reason) = disabled {
         return Mode::Unavailable {
-            reason,
+            reason: reason.to_owned(),
             remedy: "enable user namespaces (`sysctl -w user.max_user_namespaces=15000`, \
                      `kernel.unprivileged_userns_clone=1` on kernels that have it, and \
                      `kernel.apparmor_restrict_unprivileged_userns=0` where AppArmor restricts \
                      them), or run rbuild as root",
         };
     }
-    let user = nix::unistd::User::from_uid(euid.into())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| euid.to_string());
-    let read_ranges = |path: &str| {
-        std::fs::read_to_string(path)
-            .map(|text| parse_subordinate(&text, &user, euid))
-            .unwrap_or_default()
-    };
-    let subuids = read_ranges("/etc/subuid");
-    let subgids = read_ranges("/etc/subgid");
+    let user = &f.user;
+    let subuids = parse_subordinate(&f.subuid, user, f.euid);
+    let subgids = parse_subordinate(&f.subgid, user, f.euid);
     let single = |reason: String| Mode::RootlessSingleId {
-        uid: euid,
-        gid: egid,
+        uid: f.euid,
+        gid: f.egid,
         reason,
     };
-    let add_lines = format!(
-        "add `{user}:100000:65536` to /etc/subuid and /etc/subgid (as root) for the full range"
-    );
     if subuids.is_empty() || subgids.is_empty() {
         let which = match (subuids.is_empty(), subgids.is_empty()) {
             (true, true) => "/etc/subuid and /etc/subgid have",
             (true, false) => "/etc/subuid has",
             _ => "/etc/subgid has",
         };
-        return single(format!("{which} no range for {user}; {add_lines}"));
+        return single(format!(
+            "{which} no range for {user}; add `{user}:100000:65536` to /etc/subuid and \
+             /etc/subgid (as root) for the full range"
+        ));
     }
-    for helper in ["newuidmap", "newgidmap"] {
-        if find_program(helper).is_none() {
+    for (helper, found) in [("newuidmap", f.newuidmap), ("newgidmap", f.newgidmap)] {
+        if !found {
             return single(format!(
                 "{helper} is not installed; install the `uidmap` package (it also needs \
                  ranges for {user} in /etc/subuid and /etc/subgid)"
@@ -284,27 +319,12 @@ pub fn detect() -> Mode {
         }
     }
     Mode::Rootless {
-        user,
-        uid: euid,
-        gid: egid,
+        user: user.clone(),
+        uid: f.euid,
+        gid: f.egid,
         subuids,
         subgids,
     }
-}
-
-/// Why an ordinary user cannot create a user namespace, when a sysctl says so.
-fn user_namespaces_disabled() -> Option<String> {
-    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
-    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
-        return Some("user namespaces are disabled (user.max_user_namespaces is 0)".to_owned());
-    }
-    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
-        return Some(
-            "unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone is 0)"
-                .to_owned(),
-        );
-    }
-    None
 }
 
 fn find_program(name: &str) -> Option<PathBuf> {
@@ -487,6 +507,92 @@ mod tests {
                 outside: 100000,
                 count: 65536
             }
+        );
+    }
+
+    fn facts() -> Facts {
+        Facts {
+            euid: 1000,
+            egid: 1000,
+            initial_namespace: true,
+            uid_map: "0 0 4294967295\n".into(),
+            gid_map: "0 0 4294967295\n".into(),
+            max_user_namespaces: Some("15000\n".into()),
+            unprivileged_userns_clone: None,
+            user: "alice".into(),
+            subuid: "alice:100000:65536\n".into(),
+            subgid: "alice:100000:65536\n".into(),
+            newuidmap: true,
+            newgidmap: true,
+        }
+    }
+
+    #[test]
+    fn each_mode_is_classified_with_what_is_missing() {
+        assert!(matches!(classify(&facts()), Mode::Rootless { ref user, .. } if user == "alice"));
+        let root = Facts {
+            euid: 0,
+            egid: 0,
+            ..facts()
+        };
+        assert_eq!(classify(&root), Mode::Rootful);
+        let namespaced = Facts {
+            euid: 0,
+            egid: 0,
+            initial_namespace: false,
+            uid_map: "0 1000 1\n".into(),
+            ..facts()
+        };
+        assert!(
+            matches!(classify(&namespaced), Mode::NamespacedRoot { ref uids, .. }
+            if uids == &[IdRange { inside: 0, outside: 1000, count: 1 }])
+        );
+
+        let why = |f: Facts| match classify(&f) {
+            Mode::RootlessSingleId { reason, .. } => reason,
+            Mode::Unavailable { reason, remedy } => format!("unavailable: {reason}; {remedy}"),
+            other => panic!("{other:?}"),
+        };
+        let no_ranges = why(Facts {
+            subuid: String::new(),
+            ..facts()
+        });
+        assert!(
+            no_ranges.contains("/etc/subuid has no range for alice"),
+            "{no_ranges}"
+        );
+        assert!(
+            no_ranges.contains("add `alice:100000:65536`"),
+            "{no_ranges}"
+        );
+        let no_helper = why(Facts {
+            newgidmap: false,
+            ..facts()
+        });
+        assert!(
+            no_helper.contains("newgidmap is not installed"),
+            "{no_helper}"
+        );
+        assert!(no_helper.contains("`uidmap` package"), "{no_helper}");
+        let disabled = why(Facts {
+            max_user_namespaces: Some("0\n".into()),
+            ..facts()
+        });
+        assert!(
+            disabled.contains("user.max_user_namespaces is 0"),
+            "{disabled}"
+        );
+        assert!(
+            disabled.contains("sysctl -w user.max_user_namespaces"),
+            "{disabled}"
+        );
+        let debian_knob = why(Facts {
+            unprivileged_userns_clone: Some("0".into()),
+            ..facts()
+        });
+        assert!(
+            debian_knob.contains("unprivileged_userns_clone is 0"),
+            "{debian_knob}"
         );
     }
 
