@@ -563,3 +563,88 @@ fn userns_auto_runs_steps_as_a_subordinate_root_with_the_same_image() {
         stderr(&out)
     );
 }
+
+#[test]
+fn the_docker_shim_builds_and_push_uses_the_users_credentials_rootless() {
+    if !ensure_users() || !have_tool("docker-registry") || !have_tool("htpasswd") {
+        return;
+    }
+    let registry = rbuild_testkit::registry::Registry::start(
+        rbuild_testkit::registry::RegistryOptions::default().htpasswd("tester", "s3cret-pass"),
+    )
+    .expect("start the registry");
+    let user = UserWork::new(RANGED);
+    let w = user.path();
+    rbuild_testkit::busybox::write_context(&w.join("base")).unwrap();
+    let docker = w.join("docker");
+    std::os::unix::fs::symlink(&user.bin, &docker).unwrap();
+    user.give();
+    let as_user = |program: &Path, args: &[&str], stdin: Option<&str>| {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", RANGED, "--", "env"])
+            .arg(format!("HOME={}", w.display()))
+            .arg(format!("RBUILD_ROOT={}", w.join("root").display()))
+            .arg(program)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(text) = stdin {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        child.wait_with_output().unwrap()
+    };
+    let built = ok(&as_user(
+        &docker,
+        &[
+            "build",
+            "-t",
+            "localhost/busybox:test",
+            w.join("base").to_str().unwrap(),
+        ],
+        None,
+    ));
+    assert!(built.contains("sha256:"), "{built}");
+    let host = registry.host();
+    ok(&as_user(
+        &user.bin,
+        &["login", &host, "-u", "tester", "--password-stdin"],
+        Some("s3cret-pass\n"),
+    ));
+    // The credentials are the user's own file.
+    let config = w.join(".docker/config.json");
+    assert_eq!(fs::metadata(&config).unwrap().uid(), uid_of(RANGED));
+    let image = format!("{host}/rootless/busybox:1");
+    let pushed = as_user(&user.bin, &["push", "localhost/busybox:test", &image], None);
+    ok(&pushed);
+    assert!(!stdout(&pushed).contains("s3cret-pass") && !stderr(&pushed).contains("s3cret-pass"));
+    let digest_in = |text: &str| {
+        let at = text.find("sha256:").unwrap_or_else(|| panic!("no digest in {text}"));
+        text[at..at + 71].to_owned()
+    };
+    let pushed_digest = digest_in(&stdout(&pushed));
+
+    // A rootful store pulls the same image.
+    let fresh = tempfile::tempdir().unwrap();
+    let home = fresh.path().join("home");
+    fs::create_dir_all(home.join(".docker")).unwrap();
+    fs::copy(&config, home.join(".docker/config.json")).unwrap();
+    let pulled = Command::new(bin())
+        .arg("--root")
+        .arg(fresh.path().join("root"))
+        .args(["pull", &image])
+        .env("HOME", &home)
+        .env_remove("DOCKER_CONFIG")
+        .output()
+        .unwrap();
+    let pulled = ok(&pulled);
+    assert_eq!(digest_in(&pulled), pushed_digest, "{pulled}");
+}

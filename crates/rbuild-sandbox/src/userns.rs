@@ -232,11 +232,21 @@ pub fn detect() -> Mode {
         .flatten()
         .map(|u| u.name)
         .unwrap_or_else(|| euid.to_string());
+    // Read, not the cached `in_initial_user_namespace`: `enter` asks before it changes
+    // namespaces, and a forked child must not inherit the answer.
+    let uid_map = read("/proc/self/uid_map");
     classify(&Facts {
         euid,
         egid: nix::unistd::getegid().as_raw(),
-        initial_namespace: in_initial_user_namespace(),
-        uid_map: read("/proc/self/uid_map").unwrap_or_default(),
+        initial_namespace: uid_map.as_deref().is_none_or(|m| {
+            parse_map(m)
+                == [IdRange {
+                    inside: 0,
+                    outside: 0,
+                    count: u32::MAX,
+                }]
+        }),
+        uid_map: uid_map.clone().unwrap_or_default(),
         gid_map: read("/proc/self/gid_map").unwrap_or_default(),
         max_user_namespaces: read("/proc/sys/user/max_user_namespaces"),
         unprivileged_userns_clone: read("/proc/sys/kernel/unprivileged_userns_clone"),
