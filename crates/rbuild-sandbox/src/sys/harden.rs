@@ -237,8 +237,19 @@ pub(super) fn raise_effective(step: Step) -> Result<(), Failure> {
     for d in &mut data {
         d.effective = d.permitted;
     }
+    capset(&data, step, 1)?;
+    Ok(())
+}
+
+/// `capset(2)` of this process's sets.
+fn capset(data: &[CapData; 2], step: Step, index: u32) -> Result<(), Failure> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
     check(
-        // SAFETY: as above, for capset(2), which only reads them.
+        // SAFETY: header and a two-element data array of the layout capset(2) documents for
+        // _LINUX_CAPABILITY_VERSION_3; the kernel only reads the data.
         unsafe {
             libc::syscall(
                 libc::SYS_capset,
@@ -247,7 +258,7 @@ pub(super) fn raise_effective(step: Step) -> Result<(), Failure> {
             ) as c_int
         },
         step,
-        1,
+        index,
     )?;
     Ok(())
 }
@@ -264,10 +275,6 @@ pub(super) fn restrict(security: &SecurityPlan) -> Result<(), Failure> {
         } else {
             0
         };
-        let mut header = CapHeader {
-            version: LINUX_CAPABILITY_VERSION_3,
-            pid: 0,
-        };
         let data = [
             CapData {
                 effective: sets as u32,
@@ -280,19 +287,7 @@ pub(super) fn restrict(security: &SecurityPlan) -> Result<(), Failure> {
                 inheritable: 0,
             },
         ];
-        check(
-            // SAFETY: header and a two-element data array of the layout capset(2) documents
-            // for _LINUX_CAPABILITY_VERSION_3.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_capset,
-                    &mut header as *mut CapHeader,
-                    data.as_ptr(),
-                ) as c_int
-            },
-            Step::SetCapabilities,
-            0,
-        )?;
+        capset(&data, Step::SetCapabilities, 0)?;
         check(
             // SAFETY: prctl(2) PR_CAP_AMBIENT takes integer arguments and touches no memory.
             unsafe {
