@@ -61,6 +61,9 @@ pub(crate) struct Plan {
     pub scratch: tempfile::TempDir,
     pub scratch_c: CString,
     pub overlay_options: CString,
+    /// No namespaces or mounts: the command runs in this process's own root (a container's
+    /// `/`, the in-place executor), only with its user, working directory and limits.
+    pub in_place: bool,
     pub hostname: CString,
     pub network_none: bool,
     /// Running as root inside a user namespace: `/sys` is bind-mounted (sysfs can only be
@@ -308,26 +311,48 @@ fn skeleton_entry(skeleton: &Path, rel: &str, file: bool) -> Result<()> {
     Ok(())
 }
 
-/// Validates `spec` and prepares the scratch directory and the child's inputs.
-pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
-    let Some(prog) = spec.args.first() else {
-        return Err(Error::NoCommand);
+/// What a namespaced run mounts: the overlay options, the bind mounts and, with a user
+/// namespace, the idmapped layers.
+#[derive(Default)]
+struct Rootfs {
+    overlay_options: String,
+    binds: Vec<Bind>,
+    idmaps: Vec<(String, String)>,
+    userns_fd: Option<std::os::fd::RawFd>,
+}
+
+/// An in-place run has no mount namespace: nothing can be mounted or isolated.
+fn check_in_place(spec: &RunSpec) -> Result<()> {
+    let refuse = |what: &'static str, reason: &'static str| {
+        Err(Error::InvalidSpec {
+            what,
+            value: String::new(),
+            reason,
+        })
     };
-    if !spec.cwd.starts_with('/') {
-        return Err(Error::InvalidSpec {
-            what: "working directory",
-            value: spec.cwd.clone(),
-            reason: "must be absolute",
-        });
+    if !spec.extra_mounts.is_empty() {
+        return refuse(
+            "bind mounts",
+            "an in-place run cannot mount anything (no mount namespace)",
+        );
     }
-    let scratch = tempfile::Builder::new()
-        .prefix("rbuild-sandbox-")
-        .tempdir()
-        .map_err(|source| Error::PrepareScratch {
-            path: std::env::temp_dir(),
-            source,
-        })?;
-    let dir = scratch.path().to_owned();
+    if spec.network == Network::None {
+        return refuse(
+            "network none",
+            "an in-place run cannot create a network namespace",
+        );
+    }
+    if spec.user_namespace.is_some() {
+        return refuse(
+            "user namespace",
+            "an in-place run cannot create a user namespace",
+        );
+    }
+    Ok(())
+}
+
+/// Prepares the overlay and mounts of a namespaced run in the scratch directory `dir`.
+fn prepare_rootfs(spec: &RunSpec, dir: &Path) -> Result<Rootfs> {
     let mkdir = |rel: &str| {
         let path = dir.join(rel);
         fs::create_dir(&path).map_err(|source| Error::PrepareScratch { path, source })
@@ -458,6 +483,47 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
         });
     }
 
+    Ok(Rootfs {
+        overlay_options,
+        binds,
+        idmaps,
+        userns_fd,
+    })
+}
+
+/// Validates `spec` and prepares the scratch directory and the child's inputs.
+pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
+    let Some(prog) = spec.args.first() else {
+        return Err(Error::NoCommand);
+    };
+    if !spec.cwd.starts_with('/') {
+        return Err(Error::InvalidSpec {
+            what: "working directory",
+            value: spec.cwd.clone(),
+            reason: "must be absolute",
+        });
+    }
+    let scratch = tempfile::Builder::new()
+        .prefix("rbuild-sandbox-")
+        .tempdir()
+        .map_err(|source| Error::PrepareScratch {
+            path: std::env::temp_dir(),
+            source,
+        })?;
+    let dir = scratch.path().to_owned();
+    let rootfs = if spec.isolation == crate::Isolation::InPlace {
+        check_in_place(spec)?;
+        Rootfs::default()
+    } else {
+        prepare_rootfs(spec, &dir)?
+    };
+    let Rootfs {
+        overlay_options,
+        binds,
+        idmaps,
+        userns_fd,
+    } = rootfs;
+
     let mut cwd_prefixes = Vec::new();
     let mut cwd = String::new();
     for part in clean_components(&spec.cwd) {
@@ -477,6 +543,7 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
         scratch_c: cstring("path", dir.as_os_str().as_bytes())?,
         scratch,
         overlay_options: cstring("overlay options", overlay_options.as_bytes())?,
+        in_place: spec.isolation == crate::Isolation::InPlace,
         hostname: cstring("hostname", spec.hostname.as_bytes())?,
         network_none: spec.network == Network::None,
         user_namespace: !crate::userns::in_initial_user_namespace(),

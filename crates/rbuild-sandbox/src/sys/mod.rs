@@ -336,9 +336,11 @@ fn middle(
         if plan.network_none {
             flags |= libc::CLONE_NEWNET;
         }
-        // SAFETY: unshare(2) takes a flag word; this process is single-threaded (forked), as
-        // CLONE_NEWNS requires.
-        check(unsafe { libc::unshare(flags) }, Step::Unshare, 0)?;
+        if !plan.in_place {
+            // SAFETY: unshare(2) takes a flag word; this process is single-threaded (forked),
+            // as CLONE_NEWNS requires.
+            check(unsafe { libc::unshare(flags) }, Step::Unshare, 0)?;
+        }
         // SAFETY: this process is single-threaded, so the child is a complete copy; it runs
         // `init`, which only makes async-signal-safe calls and never returns.
         let pid = check(unsafe { libc::fork() }, Step::ForkInit, 0)?;
@@ -370,6 +372,12 @@ fn middle(
         loop {
             // SAFETY: `status` is a valid out pointer; `pid` is our child.
             if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+                if plan.in_place {
+                    // No pid namespace ends the step's other processes: init led its own
+                    // session and process group, which goes with it.
+                    // SAFETY: kill(2) with integer arguments; the group may already be gone.
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                }
                 return Ok(status_code(status));
             }
             if errno() != libc::EINTR {
@@ -448,6 +456,16 @@ fn init(plan: &Plan, buffers: &mut Buffers, arrays: &ExecArrays) -> Result<Infal
     harden::new_session()?;
     // SAFETY: umask cannot fail; modes below are then exactly what is asked.
     unsafe { libc::umask(0) };
+    if plan.in_place {
+        // The process's own root is the image: nothing to mount, only the credentials,
+        // limits and profile of the step.
+        harden::set_rlimits(&plan.security)?;
+        process::enter_cwd(plan)?;
+        harden::drop_bounding(&plan.security)?;
+        process::set_user(plan, buffers)?;
+        harden::restrict(&plan.security)?;
+        process::exec(plan, arrays)
+    }
     // Private first: otherwise the mounts below would propagate to the host's shared `/`
     // (mount_namespaces(7) "MS_SHARED"), and pivot_root refuses shared parents.
     check(
