@@ -52,6 +52,8 @@ pub struct RunStep {
     pub user_namespace: Option<rbuild_sandbox::userns::IdShift>,
 }
 
+pub use crate::inplace::{ContainerMarkers, InPlaceExecutor, in_container};
+
 /// How a RUN step ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -166,6 +168,7 @@ impl Executor for SandboxExecutor {
             },
             limits: step.limits.clone(),
             user_namespace: step.user_namespace,
+            isolation: rbuild_sandbox::Isolation::Namespaces,
         };
         match rbuild_sandbox::run_cancellable(&spec, &stop, output) {
             Ok(o) => Ok(RunOutcome {

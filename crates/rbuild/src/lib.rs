@@ -37,6 +37,7 @@ mod events;
 mod execute;
 pub mod executor;
 mod explain;
+mod inplace;
 pub mod export;
 pub mod image;
 mod key;
