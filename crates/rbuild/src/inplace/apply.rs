@@ -214,3 +214,73 @@ pub(super) fn copy_xattrs(from: &impl AsFd, to: &impl AsFd) -> io::Result<()> {
     Ok(())
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+    use std::path::PathBuf;
+
+    #[test]
+    fn layers_apply_like_an_overlay_and_never_write_through_links_or_over_preserved_paths() {
+        if !crate::test_support::is_root("in-place apply") {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (root, layer, outside) = (
+            dir.path().join("root"),
+            dir.path().join("layer"),
+            dir.path().join("outside"),
+        );
+        for d in [&root, &layer, &outside] {
+            fs::create_dir(d).unwrap();
+        }
+        // The root as earlier layers left it.
+        fs::create_dir_all(root.join("etc/app")).unwrap();
+        fs::write(root.join("etc/app/old.conf"), "old").unwrap();
+        fs::write(root.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+        fs::write(root.join("delete-me"), "x").unwrap();
+        symlink(&outside, root.join("trap")).unwrap();
+        fs::create_dir_all(root.join("secrets")).unwrap();
+        fs::write(root.join("secrets/token"), "keep").unwrap();
+        fs::write(outside.join("sentinel"), "untouched").unwrap();
+        // The layer: an opaque /etc/app, a whiteout, a directory where the root has a link, a
+        // file over a preserved path.
+        fs::create_dir_all(layer.join("etc/app")).unwrap();
+        xattr::set(layer.join("etc/app"), rbuild_layer::overlay_opaque_xattr(), b"y").unwrap();
+        fs::write(layer.join("etc/app/new.conf"), "new").unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &layer.join("delete-me"),
+            FileType::CharacterDevice,
+            Mode::empty(),
+            0,
+        )
+        .unwrap();
+        fs::create_dir(layer.join("trap")).unwrap();
+        fs::write(layer.join("trap/evil"), "written through a link?").unwrap();
+        fs::create_dir(layer.join("secrets")).unwrap();
+        fs::write(layer.join("secrets/token"), "replaced?").unwrap();
+        symlink("passwd", layer.join("etc/link")).unwrap();
+
+        let preserved = Preserved::new([PathBuf::from("/secrets")]);
+        apply(&layer, &root, &preserved).unwrap();
+
+        assert!(!root.join("etc/app/old.conf").exists(), "opaque hides the old content");
+        assert_eq!(fs::read_to_string(root.join("etc/app/new.conf")).unwrap(), "new");
+        assert!(!root.join("delete-me").exists());
+        assert!(root.join("trap").symlink_metadata().unwrap().is_dir());
+        assert_eq!(fs::read_to_string(root.join("trap/evil")).unwrap(), "written through a link?");
+        assert!(!outside.join("evil").exists());
+        assert_eq!(fs::read_to_string(outside.join("sentinel")).unwrap(), "untouched");
+        assert_eq!(fs::read_to_string(root.join("secrets/token")).unwrap(), "keep");
+        assert_eq!(fs::read_link(root.join("etc/link")).unwrap(), PathBuf::from("passwd"));
+
+        clear(&root, &preserved).unwrap();
+        let left: Vec<_> = fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, ["secrets"]);
+        assert_eq!(fs::read_to_string(root.join("secrets/token")).unwrap(), "keep");
+        assert_eq!(fs::read_to_string(outside.join("sentinel")).unwrap(), "untouched");
+    }
+}
