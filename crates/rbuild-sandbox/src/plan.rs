@@ -58,7 +58,10 @@ pub(crate) struct Bind {
 /// The prepared run: owns the scratch directory (removed on drop) and the child's inputs.
 #[derive(Debug)]
 pub(crate) struct Plan {
-    pub scratch: tempfile::TempDir,
+    /// None for an in-place run, which needs none (and must not leave one in the root it
+    /// snapshots). Held for its `Drop`, which removes the directory.
+    #[cfg_attr(not(test), expect(dead_code, reason = "held for its Drop"))]
+    pub scratch: Option<tempfile::TempDir>,
     pub scratch_c: CString,
     pub overlay_options: CString,
     /// No namespaces or mounts: the command runs in this process's own root (a container's
@@ -503,19 +506,27 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
             reason: "must be absolute",
         });
     }
-    let scratch = tempfile::Builder::new()
-        .prefix("rbuild-sandbox-")
-        .tempdir()
-        .map_err(|source| Error::PrepareScratch {
-            path: std::env::temp_dir(),
-            source,
-        })?;
-    let dir = scratch.path().to_owned();
-    let rootfs = if spec.isolation == crate::Isolation::InPlace {
+    let in_place = spec.isolation == crate::Isolation::InPlace;
+    let scratch = if in_place {
         check_in_place(spec)?;
-        Rootfs::default()
+        None
     } else {
-        prepare_rootfs(spec, &dir)?
+        Some(
+            tempfile::Builder::new()
+                .prefix("rbuild-sandbox-")
+                .tempdir()
+                .map_err(|source| Error::PrepareScratch {
+                    path: std::env::temp_dir(),
+                    source,
+                })?,
+        )
+    };
+    let dir = scratch
+        .as_ref()
+        .map_or_else(|| PathBuf::from("/"), |s| s.path().to_owned());
+    let rootfs = match &scratch {
+        None => Rootfs::default(),
+        Some(_) => prepare_rootfs(spec, &dir)?,
     };
     let Rootfs {
         overlay_options,
@@ -651,11 +662,12 @@ mod tests {
         assert!(opts.len() < 4096, "{} bytes", opts.len());
         assert!(opts.starts_with("lowerdir=l/0:l/1:"));
         assert!(opts.contains(":l/59:s,upperdir=u,workdir=w,"));
-        let l59 = fs::read_link(plan.scratch.path().join("l/59")).unwrap();
+        let scratch = plan.scratch.as_ref().unwrap().path();
+        let l59 = fs::read_link(scratch.join("l/59")).unwrap();
         assert_eq!(l59, lowers[59]);
         assert_eq!(plan.cwd.to_str().unwrap(), "/y/z");
         assert_eq!(plan.cwd_prefixes.len(), 2);
-        let skeleton = plan.scratch.path().join("s");
+        let skeleton = scratch.join("s");
         for entry in ["proc", "dev", "sys", "etc/hosts", "etc/resolv.conf"] {
             assert!(skeleton.join(entry).exists(), "{entry}");
         }

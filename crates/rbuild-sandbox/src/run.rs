@@ -314,7 +314,7 @@ fn failure_error(plan: &Plan, spec: &RunSpec, failure: Failure) -> Error {
         Step::MakePrivate => "make / a private mount".to_owned(),
         Step::SetHostname => format!("set the hostname {:?}", spec.hostname),
         Step::Loopback => "bring up the loopback interface".to_owned(),
-        Step::EnterScratch => format!("enter {}", plan.scratch.path().display()),
+        Step::EnterScratch => format!("enter {}", plan.scratch_c.to_string_lossy()),
         Step::MountOverlay => format!(
             "mount the overlay (upper {}, work {}, {} lower dirs){}",
             spec.upper_dir.display(),

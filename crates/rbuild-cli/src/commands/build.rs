@@ -95,6 +95,14 @@ pub(crate) struct Args {
     /// Largest body an `ADD <url>` may download, in bytes (default 1 GiB).
     #[arg(long = "add-max-bytes", value_name = "BYTES")]
     add_max_bytes: Option<u64>,
+    /// Where RUN steps cannot have namespaces (an unprivileged container), rbuild builds in the
+    /// container's own `/`: leave this path alone there (repeatable; the store, the context,
+    /// rbuild's own directory and every mount point are kept anyway).
+    #[arg(long = "ignore-path", value_name = "PATH")]
+    pub(crate) ignore_paths: Vec<PathBuf>,
+    /// Allow that in-place build outside a container (it deletes everything else under `/`).
+    #[arg(long)]
+    pub(crate) force: bool,
     /// The build context directory, or `-` for a tar archive on stdin (then `-f` names a file in it).
     context: PathBuf,
 }
@@ -146,6 +154,43 @@ fn sandbox_options(mut opts: BuildOptions, args: &Args) -> anyhow::Result<BuildO
         }
     }
     Ok(opts)
+}
+
+/// Root that cannot make namespaces (an unprivileged container: no CAP_SYS_ADMIN, the
+/// runtime's seccomp profile) builds in place, keeping the store, the context, this binary's
+/// directory and `--ignore-path`s; everywhere else the sandbox runs the steps.
+fn in_place_executor(
+    root: &Path,
+    opts: &BuildOptions,
+    args: &Args,
+) -> Option<rbuild::executor::InPlaceExecutor> {
+    let rootful = rbuild::sandbox::userns::detect() == rbuild::sandbox::userns::Mode::Rootful;
+    if !rootful || rbuild::sandbox::check_support().is_ok() {
+        return None;
+    }
+    let mut keep = vec![root.to_owned(), opts.context_dir().to_owned()];
+    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_owned)) {
+        // The binary's own directory, unless it is a system one that the image replaces.
+        if !["/", "/bin", "/usr/bin", "/usr/local/bin", "/sbin", "/usr/sbin"]
+            .iter()
+            .any(|d| dir == Path::new(d))
+        {
+            keep.push(dir);
+        }
+    }
+    if let Ok(c) = std::env::var("DOCKER_CONFIG") {
+        keep.push(c.into());
+    }
+    keep.extend(args.ignore_paths.iter().cloned());
+    let keep = keep
+        .into_iter()
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .collect();
+    Some(rbuild::executor::InPlaceExecutor::new(
+        keep,
+        &rbuild::executor::ContainerMarkers::read(),
+        args.force,
+    ))
 }
 
 /// `--secret id=ID,src=FILE|env=VAR` (docker buildx's syntax; `source=` and `type=` accepted).
@@ -296,6 +341,9 @@ pub(crate) async fn run(
     };
     let renderer = Renderer::new(mode);
     let mut builder = Builder::new(store).progress(renderer.sink());
+    if let Some(executor) = in_place_executor(root, &opts, &args) {
+        builder = builder.executor(executor);
+    }
     if let Ok(client) = flags.client() {
         builder = builder.registry(client);
     }

@@ -116,30 +116,24 @@ pub struct InPlaceExecutor {
     /// The layer directories `/` holds, bottom first, by (device, inode) — a RUN step's upper
     /// directory is renamed into the store, keeping its inode — or `None` when unknown.
     state: Mutex<Option<Vec<(u64, u64)>>>,
+    /// Why it must not run here (not in a container, not forced).
+    refusal: Option<String>,
 }
 
 impl InPlaceExecutor {
     /// An executor that keeps `preserve` (absolute paths: the store, the context, rbuild's own
     /// directory, `--ignore-path`s) besides the standard preserved paths and every mount point.
-    ///
-    /// # Errors
-    ///
-    /// [`ExecutorError::Unavailable`] when `markers` show no container and `force` is false:
-    /// this executor deletes everything else under `/`.
-    pub fn new(
-        preserve: Vec<PathBuf>,
-        markers: &ContainerMarkers,
-        force: bool,
-    ) -> Result<InPlaceExecutor, ExecutorError> {
-        if !force && !in_container(markers) {
-            return Err(ExecutorError::Unavailable(
-                "the in-place executor replaces this machine's own root filesystem with the \
-                 image's, so it only runs inside a container (none of /.dockerenv, \
-                 /run/.containerenv, KUBERNETES_SERVICE_HOST or a container cgroup was found); \
-                 run it in a container, or pass --force if this machine is disposable"
-                    .into(),
-            ));
-        }
+    /// When `markers` show no container and `force` is false, [`Executor::check`] refuses
+    /// (before the first step would clear anything): this executor deletes everything else
+    /// under `/`.
+    pub fn new(preserve: Vec<PathBuf>, markers: &ContainerMarkers, force: bool) -> InPlaceExecutor {
+        let refusal = (!force && !in_container(markers)).then(|| {
+            "the in-place executor replaces this machine's own root filesystem with the \
+             image's, so it only runs inside a container (none of /.dockerenv, \
+             /run/.containerenv, KUBERNETES_SERVICE_HOST or a container cgroup was found); run \
+             it in a container, or pass --force if this machine is disposable"
+                .to_owned()
+        });
         let mut paths = vec![
             PathBuf::from("/proc"),
             PathBuf::from("/sys"),
@@ -152,10 +146,11 @@ impl InPlaceExecutor {
         ];
         paths.extend(mount_points());
         paths.extend(preserve);
-        Ok(InPlaceExecutor {
+        InPlaceExecutor {
             preserved: Preserved::new(paths),
             state: Mutex::new(None),
-        })
+            refusal,
+        }
     }
 
     /// Brings `/` to `lower_dirs` (top first, as in [`RunStep`]).
@@ -223,7 +218,10 @@ fn unescape_mountinfo(field: &str) -> PathBuf {
 
 impl Executor for InPlaceExecutor {
     fn check(&self) -> Result<(), ExecutorError> {
-        Ok(())
+        match &self.refusal {
+            Some(why) => Err(ExecutorError::Unavailable(why.clone().into())),
+            None => Ok(()),
+        }
     }
 
     fn run(
@@ -235,6 +233,7 @@ impl Executor for InPlaceExecutor {
         if cancel.is_cancelled() {
             return Err(ExecutorError::Cancelled);
         }
+        self.check()?;
         let failed = |what: &str, e: io::Error| {
             ExecutorError::Failed(format!("in-place executor: {what}: {e}").into())
         };
@@ -323,17 +322,17 @@ mod tests {
     #[test]
     fn outside_a_container_the_executor_refuses_unless_forced() {
         let none = ContainerMarkers::default();
-        let err = InPlaceExecutor::new(Vec::new(), &none, false).unwrap_err();
+        let err = InPlaceExecutor::new(Vec::new(), &none, false).check().unwrap_err();
         let why = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
         assert!(why.contains("only runs inside a container"), "{why}");
-        assert!(InPlaceExecutor::new(Vec::new(), &none, true).is_ok());
+        assert!(InPlaceExecutor::new(Vec::new(), &none, true).check().is_ok());
         for markers in [
             ContainerMarkers { dockerenv: true, ..ContainerMarkers::default() },
             ContainerMarkers { kubernetes: true, ..ContainerMarkers::default() },
             ContainerMarkers { containerenv: true, ..ContainerMarkers::default() },
             ContainerMarkers { container_cgroup: true, ..ContainerMarkers::default() },
         ] {
-            assert!(InPlaceExecutor::new(Vec::new(), &markers, false).is_ok());
+            assert!(InPlaceExecutor::new(Vec::new(), &markers, false).check().is_ok());
         }
     }
 
