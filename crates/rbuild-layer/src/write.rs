@@ -38,7 +38,11 @@ pub fn overlay_opaque_xattr() -> &'static str {
         let sys_admin = std::fs::read_to_string("/proc/self/status")
             .ok()
             .and_then(|s| {
-                let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim().to_owned();
+                let hex = s
+                    .lines()
+                    .find_map(|l| l.strip_prefix("CapEff:"))?
+                    .trim()
+                    .to_owned();
                 u64::from_str_radix(&hex, 16).ok()
             })
             .is_some_and(|caps| caps & (1 << 21) != 0);

@@ -46,7 +46,7 @@ pub(crate) struct Args {
     /// Write the image's manifest digest (`sha256:…`, no newline) to this file, as kaniko
     /// does; with `--push` only after every push succeeded.
     #[arg(long, value_name = "FILE")]
-    digest_file: Option<PathBuf>,
+    pub(crate) digest_file: Option<PathBuf>,
     /// A build secret for `RUN --mount=type=secret` (repeatable): `id=ID,src=FILE` or `id=ID,env=VAR`.
     #[arg(long = "secret", value_name = "SPEC")]
     secrets: Vec<String>,
@@ -169,11 +169,21 @@ fn in_place_executor(
         return None;
     }
     let mut keep = vec![root.to_owned(), opts.context_dir().to_owned()];
-    if let Some(dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_owned)) {
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_owned))
+    {
         // The binary's own directory, unless it is a system one that the image replaces.
-        if !["/", "/bin", "/usr/bin", "/usr/local/bin", "/sbin", "/usr/sbin"]
-            .iter()
-            .any(|d| dir == Path::new(d))
+        if ![
+            "/",
+            "/bin",
+            "/usr/bin",
+            "/usr/local/bin",
+            "/sbin",
+            "/usr/sbin",
+        ]
+        .iter()
+        .any(|d| dir == Path::new(d))
         {
             keep.push(dir);
         }

@@ -214,7 +214,6 @@ pub(super) fn copy_xattrs(from: &impl AsFd, to: &impl AsFd) -> io::Result<()> {
     Ok(())
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,11 +247,16 @@ mod tests {
         // The layer: an opaque /etc/app, a whiteout, a directory where the root has a link, a
         // file over a preserved path.
         fs::create_dir_all(layer.join("etc/app")).unwrap();
-        xattr::set(layer.join("etc/app"), rbuild_layer::overlay_opaque_xattr(), b"y").unwrap();
+        xattr::set(
+            layer.join("etc/app"),
+            rbuild_layer::overlay_opaque_xattr(),
+            b"y",
+        )
+        .unwrap();
         fs::write(layer.join("etc/app/new.conf"), "new").unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &layer.join("delete-me"),
+            layer.join("delete-me"),
             FileType::CharacterDevice,
             Mode::empty(),
             0,
@@ -267,20 +271,47 @@ mod tests {
         let preserved = Preserved::new([PathBuf::from("/secrets")]);
         apply(&layer, &root, &preserved).unwrap();
 
-        assert!(!root.join("etc/app/old.conf").exists(), "opaque hides the old content");
-        assert_eq!(fs::read_to_string(root.join("etc/app/new.conf")).unwrap(), "new");
+        assert!(
+            !root.join("etc/app/old.conf").exists(),
+            "opaque hides the old content"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("etc/app/new.conf")).unwrap(),
+            "new"
+        );
         assert!(!root.join("delete-me").exists());
         assert!(root.join("trap").symlink_metadata().unwrap().is_dir());
-        assert_eq!(fs::read_to_string(root.join("trap/evil")).unwrap(), "written through a link?");
+        assert_eq!(
+            fs::read_to_string(root.join("trap/evil")).unwrap(),
+            "written through a link?"
+        );
         assert!(!outside.join("evil").exists());
-        assert_eq!(fs::read_to_string(outside.join("sentinel")).unwrap(), "untouched");
-        assert_eq!(fs::read_to_string(root.join("secrets/token")).unwrap(), "keep");
-        assert_eq!(fs::read_link(root.join("etc/link")).unwrap(), PathBuf::from("passwd"));
+        assert_eq!(
+            fs::read_to_string(outside.join("sentinel")).unwrap(),
+            "untouched"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("secrets/token")).unwrap(),
+            "keep"
+        );
+        assert_eq!(
+            fs::read_link(root.join("etc/link")).unwrap(),
+            PathBuf::from("passwd")
+        );
 
         clear(&root, &preserved).unwrap();
-        let left: Vec<_> = fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let left: Vec<_> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(left, ["secrets"]);
-        assert_eq!(fs::read_to_string(root.join("secrets/token")).unwrap(), "keep");
-        assert_eq!(fs::read_to_string(outside.join("sentinel")).unwrap(), "untouched");
+        assert_eq!(
+            fs::read_to_string(root.join("secrets/token")).unwrap(),
+            "keep"
+        );
+        assert_eq!(
+            fs::read_to_string(outside.join("sentinel")).unwrap(),
+            "untouched"
+        );
     }
 }

@@ -154,7 +154,11 @@ impl InPlaceExecutor {
     }
 
     /// Brings `/` to `lower_dirs` (top first, as in [`RunStep`]).
-    fn prepare_root(&self, state: &mut Option<Vec<(u64, u64)>>, lower_dirs: &[PathBuf]) -> io::Result<()> {
+    fn prepare_root(
+        &self,
+        state: &mut Option<Vec<(u64, u64)>>,
+        lower_dirs: &[PathBuf],
+    ) -> io::Result<()> {
         let wanted: Vec<(PathBuf, (u64, u64))> = lower_dirs
             .iter()
             .rev()
@@ -199,12 +203,15 @@ fn unescape_mountinfo(field: &str) -> PathBuf {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).filter(|d| {
-            bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b))
-        });
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
         match octal {
             Some(d) => {
-                out.push(d.iter().fold(0u8, |acc, b| acc.wrapping_mul(8) + (b - b'0')));
+                out.push(
+                    d.iter()
+                        .fold(0u8, |acc, b| acc.wrapping_mul(8) + (b - b'0')),
+                );
                 i += 4;
             }
             None => {
@@ -322,17 +329,41 @@ mod tests {
     #[test]
     fn outside_a_container_the_executor_refuses_unless_forced() {
         let none = ContainerMarkers::default();
-        let err = InPlaceExecutor::new(Vec::new(), &none, false).check().unwrap_err();
-        let why = std::error::Error::source(&err).map(ToString::to_string).unwrap_or_default();
+        let err = InPlaceExecutor::new(Vec::new(), &none, false)
+            .check()
+            .unwrap_err();
+        let why = std::error::Error::source(&err)
+            .map(ToString::to_string)
+            .unwrap_or_default();
         assert!(why.contains("only runs inside a container"), "{why}");
-        assert!(InPlaceExecutor::new(Vec::new(), &none, true).check().is_ok());
+        assert!(
+            InPlaceExecutor::new(Vec::new(), &none, true)
+                .check()
+                .is_ok()
+        );
         for markers in [
-            ContainerMarkers { dockerenv: true, ..ContainerMarkers::default() },
-            ContainerMarkers { kubernetes: true, ..ContainerMarkers::default() },
-            ContainerMarkers { containerenv: true, ..ContainerMarkers::default() },
-            ContainerMarkers { container_cgroup: true, ..ContainerMarkers::default() },
+            ContainerMarkers {
+                dockerenv: true,
+                ..ContainerMarkers::default()
+            },
+            ContainerMarkers {
+                kubernetes: true,
+                ..ContainerMarkers::default()
+            },
+            ContainerMarkers {
+                containerenv: true,
+                ..ContainerMarkers::default()
+            },
+            ContainerMarkers {
+                container_cgroup: true,
+                ..ContainerMarkers::default()
+            },
         ] {
-            assert!(InPlaceExecutor::new(Vec::new(), &markers, false).check().is_ok());
+            assert!(
+                InPlaceExecutor::new(Vec::new(), &markers, false)
+                    .check()
+                    .is_ok()
+            );
         }
     }
 

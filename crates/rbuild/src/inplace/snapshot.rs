@@ -34,6 +34,10 @@ struct Key {
 }
 
 impl Key {
+    #[allow(
+        clippy::useless_conversion,
+        reason = "the stat field types differ between architectures"
+    )]
     fn of(st: &rustix::fs::Stat) -> Key {
         Key {
             kind: file_type(st),
@@ -41,10 +45,10 @@ impl Key {
             uid: st.st_uid,
             gid: st.st_gid,
             size: st.st_size,
-            mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
-            ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
+            mtime: (i64::from(st.st_mtime), st.st_mtime_nsec as i64),
+            ctime: (i64::from(st.st_ctime), st.st_ctime_nsec as i64),
             ino: st.st_ino,
-            nlink: st.st_nlink as u64,
+            nlink: u64::from(st.st_nlink),
         }
     }
 }
@@ -88,7 +92,12 @@ impl Index {
 }
 
 /// Writes into `upper` what changed under `root` since `before`.
-pub(super) fn diff(root: &Path, before: &Index, upper: &Path, preserved: &Preserved) -> io::Result<()> {
+pub(super) fn diff(
+    root: &Path,
+    before: &Index,
+    upper: &Path,
+    preserved: &Preserved,
+) -> io::Result<()> {
     let after = Index::take(root, preserved)?;
     let root_fd = rootfs::open_root(root)?;
     let upper_fd = rootfs::open_root(upper)?;
@@ -151,13 +160,17 @@ impl Upper {
         let mut in_root = rustix::fs::openat(
             &self.root,
             ".",
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
             Mode::empty(),
         )?;
         let mut in_upper = rustix::fs::openat(
             &self.upper,
             ".",
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
             Mode::empty(),
         )?;
         let mut sofar = PathBuf::new();
@@ -213,7 +226,9 @@ impl Upper {
         let mut dir = rustix::fs::openat(
             &self.upper,
             ".",
-            rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::CLOEXEC,
             Mode::empty(),
         )?;
         for part in rel.parent().unwrap_or(Path::new("")).components() {
@@ -254,13 +269,17 @@ impl Upper {
             let mut in_root = rustix::fs::openat(
                 &self.root,
                 ".",
-                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
                 Mode::empty(),
             )?;
             let mut in_upper = rustix::fs::openat(
                 &self.upper,
                 ".",
-                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
                 Mode::empty(),
             )?;
             for part in rel.components() {
@@ -361,6 +380,9 @@ mod tests {
         if rustix::process::geteuid().is_root() {
             assert_eq!(opaque.unwrap().as_deref(), Some(&b"y"[..]));
         }
-        assert!(!upper.join("keep/deep/same").exists(), "unchanged files stay out");
+        assert!(
+            !upper.join("keep/deep/same").exists(),
+            "unchanged files stay out"
+        );
     }
 }
