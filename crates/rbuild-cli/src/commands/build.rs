@@ -163,10 +163,23 @@ fn in_place_executor(
     root: &Path,
     opts: &BuildOptions,
     args: &Args,
-) -> Option<rbuild::executor::InPlaceExecutor> {
+) -> anyhow::Result<Option<rbuild::executor::InPlaceExecutor>> {
     let rootful = rbuild::sandbox::userns::detect() == rbuild::sandbox::userns::Mode::Rootful;
     if !rootful || rbuild::sandbox::check_support().is_ok() {
-        return None;
+        return Ok(None);
+    }
+    // OVERLAYFS_SUPER_MAGIC: overlayfs refuses to create whiteouts (0/0 character devices),
+    // which layer directories hold.
+    if nix::sys::statfs::statfs(root)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC)
+    {
+        anyhow::bail!(
+            "this container cannot make namespaces, so rbuild builds in place, and its store {} \
+             is on the container's overlay filesystem, which cannot hold the layers' whiteouts: \
+             mount a volume there (an emptyDir in Kubernetes, `-v` with docker; rbuild's executor \
+             image declares VOLUME /rbuild/store)",
+            root.display()
+        );
     }
     let mut keep = vec![root.to_owned(), opts.context_dir().to_owned()];
     if let Some(dir) = std::env::current_exe()
@@ -196,11 +209,11 @@ fn in_place_executor(
         .into_iter()
         .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
         .collect();
-    Some(rbuild::executor::InPlaceExecutor::new(
+    Ok(Some(rbuild::executor::InPlaceExecutor::new(
         keep,
         &rbuild::executor::ContainerMarkers::read(),
         args.force,
-    ))
+    )))
 }
 
 /// `--secret id=ID,src=FILE|env=VAR` (docker buildx's syntax; `source=` and `type=` accepted).
@@ -351,7 +364,7 @@ pub(crate) async fn run(
     };
     let renderer = Renderer::new(mode);
     let mut builder = Builder::new(store).progress(renderer.sink());
-    if let Some(executor) = in_place_executor(root, &opts, &args) {
+    if let Some(executor) = in_place_executor(root, &opts, &args)? {
         builder = builder.executor(executor);
     }
     if let Ok(client) = flags.client() {

@@ -313,7 +313,8 @@ pub(crate) async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     for flag in args.ignored() {
         eprintln!("rbuild executor: {flag} is accepted for kaniko's sake and changes nothing");
     }
-    let (context, _unpacked) = context_dir(args.context.as_deref())?;
+    // Under the store: an in-place build clears /tmp.
+    let (context, _unpacked) = context_dir(args.context.as_deref(), &root.join("tmp"))?;
     let argv = args.build_argv(&context)?;
     let translated = Translated::try_parse_from(&argv).context("invalid executor flags")?;
     let Sub::Build(build) = translated.command else {
@@ -362,10 +363,16 @@ pub(crate) async fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
 
 /// The context as a directory: `DIR`, `dir://DIR`, or `tar://FILE` unpacked (safely) into a
 /// temporary directory, which the second value keeps alive.
-fn context_dir(spec: Option<&str>) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
+fn context_dir(
+    spec: Option<&str>,
+    tmp: &Path,
+) -> anyhow::Result<(PathBuf, Option<tempfile::TempDir>)> {
     let spec = spec.unwrap_or(".");
     if let Some(tar) = spec.strip_prefix("tar://") {
-        let dir = tempfile::tempdir().context("failed to create a directory for the context")?;
+        std::fs::create_dir_all(tmp)
+            .with_context(|| format!("failed to create {}", tmp.display()))?;
+        let dir =
+            tempfile::tempdir_in(tmp).context("failed to create a directory for the context")?;
         let file = std::fs::File::open(tar)
             .with_context(|| format!("failed to open the context tarball {tar}"))?;
         let mut reader = std::io::BufReader::new(file);
@@ -471,11 +478,19 @@ mod tests {
     #[test]
     fn contexts_from_dirs_and_remote_schemes() {
         assert_eq!(
-            context_dir(Some("dir:///w")).unwrap().0,
+            context_dir(Some("dir:///w"), Path::new("/nonexistent"))
+                .unwrap()
+                .0,
             PathBuf::from("/w")
         );
-        assert_eq!(context_dir(Some("/w")).unwrap().0, PathBuf::from("/w"));
-        let err = context_dir(Some("s3://bucket/ctx.tar.gz")).unwrap_err();
+        assert_eq!(
+            context_dir(Some("/w"), Path::new("/nonexistent"))
+                .unwrap()
+                .0,
+            PathBuf::from("/w")
+        );
+        let err =
+            context_dir(Some("s3://bucket/ctx.tar.gz"), Path::new("/nonexistent")).unwrap_err();
         assert!(
             err.to_string()
                 .contains("unsupported --context scheme `s3://`"),

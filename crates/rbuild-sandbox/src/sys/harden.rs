@@ -44,6 +44,10 @@ pub(super) fn join_cgroup(plan: &Plan) -> Result<(), Failure> {
             }
         }
     }
+    if plan.in_place {
+        // No namespaces for an in-place run (the container cannot make them).
+        return Ok(());
+    }
     check(
         // SAFETY: unshare takes a flag word.
         unsafe { libc::unshare(libc::CLONE_NEWCGROUP) },

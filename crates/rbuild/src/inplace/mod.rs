@@ -16,7 +16,7 @@
 //! Preserved paths are never cleared, written or snapshotted: every mount point below `/`
 //! (`/proc`, `/sys`, `/dev`, `/etc/hosts`, `/etc/resolv.conf`, `/etc/hostname`, mounted
 //! secrets and volumes — read from `/proc/self/mountinfo`), `/proc`, `/sys`, `/dev`,
-//! `/var/run/secrets`, and what the caller adds (the store, the context, rbuild's own
+//! `/var/run/secrets`, `/busybox` (the debug image's shell), and what the caller adds (the store, the context, rbuild's own
 //! directory, `--ignore-path`).
 //!
 //! It clears `/`: [`InPlaceExecutor::new`] refuses to be made outside a container
@@ -143,6 +143,8 @@ impl InPlaceExecutor {
             PathBuf::from("/etc/hostname"),
             PathBuf::from("/var/run/secrets"),
             PathBuf::from("/run/secrets"),
+            // The debug images' shell (kaniko's and rbuild's), which the CI job runs in.
+            PathBuf::from("/busybox"),
         ];
         paths.extend(mount_points());
         paths.extend(preserve);

@@ -31,6 +31,9 @@ struct Key {
     ctime: (i64, i64),
     ino: u64,
     nlink: u64,
+    /// Birth time where the filesystem records one: a directory removed and made again may
+    /// get the freed inode number back (ext4 reuses them at once), but not its birth time.
+    btime: Option<(i64, u32)>,
 }
 
 impl Key {
@@ -49,7 +52,26 @@ impl Key {
             ctime: (i64::from(st.st_ctime), st.st_ctime_nsec as i64),
             ino: st.st_ino,
             nlink: u64::from(st.st_nlink),
+            btime: None,
         }
+    }
+
+    /// With the birth time of `name` in `dir` (directories only: that is where it matters).
+    fn with_btime(mut self, dir: &OwnedFd, name: &OsStr) -> Key {
+        if self.kind == FileType::Directory {
+            let x = rustix::fs::statx(
+                dir,
+                name,
+                rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+                rustix::fs::StatxFlags::BTIME,
+            );
+            if let Ok(x) = x
+                && x.stx_mask & rustix::fs::StatxFlags::BTIME.bits() != 0
+            {
+                self.btime = Some((x.stx_btime.tv_sec, x.stx_btime.tv_nsec));
+            }
+        }
+        self
     }
 }
 
@@ -80,7 +102,7 @@ impl Index {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(e),
             };
-            let key = Key::of(&st);
+            let key = Key::of(&st).with_btime(dir, &name);
             self.entries.insert(r.clone(), key);
             if key.kind == FileType::Directory {
                 let sub = open_dir_at(dir, &name)?;
@@ -116,10 +138,12 @@ pub(super) fn diff(
             continue;
         }
         let replaced_dir = now.kind == FileType::Directory
-            && old.is_some_and(|o| o.kind == FileType::Directory && o.ino != now.ino);
-        writer.write(rel, now)?;
+            && old.is_some_and(|o| {
+                o.kind == FileType::Directory && (o.ino != now.ino || o.btime != now.btime)
+            });
+        writer.write(rel, now).map_err(|e| at(rel, e))?;
         if replaced_dir {
-            writer.mark_opaque(rel)?;
+            writer.mark_opaque(rel).map_err(|e| at(rel, e))?;
             opaque.insert(rel.clone());
         }
     }
@@ -127,17 +151,26 @@ pub(super) fn diff(
         if after.entries.contains_key(rel) {
             continue;
         }
-        // One whiteout for a deleted tree, none inside a directory that is opaque now.
+        // One whiteout for a deleted tree, none inside a directory that is opaque now or
+        // that a non-directory replaced (which hides everything below it).
         let covered = rel.ancestors().skip(1).any(|a| {
             !a.as_os_str().is_empty()
                 && (opaque.contains(a)
-                    || (before.entries.contains_key(a) && !after.entries.contains_key(a)))
+                    || after
+                        .entries
+                        .get(a)
+                        .is_none_or(|k| k.kind != FileType::Directory))
         });
         if !covered {
-            writer.whiteout(rel)?;
+            writer.whiteout(rel).map_err(|e| at(rel, e))?;
         }
     }
     writer.finish()
+}
+
+/// `e` with the path it happened at.
+fn at(rel: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("/{}: {e}", rel.display()))
 }
 
 /// Builds the upper directory.
@@ -287,8 +320,8 @@ impl Upper {
                 in_upper = open_dir_at(&in_upper, part.as_os_str())?;
             }
             let st = rustix::fs::fstat(&in_root)?;
-            copy_xattrs(&in_root, &in_upper)?;
-            set_meta(&in_upper, &st)?;
+            copy_xattrs(&in_root, &in_upper).map_err(|e| at(rel, e))?;
+            set_meta(&in_upper, &st).map_err(|e| at(rel, e))?;
         }
         Ok(())
     }
@@ -308,6 +341,7 @@ mod tests {
         fs::create_dir_all(root.join("keep/deep")).unwrap();
         fs::create_dir_all(root.join("gone/sub")).unwrap();
         fs::create_dir_all(root.join("replaced/old")).unwrap();
+        fs::create_dir_all(root.join("to-file/sub")).unwrap();
         fs::create_dir_all(root.join("preserved")).unwrap();
         fs::create_dir(&upper).unwrap();
         fs::write(root.join("keep/deep/same"), "same").unwrap();
@@ -327,6 +361,8 @@ mod tests {
         fs::create_dir_all(root.join("replaced")).unwrap();
         fs::write(root.join("replaced/fresh"), "f").unwrap();
         fs::write(root.join("preserved/ignored"), "not snapshotted").unwrap();
+        fs::remove_dir_all(root.join("to-file")).unwrap();
+        fs::write(root.join("to-file"), "a file now").unwrap();
         diff(&root, &before, &upper, &preserved).unwrap();
 
         let mut found: Vec<String> = walkdir::WalkDir::new(&upper)
@@ -362,6 +398,7 @@ mod tests {
                 "link link",
                 "replaced dir",
                 "replaced/fresh file",
+                "to-file file",
             ]
         );
         assert_eq!(
