@@ -289,9 +289,19 @@ impl Executor for InPlaceExecutor {
             Err(e) => return Err(ExecutorError::Failed(e.into())),
         };
         if outcome.status != 0 {
+            let mut tail = outcome.output_tail;
+            let text = String::from_utf8_lossy(&tail);
+            if text.contains("Operation not permitted") || text.contains("Permission denied") {
+                tail.extend_from_slice(
+                    b"\nrbuild: this step ran in place, in a container without privileges \
+                      (no CAP_SYS_ADMIN, the runtime's seccomp profile): it cannot mount, make \
+                      namespaces or devices, or change kernel settings; build where the sandbox \
+                      can run (`rbuild info`) for such steps\n",
+                );
+            }
             return Ok(RunOutcome {
                 status: outcome.status,
-                output_tail: outcome.output_tail,
+                output_tail: tail,
                 oom_killed: outcome.oom_killed,
             });
         }
