@@ -242,3 +242,39 @@ fn layer_listing(layout: &Path) -> String {
     }
     out
 }
+
+#[test]
+fn the_gitlab_kubernetes_example_is_a_valid_pipeline_and_job() {
+    if !have_tool("git") {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let project = work.path().join("proj");
+    fs::create_dir_all(&project).unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/gitlab-kubernetes");
+    fs::copy(
+        example.join(".gitlab-ci.yml"),
+        project.join(".gitlab-ci.yml"),
+    )
+    .unwrap();
+    git_commit_all(&project, "main", "example");
+    let plan = ok(&rbuild_pipeline(work.path(), &project, &["plan"]));
+    assert!(plan.contains("build-image"), "{plan}");
+    // The Job manifest reads as a batch/v1 Job, unprivileged as the example says.
+    let text = fs::read_to_string(example.join("job.yaml")).unwrap();
+    let job: k8s_openapi::api::batch::v1::Job = serde_yaml::from_str(&text).unwrap();
+    let spec = job.spec.unwrap().template.spec.unwrap();
+    let container = &spec.containers[0];
+    let security = container.security_context.as_ref().unwrap();
+    assert_eq!(security.privileged, None);
+    assert_eq!(security.allow_privilege_escalation, Some(false));
+    let caps = security.capabilities.as_ref().unwrap();
+    assert!(!caps.add.as_ref().unwrap().iter().any(|c| c == "SYS_ADMIN"));
+    let mounts: Vec<&str> = container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.as_str())
+        .collect();
+    assert!(mounts.contains(&"/rbuild/store"), "{mounts:?}");
+}
