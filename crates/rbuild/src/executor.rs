@@ -52,7 +52,9 @@ pub struct RunStep {
     pub user_namespace: Option<rbuild_sandbox::userns::IdShift>,
 }
 
-pub use crate::inplace::{ContainerMarkers, InPlaceExecutor, in_container};
+pub use crate::inplace::{
+    ContainerMarkers, InPlaceExecutor, in_container, time_unchanged_snapshot,
+};
 
 /// How a RUN step ended.
 #[derive(Debug, Clone, PartialEq, Eq)]

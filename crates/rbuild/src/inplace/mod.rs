@@ -321,6 +321,23 @@ impl Executor for InPlaceExecutor {
     }
 }
 
+/// The in-place executor's two walks of an unchanged root, timed: the stat index taken before
+/// a step, and the snapshot after it (walk, compare, write nothing). For the benchmark
+/// (`benches/inplace_snapshot.rs`); not a stable API.
+#[doc(hidden)]
+pub fn time_unchanged_snapshot(
+    root: &Path,
+    upper: &Path,
+) -> io::Result<(std::time::Duration, std::time::Duration)> {
+    let preserved = Preserved::default();
+    let start = std::time::Instant::now();
+    let before = snapshot::Index::take(root, &preserved)?;
+    let index = start.elapsed();
+    let start = std::time::Instant::now();
+    snapshot::diff(root, &before, upper, &preserved)?;
+    Ok((index, start.elapsed()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
