@@ -133,13 +133,7 @@ pub(super) fn copy_entry(
         FileType::Symlink => {
             let target = rustix::fs::readlinkat(src, name, Vec::new())?;
             rustix::fs::symlinkat(target.as_c_str(), dst, name)?;
-            rustix::fs::chownat(
-                dst,
-                name,
-                Some(rustix::fs::Uid::from_raw(st.st_uid)),
-                Some(rustix::fs::Gid::from_raw(st.st_gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )?;
+            chown_at(dst, name, st)?;
             rustix::fs::utimensat(dst, name, &times(st), AtFlags::SYMLINK_NOFOLLOW)?;
         }
         other => {
@@ -150,13 +144,7 @@ pub(super) fn copy_entry(
                 Mode::from_raw_mode(st.st_mode & 0o7777),
                 st.st_rdev,
             )?;
-            rustix::fs::chownat(
-                dst,
-                name,
-                Some(rustix::fs::Uid::from_raw(st.st_uid)),
-                Some(rustix::fs::Gid::from_raw(st.st_gid)),
-                AtFlags::SYMLINK_NOFOLLOW,
-            )?;
+            chown_at(dst, name, st)?;
             rustix::fs::chmodat(
                 dst,
                 name,
@@ -166,6 +154,18 @@ pub(super) fn copy_entry(
             rustix::fs::utimensat(dst, name, &times(st), AtFlags::SYMLINK_NOFOLLOW)?;
         }
     }
+    Ok(())
+}
+
+/// `lchown` of `name` in `dst` to the owner `st` records.
+fn chown_at(dst: &OwnedFd, name: &OsStr, st: &rustix::fs::Stat) -> io::Result<()> {
+    rustix::fs::chownat(
+        dst,
+        name,
+        Some(rustix::fs::Uid::from_raw(st.st_uid)),
+        Some(rustix::fs::Gid::from_raw(st.st_gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
     Ok(())
 }
 

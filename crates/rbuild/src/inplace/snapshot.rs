@@ -168,6 +168,21 @@ pub(super) fn diff(
     writer.finish()
 }
 
+/// The directory `rel` below the directory `base`, entered one component at a time without
+/// following links (`rel` empty: `base` itself, reopened).
+fn open_rel(base: &OwnedFd, rel: &Path) -> io::Result<OwnedFd> {
+    let mut dir = rustix::fs::openat(
+        base,
+        ".",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    for part in rel.components() {
+        dir = open_dir_at(&dir, part.as_os_str())?;
+    }
+    Ok(dir)
+}
+
 /// `e` with the path it happened at.
 fn at(rel: &Path, e: io::Error) -> io::Error {
     io::Error::new(e.kind(), format!("/{}: {e}", rel.display()))
@@ -190,22 +205,8 @@ impl Upper {
     /// metadata on the way, as a copy-up).
     fn parents(&mut self, rel: &Path) -> io::Result<(OwnedFd, OwnedFd, PathBuf)> {
         let parent = rel.parent().unwrap_or(Path::new("")).to_owned();
-        let mut in_root = rustix::fs::openat(
-            &self.root,
-            ".",
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        let mut in_upper = rustix::fs::openat(
-            &self.upper,
-            ".",
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let mut in_root = open_rel(&self.root, Path::new(""))?;
+        let mut in_upper = open_rel(&self.upper, Path::new(""))?;
         let mut sofar = PathBuf::new();
         for part in parent.components() {
             let name = part.as_os_str();
@@ -256,18 +257,7 @@ impl Upper {
     }
 
     fn open_upper_parent(&self, rel: &Path) -> io::Result<OwnedFd> {
-        let mut dir = rustix::fs::openat(
-            &self.upper,
-            ".",
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        for part in rel.parent().unwrap_or(Path::new("")).components() {
-            dir = open_dir_at(&dir, part.as_os_str())?;
-        }
-        Ok(dir)
+        open_rel(&self.upper, rel.parent().unwrap_or(Path::new("")))
     }
 
     fn mark_opaque(&mut self, rel: &Path) -> io::Result<()> {
@@ -299,26 +289,8 @@ impl Upper {
     fn finish(mut self) -> io::Result<()> {
         self.dirs.sort();
         for rel in self.dirs.iter().rev() {
-            let mut in_root = rustix::fs::openat(
-                &self.root,
-                ".",
-                rustix::fs::OFlags::RDONLY
-                    | rustix::fs::OFlags::DIRECTORY
-                    | rustix::fs::OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            let mut in_upper = rustix::fs::openat(
-                &self.upper,
-                ".",
-                rustix::fs::OFlags::RDONLY
-                    | rustix::fs::OFlags::DIRECTORY
-                    | rustix::fs::OFlags::CLOEXEC,
-                Mode::empty(),
-            )?;
-            for part in rel.components() {
-                in_root = open_dir_at(&in_root, part.as_os_str())?;
-                in_upper = open_dir_at(&in_upper, part.as_os_str())?;
-            }
+            let in_root = open_rel(&self.root, rel)?;
+            let in_upper = open_rel(&self.upper, rel)?;
             let st = rustix::fs::fstat(&in_root)?;
             copy_xattrs(&in_root, &in_upper).map_err(|e| at(rel, e))?;
             set_meta(&in_upper, &st).map_err(|e| at(rel, e))?;
