@@ -265,29 +265,8 @@ impl Executor for InPlaceExecutor {
             .map_err(|e| failed("index / before the step", e))?;
         // Until the snapshot is done `/` holds more than the stack says.
         let applied = state.take();
-        let stop = rbuild_sandbox::CancelHandle::new();
-        let hook = stop.clone();
-        let _registered = cancel.on_cancel(move || hook.cancel());
-        let spec = rbuild_sandbox::RunSpec {
-            isolation: rbuild_sandbox::Isolation::InPlace,
-            args: step.args.clone(),
-            env: step.env.clone(),
-            cwd: step.cwd.clone(),
-            user: step.user.clone(),
-            network: step.network,
-            limits: step.limits.clone(),
-            security: if step.insecure {
-                rbuild_sandbox::Profile::insecure()
-            } else {
-                rbuild_sandbox::Profile::default()
-            },
-            ..rbuild_sandbox::RunSpec::default()
-        };
-        let outcome = match rbuild_sandbox::run_cancellable(&spec, &stop, output) {
-            Ok(o) => o,
-            Err(rbuild_sandbox::Error::Cancelled) => return Err(ExecutorError::Cancelled),
-            Err(e) => return Err(ExecutorError::Failed(e.into())),
-        };
+        let spec = crate::executor::sandbox_spec(step, rbuild_sandbox::Isolation::InPlace);
+        let outcome = crate::executor::run_sandboxed(&spec, output, cancel)?;
         if outcome.status != 0 {
             let mut tail = outcome.output_tail;
             let text = String::from_utf8_lossy(&tail);
