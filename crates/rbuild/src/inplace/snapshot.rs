@@ -7,7 +7,7 @@
 //! directory that was removed and made again (another inode) an opaque directory, and the
 //! directories on the way to a change are copied up with their metadata, as overlayfs does.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -78,39 +78,57 @@ impl Key {
 /// The stat of every entry below a root (preserved paths left out), by relative path.
 #[derive(Debug, Default)]
 pub(super) struct Index {
-    entries: BTreeMap<PathBuf, Key>,
+    entries: HashMap<PathBuf, Key>,
 }
 
 impl Index {
-    /// Walks `root` without following links.
+    /// Walks `root` without following links; subdirectories in parallel.
     pub(super) fn take(root: &Path, preserved: &Preserved) -> io::Result<Index> {
-        let mut index = Index::default();
         let dir = rootfs::open_root(root)?;
-        index.walk(&dir, Path::new(""), preserved)?;
-        Ok(index)
+        let mut entries = HashMap::new();
+        walk(&dir, Path::new(""), preserved, &mut entries)?;
+        Ok(Index { entries })
     }
+}
 
-    fn walk(&mut self, dir: &OwnedFd, rel: &Path, preserved: &Preserved) -> io::Result<()> {
-        for name in list_dir(dir)? {
-            let r = rel.join(&name);
-            if preserved.covers(&r) {
-                continue;
-            }
-            let st = match lstat_at(dir, &name) {
-                Ok(st) => st,
-                // Gone since the listing (a process still running): not part of the state.
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            let key = Key::of(&st).with_btime(dir, &name);
-            self.entries.insert(r.clone(), key);
-            if key.kind == FileType::Directory {
-                let sub = open_dir_at(dir, &name)?;
-                self.walk(&sub, &r, preserved)?;
-            }
+fn walk(
+    dir: &OwnedFd,
+    rel: &Path,
+    preserved: &Preserved,
+    out: &mut HashMap<PathBuf, Key>,
+) -> io::Result<()> {
+    use rayon::prelude::*;
+    let mut subdirs = Vec::new();
+    for name in list_dir(dir)? {
+        let r = rel.join(&name);
+        if preserved.covers(&r) {
+            continue;
         }
-        Ok(())
+        let st = match lstat_at(dir, &name) {
+            Ok(st) => st,
+            // Gone since the listing (a process still running): not part of the state.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let key = Key::of(&st).with_btime(dir, &name);
+        if key.kind == FileType::Directory {
+            subdirs.push((name, r.clone()));
+        }
+        out.insert(r, key);
     }
+    let nested: Vec<io::Result<HashMap<PathBuf, Key>>> = subdirs
+        .par_iter()
+        .map(|(name, r)| {
+            let sub = open_dir_at(dir, name)?;
+            let mut part = HashMap::new();
+            walk(&sub, r, preserved, &mut part)?;
+            Ok(part)
+        })
+        .collect();
+    for part in nested {
+        out.extend(part?);
+    }
+    Ok(())
 }
 
 /// Writes into `upper` what changed under `root` since `before`.
