@@ -373,6 +373,28 @@ pub fn index_entries(store: &Store, index: &Digest) -> Result<Vec<(Descriptor, P
         .collect())
 }
 
+/// Finds an image as [`resolve`] does and, when the reference names an image index, picks the
+/// manifest for `platform` (default: this machine's) out of it.
+///
+/// # Errors
+///
+/// As [`resolve`]; [`Error::NoPlatform`] when the index has no such platform;
+/// [`Error::ImageNotFound`] with a hint when its manifest was not pulled.
+pub fn resolve_for(
+    store: &Store,
+    reference: &str,
+    platform: Option<&Platform>,
+) -> Result<Descriptor> {
+    let desc = resolve(store, reference)?;
+    let platform = platform.cloned().unwrap_or_else(Platform::host);
+    select(store, reference, &desc, &platform)?.ok_or_else(|| Error::ImageNotFound {
+        reference: format!("{reference} for {platform}"),
+        hint: Some(format!(
+            "its index lists {platform}, but that manifest was not pulled: `rbuild pull --platform {platform} {reference}`"
+        )),
+    })
+}
+
 /// Resolves `desc` (a tag's descriptor) to the manifest for `platform`: a manifest stays as
 /// it is; from an index, the entry that matches (containerd's rules, see
 /// [`Platform::matches`]). `Ok(None)` when the index has a matching entry whose manifest is
