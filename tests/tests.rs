@@ -18,6 +18,7 @@ mod containment;
 mod deploy_cli;
 mod differential;
 mod hardening;
+mod multi_platform;
 mod parse_cli;
 mod pipeline_cli;
 mod pipeline_runs;

@@ -659,6 +659,11 @@ impl<'a> Build<'a> {
         instructions.extend(stage.instructions.iter().cloned());
         let total = instructions.len() + 1;
         self.total.fetch_add(total, Ordering::Relaxed);
+        let shown = if self.opts.platforms.is_empty() {
+            None
+        } else {
+            Some(self.stage_platform(idx)?)
+        };
         self.progress.emit(BuildEvent::StepStarted {
             stage: idx,
             stage_name: stage.name.clone(),
@@ -666,6 +671,7 @@ impl<'a> Build<'a> {
             total,
             text: from_text,
             cached: false,
+            platform: shown.clone(),
         });
         let mut view = image::ensure_unpacked(self.store, &base.layers)?;
         let steps = self.plan(idx, &instructions, &base)?;
@@ -691,8 +697,13 @@ impl<'a> Build<'a> {
             }
             key = st.key.clone();
             let started = Instant::now();
-            let record =
-                self.step_result(idx, stage.name.as_deref(), total, st, no_cache, &view)?;
+            let record = self.step_result(
+                (idx, stage.name.as_deref(), shown.as_ref()),
+                total,
+                st,
+                no_cache,
+                &view,
+            )?;
             if let Ok(mut e) = self.exported.lock() {
                 e.push((st.key.clone(), record.clone()));
             }
@@ -735,8 +746,7 @@ impl<'a> Build<'a> {
     /// (and recorded in the cache); reports the step as it goes.
     fn step_result(
         &self,
-        idx: usize,
-        stage_name: Option<&str>,
+        (idx, stage_name, platform): (usize, Option<&str>, Option<&Platform>),
         total: usize,
         st: &Step,
         no_cache: bool,
@@ -759,6 +769,7 @@ impl<'a> Build<'a> {
             total,
             text: st.display.clone(),
             cached: hit.is_some(),
+            platform: platform.cloned(),
         });
         if hit.is_none() && self.opts.explain {
             let prev = self
