@@ -18,7 +18,8 @@ use crate::support::*;
 const ARM64_BUSYBOX: &str = "/usr/local/lib/rbuild-tests/busybox-arm64";
 
 fn arm64_busybox() -> PathBuf {
-    std::env::var_os("RBUILD_ARM64_BUSYBOX").map_or_else(|| PathBuf::from(ARM64_BUSYBOX), PathBuf::from)
+    std::env::var_os("RBUILD_ARM64_BUSYBOX")
+        .map_or_else(|| PathBuf::from(ARM64_BUSYBOX), PathBuf::from)
 }
 
 /// Whether arm64 binaries run here (QEMU registered with the F flag) and the arm64 busybox is
@@ -148,17 +149,32 @@ fn two_platform_build_runs_each_architecture_and_expands_targetarch() {
     let names: Vec<&str> = platforms.iter().map(|(p, _)| p.as_str()).collect();
     assert_eq!(names, ["linux/amd64", "linux/arm64"]);
     assert_eq!(
-        run_in(&root, "linux/amd64", "localhost/app:multi", "cat /arch /targetarch"),
+        run_in(
+            &root,
+            "linux/amd64",
+            "localhost/app:multi",
+            "cat /arch /targetarch"
+        ),
         "x86_64\namd64\n"
     );
     assert_eq!(
-        run_in(&root, "linux/arm64", "localhost/app:multi", "cat /arch /targetarch"),
+        run_in(
+            &root,
+            "linux/arm64",
+            "localhost/app:multi",
+            "cat /arch /targetarch"
+        ),
         "aarch64\narm64\n"
     );
     // Each image's config names its platform.
     let v: serde_json::Value = serde_json::from_str(&ok(&rbuild(
         &root,
-        &["inspect", "--platform", "linux/arm64", "localhost/app:multi"],
+        &[
+            "inspect",
+            "--platform",
+            "linux/arm64",
+            "localhost/app:multi",
+        ],
     )))
     .unwrap();
     assert_eq!(v["config"]["architecture"], "arm64");
@@ -167,7 +183,12 @@ fn two_platform_build_runs_each_architecture_and_expands_targetarch() {
     assert_eq!(last_line(&build(&root)), digest);
     // `images` lists the index with the size of both platforms.
     let images = ok(&rbuild(&root, &["images"]));
-    assert!(images.lines().any(|l| l.starts_with("localhost/app") && !l.contains("N/A")), "{images}");
+    assert!(
+        images
+            .lines()
+            .any(|l| l.starts_with("localhost/app") && !l.contains("N/A")),
+        "{images}"
+    );
 }
 
 #[test]
@@ -214,7 +235,11 @@ fn the_index_pushes_and_pulls_by_platform() {
         .iter()
         .map(|m| {
             (
-                format!("{}/{}", m["platform"]["os"].as_str().unwrap(), m["platform"]["architecture"].as_str().unwrap()),
+                format!(
+                    "{}/{}",
+                    m["platform"]["os"].as_str().unwrap(),
+                    m["platform"]["architecture"].as_str().unwrap()
+                ),
                 m["digest"].as_str().unwrap().to_owned(),
             )
         })
@@ -233,7 +258,10 @@ fn the_index_pushes_and_pulls_by_platform() {
     assert!(again.contains(&index), "{again}");
     // A fresh store pulls the arm64 image: the same manifest digest as in the index.
     let fresh = work.path().join("fresh");
-    let pulled = ok(&rbuild(&fresh, &["pull", "--platform", "linux/arm64", &dest]));
+    let pulled = ok(&rbuild(
+        &fresh,
+        &["pull", "--platform", "linux/arm64", &dest],
+    ));
     let digest_line = format!("Digest: {}", platforms[1].1);
     assert!(pulled.lines().any(|l| l == digest_line), "{pulled}");
     assert_eq!(
@@ -243,7 +271,11 @@ fn the_index_pushes_and_pulls_by_platform() {
     // The other platform was not pulled: running it says how to get it.
     let o = rbuild(&fresh, &["run", "--platform", "linux/amd64", &dest, "true"]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("rbuild pull --platform linux/amd64"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("rbuild pull --platform linux/amd64"),
+        "{}",
+        stderr(&o)
+    );
     // A platform the index does not have is named with those it has.
     let o = rbuild(&fresh, &["pull", "--platform", "linux/s390x", &dest]);
     assert!(!o.status.success());
@@ -290,12 +322,23 @@ fn a_buildplatform_stage_runs_once_natively_for_both_targets() {
         .lines()
         .filter(|l| l.contains("RUN uname -m > /built-on"))
         .collect();
-    let ran: Vec<&&str> = tools_runs.iter().filter(|l| !l.starts_with("CACHED")).collect();
+    let ran: Vec<&&str> = tools_runs
+        .iter()
+        .filter(|l| !l.starts_with("CACHED"))
+        .collect();
     assert_eq!(ran.len(), 1, "the native stage ran once:\n{log}");
     assert!(ran[0].contains("[linux/amd64 tools 2/2]"), "{log}");
-    for (platform, target) in [("linux/amd64", "amd64-x86_64"), ("linux/arm64", "arm64-aarch64")] {
+    for (platform, target) in [
+        ("linux/amd64", "amd64-x86_64"),
+        ("linux/arm64", "arm64-aarch64"),
+    ] {
         assert_eq!(
-            run_in(&root, platform, "localhost/cross:1", "cat /built-on /target"),
+            run_in(
+                &root,
+                platform,
+                "localhost/cross:1",
+                "cat /built-on /target"
+            ),
             format!("x86_64\n{target}\n")
         );
     }
@@ -307,17 +350,34 @@ fn bad_platforms_are_refused_before_anything_is_written() {
     let root = work.path().join("root");
     let ctx = context_with(work.path(), "c", "FROM scratch\nCOPY Dockerfile /\n");
     for (platform, message) in [
-        ("linux/sparc", "unknown architecture `sparc` in platform `linux/sparc`"),
-        ("linux/amd64,linux", "invalid platform `linux` (expected os/arch[/variant]"),
+        (
+            "linux/sparc",
+            "unknown architecture `sparc` in platform `linux/sparc`",
+        ),
+        (
+            "linux/amd64,linux",
+            "invalid platform `linux` (expected os/arch[/variant]",
+        ),
         ("windows/amd64", "only linux images can be built"),
     ] {
         let o = rbuild(
             &root,
-            &["build", "--platform", platform, "-t", "localhost/bad:1", ctx.to_str().unwrap()],
+            &[
+                "build",
+                "--platform",
+                platform,
+                "-t",
+                "localhost/bad:1",
+                ctx.to_str().unwrap(),
+            ],
         );
         assert!(!o.status.success(), "{platform}");
         assert!(stderr(&o).contains(message), "{platform}: {}", stderr(&o));
     }
     let images = rbuild(&root, &["images"]);
-    assert!(!stdout(&images).contains("localhost/bad"), "{}", stdout(&images));
+    assert!(
+        !stdout(&images).contains("localhost/bad"),
+        "{}",
+        stdout(&images)
+    );
 }

@@ -256,7 +256,15 @@ mod tests {
 
     #[test]
     fn refuses_what_is_no_platform() {
-        for bad in ["linux", "", "linux/", "/amd64", "linux//x", "linux/amd64/v8/x", "linux/a.b"] {
+        for bad in [
+            "linux",
+            "",
+            "linux/",
+            "/amd64",
+            "linux//x",
+            "linux/amd64/v8/x",
+            "linux/a.b",
+        ] {
             assert!(
                 matches!(bad.parse::<Platform>(), Err(PlatformError::Malformed(_))),
                 "{bad}"
@@ -267,7 +275,10 @@ mod tests {
             Err(PlatformError::UnknownOs { .. })
         ));
         let e = "linux/sparc".parse::<Platform>().unwrap_err();
-        assert!(e.to_string().contains("unknown architecture `sparc`"), "{e}");
+        assert!(
+            e.to_string().contains("unknown architecture `sparc`"),
+            "{e}"
+        );
     }
 
     #[test]

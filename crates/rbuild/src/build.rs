@@ -241,7 +241,14 @@ impl Builder {
         let inflight = Arc::new(KeyLocks::default());
         let mut runs = Vec::with_capacity(platforms.len());
         for p in &platforms {
-            let mut run = Build::new(&self.store, &self.progress, opts, file.clone(), df.clone(), target);
+            let mut run = Build::new(
+                &self.store,
+                &self.progress,
+                opts,
+                file.clone(),
+                df.clone(),
+                target,
+            );
             run.registry = self.registry.as_deref();
             run.executor = &*self.executor;
             run.cancel = shared.clone();

@@ -94,13 +94,21 @@ mod tests {
             "disabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POCF\n",
         )
         .unwrap();
-        assert!(missing_in(dir.path(), &arm64()).unwrap().contains("disabled"));
+        assert!(
+            missing_in(dir.path(), &arm64())
+                .unwrap()
+                .contains("disabled")
+        );
         std::fs::write(
             dir.path().join("qemu-aarch64"),
             "enabled\ninterpreter /usr/bin/qemu-aarch64-static\nflags: OC\n",
         )
         .unwrap();
-        assert!(missing_in(dir.path(), &arm64()).unwrap().contains("F (fix binary)"));
+        assert!(
+            missing_in(dir.path(), &arm64())
+                .unwrap()
+                .contains("F (fix binary)")
+        );
         std::fs::write(
             dir.path().join("qemu-aarch64"),
             "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: POCF\noffset 0\n",

@@ -83,7 +83,9 @@ pub enum Error {
         available: Vec<String>,
     },
     /// RUN steps for a foreign platform need a binfmt_misc emulator that is not registered.
-    #[error("{file}:{line}: RUN for {platform} needs an emulator: {reason}; install QEMU user emulation and register it with binfmt_misc (Debian: `apt-get install qemu-user-static`; without systemd: `mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc` and `cat /usr/lib/binfmt.d/qemu-{qemu}.conf > /proc/sys/fs/binfmt_misc/register`)")]
+    #[error(
+        "{file}:{line}: RUN for {platform} needs an emulator: {reason}; install QEMU user emulation and register it with binfmt_misc (Debian: `apt-get install qemu-user-static`; without systemd: `mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc` and `cat /usr/lib/binfmt.d/qemu-{qemu}.conf > /proc/sys/fs/binfmt_misc/register`)"
+    )]
     NoEmulator {
         /// The Dockerfile's name.
         file: String,

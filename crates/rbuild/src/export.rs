@@ -181,17 +181,19 @@ pub fn save_index(
         if !store.has_blob(&d) {
             return Err(Error::invalid(
                 format!("save {index}"),
-                format!("the index lists manifest {d}, which is not in the store (pull each platform first)"),
+                format!(
+                    "the index lists manifest {d}, which is not in the store (pull each platform first)"
+                ),
             ));
         }
         let img = crate::image::load(store, &d)?;
         let c = config_digest(&img)?;
         images.push((img, c));
     }
-    let mt = parsed
-        .media_type()
-        .as_ref()
-        .map_or_else(|| rbuild_oci::media_type::OCI_INDEX.to_owned(), ToString::to_string);
+    let mt = parsed.media_type().as_ref().map_or_else(
+        || rbuild_oci::media_type::OCI_INDEX.to_owned(),
+        ToString::to_string,
+    );
     let top = Top {
         digest: index,
         media_type: &mt,
@@ -216,12 +218,7 @@ fn write_layout(
     format: SaveFormat,
     out: &Path,
 ) -> Result<()> {
-    let files = layout_files(
-        top,
-        images,
-        reference,
-        format == SaveFormat::DockerArchive,
-    )?;
+    let files = layout_files(top, images, reference, format == SaveFormat::DockerArchive)?;
     let op = || format!("write {}", out.display());
     match format {
         SaveFormat::OciDir => {

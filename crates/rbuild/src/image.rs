@@ -409,7 +409,7 @@ pub fn select(
     desc: &Descriptor,
     platform: &Platform,
 ) -> Result<Option<Descriptor>> {
-    if !media_type::is_index(&desc.media_type().to_string()) {
+    if !media_type::is_index(desc.media_type().as_ref()) {
         return Ok(Some(desc.clone()));
     }
     let digest = Digest::try_from(desc.digest()).map_err(Error::op("read an index digest"))?;

@@ -274,7 +274,7 @@ async fn push_owned(
         tokio::task::spawn_blocking(move || {
             let lock = store.lock_shared().map_err(Error::op("lock the store"))?;
             let desc = image::resolve(&store, &src)?;
-            let what = if media_type::is_index(&desc.media_type().to_string()) {
+            let what = if media_type::is_index(desc.media_type().as_ref()) {
                 ToPush::Index(index_to_push(&store, &src, &desc)?)
             } else {
                 ToPush::Image(image_to_push(&store, &desc)?)
@@ -356,7 +356,7 @@ fn index_to_push(store: &Store, src: &str, desc: &Descriptor) -> Result<IndexToP
                 ),
             ));
         }
-        if media_type::is_index(&m.media_type().to_string()) {
+        if media_type::is_index(m.media_type().as_ref()) {
             return Err(Error::invalid(
                 format!("push {src}"),
                 "nested image indexes are not supported",

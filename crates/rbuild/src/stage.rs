@@ -2,8 +2,8 @@
 //! cache decisions. Step execution is in `execute.rs`.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rbuild_dockerfile::{Dockerfile, Instruction, InstructionKind, Lexer};
@@ -50,7 +50,10 @@ pub(crate) struct KeyLocks(Mutex<std::collections::HashMap<String, Arc<Mutex<()>
 impl KeyLocks {
     /// The lock of `key` (created on first use).
     fn of(&self, key: &str) -> Arc<Mutex<()>> {
-        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.entry(key.to_owned()).or_default().clone()
     }
 }
@@ -753,7 +756,9 @@ impl<'a> Build<'a> {
         view: &LayerView,
     ) -> Result<StepRecord> {
         let lock = self.inflight.of(&st.key);
-        let _running = lock.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _running = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut hit = if no_cache {
             None
         } else {

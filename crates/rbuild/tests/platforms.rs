@@ -12,9 +12,7 @@
 use std::fs;
 use std::sync::{Arc, Mutex};
 
-use rbuild::executor::{
-    Executor, ExecutorError, FnExecutor, RunOutcome, RunStep, SandboxExecutor,
-};
+use rbuild::executor::{Executor, ExecutorError, FnExecutor, RunOutcome, RunStep, SandboxExecutor};
 use rbuild::oci::media_type;
 use rbuild::{BuildOptions, Builder, CancelToken, Error, Platform, Store};
 
@@ -47,7 +45,12 @@ fn recording(log: Arc<Mutex<Vec<String>>>) -> FnExecutor {
 fn build(
     dockerfile: &str,
     platforms: Vec<Platform>,
-) -> (tempfile::TempDir, Store, Result<rbuild::BuildOutput, Error>, Vec<String>) {
+) -> (
+    tempfile::TempDir,
+    Store,
+    Result<rbuild::BuildOutput, Error>,
+    Vec<String>,
+) {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(&tmp.path().join("store")).unwrap();
     let ctx = tmp.path().join("ctx");
@@ -121,7 +124,10 @@ fn automatic_args_are_defined_before_from_and_in_stages_that_declare_them() {
     let host = Platform::host();
     let run = &runs[0];
     assert!(run.contains(&format!("BUILDPLATFORM={host}")), "{run}");
-    assert!(run.contains(&format!("BUILDARCH={}", host.architecture)), "{run}");
+    assert!(
+        run.contains(&format!("BUILDARCH={}", host.architecture)),
+        "{run}"
+    );
     assert!(run.contains("TARGETPLATFORM=linux/arm/v6"), "{run}");
     assert!(run.contains("TARGETVARIANT=v6"), "{run}");
     // Not declared in the stage: not in its environment.
@@ -132,16 +138,26 @@ fn automatic_args_are_defined_before_from_and_in_stages_that_declare_them() {
 fn a_buildplatform_stage_runs_once_for_all_targets() {
     let df = "FROM --platform=$BUILDPLATFORM scratch AS tools\nRUN make tools\n\
               FROM scratch\nARG TARGETARCH\nCOPY --from=tools /ran /tools-ran\nRUN cross-build $TARGETARCH\n";
-    let (_tmp, store, out, runs) = build(df, vec![p("linux/arm64"), p("linux/s390x"), p("linux/amd64")]);
+    let (_tmp, store, out, runs) = build(
+        df,
+        vec![p("linux/arm64"), p("linux/s390x"), p("linux/amd64")],
+    );
     let out = out.unwrap();
-    let tools = runs.iter().filter(|r| r.starts_with("/bin/sh -c make tools")).count();
+    let tools = runs
+        .iter()
+        .filter(|r| r.starts_with("/bin/sh -c make tools"))
+        .count();
     assert_eq!(tools, 1, "the native stage ran once: {runs:?}");
     assert_eq!(runs.len(), 4, "{runs:?}");
     // Every target got the natively built file.
     for (_, digest) in &out.platforms {
         let img = rbuild::image::load(&store, digest).unwrap();
         let copied = store.layer_dir(&img.layers[0].diff_id).join("tools-ran");
-        assert!(fs::read_to_string(copied).unwrap().starts_with("/bin/sh -c make tools"));
+        assert!(
+            fs::read_to_string(copied)
+                .unwrap()
+                .starts_with("/bin/sh -c make tools")
+        );
     }
 }
 
@@ -203,7 +219,10 @@ fn a_missing_emulator_is_an_error_before_any_step_runs() {
     let opts = BuildOptions::new(tmp.path())
         .dockerfile_text("Dockerfile", "FROM scratch\nCOPY . /src\n")
         .platforms([foreign]);
-    Builder::new(store).executor(NoEmulation).build_blocking(&opts).unwrap();
+    Builder::new(store)
+        .executor(NoEmulation)
+        .build_blocking(&opts)
+        .unwrap();
     // The real executor's answer for the host is always "nothing missing".
     assert_eq!(SandboxExecutor.missing_emulator(&Platform::host()), None);
 }
@@ -213,7 +232,10 @@ fn a_base_image_without_the_platform_is_named_with_the_platforms_it_has() {
     let (tmp, store, out, _) = build("FROM scratch\nCOPY amd64.txt /x\n", two());
     out.unwrap();
     let opts = BuildOptions::new(tmp.path().join("ctx"))
-        .dockerfile_text("Dockerfile", "FROM scratch\nRUN true\nFROM localhost/app:multi\nCOPY arm64.txt /y\n")
+        .dockerfile_text(
+            "Dockerfile",
+            "FROM scratch\nRUN true\nFROM localhost/app:multi\nCOPY arm64.txt /y\n",
+        )
         .tag("localhost/next:1".parse().unwrap())
         .platforms([p("linux/amd64"), p("linux/ppc64le")]);
     let log = Arc::new(Mutex::new(Vec::new()));
@@ -249,7 +271,10 @@ fn a_base_image_without_the_platform_is_named_with_the_platforms_it_has() {
 
 #[test]
 fn a_bad_from_platform_names_the_line() {
-    let (_tmp, _, out, _) = build("FROM scratch\nRUN a\nFROM --platform=linux/sparc scratch\n", two());
+    let (_tmp, _, out, _) = build(
+        "FROM scratch\nRUN a\nFROM --platform=linux/sparc scratch\n",
+        two(),
+    );
     let msg = out.unwrap_err().to_string();
     assert!(
         msg.starts_with("Dockerfile:3: FROM --platform: unknown architecture `sparc`"),

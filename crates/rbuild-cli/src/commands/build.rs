@@ -236,8 +236,7 @@ pub(crate) async fn run(
     });
     if let Some(p) = &args.platform {
         opts = opts.platforms(
-            rbuild::Platform::parse_list(p)
-                .with_context(|| format!("invalid --platform `{p}`"))?,
+            rbuild::Platform::parse_list(p).with_context(|| format!("invalid --platform `{p}`"))?,
         );
     }
     // ADD URLs follow the registry client's `--tls-verify`.

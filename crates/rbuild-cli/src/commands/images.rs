@@ -63,7 +63,7 @@ pub(crate) fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     for (r, desc) in store.images()? {
         let digest = rbuild::Digest::try_from(desc.digest())?;
         // An index shows its newest image and the size of the platforms in the store.
-        let manifests = if rbuild::oci::media_type::is_index(&desc.media_type().to_string()) {
+        let manifests = if rbuild::oci::media_type::is_index(desc.media_type().as_ref()) {
             rbuild::image::index_entries(&store, &digest)
                 .unwrap_or_default()
                 .into_iter()
@@ -80,10 +80,7 @@ pub(crate) fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         let (created, size) = if images.is_empty() {
             ("N/A".to_owned(), "N/A".to_owned())
         } else {
-            let newest = images
-                .iter()
-                .filter_map(|i| i.config.created.clone())
-                .max();
+            let newest = images.iter().filter_map(|i| i.config.created.clone()).max();
             let total: u64 = images
                 .iter()
                 .flat_map(|i| i.layers.iter().map(|l| l.size))

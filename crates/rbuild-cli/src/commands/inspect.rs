@@ -50,9 +50,7 @@ pub(crate) async fn run(
             .into_iter()
             .map(|(d, p)| {
                 let child = d.digest().to_string();
-                let present = child
-                    .parse::<Digest>()
-                    .is_ok_and(|c| store.has_blob(&c));
+                let present = child.parse::<Digest>().is_ok_and(|c| store.has_blob(&c));
                 serde_json::json!({"platform": p.to_string(), "digest": child, "present": present})
             })
             .collect();
