@@ -32,8 +32,7 @@ pub(crate) fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
         .ok()
         .filter(|_| !args.reference.starts_with("sha256:"));
     let desc = rbuild::image::resolve(&store, &args.reference)?;
-    if args.platform.is_none() && rbuild::oci::media_type::is_index(desc.media_type().as_ref())
-    {
+    if args.platform.is_none() && rbuild::oci::media_type::is_index(desc.media_type().as_ref()) {
         let digest = rbuild::Digest::try_from(desc.digest())?;
         export::save_index(&store, &digest, reference.as_ref(), format, &args.output)?;
         return Ok(ExitCode::SUCCESS);
