@@ -26,32 +26,11 @@ cleanup() {
 trap cleanup EXIT
 
 # --- the workload
+# shellcheck source=lib/reference_workload.sh
+. benches/lib/reference_workload.sh
+make_reference_workload "$work"
 base_ctx=$work/base
-cp -r examples/busybox "$base_ctx"
-cp /bin/busybox "$base_ctx/busybox"
 ctx=$work/ctx
-python3 - "$ctx" <<'PY'
-import os, random, sys
-root = sys.argv[1]
-rng = random.Random(42)
-for d in range(20):
-    os.makedirs(f"{root}/dir{d:02}", exist_ok=True)
-    for f in range(100):
-        size = rng.randint(100, 4000)
-        with open(f"{root}/dir{d:02}/file{f:03}.txt", "wb") as fh:
-            fh.write(bytes(rng.getrandbits(8) for _ in range(size)))
-with open(f"{root}/big.bin", "wb") as fh:
-    fh.write(os.urandom(50 * 1024 * 1024))
-PY
-cat > "$work/Dockerfile" <<'DF'
-FROM localhost/busybox:latest
-RUN mkdir -p /app && echo built > /app/built
-COPY . /src
-RUN find /src -type f | wc -l > /app/count
-ENV APP=/app
-WORKDIR /app
-CMD ["cat", "/app/count"]
-DF
 
 timed() { # timed OUTFILE cmd... ; appends "seconds maxrss_kb"
   local out=$1; shift

@@ -72,6 +72,8 @@ enum Command {
     /// What the `docker` and `deploy` names of this binary run.
     #[command(subcommand, hide = true)]
     Shim(shim::Shim),
+    /// Build like kaniko's executor (its flags), in place inside an unprivileged container.
+    Executor(Box<commands::executor::Args>),
     /// Say how builds would run here: rootful, rootless (user namespace), and what is missing.
     Info(commands::info::Args),
     /// Run a command (default: a shell) as root in the user namespace rootless builds use.
@@ -173,10 +175,10 @@ fn main() -> ExitCode {
         },
     };
     let cli = Cli::parse_from(argv);
-    if cli.command.needs_root() {
-        if let Some(code) = enter_user_namespace() {
-            return code;
-        }
+    if cli.command.needs_root()
+        && let Some(code) = enter_user_namespace()
+    {
+        return code;
     }
     init_logging();
     let root = cli.root.clone().unwrap_or_else(default_root);
@@ -220,6 +222,7 @@ fn main() -> ExitCode {
             Command::Registry(c) => commands::registry::run(&cli.registry, c).await,
             Command::Shim(s) => shim::run(&root, &cli.registry, s).await,
             Command::Info(a) => commands::info::run(&root, a),
+            Command::Executor(a) => commands::executor::run(&root, *a).await,
             Command::Unshare(a) => commands::unshare::run(a),
         }
     });

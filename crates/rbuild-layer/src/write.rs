@@ -24,7 +24,8 @@ pub(crate) const OPAQUE_MARKER: &str = ".wh..wh..opq";
 /// The overlayfs xattr marking an opaque directory in the layer directories of this process
 /// (kernel `Documentation/filesystems/overlayfs.rst`): `trusted.overlay.opaque` as root on the
 /// host, `user.overlay.opaque` inside a user namespace, where overlayfs is mounted with
-/// `userxattr` because `trusted.*` needs the host's `CAP_SYS_ADMIN`. Rootless stores are
+/// `userxattr` because `trusted.*` needs the host's `CAP_SYS_ADMIN`, and in a container
+/// without that capability (the in-place executor). Rootless stores are
 /// separate from root's, so one store only ever holds one of the two.
 pub fn overlay_opaque_xattr() -> &'static str {
     static NAME: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
@@ -32,7 +33,20 @@ pub fn overlay_opaque_xattr() -> &'static str {
         let initial = std::fs::read_to_string("/proc/self/uid_map").map_or(true, |map| {
             map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]
         });
-        if initial {
+        // Setting trusted.* needs CAP_SYS_ADMIN (of the host): an unprivileged container's
+        // root, which the in-place executor serves, has not got it either.
+        let sys_admin = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                let hex = s
+                    .lines()
+                    .find_map(|l| l.strip_prefix("CapEff:"))?
+                    .trim()
+                    .to_owned();
+                u64::from_str_radix(&hex, 16).ok()
+            })
+            .is_some_and(|caps| caps & (1 << 21) != 0);
+        if initial && sys_admin {
             "trusted.overlay.opaque"
         } else {
             "user.overlay.opaque"

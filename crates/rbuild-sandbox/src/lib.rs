@@ -86,5 +86,5 @@ pub use security::{
     DENIED_SYSCALLS, DENIED_SYSCALLS_X86_64, ENOSYS_SYSCALLS, NAMESPACE_FLAGS, Profile,
     SeccompRules, compile_seccomp,
 };
-pub use spec::{BindMount, Network, OUTPUT_TAIL_LIMIT, Outcome, RunSpec, Stdio};
+pub use spec::{BindMount, Isolation, Network, OUTPUT_TAIL_LIMIT, Outcome, RunSpec, Stdio};
 pub use support::check_support;

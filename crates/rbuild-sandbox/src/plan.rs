@@ -58,9 +58,15 @@ pub(crate) struct Bind {
 /// The prepared run: owns the scratch directory (removed on drop) and the child's inputs.
 #[derive(Debug)]
 pub(crate) struct Plan {
-    pub scratch: tempfile::TempDir,
+    /// None for an in-place run, which needs none (and must not leave one in the root it
+    /// snapshots). Held for its `Drop`, which removes the directory.
+    #[cfg_attr(not(test), expect(dead_code, reason = "held for its Drop"))]
+    pub scratch: Option<tempfile::TempDir>,
     pub scratch_c: CString,
     pub overlay_options: CString,
+    /// No namespaces or mounts: the command runs in this process's own root (a container's
+    /// `/`, the in-place executor), only with its user, working directory and limits.
+    pub in_place: bool,
     pub hostname: CString,
     pub network_none: bool,
     /// Running as root inside a user namespace: `/sys` is bind-mounted (sysfs can only be
@@ -70,6 +76,14 @@ pub(crate) struct Plan {
     pub setgroups_denied: bool,
     /// gid 5 (`tty`, owner of `/dev/pts` entries) exists here; not in a single-id namespace.
     pub tty_gid_mapped: bool,
+    /// `--userns=auto`: (source, target) pairs relative to the scratch directory to mount
+    /// idmapped with `userns_fd` before the overlay, which the command then joins.
+    pub idmaps: Vec<(CString, CString)>,
+    /// The user namespace of a user-namespaced run (kept open by the process).
+    pub userns_fd: Option<std::os::fd::RawFd>,
+    /// The host uid and gid the overlay is mounted as in a user-namespaced run (the step's
+    /// root), so that overlayfs can write through the idmapped layers.
+    pub mounter_ids: Option<(u32, u32)>,
     pub capture: bool,
     pub binds: Vec<Bind>,
     /// `/a`, `/a/b`, … for `mkdir -p` of the working directory after `pivot_root`.
@@ -300,26 +314,48 @@ fn skeleton_entry(skeleton: &Path, rel: &str, file: bool) -> Result<()> {
     Ok(())
 }
 
-/// Validates `spec` and prepares the scratch directory and the child's inputs.
-pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
-    let Some(prog) = spec.args.first() else {
-        return Err(Error::NoCommand);
+/// What a namespaced run mounts: the overlay options, the bind mounts and, with a user
+/// namespace, the idmapped layers.
+#[derive(Default)]
+struct Rootfs {
+    overlay_options: String,
+    binds: Vec<Bind>,
+    idmaps: Vec<(String, String)>,
+    userns_fd: Option<std::os::fd::RawFd>,
+}
+
+/// An in-place run has no mount namespace: nothing can be mounted or isolated.
+fn check_in_place(spec: &RunSpec) -> Result<()> {
+    let refuse = |what: &'static str, reason: &'static str| {
+        Err(Error::InvalidSpec {
+            what,
+            value: String::new(),
+            reason,
+        })
     };
-    if !spec.cwd.starts_with('/') {
-        return Err(Error::InvalidSpec {
-            what: "working directory",
-            value: spec.cwd.clone(),
-            reason: "must be absolute",
-        });
+    if !spec.extra_mounts.is_empty() {
+        return refuse(
+            "bind mounts",
+            "an in-place run cannot mount anything (no mount namespace)",
+        );
     }
-    let scratch = tempfile::Builder::new()
-        .prefix("rbuild-sandbox-")
-        .tempdir()
-        .map_err(|source| Error::PrepareScratch {
-            path: std::env::temp_dir(),
-            source,
-        })?;
-    let dir = scratch.path().to_owned();
+    if spec.network == Network::None {
+        return refuse(
+            "network none",
+            "an in-place run cannot create a network namespace",
+        );
+    }
+    if spec.user_namespace.is_some() {
+        return refuse(
+            "user namespace",
+            "an in-place run cannot create a user namespace",
+        );
+    }
+    Ok(())
+}
+
+/// Prepares the overlay and mounts of a namespaced run in the scratch directory `dir`.
+fn prepare_rootfs(spec: &RunSpec, dir: &Path) -> Result<Rootfs> {
     let mkdir = |rel: &str| {
         let path = dir.join(rel);
         fs::create_dir(&path).map_err(|source| Error::PrepareScratch { path, source })
@@ -337,8 +373,57 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
         lowers.push(format!("l/{i}"));
     }
     lowers.push("s".to_owned());
-    link(&canonical("upper", &spec.upper_dir)?, "u")?;
-    link(&canonical("work", &spec.work_dir)?, "w")?;
+    let upper = canonical("upper", &spec.upper_dir)?;
+    let work = canonical("work", &spec.work_dir)?;
+    link(&upper, "u")?;
+    link(&work, "w")?;
+    let (mut upper_opt, mut work_opt) = ("u".to_owned(), "w".to_owned());
+    // --userns=auto: every layer is also mounted idmapped under i/ (the child does it: mounts
+    // belong to its mount namespace), and the overlay is made of those.
+    let mut idmaps = Vec::new();
+    let userns_fd = match &spec.user_namespace {
+        None => None,
+        Some(shift) => {
+            if !crate::userns::in_initial_user_namespace() {
+                return Err(Error::InvalidSpec {
+                    what: "user namespace",
+                    value: format!("{shift:?}"),
+                    reason: "a user-namespaced run needs root on the host (it is already \
+                             rootless here)",
+                });
+            }
+            let (Some(up_parent), Some(up_name), Some(work_name)) =
+                (upper.parent(), upper.file_name(), work.file_name())
+            else {
+                return Err(Error::InvalidSpec {
+                    what: "upper directory",
+                    value: upper.display().to_string(),
+                    reason: "must have a parent directory",
+                });
+            };
+            if work.parent() != Some(up_parent) {
+                return Err(Error::InvalidSpec {
+                    what: "work directory",
+                    value: work.display().to_string(),
+                    reason: "must be a sibling of the upper directory for a user-namespaced run",
+                });
+            }
+            link(up_parent, "p")?;
+            mkdir("i")?;
+            let mut shifted = Vec::with_capacity(lowers.len());
+            for (i, lower) in lowers.iter().enumerate() {
+                mkdir(&format!("i/{i}"))?;
+                idmaps.push((lower.clone(), format!("i/{i}")));
+                shifted.push(format!("i/{i}"));
+            }
+            mkdir("i/p")?;
+            idmaps.push(("p".to_owned(), "i/p".to_owned()));
+            lowers = shifted;
+            upper_opt = format!("i/p/{}", up_name.to_string_lossy());
+            work_opt = format!("i/p/{}", work_name.to_string_lossy());
+            Some(shift.namespace()?)
+        }
+    };
     // index=off: the same lower dirs are shared by concurrent mounts with different uppers,
     // which the inodes index would refuse (overlayfs.rst "Sharing and copying layers").
     // Inside a user namespace overlayfs keeps its whiteout and opaque markers in `user.*`
@@ -351,7 +436,7 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
         "redirect_dir=nofollow,userxattr"
     };
     let overlay_options = format!(
-        "lowerdir={},upperdir=u,workdir=w,{redirect},metacopy=off,index=off",
+        "lowerdir={},upperdir={upper_opt},workdir={work_opt},{redirect},metacopy=off,index=off",
         lowers.join(":")
     );
 
@@ -401,6 +486,55 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
         });
     }
 
+    Ok(Rootfs {
+        overlay_options,
+        binds,
+        idmaps,
+        userns_fd,
+    })
+}
+
+/// Validates `spec` and prepares the scratch directory and the child's inputs.
+pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
+    let Some(prog) = spec.args.first() else {
+        return Err(Error::NoCommand);
+    };
+    if !spec.cwd.starts_with('/') {
+        return Err(Error::InvalidSpec {
+            what: "working directory",
+            value: spec.cwd.clone(),
+            reason: "must be absolute",
+        });
+    }
+    let in_place = spec.isolation == crate::Isolation::InPlace;
+    let scratch = if in_place {
+        check_in_place(spec)?;
+        None
+    } else {
+        Some(
+            tempfile::Builder::new()
+                .prefix("rbuild-sandbox-")
+                .tempdir()
+                .map_err(|source| Error::PrepareScratch {
+                    path: std::env::temp_dir(),
+                    source,
+                })?,
+        )
+    };
+    let dir = scratch
+        .as_ref()
+        .map_or_else(|| PathBuf::from("/"), |s| s.path().to_owned());
+    let rootfs = match &scratch {
+        None => Rootfs::default(),
+        Some(_) => prepare_rootfs(spec, &dir)?,
+    };
+    let Rootfs {
+        overlay_options,
+        binds,
+        idmaps,
+        userns_fd,
+    } = rootfs;
+
     let mut cwd_prefixes = Vec::new();
     let mut cwd = String::new();
     for part in clean_components(&spec.cwd) {
@@ -420,11 +554,23 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
         scratch_c: cstring("path", dir.as_os_str().as_bytes())?,
         scratch,
         overlay_options: cstring("overlay options", overlay_options.as_bytes())?,
+        in_place: spec.isolation == crate::Isolation::InPlace,
         hostname: cstring("hostname", spec.hostname.as_bytes())?,
         network_none: spec.network == Network::None,
         user_namespace: !crate::userns::in_initial_user_namespace(),
         setgroups_denied: crate::userns::setgroups_denied(),
         tty_gid_mapped: crate::userns::gid_mapped(5),
+        idmaps: idmaps
+            .iter()
+            .map(|(from, to)| {
+                Ok((
+                    cstring("path", from.as_bytes())?,
+                    cstring("path", to.as_bytes())?,
+                ))
+            })
+            .collect::<Result<_>>()?,
+        userns_fd,
+        mounter_ids: spec.user_namespace.map(|s| (s.uid, s.gid)),
         capture: spec.stdio == crate::Stdio::Capture,
         binds,
         cwd_prefixes,
@@ -516,11 +662,12 @@ mod tests {
         assert!(opts.len() < 4096, "{} bytes", opts.len());
         assert!(opts.starts_with("lowerdir=l/0:l/1:"));
         assert!(opts.contains(":l/59:s,upperdir=u,workdir=w,"));
-        let l59 = fs::read_link(plan.scratch.path().join("l/59")).unwrap();
+        let scratch = plan.scratch.as_ref().unwrap().path();
+        let l59 = fs::read_link(scratch.join("l/59")).unwrap();
         assert_eq!(l59, lowers[59]);
         assert_eq!(plan.cwd.to_str().unwrap(), "/y/z");
         assert_eq!(plan.cwd_prefixes.len(), 2);
-        let skeleton = plan.scratch.path().join("s");
+        let skeleton = scratch.join("s");
         for entry in ["proc", "dev", "sys", "etc/hosts", "etc/resolv.conf"] {
             assert!(skeleton.join(entry).exists(), "{entry}");
         }

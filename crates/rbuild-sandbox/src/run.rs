@@ -314,7 +314,7 @@ fn failure_error(plan: &Plan, spec: &RunSpec, failure: Failure) -> Error {
         Step::MakePrivate => "make / a private mount".to_owned(),
         Step::SetHostname => format!("set the hostname {:?}", spec.hostname),
         Step::Loopback => "bring up the loopback interface".to_owned(),
-        Step::EnterScratch => format!("enter {}", plan.scratch.path().display()),
+        Step::EnterScratch => format!("enter {}", plan.scratch_c.to_string_lossy()),
         Step::MountOverlay => format!(
             "mount the overlay (upper {}, work {}, {} lower dirs){}",
             spec.upper_dir.display(),
@@ -397,6 +397,14 @@ fn failure_error(plan: &Plan, spec: &RunSpec, failure: Failure) -> Error {
             "drop {} from the capability bounding set",
             crate::Capability(failure.index).name()
         ),
+        Step::IdmapLayer => format!(
+            "mount layer {} idmapped for --userns=auto (needs Linux 5.19 or later and a store \
+             on a filesystem that supports idmapped mounts, such as ext4, xfs or btrfs)",
+            plan.idmaps
+                .get(index)
+                .map_or_else(|| "?".into(), |(from, _)| from.to_string_lossy())
+        ),
+        Step::EnterUserNamespace => "join the step's user namespace (--userns=auto)".to_owned(),
         Step::SetCapabilities => "set the capabilities".to_owned(),
         Step::NoNewPrivileges => "set no_new_privs".to_owned(),
         Step::Seccomp => {

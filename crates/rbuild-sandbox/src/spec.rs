@@ -85,6 +85,12 @@ pub struct RunSpec {
     pub security: Profile,
     /// Memory, process and `ulimit` limits (none by default).
     pub limits: Limits,
+    /// Namespaces and an overlay (the default), or none: the command runs in this process's
+    /// own root filesystem (see [`Isolation::InPlace`]).
+    pub isolation: Isolation,
+    /// Run the command as root of a new user namespace on these host ids (`--userns=auto`),
+    /// seeing the layers through idmapped mounts; `None` runs it with the caller's ids.
+    pub user_namespace: Option<crate::userns::IdShift>,
 }
 
 impl Default for RunSpec {
@@ -103,11 +109,42 @@ impl Default for RunSpec {
             extra_mounts: Vec::new(),
             security: Profile::default(),
             limits: Limits::default(),
+            user_namespace: None,
+            isolation: Isolation::Namespaces,
         }
     }
 }
 
+/// How much a run is isolated from the calling process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Isolation {
+    /// New mount, pid, uts, ipc (and network) namespaces on an overlay of the layers.
+    #[default]
+    Namespaces,
+    /// None: the command runs in this process's own root filesystem and namespaces, with its
+    /// user, environment, working directory, limits and security profile — for an
+    /// unprivileged container whose own `/` is the image being built (the in-place
+    /// executor). The layer, upper and work directories are ignored; bind mounts, a private
+    /// network and user namespaces are refused.
+    InPlace,
+}
+
 impl RunSpec {
+    /// Sets the isolation (see [`Isolation`]).
+    #[must_use]
+    pub fn isolation(mut self, isolation: Isolation) -> Self {
+        self.isolation = isolation;
+        self
+    }
+
+    /// Runs the command in a user namespace on `shift` (see [`RunSpec::user_namespace`]).
+    #[must_use]
+    pub fn user_namespace(mut self, shift: Option<crate::userns::IdShift>) -> Self {
+        self.user_namespace = shift;
+        self
+    }
+
     /// Sets the overlay lower directories, top-most first.
     #[must_use]
     pub fn lower_dirs(mut self, dirs: Vec<PathBuf>) -> Self {

@@ -12,17 +12,18 @@
 //! `main` (before any thread starts) to switch to it:
 //!
 //! ```no_run
-//! fn main() {
-//!     match rbuild_sandbox::userns::enter() {
-//!         Ok(rbuild_sandbox::userns::Entered::Exited(code)) => std::process::exit(code),
-//!         Ok(_) => {} // root: in the host's namespace, or in a user namespace from here on
-//!         Err(e) => {
-//!             eprintln!("error: {e}");
-//!             std::process::exit(1);
-//!         }
+//! use rbuild_sandbox::userns::{self, Entered};
+//!
+//! // First thing in `main`, before any thread is started:
+//! match userns::enter() {
+//!     Ok(Entered::Exited(code)) => std::process::exit(code),
+//!     Ok(_) => {} // root: in the host's namespace, or in a user namespace from here on
+//!     Err(e) => {
+//!         eprintln!("error: {e}");
+//!         std::process::exit(1);
 //!     }
-//!     // … build
 //! }
+//! // … build
 //! ```
 
 use std::ffi::OsStr;
@@ -224,57 +225,103 @@ pub fn parse_subordinate(text: &str, user: &str, uid: u32) -> Vec<SubordinateRan
 
 /// The mode this process would build with, and why.
 pub fn detect() -> Mode {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
     let euid = nix::unistd::geteuid().as_raw();
-    let egid = nix::unistd::getegid().as_raw();
-    if euid == 0 {
-        if in_initial_user_namespace() {
+    let user = nix::unistd::User::from_uid(euid.into())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| euid.to_string());
+    // Read, not the cached `in_initial_user_namespace`: `enter` asks before it changes
+    // namespaces, and a forked child must not inherit the answer.
+    let uid_map = read("/proc/self/uid_map");
+    classify(&Facts {
+        euid,
+        egid: nix::unistd::getegid().as_raw(),
+        initial_namespace: uid_map.as_deref().is_none_or(|m| {
+            parse_map(m)
+                == [IdRange {
+                    inside: 0,
+                    outside: 0,
+                    count: u32::MAX,
+                }]
+        }),
+        uid_map: uid_map.clone().unwrap_or_default(),
+        gid_map: read("/proc/self/gid_map").unwrap_or_default(),
+        max_user_namespaces: read("/proc/sys/user/max_user_namespaces"),
+        unprivileged_userns_clone: read("/proc/sys/kernel/unprivileged_userns_clone"),
+        user,
+        subuid: read("/etc/subuid").unwrap_or_default(),
+        subgid: read("/etc/subgid").unwrap_or_default(),
+        newuidmap: find_program("newuidmap").is_some(),
+        newgidmap: find_program("newgidmap").is_some(),
+    })
+}
+
+/// What [`detect`] reads, so that [`classify`] is a pure function of it.
+struct Facts {
+    euid: u32,
+    egid: u32,
+    initial_namespace: bool,
+    uid_map: String,
+    gid_map: String,
+    max_user_namespaces: Option<String>,
+    unprivileged_userns_clone: Option<String>,
+    user: String,
+    subuid: String,
+    subgid: String,
+    newuidmap: bool,
+    newgidmap: bool,
+}
+
+fn classify(f: &Facts) -> Mode {
+    if f.euid == 0 {
+        if f.initial_namespace {
             return Mode::Rootful;
         }
-        let read = |p| parse_map(&std::fs::read_to_string(p).unwrap_or_default());
         return Mode::NamespacedRoot {
-            uids: read("/proc/self/uid_map"),
-            gids: read("/proc/self/gid_map"),
+            uids: parse_map(&f.uid_map),
+            gids: parse_map(&f.gid_map),
         };
     }
-    if let Some(reason) = user_namespaces_disabled() {
+    let sysctl = |v: &Option<String>| v.as_deref().map(str::trim) == Some("0");
+    let disabled = if sysctl(&f.max_user_namespaces) {
+        Some("user namespaces are disabled (user.max_user_namespaces is 0)")
+    } else if sysctl(&f.unprivileged_userns_clone) {
+        Some("unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone is 0)")
+    } else {
+        None
+    };
+    if let Some(reason) = disabled {
         return Mode::Unavailable {
-            reason,
+            reason: reason.to_owned(),
             remedy: "enable user namespaces (`sysctl -w user.max_user_namespaces=15000`, \
                      `kernel.unprivileged_userns_clone=1` on kernels that have it, and \
                      `kernel.apparmor_restrict_unprivileged_userns=0` where AppArmor restricts \
                      them), or run rbuild as root",
         };
     }
-    let user = nix::unistd::User::from_uid(euid.into())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| euid.to_string());
-    let read_ranges = |path: &str| {
-        std::fs::read_to_string(path)
-            .map(|text| parse_subordinate(&text, &user, euid))
-            .unwrap_or_default()
-    };
-    let subuids = read_ranges("/etc/subuid");
-    let subgids = read_ranges("/etc/subgid");
+    let user = &f.user;
+    let subuids = parse_subordinate(&f.subuid, user, f.euid);
+    let subgids = parse_subordinate(&f.subgid, user, f.euid);
     let single = |reason: String| Mode::RootlessSingleId {
-        uid: euid,
-        gid: egid,
+        uid: f.euid,
+        gid: f.egid,
         reason,
     };
-    let add_lines = format!(
-        "add `{user}:100000:65536` to /etc/subuid and /etc/subgid (as root) for the full range"
-    );
     if subuids.is_empty() || subgids.is_empty() {
         let which = match (subuids.is_empty(), subgids.is_empty()) {
             (true, true) => "/etc/subuid and /etc/subgid have",
             (true, false) => "/etc/subuid has",
             _ => "/etc/subgid has",
         };
-        return single(format!("{which} no range for {user}; {add_lines}"));
+        return single(format!(
+            "{which} no range for {user}; add `{user}:100000:65536` to /etc/subuid and \
+             /etc/subgid (as root) for the full range"
+        ));
     }
-    for helper in ["newuidmap", "newgidmap"] {
-        if find_program(helper).is_none() {
+    for (helper, found) in [("newuidmap", f.newuidmap), ("newgidmap", f.newgidmap)] {
+        if !found {
             return single(format!(
                 "{helper} is not installed; install the `uidmap` package (it also needs \
                  ranges for {user} in /etc/subuid and /etc/subgid)"
@@ -282,27 +329,12 @@ pub fn detect() -> Mode {
         }
     }
     Mode::Rootless {
-        user,
-        uid: euid,
-        gid: egid,
+        user: user.clone(),
+        uid: f.euid,
+        gid: f.egid,
         subuids,
         subgids,
     }
-}
-
-/// Why an ordinary user cannot create a user namespace, when a sysctl says so.
-fn user_namespaces_disabled() -> Option<String> {
-    let read = |p: &str| std::fs::read_to_string(p).ok().map(|s| s.trim().to_owned());
-    if read("/proc/sys/user/max_user_namespaces").as_deref() == Some("0") {
-        return Some("user namespaces are disabled (user.max_user_namespaces is 0)".to_owned());
-    }
-    if read("/proc/sys/kernel/unprivileged_userns_clone").as_deref() == Some("0") {
-        return Some(
-            "unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone is 0)"
-                .to_owned(),
-        );
-    }
-    None
 }
 
 fn find_program(name: &str) -> Option<PathBuf> {
@@ -488,6 +520,92 @@ mod tests {
         );
     }
 
+    fn facts() -> Facts {
+        Facts {
+            euid: 1000,
+            egid: 1000,
+            initial_namespace: true,
+            uid_map: "0 0 4294967295\n".into(),
+            gid_map: "0 0 4294967295\n".into(),
+            max_user_namespaces: Some("15000\n".into()),
+            unprivileged_userns_clone: None,
+            user: "alice".into(),
+            subuid: "alice:100000:65536\n".into(),
+            subgid: "alice:100000:65536\n".into(),
+            newuidmap: true,
+            newgidmap: true,
+        }
+    }
+
+    #[test]
+    fn each_mode_is_classified_with_what_is_missing() {
+        assert!(matches!(classify(&facts()), Mode::Rootless { ref user, .. } if user == "alice"));
+        let root = Facts {
+            euid: 0,
+            egid: 0,
+            ..facts()
+        };
+        assert_eq!(classify(&root), Mode::Rootful);
+        let namespaced = Facts {
+            euid: 0,
+            egid: 0,
+            initial_namespace: false,
+            uid_map: "0 1000 1\n".into(),
+            ..facts()
+        };
+        assert!(
+            matches!(classify(&namespaced), Mode::NamespacedRoot { ref uids, .. }
+            if uids == &[IdRange { inside: 0, outside: 1000, count: 1 }])
+        );
+
+        let why = |f: Facts| match classify(&f) {
+            Mode::RootlessSingleId { reason, .. } => reason,
+            Mode::Unavailable { reason, remedy } => format!("unavailable: {reason}; {remedy}"),
+            other => panic!("{other:?}"),
+        };
+        let no_ranges = why(Facts {
+            subuid: String::new(),
+            ..facts()
+        });
+        assert!(
+            no_ranges.contains("/etc/subuid has no range for alice"),
+            "{no_ranges}"
+        );
+        assert!(
+            no_ranges.contains("add `alice:100000:65536`"),
+            "{no_ranges}"
+        );
+        let no_helper = why(Facts {
+            newgidmap: false,
+            ..facts()
+        });
+        assert!(
+            no_helper.contains("newgidmap is not installed"),
+            "{no_helper}"
+        );
+        assert!(no_helper.contains("`uidmap` package"), "{no_helper}");
+        let disabled = why(Facts {
+            max_user_namespaces: Some("0\n".into()),
+            ..facts()
+        });
+        assert!(
+            disabled.contains("user.max_user_namespaces is 0"),
+            "{disabled}"
+        );
+        assert!(
+            disabled.contains("sysctl -w user.max_user_namespaces"),
+            "{disabled}"
+        );
+        let debian_knob = why(Facts {
+            unprivileged_userns_clone: Some("0".into()),
+            ..facts()
+        });
+        assert!(
+            debian_knob.contains("unprivileged_userns_clone is 0"),
+            "{debian_knob}"
+        );
+    }
+
     #[test]
     fn subordinate_ranges_match_by_name_or_uid() {
         let text =
@@ -507,5 +625,72 @@ mod tests {
             }]
         );
         assert!(parse_subordinate(text, "dave", 7).is_empty());
+    }
+}
+
+/// The ids of a user-namespaced RUN (`--userns=auto`): the command runs as root of a new user
+/// namespace in which ids `0..count` are host uids `uid..uid+count` and gids `gid..gid+count`,
+/// so a step's root is not the host's root. The layers are shown to it through idmapped
+/// mounts, so the files it writes land in the layer with the image's ids, as in a rootful run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IdShift {
+    /// First host uid (container uid 0).
+    pub uid: u32,
+    /// First host gid (container gid 0).
+    pub gid: u32,
+    /// How many ids (65,536 covers every id images normally use).
+    pub count: u32,
+}
+
+impl IdShift {
+    /// The subordinate ranges of `root` in `/etc/subuid` and `/etc/subgid` (podman's
+    /// `--userns=auto` takes its ranges from the same files): the first range of each, up to
+    /// 65,536 ids.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Unsupported`] when root has no range in one of the files.
+    pub fn for_root() -> Result<IdShift> {
+        let first = |path: &str| {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| parse_subordinate(&text, "root", 0).into_iter().next())
+        };
+        match (first("/etc/subuid"), first("/etc/subgid")) {
+            (Some(u), Some(g)) => Ok(IdShift {
+                uid: u.start,
+                gid: g.start,
+                count: u.count.min(g.count).min(65536),
+            }),
+            _ => Err(Error::Unsupported {
+                what: "--userns=auto needs subordinate ids for root, and /etc/subuid or \
+                       /etc/subgid has no `root:` range"
+                    .to_owned(),
+                remedy: "add a range no user owns, e.g. `root:1000000:65536`, to both /etc/subuid \
+                         and /etc/subgid",
+            }),
+        }
+    }
+
+    /// A user namespace with this shift, made once per process and kept open.
+    pub(crate) fn namespace(&self) -> Result<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd as _;
+        static MADE: std::sync::Mutex<Vec<(IdShift, std::os::fd::OwnedFd)>> =
+            std::sync::Mutex::new(Vec::new());
+        let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, fd)) = made.iter().find(|(s, _)| s == self) {
+            return Ok(fd.as_raw_fd());
+        }
+        let fd = sys::userns::namespace_fd(
+            &format!("0 {} {}\n", self.uid, self.count),
+            &format!("0 {} {}\n", self.gid, self.count),
+        )
+        .map_err(|e| Error::Unsupported {
+            what: format!("cannot create the user namespace for --userns=auto: {e}"),
+            remedy: "run as root with user namespaces enabled (user.max_user_namespaces)",
+        })?;
+        let raw = fd.as_raw_fd();
+        made.push((*self, fd));
+        Ok(raw)
     }
 }

@@ -789,7 +789,8 @@ fn rootfs_remove(dir: &OwnedFd, name: &OsStr, shown: &str) -> Result<(), CopyErr
     })
 }
 
-fn remove_all_at(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
+/// Removes `name` from `dir`, recursively, never following a symlink; missing is fine.
+pub(crate) fn remove_all_at(dir: &OwnedFd, name: &OsStr) -> io::Result<()> {
     let st = match rootfs::lstat_at(dir, name) {
         Ok(st) => st,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),

@@ -146,6 +146,7 @@ impl Build<'_> {
                     mounts: binds,
                     insecure: *insecure,
                     limits: self.opts.limits.clone(),
+                    user_namespace: self.opts.user_namespace,
                 };
                 let progress = self.progress;
                 let index = st.index;

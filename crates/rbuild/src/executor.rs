@@ -47,7 +47,14 @@ pub struct RunStep {
     pub insecure: bool,
     /// Resource limits.
     pub limits: Limits,
+    /// Run as root of a user namespace on these host ids (`--userns=auto`); `None` runs with
+    /// the builder's own ids.
+    pub user_namespace: Option<rbuild_sandbox::userns::IdShift>,
 }
+
+pub use crate::inplace::{
+    ContainerMarkers, InPlaceExecutor, in_container, time_unchanged_snapshot,
+};
 
 /// How a RUN step ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,41 +152,63 @@ impl Executor for SandboxExecutor {
         output: &mut dyn FnMut(&[u8]),
         cancel: &CancelToken,
     ) -> Result<RunOutcome, ExecutorError> {
-        if cancel.is_cancelled() {
-            return Err(ExecutorError::Cancelled);
-        }
-        // The build's token fires the sandbox's handle, which kills the step's process tree.
-        let stop = rbuild_sandbox::CancelHandle::new();
-        let hook = stop.clone();
-        let _registered = cancel.on_cancel(move || hook.cancel());
         let spec = rbuild_sandbox::RunSpec {
             lower_dirs: step.lower_dirs.clone(),
             upper_dir: step.upper_dir.clone(),
             work_dir: step.work_dir.clone(),
-            args: step.args.clone(),
-            env: step.env.clone(),
-            cwd: step.cwd.clone(),
-            user: step.user.clone(),
-            network: step.network,
-            hostname: "rbuild".to_owned(),
-            stdio: rbuild_sandbox::Stdio::Capture,
             extra_mounts: step.mounts.clone(),
-            security: if step.insecure {
-                rbuild_sandbox::Profile::insecure()
-            } else {
-                rbuild_sandbox::Profile::default()
-            },
-            limits: step.limits.clone(),
+            user_namespace: step.user_namespace,
+            ..sandbox_spec(step, rbuild_sandbox::Isolation::Namespaces)
         };
-        match rbuild_sandbox::run_cancellable(&spec, &stop, output) {
-            Ok(o) => Ok(RunOutcome {
-                status: o.status,
-                output_tail: o.output_tail,
-                oom_killed: o.oom_killed,
-            }),
-            Err(rbuild_sandbox::Error::Cancelled) => Err(ExecutorError::Cancelled),
-            Err(e) => Err(ExecutorError::Failed(e.into())),
-        }
+        run_sandboxed(&spec, output, cancel)
+    }
+}
+
+/// The sandbox spec of `step`'s command, user, environment, network, limits and profile.
+pub(crate) fn sandbox_spec(
+    step: &RunStep,
+    isolation: rbuild_sandbox::Isolation,
+) -> rbuild_sandbox::RunSpec {
+    rbuild_sandbox::RunSpec {
+        isolation,
+        args: step.args.clone(),
+        env: step.env.clone(),
+        cwd: step.cwd.clone(),
+        user: step.user.clone(),
+        network: step.network,
+        hostname: "rbuild".to_owned(),
+        stdio: rbuild_sandbox::Stdio::Capture,
+        security: if step.insecure {
+            rbuild_sandbox::Profile::insecure()
+        } else {
+            rbuild_sandbox::Profile::default()
+        },
+        limits: step.limits.clone(),
+        ..rbuild_sandbox::RunSpec::default()
+    }
+}
+
+/// Runs `spec` in the sandbox; the build's token fires the sandbox's handle, which kills the
+/// step's process tree.
+pub(crate) fn run_sandboxed(
+    spec: &rbuild_sandbox::RunSpec,
+    output: &mut dyn FnMut(&[u8]),
+    cancel: &CancelToken,
+) -> Result<RunOutcome, ExecutorError> {
+    if cancel.is_cancelled() {
+        return Err(ExecutorError::Cancelled);
+    }
+    let stop = rbuild_sandbox::CancelHandle::new();
+    let hook = stop.clone();
+    let _registered = cancel.on_cancel(move || hook.cancel());
+    match rbuild_sandbox::run_cancellable(spec, &stop, output) {
+        Ok(o) => Ok(RunOutcome {
+            status: o.status,
+            output_tail: o.output_tail,
+            oom_killed: o.oom_killed,
+        }),
+        Err(rbuild_sandbox::Error::Cancelled) => Err(ExecutorError::Cancelled),
+        Err(e) => Err(ExecutorError::Failed(e.into())),
     }
 }
 

@@ -40,6 +40,7 @@ pub mod executor;
 mod explain;
 pub mod export;
 pub mod image;
+mod inplace;
 mod key;
 mod options;
 mod plan;

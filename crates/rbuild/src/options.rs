@@ -76,6 +76,8 @@ pub struct BuildOptions {
     /// Memory, process and `ulimit` limits of every RUN step (`--memory`, `--pids-limit`,
     /// `--ulimit`).
     pub(crate) limits: rbuild_sandbox::Limits,
+    /// `--userns=auto`: RUN steps as root of a user namespace on these host ids.
+    pub(crate) user_namespace: Option<rbuild_sandbox::userns::IdShift>,
     /// Honour `RUN --security=insecure` (`--allow security.insecure`, BuildKit's entitlement);
     /// without it such a step is an error.
     pub(crate) allow_insecure: bool,
@@ -148,6 +150,7 @@ impl BuildOptions {
             cache_to: None,
             network: rbuild_sandbox::Network::Host,
             limits: rbuild_sandbox::Limits::default(),
+            user_namespace: None,
             allow_insecure: false,
             download: crate::download::DownloadOptions::default(),
             cancel: None,
@@ -282,6 +285,15 @@ impl BuildOptions {
     #[must_use]
     pub fn network(mut self, network: rbuild_sandbox::Network) -> Self {
         self.network = network;
+        self
+    }
+
+    /// Runs every RUN step as root of a user namespace on `shift` (`--userns=auto`, for root on
+    /// a shared host: a step's root is not the host's root). The image is the same as without;
+    /// the cache is shared.
+    #[must_use]
+    pub fn user_namespace(mut self, shift: Option<rbuild_sandbox::userns::IdShift>) -> Self {
+        self.user_namespace = shift;
         self
     }
 

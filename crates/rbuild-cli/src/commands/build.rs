@@ -46,7 +46,7 @@ pub(crate) struct Args {
     /// Write the image's manifest digest (`sha256:…`, no newline) to this file, as kaniko
     /// does; with `--push` only after every push succeeded.
     #[arg(long, value_name = "FILE")]
-    digest_file: Option<PathBuf>,
+    pub(crate) digest_file: Option<PathBuf>,
     /// A build secret for `RUN --mount=type=secret` (repeatable): `id=ID,src=FILE` or `id=ID,env=VAR`.
     #[arg(long = "secret", value_name = "SPEC")]
     secrets: Vec<String>,
@@ -88,14 +88,27 @@ pub(crate) struct Args {
     /// capability and no seccomp filter (repeatable).
     #[arg(long = "allow", value_name = "ENTITLEMENT")]
     allow: Vec<String>,
+    /// User namespace of RUN steps: `host` (default: the builder's own ids) or `auto` (as root:
+    /// a user namespace on root's /etc/subuid and /etc/subgid range, so a step's root is not
+    /// the host's root; same image).
+    #[arg(long, value_name = "MODE")]
+    userns: Option<String>,
     /// Largest body an `ADD <url>` may download, in bytes (default 1 GiB).
     #[arg(long = "add-max-bytes", value_name = "BYTES")]
     add_max_bytes: Option<u64>,
+    /// Where RUN steps cannot have namespaces (an unprivileged container), rbuild builds in the
+    /// container's own `/`: leave this path alone there (repeatable; the store, the context,
+    /// rbuild's own directory and every mount point are kept anyway).
+    #[arg(long = "ignore-path", value_name = "PATH")]
+    pub(crate) ignore_paths: Vec<PathBuf>,
+    /// Allow that in-place build outside a container (it deletes everything else under `/`).
+    #[arg(long)]
+    pub(crate) force: bool,
     /// The build context directory, or `-` for a tar archive on stdin (then `-f` names a file in it).
     context: PathBuf,
 }
 
-/// `--memory`, `--pids-limit`, `--ulimit`, `--network`, `--allow`.
+/// `--memory`, `--pids-limit`, `--ulimit`, `--userns`, `--network`, `--allow`.
 fn sandbox_options(mut opts: BuildOptions, args: &Args) -> anyhow::Result<BuildOptions> {
     let mut limits = rbuild::sandbox::Limits::default();
     if let Some(m) = &args.memory {
@@ -109,6 +122,21 @@ fn sandbox_options(mut opts: BuildOptions, args: &Args) -> anyhow::Result<BuildO
         limits.ulimits.push(u.parse().context("invalid --ulimit")?);
     }
     opts = opts.limits(limits);
+    match args.userns.as_deref() {
+        None | Some("host") => {}
+        Some("auto") => {
+            use rbuild::sandbox::userns::{self, IdShift, Mode};
+            let mode = userns::detect();
+            anyhow::ensure!(
+                mode == Mode::Rootful,
+                "--userns=auto is for root on the host; this build is already {} (its steps \
+                 run in a user namespace)",
+                mode.name()
+            );
+            opts = opts.user_namespace(Some(IdShift::for_root()?));
+        }
+        Some(other) => anyhow::bail!("unknown --userns `{other}` (expected host or auto)"),
+    }
     if let Some(n) = &args.network {
         opts = opts.network(match n.as_str() {
             "host" | "default" => rbuild::sandbox::Network::Host,
@@ -127,6 +155,66 @@ fn sandbox_options(mut opts: BuildOptions, args: &Args) -> anyhow::Result<BuildO
         }
     }
     Ok(opts)
+}
+
+/// Root that cannot make namespaces (an unprivileged container: no CAP_SYS_ADMIN, the
+/// runtime's seccomp profile) builds in place, keeping the store, the context, this binary's
+/// directory and `--ignore-path`s; everywhere else the sandbox runs the steps.
+fn in_place_executor(
+    root: &Path,
+    opts: &BuildOptions,
+    args: &Args,
+) -> anyhow::Result<Option<rbuild::executor::InPlaceExecutor>> {
+    let rootful = rbuild::sandbox::userns::detect() == rbuild::sandbox::userns::Mode::Rootful;
+    if !rootful || rbuild::sandbox::check_support().is_ok() {
+        return Ok(None);
+    }
+    // OVERLAYFS_SUPER_MAGIC: overlayfs refuses to create whiteouts (0/0 character devices),
+    // which layer directories hold.
+    if nix::sys::statfs::statfs(root)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::OVERLAYFS_SUPER_MAGIC)
+    {
+        anyhow::bail!(
+            "this container cannot make namespaces, so rbuild builds in place, and its store {} \
+             is on the container's overlay filesystem, which cannot hold the layers' whiteouts: \
+             mount a volume there (an emptyDir in Kubernetes, `-v` with docker; rbuild's executor \
+             image declares VOLUME /rbuild/store)",
+            root.display()
+        );
+    }
+    let mut keep = vec![root.to_owned(), opts.context_dir().to_owned()];
+    if let Some(dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_owned))
+    {
+        // The binary's own directory, unless it is a system one that the image replaces.
+        if ![
+            "/",
+            "/bin",
+            "/usr/bin",
+            "/usr/local/bin",
+            "/sbin",
+            "/usr/sbin",
+        ]
+        .iter()
+        .any(|d| dir == Path::new(d))
+        {
+            keep.push(dir);
+        }
+    }
+    if let Ok(c) = std::env::var("DOCKER_CONFIG") {
+        keep.push(c.into());
+    }
+    keep.extend(args.ignore_paths.iter().cloned());
+    let keep = keep
+        .into_iter()
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p))
+        .collect();
+    Ok(Some(rbuild::executor::InPlaceExecutor::new(
+        keep,
+        &rbuild::executor::ContainerMarkers::read(),
+        args.force,
+    )))
 }
 
 /// `--secret id=ID,src=FILE|env=VAR` (docker buildx's syntax; `source=` and `type=` accepted).
@@ -276,6 +364,9 @@ pub(crate) async fn run(
     };
     let renderer = Renderer::new(mode);
     let mut builder = Builder::new(store).progress(renderer.sink());
+    if let Some(executor) = in_place_executor(root, &opts, &args)? {
+        builder = builder.executor(executor);
+    }
     if let Ok(client) = flags.client() {
         builder = builder.registry(client);
     }

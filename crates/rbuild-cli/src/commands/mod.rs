@@ -3,6 +3,7 @@
 pub(crate) mod build;
 pub(crate) mod check;
 pub(crate) mod deploy;
+pub(crate) mod executor;
 pub(crate) mod history;
 pub(crate) mod images;
 pub(crate) mod info;

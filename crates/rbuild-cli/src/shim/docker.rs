@@ -52,6 +52,12 @@ pub(crate) fn argv(args: Vec<OsString>) -> anyhow::Result<Vec<OsString>> {
             .map(str::to_owned)
             .chain(rest())
             .collect(),
+        // rbuild's executor image: `/rbuild/executor`, as kaniko's `/kaniko/executor`.
+        "executor" => ["rbuild", "executor"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(rest())
+            .collect(),
         _ => return Ok(args),
     };
     // Global flags go right after the program name, where `rbuild` takes them too.

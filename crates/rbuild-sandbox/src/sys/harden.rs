@@ -44,6 +44,10 @@ pub(super) fn join_cgroup(plan: &Plan) -> Result<(), Failure> {
             }
         }
     }
+    if plan.in_place {
+        // No namespaces for an in-place run (the container cannot make them).
+        return Ok(());
+    }
     check(
         // SAFETY: unshare takes a flag word.
         unsafe { libc::unshare(libc::CLONE_NEWCGROUP) },
@@ -209,6 +213,60 @@ struct SockFprog {
     filter: *const seccompiler::sock_filter,
 }
 
+/// Makes the effective capability set the permitted one again (after `setfsuid` to a
+/// nonzero id cleared the file capabilities from it, capabilities(7)).
+pub(super) fn raise_effective(step: Step) -> Result<(), Failure> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData {
+        effective: 0,
+        permitted: 0,
+        inheritable: 0,
+    }; 2];
+    check(
+        // SAFETY: header and a two-element data array of the layout capget(2) documents for
+        // _LINUX_CAPABILITY_VERSION_3, both live and writable.
+        unsafe {
+            libc::syscall(
+                libc::SYS_capget,
+                &mut header as *mut CapHeader,
+                data.as_mut_ptr(),
+            ) as c_int
+        },
+        step,
+        0,
+    )?;
+    for d in &mut data {
+        d.effective = d.permitted;
+    }
+    capset(&data, step, 1)?;
+    Ok(())
+}
+
+/// `capset(2)` of this process's sets.
+fn capset(data: &[CapData; 2], step: Step, index: u32) -> Result<(), Failure> {
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    check(
+        // SAFETY: header and a two-element data array of the layout capset(2) documents for
+        // _LINUX_CAPABILITY_VERSION_3; the kernel only reads the data.
+        unsafe {
+            libc::syscall(
+                libc::SYS_capset,
+                &mut header as *mut CapHeader,
+                data.as_ptr(),
+            ) as c_int
+        },
+        step,
+        index,
+    )?;
+    Ok(())
+}
+
 /// Steps 7–9, after the user switch: capabilities, no-new-privileges, seccomp.
 pub(super) fn restrict(security: &SecurityPlan) -> Result<(), Failure> {
     if let Some(keep) = security.capabilities {
@@ -220,10 +278,6 @@ pub(super) fn restrict(security: &SecurityPlan) -> Result<(), Failure> {
             keep
         } else {
             0
-        };
-        let mut header = CapHeader {
-            version: LINUX_CAPABILITY_VERSION_3,
-            pid: 0,
         };
         let data = [
             CapData {
@@ -237,19 +291,7 @@ pub(super) fn restrict(security: &SecurityPlan) -> Result<(), Failure> {
                 inheritable: 0,
             },
         ];
-        check(
-            // SAFETY: header and a two-element data array of the layout capset(2) documents
-            // for _LINUX_CAPABILITY_VERSION_3.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_capset,
-                    &mut header as *mut CapHeader,
-                    data.as_ptr(),
-                ) as c_int
-            },
-            Step::SetCapabilities,
-            0,
-        )?;
+        capset(&data, Step::SetCapabilities, 0)?;
         check(
             // SAFETY: prctl(2) PR_CAP_AMBIENT takes integer arguments and touches no memory.
             unsafe {

@@ -82,10 +82,12 @@ pub(crate) enum Step {
     SetCapabilities,
     NoNewPrivileges,
     Seccomp,
+    IdmapLayer,
+    EnterUserNamespace,
 }
 
 impl Step {
-    const ALL: [Step; 40] = [
+    const ALL: [Step; 42] = [
         Step::Stdio,
         Step::Unshare,
         Step::ForkInit,
@@ -126,6 +128,8 @@ impl Step {
         Step::SetCapabilities,
         Step::NoNewPrivileges,
         Step::Seccomp,
+        Step::IdmapLayer,
+        Step::EnterUserNamespace,
     ];
 
     fn from_u32(n: u32) -> Option<Step> {
@@ -332,9 +336,11 @@ fn middle(
         if plan.network_none {
             flags |= libc::CLONE_NEWNET;
         }
-        // SAFETY: unshare(2) takes a flag word; this process is single-threaded (forked), as
-        // CLONE_NEWNS requires.
-        check(unsafe { libc::unshare(flags) }, Step::Unshare, 0)?;
+        if !plan.in_place {
+            // SAFETY: unshare(2) takes a flag word; this process is single-threaded (forked),
+            // as CLONE_NEWNS requires.
+            check(unsafe { libc::unshare(flags) }, Step::Unshare, 0)?;
+        }
         // SAFETY: this process is single-threaded, so the child is a complete copy; it runs
         // `init`, which only makes async-signal-safe calls and never returns.
         let pid = check(unsafe { libc::fork() }, Step::ForkInit, 0)?;
@@ -366,6 +372,12 @@ fn middle(
         loop {
             // SAFETY: `status` is a valid out pointer; `pid` is our child.
             if unsafe { libc::waitpid(pid, &mut status, 0) } == pid {
+                if plan.in_place {
+                    // No pid namespace ends the step's other processes: init led its own
+                    // session and process group, which goes with it.
+                    // SAFETY: kill(2) with integer arguments; the group may already be gone.
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                }
                 return Ok(status_code(status));
             }
             if errno() != libc::EINTR {
@@ -444,6 +456,16 @@ fn init(plan: &Plan, buffers: &mut Buffers, arrays: &ExecArrays) -> Result<Infal
     harden::new_session()?;
     // SAFETY: umask cannot fail; modes below are then exactly what is asked.
     unsafe { libc::umask(0) };
+    if plan.in_place {
+        // The process's own root is the image: nothing to mount, only the credentials,
+        // limits and profile of the step.
+        harden::set_rlimits(&plan.security)?;
+        process::enter_cwd(plan)?;
+        harden::drop_bounding(&plan.security)?;
+        process::set_user(plan, buffers)?;
+        harden::restrict(&plan.security)?;
+        process::exec(plan, arrays)
+    }
     // Private first: otherwise the mounts below would propagate to the host's shared `/`
     // (mount_namespaces(7) "MS_SHARED"), and pivot_root refuses shared parents.
     check(
@@ -474,6 +496,19 @@ fn init(plan: &Plan, buffers: &mut Buffers, arrays: &ExecArrays) -> Result<Infal
         Step::EnterScratch,
         0,
     )?;
+    if let Some(userns) = plan.userns_fd {
+        mounts::idmap_layers(plan, userns)?;
+    }
+    // overlayfs works in its upper layer with the credentials of whoever mounted it; through
+    // idmapped layers those must be ids the mapping has, so mount as the step's root (file
+    // system ids only: the capabilities stay those of host root).
+    if let Some((uid, gid)) = plan.mounter_ids {
+        // SAFETY: setfsgid(2)/setfsuid(2) take plain ids and only change this process.
+        unsafe { libc::setfsgid(gid) };
+        // SAFETY: as above.
+        unsafe { libc::setfsuid(uid) };
+        harden::raise_effective(Step::MountOverlay)?;
+    }
     check(
         mount(
             c"overlay".as_ptr(),
@@ -485,6 +520,13 @@ fn init(plan: &Plan, buffers: &mut Buffers, arrays: &ExecArrays) -> Result<Infal
         Step::MountOverlay,
         0,
     )?;
+    if plan.mounter_ids.is_some() {
+        // Back to 0, which restores the file capabilities to the effective set.
+        // SAFETY: as above.
+        unsafe { libc::setfsuid(0) };
+        // SAFETY: as above.
+        unsafe { libc::setfsgid(0) };
+    }
     // SAFETY: NUL-terminated path; the descriptor is ours.
     let root = check(
         unsafe { libc::open(c"root".as_ptr(), libc::O_DIRECTORY | libc::O_CLOEXEC) },
@@ -499,8 +541,14 @@ fn init(plan: &Plan, buffers: &mut Buffers, arrays: &ExecArrays) -> Result<Infal
     mounts::bind_mounts(root, plan)?;
     mounts::pivot(root)?;
     harden::mask_paths(&plan.security)?;
-    process::enter_cwd(plan)?;
+    // Raising a hard limit needs CAP_SYS_RESOURCE on the host: before leaving its namespace.
     harden::set_rlimits(&plan.security)?;
+    if let Some(userns) = plan.userns_fd {
+        // From here the process is root of the step's user namespace only; writes into the
+        // rootfs (the working directory) are made with its ids.
+        process::enter_user_namespace(userns)?;
+    }
+    process::enter_cwd(plan)?;
     harden::drop_bounding(&plan.security)?;
     process::set_user(plan, buffers)?;
     harden::restrict(&plan.security)?;

@@ -131,6 +131,82 @@ pub(super) fn mount(
     unsafe { libc::mount(source, target, fstype, flags, data.cast()) }
 }
 
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+/// Mounts each `(source, target)` of `plan.idmaps` (relative to the current directory, the
+/// scratch directory) as a clone of `source` idmapped with the user namespace `userns`: a file
+/// owned by id N on disk shows as the namespace's N, and one created by the namespace's N is
+/// stored as N, so the layers keep the image's ids (mount_setattr(2), `MOUNT_ATTR_IDMAP`).
+pub(super) fn idmap_layers(plan: &Plan, userns: RawFd) -> Result<(), Failure> {
+    for (i, (source, target)) in plan.idmaps.iter().enumerate() {
+        let index = i as u32;
+        let tree = check(
+            // SAFETY: open_tree(2) reads a NUL-terminated path; the descriptor is ours.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_open_tree,
+                    libc::AT_FDCWD,
+                    source.as_ptr(),
+                    OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint,
+                ) as c_int
+            },
+            Step::IdmapLayer,
+            index,
+        )?;
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_IDMAP,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: userns as u64,
+        };
+        check(
+            // SAFETY: mount_setattr(2) reads `attr`, a live struct of the size passed, and an
+            // empty NUL-terminated path naming the descriptor itself.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_mount_setattr,
+                    tree,
+                    c"".as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                    &attr as *const MountAttr,
+                    std::mem::size_of::<MountAttr>(),
+                ) as c_int
+            },
+            Step::IdmapLayer,
+            index,
+        )?;
+        check(
+            // SAFETY: move_mount(2) attaches the detached tree `tree` at the NUL-terminated
+            // `target`, a directory the plan created in the scratch directory.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_move_mount,
+                    tree,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    target.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                ) as c_int
+            },
+            Step::IdmapLayer,
+            index,
+        )?;
+        close(tree);
+    }
+    Ok(())
+}
+
 /// The bind mounts of the plan (`/etc/hosts`… then the build mounts), each target resolved
 /// inside the rootfs.
 pub(super) fn bind_mounts(root: RawFd, plan: &Plan) -> Result<(), Failure> {

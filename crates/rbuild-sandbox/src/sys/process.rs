@@ -80,6 +80,30 @@ fn read_file<'a>(path: &CStr, buf: &'a mut [u8], step: Step) -> Result<Option<&'
     Ok(Some(&buf[..len]))
 }
 
+/// Joins the user namespace of a `--userns=auto` run and becomes its root (`setns` keeps
+/// the host ids, which have no mapping there, until `setresuid`).
+pub(super) fn enter_user_namespace(userns: libc::c_int) -> Result<(), Failure> {
+    check(
+        // SAFETY: setns(2) with a namespace descriptor the process holds open.
+        unsafe { libc::setns(userns, libc::CLONE_NEWUSER) },
+        Step::EnterUserNamespace,
+        0,
+    )?;
+    check(
+        // SAFETY: setresgid(2) with integer ids.
+        unsafe { libc::setresgid(0, 0, 0) },
+        Step::EnterUserNamespace,
+        1,
+    )?;
+    check(
+        // SAFETY: setresuid(2) with integer ids, after setresgid.
+        unsafe { libc::setresuid(0, 0, 0) },
+        Step::EnterUserNamespace,
+        2,
+    )?;
+    Ok(())
+}
+
 /// Resolves the user in the image's `/etc/passwd` and `/etc/group` and switches to it:
 /// `setgroups`, then `setgid`, then `setuid` (the order that keeps the privilege to do all
 /// three).

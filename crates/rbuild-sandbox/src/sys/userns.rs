@@ -141,3 +141,54 @@ fn ignore_terminal_signals() {
         unsafe { libc::signal(sig, libc::SIG_IGN) };
     }
 }
+
+/// A user namespace whose maps are `uid_map` and `gid_map` (as written to `/proc/PID/*_map`),
+/// held by a descriptor of its `/proc/PID/ns/user`: made by a forked child that unshares it and
+/// waits while this process (root) writes the maps, then exits. Safe to call from a
+/// multi-threaded process: the child only makes async-signal-safe calls.
+pub(crate) fn namespace_fd(uid_map: &str, gid_map: &str) -> io::Result<OwnedFd> {
+    let (mut ready_r, ready_w) = pipe()?;
+    let (go_r, mut go_w) = pipe()?;
+    let ready_w_raw = std::os::fd::AsRawFd::as_raw_fd(&ready_w);
+    let go_r_raw = std::os::fd::AsRawFd::as_raw_fd(&go_r);
+    // SAFETY: the child only calls unshare, write, read and _exit, which are
+    // async-signal-safe, on descriptors and a stack buffer, and never returns.
+    match unsafe { libc::fork() } {
+        -1 => Err(io::Error::last_os_error()),
+        0 => {
+            // SAFETY: unshare(2) takes a flag word; the forked child is single-threaded.
+            let status: u8 = if unsafe { libc::unshare(libc::CLONE_NEWUSER) } == 0 {
+                0
+            } else {
+                1
+            };
+            // SAFETY: writes one byte from the stack to our pipe end.
+            unsafe { libc::write(ready_w_raw, (&raw const status).cast(), 1) };
+            let mut byte = 0u8;
+            // SAFETY: reads at most one byte into the stack; returns at EOF when the parent
+            // is done (or gone).
+            unsafe { libc::read(go_r_raw, (&raw mut byte).cast(), 1) };
+            super::exit(0)
+        }
+        pid => {
+            drop(ready_w);
+            drop(go_r);
+            let result = (|| {
+                let mut status = [1u8];
+                ready_r.read_exact(&mut status)?;
+                if status[0] != 0 {
+                    return Err(io::Error::other("cannot create a user namespace"));
+                }
+                let proc = format!("/proc/{pid}");
+                std::fs::write(format!("{proc}/uid_map"), uid_map)?;
+                std::fs::write(format!("{proc}/gid_map"), gid_map)?;
+                let ns = std::fs::File::open(format!("{proc}/ns/user"))?;
+                Ok(OwnedFd::from(ns))
+            })();
+            let _ = go_w.write_all(&[1]);
+            drop(go_w);
+            super::wait(pid)?;
+            result
+        }
+    }
+}
