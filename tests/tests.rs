@@ -19,6 +19,7 @@ mod deploy_cli;
 mod differential;
 mod hardening;
 mod inplace;
+mod multi_platform;
 mod parse_cli;
 mod pipeline_cli;
 mod pipeline_runs;

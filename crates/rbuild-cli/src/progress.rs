@@ -40,10 +40,17 @@ pub(crate) struct Renderer {
     state: Arc<Mutex<State>>,
 }
 
-fn label(stage_name: Option<&str>, index: usize, total: usize) -> String {
+fn label(
+    platform: Option<&rbuild::Platform>,
+    stage_name: Option<&str>,
+    index: usize,
+    total: usize,
+) -> String {
+    // BuildKit's form: `[linux/arm64 build 2/3]`.
+    let platform = platform.map(|p| format!("{p} ")).unwrap_or_default();
     match stage_name {
-        Some(n) => format!("[{n} {index}/{total}]"),
-        None => format!("[{index}/{total}]"),
+        Some(n) => format!("[{platform}{n} {index}/{total}]"),
+        None => format!("[{platform}{index}/{total}]"),
     }
 }
 
@@ -85,12 +92,13 @@ impl Renderer {
                 total,
                 text,
                 cached,
+                platform,
                 ..
             } => {
                 let line = format!(
                     "{}{} {text}",
                     if cached { "CACHED " } else { "" },
-                    label(stage_name.as_deref(), index, total)
+                    label(platform.as_ref(), stage_name.as_deref(), index, total)
                 );
                 match &st.bar {
                     Some(pb) => {

@@ -115,12 +115,14 @@ pub enum Error {
         reason: String,
     },
     /// An image index has no manifest for the requested platform.
-    #[error("pull {reference}: no manifest for platform {platform} in the image index")]
+    #[error("pull {reference}: the image index has no manifest for {platform} (it has: {})", if available.is_empty() { "none".to_owned() } else { available.join(", ") })]
     NoPlatform {
         /// The image.
         reference: String,
         /// The requested platform.
         platform: String,
+        /// The platforms the index lists.
+        available: Vec<String>,
     },
     /// The token endpoint failed.
     #[error("{operation} {target}: fetching a token from {realm} failed: {reason}")]

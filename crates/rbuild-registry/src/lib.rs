@@ -61,7 +61,8 @@ pub use client::{Client, ClientOptions};
 pub use credentials::{Credentials, CredentialsEnv};
 pub use error::{Error, Result};
 pub use manifest::{
-    Manifest, ManifestHead, Platform, PlatformError, SelectPlatformError, select_platform,
+    Manifest, ManifestHead, Platform, PlatformError, SelectPlatformError, index_platforms,
+    select_platform,
 };
 pub use pull::{PullEvent, PulledImage};
 pub use push::{BlobRef, BlobStatus, ImageToPush, PushEvent, PushResult};

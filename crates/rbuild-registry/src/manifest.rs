@@ -82,6 +82,28 @@ pub fn select_platform(
     Ok(None)
 }
 
+/// The platforms an index's entries name (`os/arch[/variant]`), in order; entries without
+/// one (attestations) are left out. Unreadable bytes give an empty list.
+pub fn index_platforms(index: &[u8]) -> Vec<String> {
+    let Ok(index) = serde_json::from_slice::<ImageIndex>(index) else {
+        return Vec::new();
+    };
+    index
+        .manifests()
+        .iter()
+        .filter_map(|m| m.platform().as_ref())
+        .filter(|p| p.os().to_string() != "unknown")
+        .map(|p| {
+            let mut s = format!("{}/{}", p.os(), p.architecture());
+            if let Some(v) = p.variant() {
+                s.push('/');
+                s.push_str(v);
+            }
+            s
+        })
+        .collect()
+}
+
 /// Reads a JSON document of at most [`MAX_DOCUMENT`] bytes.
 async fn read_document(ctx: &Ctx, resp: reqwest::Response) -> Result<Vec<u8>> {
     let (bytes, complete) = read_limited(resp, MAX_DOCUMENT)

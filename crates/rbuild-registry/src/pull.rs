@@ -121,6 +121,7 @@ impl Client {
                 .ok_or_else(|| Error::NoPlatform {
                     reference: reference.to_string(),
                     platform: wanted.to_string(),
+                    available: crate::manifest::index_platforms(&top.bytes),
                 })?;
             let m = self.get_manifest(&reference.with_digest(digest)).await?;
             (m, Some(top))

@@ -465,7 +465,7 @@ async fn index_resolves_to_the_requested_platform() {
         .unwrap_err();
     assert!(
         err.to_string()
-            .contains("no manifest for platform linux/s390x"),
+            .contains("has no manifest for linux/s390x (it has: linux/amd64, linux/arm64)"),
         "{err}"
     );
 }

@@ -14,7 +14,7 @@ use crate::events::BuildEvent;
 use crate::executor::{Executor, SandboxExecutor};
 use crate::image;
 use crate::options::{BuildOptions, DockerfileSource, ImageFormat};
-use crate::stage::Build;
+use crate::stage::{Build, KeyLocks, StageResult};
 use rbuild_oci::Events;
 
 /// The result of a build.
@@ -28,6 +28,9 @@ pub struct BuildOutput {
     pub cached_steps: usize,
     /// Steps in the built stages.
     pub total_steps: usize,
+    /// Each platform built, with its image's manifest digest (one entry for a single-platform
+    /// build, where it is [`BuildOutput::digest`]; more for an index).
+    pub platforms: Vec<(Platform, Digest)>,
 }
 
 /// Builds images into a store. Cheap to clone.
@@ -220,26 +223,94 @@ impl Builder {
                     message: format!("target stage `{t}` could not be found"),
                 })?,
         };
-        if let Some(p) = &opts.platform
-            && *p != Platform::host()
-        {
+        let platforms = if opts.platforms.is_empty() {
+            vec![Platform::host()]
+        } else {
+            opts.platforms.clone()
+        };
+        if let Some(p) = platforms.iter().find(|p| p.os != "linux") {
             return Err(Error::invalid(
                 format!("build for {p}"),
-                format!(
-                    "only the host platform {} can be built (multi-platform builds come later)",
-                    Platform::host()
-                ),
+                "only linux images can be built",
             ));
         }
-        let mut run = Build::new(&self.store, &self.progress, opts, file, df, target);
-        run.registry = self.registry.as_deref();
-        run.executor = &*self.executor;
-        run.cancel = cancel;
-        run.rt = self.runtime.clone();
-        run.resolve_meta_args()?;
-        let result = run.stage(target);
-        run.save_state();
-        let result = result?;
+        // One token for the platforms of this build: the first one to fail stops the others.
+        let shared = CancelToken::new();
+        let forward = shared.clone();
+        let _linked = cancel.on_cancel(move || forward.cancel());
+        let inflight = Arc::new(KeyLocks::default());
+        let mut runs = Vec::with_capacity(platforms.len());
+        for p in &platforms {
+            let mut run = Build::new(
+                &self.store,
+                &self.progress,
+                opts,
+                file.clone(),
+                df.clone(),
+                target,
+            );
+            run.registry = self.registry.as_deref();
+            run.executor = &*self.executor;
+            run.cancel = shared.clone();
+            run.rt = self.runtime.clone();
+            run.inflight = inflight.clone();
+            run.set_platform(p.clone());
+            run.resolve_meta_args()?;
+            runs.push(run);
+        }
+        // Bad platforms, missing emulators and base images without the platform are reported
+        // before any step runs.
+        for run in &runs {
+            run.preflight(target)?;
+        }
+        let results: Vec<Result<StageResult>> = if let [run] = runs.as_slice() {
+            vec![run.stage(target)]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = runs
+                    .iter()
+                    .map(|run| {
+                        let shared = &shared;
+                        s.spawn(move || {
+                            let r = run.stage(target);
+                            if r.is_err() {
+                                shared.cancel();
+                            }
+                            r
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::invalid("build a platform", "its thread panicked"))
+                        })
+                    })
+                    .collect()
+            })
+        };
+        for run in &runs {
+            run.save_state();
+        }
+        let mut built = Vec::with_capacity(results.len());
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Ok(r) => built.push(r),
+                // A platform stopped because another failed reports that one's error.
+                Err(Error::Cancelled) if !cancel.is_cancelled() => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        if built.len() != runs.len() {
+            return Err(Error::Cancelled);
+        }
         if let Some(repo) = &opts.cache_to {
             let client = self.registry.as_deref().ok_or_else(|| {
                 Error::invalid(
@@ -253,27 +324,66 @@ impl Builder {
                     "no tokio runtime (build with Builder::build, or give the builder one)",
                 )
             })?;
-            let steps = run.exported.lock().map(|e| e.clone()).unwrap_or_default();
+            let mut steps = Vec::new();
+            for run in &runs {
+                for (key, record) in run.exported.lock().map(|e| e.clone()).unwrap_or_default() {
+                    if !steps.iter().any(|(k, _)| *k == key) {
+                        steps.push((key, record));
+                    }
+                }
+            }
             crate::remote_cache::export(handle, client, &self.store, repo, &steps)?;
         }
-        let mut config = result.config;
-        if !opts.labels.is_empty() {
-            let labels = config.config.labels.get_or_insert_with(BTreeMap::new);
-            labels.extend(opts.labels.clone());
+        let mut manifests = Vec::with_capacity(built.len());
+        let mut warned = false;
+        for (result, platform) in built.into_iter().zip(&platforms) {
+            let mut config = result.config;
+            if config.architecture.is_empty() {
+                config.architecture = platform.architecture.clone();
+                config.os = platform.os.clone();
+                config.variant = platform.variant.clone();
+            }
+            if !opts.labels.is_empty() {
+                let labels = config.config.labels.get_or_insert_with(BTreeMap::new);
+                labels.extend(opts.labels.clone());
+            }
+            if opts.format == ImageFormat::Oci
+                && config.config.extra.remove("Healthcheck").is_some()
+                && !std::mem::replace(&mut warned, true)
+            {
+                // buildah does the same: the OCI config has no such field.
+                self.progress.emit(BuildEvent::Warning(
+                    "HEALTHCHECK is not supported for OCI image format and will be ignored; use --format docker".to_owned(),
+                ));
+            }
+            let desc = image::write(
+                &self.store,
+                &config,
+                &result.layers,
+                &opts.annotations,
+                opts.format,
+            )?;
+            let digest =
+                Digest::try_from(desc.digest()).map_err(Error::op("read the manifest digest"))?;
+            // The index entry names the platform the image's config says (a target stage
+            // `FROM --platform=…` is that platform's image, as BuildKit records it).
+            let named = Platform {
+                os: config.os.clone(),
+                architecture: config.architecture.clone(),
+                variant: config.variant.clone(),
+            };
+            manifests.push((desc, named, digest));
         }
-        if opts.format == ImageFormat::Oci && config.config.extra.remove("Healthcheck").is_some() {
-            // buildah does the same: the OCI config has no such field.
-            self.progress.emit(BuildEvent::Warning(
-                "HEALTHCHECK is not supported for OCI image format and will be ignored; use --format docker".to_owned(),
-            ));
-        }
-        let desc = image::write(
-            &self.store,
-            &config,
-            &result.layers,
-            &opts.annotations,
-            opts.format,
-        )?;
+        let desc = match manifests.as_slice() {
+            [(desc, _, _)] => desc.clone(),
+            _ => {
+                let entries: Vec<_> = manifests
+                    .iter()
+                    .map(|(d, p, _)| (d.clone(), p.clone()))
+                    .collect();
+                image::write_index(&self.store, &entries, &BTreeMap::new(), opts.format)?
+            }
+        };
         let digest: Digest =
             Digest::try_from(desc.digest()).map_err(Error::op("read the manifest digest"))?;
         for tag in &opts.tags {
@@ -285,15 +395,17 @@ impl Builder {
             digest: digest.clone(),
             tags: opts.tags.iter().map(ToString::to_string).collect(),
         });
-        let (cached, total) = (
-            run.cached.load(std::sync::atomic::Ordering::Relaxed),
-            run.total.load(std::sync::atomic::Ordering::Relaxed),
-        );
+        let count = |f: fn(&Build<'_>) -> usize| runs.iter().map(f).sum::<usize>();
         Ok(BuildOutput {
             digest,
             tags: opts.tags.clone(),
-            cached_steps: cached,
-            total_steps: total,
+            cached_steps: count(|r| r.cached.load(std::sync::atomic::Ordering::Relaxed)),
+            total_steps: count(|r| r.total.load(std::sync::atomic::Ordering::Relaxed)),
+            platforms: manifests
+                .into_iter()
+                .zip(platforms)
+                .map(|((_, _, d), p)| (p, d))
+                .collect(),
         })
     }
 }

@@ -72,6 +72,32 @@ pub enum Error {
         /// What to do about it.
         hint: Option<String>,
     },
+    /// An image index has no manifest for a platform the build or command needs.
+    #[error("image {reference} has no manifest for {platform} (it has: {})", if available.is_empty() { "none".to_owned() } else { available.join(", ") })]
+    NoPlatform {
+        /// The image as named.
+        reference: String,
+        /// The platform asked for.
+        platform: String,
+        /// The platforms the index lists.
+        available: Vec<String>,
+    },
+    /// RUN steps for a foreign platform need a binfmt_misc emulator that is not registered.
+    #[error(
+        "{file}:{line}: RUN for {platform} needs an emulator: {reason}; install QEMU user emulation and register it with binfmt_misc (Debian: `apt-get install qemu-user-static`; without systemd: `mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc` and `cat /usr/lib/binfmt.d/qemu-{qemu}.conf > /proc/sys/fs/binfmt_misc/register`)"
+    )]
+    NoEmulator {
+        /// The Dockerfile's name.
+        file: String,
+        /// The first RUN instruction that needs it.
+        line: usize,
+        /// The platform.
+        platform: String,
+        /// QEMU's name for the architecture (`aarch64`).
+        qemu: String,
+        /// What is missing.
+        reason: String,
+    },
     /// The executor cannot run RUN steps on this machine (not root, no overlayfs, namespaces
     /// refused), or failed to start one.
     #[error(transparent)]

@@ -22,6 +22,9 @@ pub enum BuildEvent {
         text: String,
         /// Whether the step's result comes from the cache.
         cached: bool,
+        /// The platform the stage runs on, when the build names platforms (`--platform`):
+        /// the steps of a multi-platform build interleave.
+        platform: Option<rbuild_oci::Platform>,
     },
     /// Output of a RUN step, as it arrives.
     StepOutput {

@@ -111,6 +111,14 @@ pub trait Executor: Send + Sync + fmt::Debug {
     /// [`ExecutorError::Unavailable`] saying what is missing.
     fn check(&self) -> Result<(), ExecutorError>;
 
+    /// Why this executor cannot run programs built for `platform` (`None`: it can); asked
+    /// before a build starts, for every foreign platform a RUN step will run on. The default
+    /// asks the kernel's binfmt_misc, which any executor that execs in Linux namespaces relies
+    /// on; an executor that runs no program (a test double) answers `None`.
+    fn missing_emulator(&self, platform: &rbuild_oci::Platform) -> Option<String> {
+        crate::emulation::missing(platform)
+    }
+
     /// Runs `step`, passing its output to `output` as it comes. Must stop the step's processes
     /// and return [`ExecutorError::Cancelled`] when `cancel` fires (see
     /// [`CancelToken::on_cancel`]).
@@ -252,6 +260,10 @@ impl FnExecutor {
 }
 
 impl Executor for FnExecutor {
+    fn missing_emulator(&self, _platform: &rbuild_oci::Platform) -> Option<String> {
+        None
+    }
+
     fn check(&self) -> Result<(), ExecutorError> {
         Ok(())
     }

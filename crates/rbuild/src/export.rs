@@ -47,10 +47,16 @@ enum Source<'a> {
     Bytes(Vec<u8>),
 }
 
+/// The top entry of an exported layout's `index.json`: an image manifest or an image index.
+struct Top<'a> {
+    digest: &'a Digest,
+    media_type: &'a str,
+    size: u64,
+}
+
 fn layout_files<'a>(
-    img: &'a LoadedImage,
-    config_digest: &'a Digest,
-    manifest_size: u64,
+    top: &Top<'a>,
+    images: &'a [(LoadedImage, Digest)],
     reference: Option<&Reference>,
     docker: bool,
 ) -> Result<Vec<(String, Source<'a>)>> {
@@ -69,9 +75,9 @@ fn layout_files<'a>(
         "schemaVersion": 2,
         "mediaType": rbuild_oci::media_type::OCI_INDEX,
         "manifests": [{
-            "mediaType": rbuild_oci::media_type::OCI_MANIFEST,
-            "digest": img.digest.to_string(),
-            "size": manifest_size,
+            "mediaType": top.media_type,
+            "digest": top.digest.to_string(),
+            "size": top.size,
             "annotations": annotations,
         }],
     });
@@ -85,12 +91,19 @@ fn layout_files<'a>(
             Source::Bytes(canonical_json(&index).map_err(Error::op("serialise index.json"))?),
         ),
     ];
-    let mut blobs = vec![&img.digest, config_digest];
-    blobs.extend(img.layers.iter().map(|l| &l.digest));
-    for d in blobs {
-        files.push((format!("blobs/sha256/{}", d.hex()), Source::Blob(d)));
+    let mut blobs = vec![top.digest];
+    for (img, config_digest) in images {
+        blobs.push(&img.digest);
+        blobs.push(config_digest);
+        blobs.extend(img.layers.iter().map(|l| &l.digest));
     }
-    if docker {
+    let mut seen = std::collections::BTreeSet::new();
+    for d in blobs {
+        if seen.insert(d) {
+            files.push((format!("blobs/sha256/{}", d.hex()), Source::Blob(d)));
+        }
+    }
+    if let ([(img, config_digest)], true) = (images, docker) {
         let manifest = json!([{
             "Config": format!("blobs/sha256/{}", config_digest.hex()),
             "RepoTags": reference.map(|r| vec![r.familiar()]).unwrap_or_default(),
@@ -118,22 +131,94 @@ pub fn save(
     format: SaveFormat,
     out: &Path,
 ) -> Result<()> {
-    let config_digest: Digest = img.manifest["config"]["digest"]
-        .as_str()
-        .unwrap_or_default()
-        .parse()
-        .map_err(Error::op("read the config digest"))?;
     let manifest_size = store
         .read_blob(&img.digest)
         .map_err(Error::op("read the manifest"))?
         .len() as u64;
-    let files = layout_files(
-        img,
-        &config_digest,
-        manifest_size,
-        reference,
-        format == SaveFormat::DockerArchive,
-    )?;
+    let mt = img.manifest["mediaType"]
+        .as_str()
+        .unwrap_or(rbuild_oci::media_type::OCI_MANIFEST)
+        .to_owned();
+    let images = vec![(img.clone(), config_digest(img)?)];
+    let top = Top {
+        digest: &img.digest,
+        media_type: &mt,
+        size: manifest_size,
+    };
+    write_layout(store, &top, &images, reference, format, out)
+}
+
+/// Writes the image index `index` with every manifest it lists (each must be in the store) to
+/// `out` as an OCI layout (`oci-dir` or `oci-archive`; a docker-archive holds no index: save
+/// one platform's image with [`save`]).
+///
+/// # Errors
+///
+/// An error naming the operation when a listed manifest is missing, the format cannot hold an
+/// index, or a file cannot be written.
+pub fn save_index(
+    store: &Store,
+    index: &Digest,
+    reference: Option<&Reference>,
+    format: SaveFormat,
+    out: &Path,
+) -> Result<()> {
+    if format == SaveFormat::DockerArchive {
+        return Err(Error::invalid(
+            format!("save {index} as a docker-archive"),
+            "a docker-archive holds one image, not an index (pick one with --platform, or use oci-dir or oci-archive)",
+        ));
+    }
+    let bytes = store
+        .read_blob(index)
+        .map_err(Error::op(format!("read image index {index}")))?;
+    let parsed = store
+        .read_index_blob(index)
+        .map_err(Error::op(format!("read image index {index}")))?;
+    let mut images = Vec::new();
+    for m in parsed.manifests() {
+        let d = Digest::try_from(m.digest()).map_err(Error::op("read an index entry"))?;
+        if !store.has_blob(&d) {
+            return Err(Error::invalid(
+                format!("save {index}"),
+                format!(
+                    "the index lists manifest {d}, which is not in the store (pull each platform first)"
+                ),
+            ));
+        }
+        let img = crate::image::load(store, &d)?;
+        let c = config_digest(&img)?;
+        images.push((img, c));
+    }
+    let mt = parsed.media_type().as_ref().map_or_else(
+        || rbuild_oci::media_type::OCI_INDEX.to_owned(),
+        ToString::to_string,
+    );
+    let top = Top {
+        digest: index,
+        media_type: &mt,
+        size: bytes.len() as u64,
+    };
+    write_layout(store, &top, &images, reference, format, out)
+}
+
+fn config_digest(img: &LoadedImage) -> Result<Digest> {
+    img.manifest["config"]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .parse()
+        .map_err(Error::op("read the config digest"))
+}
+
+fn write_layout(
+    store: &Store,
+    top: &Top<'_>,
+    images: &[(LoadedImage, Digest)],
+    reference: Option<&Reference>,
+    format: SaveFormat,
+    out: &Path,
+) -> Result<()> {
+    let files = layout_files(top, images, reference, format == SaveFormat::DockerArchive)?;
     let op = || format!("write {}", out.display());
     match format {
         SaveFormat::OciDir => {

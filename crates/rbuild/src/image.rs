@@ -7,7 +7,7 @@ use rbuild_store::Store;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::config::ImageConfig;
+use crate::config::{ImageConfig, Platform};
 use crate::error::{Error, Result};
 use crate::view::LayerView;
 
@@ -298,6 +298,134 @@ pub fn write(
         .put_blob(&bytes)
         .map_err(Error::op("write the manifest"))?;
     Ok(descriptor(manifest_mt, &digest, bytes.len() as u64))
+}
+
+/// Writes an image index over `manifests` (descriptor, platform), each entry carrying its
+/// `platform` (image-spec `image-index.md`); returns the index descriptor. The bytes depend only
+/// on the manifests and their order, so the same inputs give the same index digest.
+///
+/// # Errors
+///
+/// an error naming the operation when the store fails.
+pub fn write_index(
+    store: &Store,
+    manifests: &[(Descriptor, Platform)],
+    annotations: &std::collections::BTreeMap<String, String>,
+    format: crate::options::ImageFormat,
+) -> Result<Descriptor> {
+    let mt = if format == crate::options::ImageFormat::Docker {
+        media_type::DOCKER_MANIFEST_LIST
+    } else {
+        media_type::OCI_INDEX
+    };
+    let entries: Vec<serde_json::Value> = manifests
+        .iter()
+        .map(|(d, p)| {
+            let mut platform = json!({"architecture": p.architecture, "os": p.os});
+            if let Some(v) = &p.variant {
+                platform["variant"] = json!(v);
+            }
+            json!({
+                "mediaType": d.media_type().to_string(),
+                "digest": d.digest().to_string(),
+                "size": d.size(),
+                "platform": platform,
+            })
+        })
+        .collect();
+    let mut index = json!({
+        "schemaVersion": 2,
+        "mediaType": mt,
+        "manifests": entries,
+    });
+    if !annotations.is_empty() && mt == media_type::OCI_INDEX {
+        index["annotations"] = json!(annotations);
+    }
+    let bytes = canonical_json(&index).map_err(Error::op("serialise the image index"))?;
+    let digest = store
+        .put_blob(&bytes)
+        .map_err(Error::op("write the image index"))?;
+    Ok(descriptor(mt, &digest, bytes.len() as u64))
+}
+
+/// The entries of an image index in the store: (manifest descriptor, its platform), entries
+/// without a platform (attestations) left out.
+///
+/// # Errors
+///
+/// an error naming the operation when the index cannot be read or parsed.
+pub fn index_entries(store: &Store, index: &Digest) -> Result<Vec<(Descriptor, Platform)>> {
+    let parsed = store
+        .read_index_blob(index)
+        .map_err(Error::op(format!("read image index {index}")))?;
+    Ok(parsed
+        .manifests()
+        .iter()
+        .filter_map(|m| {
+            let p = m.platform().as_ref()?;
+            let platform = Platform {
+                os: p.os().to_string(),
+                architecture: p.architecture().to_string(),
+                variant: p.variant().clone(),
+            };
+            (platform.os != "unknown").then(|| (m.clone(), platform))
+        })
+        .collect())
+}
+
+/// Finds an image as [`resolve`] does and, when the reference names an image index, picks the
+/// manifest for `platform` (default: this machine's) out of it.
+///
+/// # Errors
+///
+/// As [`resolve`]; [`Error::NoPlatform`] when the index has no such platform;
+/// [`Error::ImageNotFound`] with a hint when its manifest was not pulled.
+pub fn resolve_for(
+    store: &Store,
+    reference: &str,
+    platform: Option<&Platform>,
+) -> Result<Descriptor> {
+    let desc = resolve(store, reference)?;
+    let platform = platform.cloned().unwrap_or_else(Platform::host);
+    select(store, reference, &desc, &platform)?.ok_or_else(|| Error::ImageNotFound {
+        reference: format!("{reference} for {platform}"),
+        hint: Some(format!(
+            "its index lists {platform}, but that manifest was not pulled: `rbuild pull --platform {platform} {reference}`"
+        )),
+    })
+}
+
+/// Resolves `desc` (a tag's descriptor) to the manifest for `platform`: a manifest stays as
+/// it is; from an index, the entry that matches (containerd's rules, see
+/// [`Platform::matches`]). `Ok(None)` when the index has a matching entry whose manifest is
+/// not in the store (a single-platform pull of another platform).
+///
+/// # Errors
+///
+/// [`Error::NoPlatform`] naming the platforms the index has, when none matches.
+pub fn select(
+    store: &Store,
+    reference: &str,
+    desc: &Descriptor,
+    platform: &Platform,
+) -> Result<Option<Descriptor>> {
+    if !media_type::is_index(desc.media_type().as_ref()) {
+        return Ok(Some(desc.clone()));
+    }
+    let digest = Digest::try_from(desc.digest()).map_err(Error::op("read an index digest"))?;
+    let entries = index_entries(store, &digest)?;
+    let Some((m, _)) = entries
+        .iter()
+        .find(|(_, p)| platform.matches(&p.os, &p.architecture, p.variant.as_deref()))
+    else {
+        return Err(Error::NoPlatform {
+            reference: reference.to_owned(),
+            platform: platform.to_string(),
+            available: entries.iter().map(|(_, p)| p.to_string()).collect(),
+        });
+    };
+    let child = Digest::try_from(m.digest()).map_err(Error::op("read an index entry's digest"))?;
+    Ok(store.has_blob(&child).then(|| m.clone()))
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ pub mod container;
 mod context;
 mod copy;
 mod download;
+mod emulation;
 mod error;
 mod events;
 mod execute;

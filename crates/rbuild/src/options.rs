@@ -63,8 +63,8 @@ pub struct BuildOptions {
     pub(crate) compression: rbuild_layer::Compression,
     /// Manifest annotations.
     pub(crate) annotations: BTreeMap<String, String>,
-    /// Target platform; only the host platform can be built.
-    pub(crate) platform: Option<Platform>,
+    /// Target platforms (empty: the host's). More than one builds an image index.
+    pub(crate) platforms: Vec<Platform>,
     /// Image format: OCI (default) or Docker v2 schema 2.
     pub(crate) format: ImageFormat,
     /// Registry repositories to look step results up in (`--cache-from`).
@@ -144,7 +144,7 @@ impl BuildOptions {
             secrets: BTreeMap::new(),
             compression: rbuild_layer::Compression::Gzip,
             annotations: BTreeMap::new(),
-            platform: None,
+            platforms: Vec::new(),
             format: ImageFormat::Oci,
             cache_from: Vec::new(),
             cache_to: None,
@@ -237,10 +237,19 @@ impl BuildOptions {
         self
     }
 
-    /// Sets the target platform.
+    /// Builds for `platform` instead of the host's (RUN steps of a foreign architecture run
+    /// through the kernel's binfmt_misc emulation).
     #[must_use]
     pub fn platform(mut self, platform: Platform) -> Self {
-        self.platform = Some(platform);
+        self.platforms = vec![platform];
+        self
+    }
+
+    /// Builds for each of `platforms` (in parallel) and tags an image index over the results;
+    /// one platform builds a single image as [`BuildOptions::platform`] does.
+    #[must_use]
+    pub fn platforms(mut self, platforms: impl IntoIterator<Item = Platform>) -> Self {
+        self.platforms = platforms.into_iter().collect();
         self
     }
 

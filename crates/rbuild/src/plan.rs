@@ -41,6 +41,7 @@ impl Build<'_> {
         base: &StageResult,
     ) -> Result<Vec<Step>> {
         let lexer = self.lexer();
+        let platform = self.stage_platform(idx)?;
         let shell = base
             .config
             .config
@@ -176,7 +177,7 @@ impl Build<'_> {
                 instruction: &created_by,
                 args: &keyed_args,
                 inputs: &inputs,
-                platform: &self.platform,
+                platform: &platform,
                 compression: self.opts.compression,
                 source_date_epoch: self.opts.source_date_epoch,
             }

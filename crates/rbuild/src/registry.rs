@@ -127,8 +127,10 @@ impl BlobWriter for StoreBlobWriter {
 /// tag) and records the repository as where the blobs came from. Returns the digest of the
 /// image manifest now in the store, which [`image::load`] reads (OCI or Docker v2s2).
 ///
-/// An image index is not tagged itself: the tag names the chosen platform's manifest, as the
-/// engine builds on one platform.
+/// When the reference names an image index, the index is stored and tagged (as docker and
+/// containerd keep it) along with the chosen platform's manifest; pulling the same reference
+/// for another platform adds that platform's manifest under the same tag. Builds, `run` and
+/// `inspect` pick their platform's manifest out of the index ([`image::select`]).
 ///
 /// The future is `Send + 'static`: it works on clones of the (cheap) store and client handles.
 ///
@@ -174,7 +176,18 @@ async fn pull_owned(
             events,
         )
         .await
-        .map_err(Error::op(op()))?;
+        .map_err(|e| match e {
+            RegistryError::NoPlatform {
+                reference,
+                platform,
+                available,
+            } => Error::NoPlatform {
+                reference,
+                platform,
+                available,
+            },
+            e => Error::op(op())(e),
+        })?;
     let tagged = reference.clone();
     let digest = tokio::task::spawn_blocking(move || {
         let _lock = lock;
@@ -206,7 +219,14 @@ fn finish_pull(
     // Unpacks the missing layer dirs, each checked against its diff_id.
     image::ensure_unpacked(store, &img.layers)?;
     if reference.tag().is_some() {
-        let desc = image::descriptor(&manifest.media_type, &digest, manifest.bytes.len() as u64);
+        let desc = match &pulled.index {
+            Some(index) => image::descriptor(
+                &index.media_type,
+                &Digest::sha256_of(&index.bytes),
+                index.bytes.len() as u64,
+            ),
+            None => image::descriptor(&manifest.media_type, &digest, manifest.bytes.len() as u64),
+        };
         store
             .tag(reference, desc)
             .map_err(Error::op(op("tag the image")))?;
@@ -248,17 +268,32 @@ async fn push_owned(
     events: Events<PushEvent>,
 ) -> Result<PushResult> {
     let op = || format!("push {src} to {dest}");
-    let (lock, image) = {
+    let (lock, what) = {
         let store = store.clone();
         let src = src.to_owned();
         tokio::task::spawn_blocking(move || {
             let lock = store.lock_shared().map_err(Error::op("lock the store"))?;
             let desc = image::resolve(&store, &src)?;
-            let image = image_to_push(&store, &desc)?;
-            Ok::<_, Error>((lock, image))
+            let what = if media_type::is_index(desc.media_type().as_ref()) {
+                ToPush::Index(index_to_push(&store, &src, &desc)?)
+            } else {
+                ToPush::Image(image_to_push(&store, &desc)?)
+            };
+            Ok::<_, Error>((lock, what))
         })
         .await
         .map_err(Error::op(op()))??
+    };
+    let image = match what {
+        ToPush::Image(image) => image,
+        ToPush::Index(index) => {
+            let _ = client.ping(dest.registry()).await;
+            let result = push_index(client, store, dest, index, events)
+                .await
+                .map_err(Error::op(op()))?;
+            drop(lock);
+            return Ok(result);
+        }
     };
     // Learn the registry's auth scheme with one request before the blob requests go out in
     // parallel (docker pings `/v2/` first too): otherwise several first requests meet the 401
@@ -281,16 +316,117 @@ async fn push_owned(
     Ok(result)
 }
 
+/// What a push source resolves to.
+enum ToPush {
+    Image(ImageToPush),
+    Index(IndexToPush),
+}
+
+/// An image index to push: its bytes and each manifest it lists.
+struct IndexToPush {
+    bytes: Vec<u8>,
+    media_type: String,
+    manifests: Vec<ImageToPush>,
+}
+
+/// Reads an index and every manifest it lists. Each must be in the store: an index kept from
+/// a single-platform pull lacks the other platforms', and pushing it would leave the registry
+/// with an index that names manifests it does not have.
+fn index_to_push(store: &Store, src: &str, desc: &Descriptor) -> Result<IndexToPush> {
+    let digest = Digest::try_from(desc.digest()).map_err(Error::op("read the index digest"))?;
+    let bytes = store
+        .read_blob(&digest)
+        .map_err(Error::op(format!("read image index {digest}")))?;
+    let parsed = store
+        .read_index_blob(&digest)
+        .map_err(Error::op(format!("read image index {digest}")))?;
+    let mut manifests = Vec::new();
+    for m in parsed.manifests() {
+        let child = Digest::try_from(m.digest()).map_err(Error::op("read an index entry"))?;
+        if !store.has_blob(&child) {
+            let platform = m
+                .platform()
+                .as_ref()
+                .map(|p| format!("{}/{}", p.os(), p.architecture()))
+                .unwrap_or_else(|| "no platform".to_owned());
+            return Err(Error::invalid(
+                format!("push {src}"),
+                format!(
+                    "the image index lists manifest {child} ({platform}), which is not in the store (pull {src} --platform {platform} first)"
+                ),
+            ));
+        }
+        if media_type::is_index(m.media_type().as_ref()) {
+            return Err(Error::invalid(
+                format!("push {src}"),
+                "nested image indexes are not supported",
+            ));
+        }
+        manifests.push(image_to_push(store, m)?);
+    }
+    Ok(IndexToPush {
+        bytes,
+        media_type: desc.media_type().to_string(),
+        manifests,
+    })
+}
+
+/// Pushes every manifest of an index by digest (blobs the registry has skipped, as for one
+/// image), then the index under `dest`'s tag when the tag points elsewhere.
+async fn push_index(
+    client: &Client,
+    store: &Store,
+    dest: &Reference,
+    index: IndexToPush,
+    events: Events<PushEvent>,
+) -> std::result::Result<PushResult, RegistryError> {
+    let mut blobs = Vec::new();
+    for image in index.manifests {
+        let digest = Digest::sha256_of(&image.manifest_bytes);
+        let by_digest = Reference::new(dest.registry(), dest.repository(), None, Some(digest));
+        let pushed = client
+            .push_image(
+                &by_digest,
+                image.clone(),
+                Arc::new(StoreBlobs(store.clone())),
+                events.clone(),
+            )
+            .await?;
+        let mut recorded: Vec<&Digest> = vec![&pushed.digest, &image.config.digest];
+        recorded.extend(image.layers.iter().map(|l| &l.digest));
+        record_origin(store, &recorded, dest);
+        blobs.extend(pushed.blobs);
+    }
+    let digest = Digest::sha256_of(&index.bytes);
+    let size = index.bytes.len() as u64;
+    let existing = client.head_manifest(dest).await?;
+    let pushed = existing.is_none_or(|h| h.digest != digest);
+    if pushed {
+        client
+            .put_manifest(dest, &index.bytes, &index.media_type)
+            .await?;
+    }
+    events.emit(PushEvent::Manifest {
+        digest: digest.clone(),
+        pushed,
+    });
+    events.emit(PushEvent::Done {
+        tag: dest.tag_or_digest(),
+        digest: digest.clone(),
+        size,
+    });
+    Ok(PushResult {
+        digest,
+        size,
+        manifest_pushed: pushed,
+        blobs,
+    })
+}
+
 /// Reads what a push needs from the store: manifest bytes, blob list, mount candidates.
 fn image_to_push(store: &Store, desc: &Descriptor) -> Result<ImageToPush> {
     let digest = Digest::try_from(desc.digest()).map_err(Error::op("read the image digest"))?;
     let mt = desc.media_type().to_string();
-    if media_type::is_index(&mt) {
-        return Err(Error::invalid(
-            format!("push {digest}"),
-            "pushing an image index is not supported; push a platform's manifest",
-        ));
-    }
     let bytes = store
         .read_blob(&digest)
         .map_err(Error::op(format!("read manifest {digest}")))?;

@@ -2,8 +2,8 @@
 //! cache decisions. Step execution is in `execute.rs`.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use rbuild_dockerfile::{Dockerfile, Instruction, InstructionKind, Lexer};
@@ -43,6 +43,37 @@ pub(crate) struct ContextState {
     pub layer_hashes: Option<HashCache>,
 }
 
+/// One lock per step key, shared by the per-platform builds of one multi-platform build.
+#[derive(Debug, Default)]
+pub(crate) struct KeyLocks(Mutex<std::collections::HashMap<String, Arc<Mutex<()>>>>);
+
+impl KeyLocks {
+    /// The lock of `key` (created on first use).
+    fn of(&self, key: &str) -> Arc<Mutex<()>> {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(key.to_owned()).or_default().clone()
+    }
+}
+
+/// BuildKit's automatic platform args (dockerfile2llb `defaultArgs`): defined before the first
+/// FROM without an `ARG`, and in a stage once it declares them (`ARG TARGETARCH`).
+pub(crate) fn platform_args(build: &Platform, target: &Platform) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (prefix, p) in [("BUILD", build), ("TARGET", target)] {
+        out.push((format!("{prefix}PLATFORM"), p.to_string()));
+        out.push((format!("{prefix}OS"), p.os.clone()));
+        out.push((format!("{prefix}ARCH"), p.architecture.clone()));
+        out.push((
+            format!("{prefix}VARIANT"),
+            p.variant.clone().unwrap_or_default(),
+        ));
+    }
+    out
+}
+
 /// The state file of the layer-file hash cache.
 const LAYER_HASHES: &str = "layer-hashes";
 
@@ -62,7 +93,13 @@ pub(crate) struct Build<'a> {
     pub file: String,
     pub df: Dockerfile,
     pub meta_args: BTreeMap<String, Option<String>>,
+    /// The platform this build is for (`TARGETPLATFORM`); a stage may run on another one
+    /// (`FROM --platform=…`, see [`Build::stage_platform`]).
     pub platform: Platform,
+    /// Steps being executed by any of the build's platforms, by key: a step that several
+    /// targets share (a `FROM --platform=$BUILDPLATFORM` stage) runs once while the others
+    /// wait, then take it from the cache.
+    pub inflight: Arc<KeyLocks>,
     pub ctx: Mutex<ContextState>,
     pub hash_cache_name: String,
     pub record_name: String,
@@ -123,6 +160,7 @@ impl<'a> Build<'a> {
             df,
             meta_args: BTreeMap::new(),
             platform: Platform::host(),
+            inflight: Arc::default(),
             ctx: Mutex::new(ContextState::default()),
             record: Mutex::new(BuildRecord::default()),
             last_record: BuildRecord::default(),
@@ -165,8 +203,22 @@ impl<'a> Build<'a> {
         step::lexer(self.df.directives.escape)
     }
 
-    /// Global ARGs (before the first FROM): `--build-arg` overrides the default.
+    /// Builds for `target` (the default is the host): the stages' default platform, the
+    /// automatic platform args, and the `--explain` record kept per platform.
+    pub(crate) fn set_platform(&mut self, target: Platform) {
+        if !target.same_as(&Platform::host()) {
+            self.record_name = format!("{}-{}", self.record_name, short_hash(&target.to_string()));
+        }
+        self.platform = target;
+    }
+
+    /// Global ARGs (before the first FROM): `--build-arg` overrides the default. BuildKit's
+    /// platform args are defined here without a declaration.
     pub(crate) fn resolve_meta_args(&mut self) -> Result<()> {
+        for (k, v) in platform_args(&Platform::host(), &self.platform) {
+            let v = self.opts.build_args.get(&k).cloned().unwrap_or(v);
+            self.meta_args.insert(k, Some(v));
+        }
         let lexer = self.lexer();
         let metas = self.df.meta_args.clone();
         for inst in &metas {
@@ -290,7 +342,8 @@ impl<'a> Build<'a> {
             .or_else(|| name.parse::<usize>().ok().filter(|&i| i < before))
     }
 
-    fn base_name_of(&self, idx: usize) -> Result<String> {
+    /// Stage `idx`'s FROM with the global args expanded.
+    fn expanded_from(&self, idx: usize) -> Result<rbuild_dockerfile::From> {
         let stage = &self.df.stages[idx];
         let lookup = |n: &str| self.meta_args.get(n).cloned().flatten();
         let (from, _) = stage.from.expand(&self.lexer(), &lookup).map_err(|e| {
@@ -299,21 +352,81 @@ impl<'a> Build<'a> {
                 crate::error::dockerfile_message(&e),
             )
         })?;
-        match &from.kind {
-            InstructionKind::From(f) => {
-                if let Some(p) = &f.platform
-                    && !p.is_empty()
-                    && *p != self.platform.to_string()
-                {
-                    return Err(self.err(
-                        stage.from.span.start_line,
-                        format!("FROM --platform={p}: only the host platform {} can be built (multi-platform builds come later)", self.platform),
-                    ));
-                }
-                Ok(f.image.clone())
-            }
+        match from.kind {
+            InstructionKind::From(f) => Ok(f),
             _ => Err(self.err(stage.from.span.start_line, "a stage must start with FROM")),
         }
+    }
+
+    fn base_name_of(&self, idx: usize) -> Result<String> {
+        Ok(self.expanded_from(idx)?.image)
+    }
+
+    /// The platform stage `idx` runs on: its `FROM --platform`, else the platform of the stage
+    /// it builds on, else the build's target (BuildKit).
+    pub(crate) fn stage_platform(&self, idx: usize) -> Result<Platform> {
+        let from = self.expanded_from(idx)?;
+        if let Some(p) = from.platform.as_deref().filter(|p| !p.is_empty()) {
+            let line = self.df.stages[idx].from.span.start_line;
+            let p: Platform = p
+                .parse()
+                .map_err(|e| self.err(line, format!("FROM --platform: {e}")))?;
+            if p.os != "linux" {
+                return Err(self.err(
+                    line,
+                    format!("FROM --platform={p}: only linux images can be built"),
+                ));
+            }
+            return Ok(p);
+        }
+        match self.stage_index(&from.image, idx) {
+            Some(base) => self.stage_platform(base),
+            None => Ok(self.platform.clone()),
+        }
+    }
+
+    /// The stages the target stage needs, itself included (FROM, `COPY --from`, mounts).
+    pub(crate) fn reachable(&self, target: usize) -> Vec<usize> {
+        let mut seen = vec![target];
+        let mut i = 0;
+        while i < seen.len() {
+            for d in self.deps(seen[i]) {
+                if !seen.contains(&d) {
+                    seen.push(d);
+                }
+            }
+            i += 1;
+        }
+        seen
+    }
+
+    /// Checks, before any step runs, that every foreign platform a RUN step of the target's
+    /// stages will run on has an emulator, and that the base images have a manifest for
+    /// their stage's platform (pulling them when they are not in the store).
+    pub(crate) fn preflight(&self, target: usize) -> Result<()> {
+        for idx in self.reachable(target) {
+            let platform = self.stage_platform(idx)?;
+            let stage = &self.df.stages[idx];
+            if let Some(run) = stage
+                .instructions
+                .iter()
+                .find(|i| matches!(i.kind, InstructionKind::Run(_)))
+                && let Some(reason) = self.executor.missing_emulator(&platform)
+            {
+                return Err(Error::NoEmulator {
+                    file: self.file.clone(),
+                    line: run.span.start_line,
+                    platform: platform.to_string(),
+                    qemu: crate::emulation::qemu_name(&platform),
+                    reason,
+                });
+            }
+            let base = self.base_name_of(idx)?;
+            if base != "scratch" && self.stage_index(&base, idx).is_none() {
+                self.resolve_image(&base, stage.from.span.start_line, &platform)?;
+            }
+        }
+        Ok(())
     }
 
     /// Stages that stage `idx` needs first: its FROM, `COPY --from`, `RUN --mount from=`.
@@ -395,11 +508,19 @@ impl<'a> Build<'a> {
         if let Some(i) = self.stage_index(name, before) {
             return self.stage(i);
         }
-        self.resolve_image(name, line)
+        let platform = self.stage_platform(before)?;
+        self.resolve_image(name, line, &platform)
     }
 
-    fn resolve_image(&self, name: &str, line: usize) -> Result<StageResult> {
-        let found = image::resolve(self.store, name);
+    /// A store image (an index resolved to `platform`'s manifest), pulled when it is not in
+    /// the store and a registry is configured.
+    fn resolve_image(&self, name: &str, line: usize, platform: &Platform) -> Result<StageResult> {
+        let found = image::resolve(self.store, name).and_then(|d| {
+            image::select(self.store, name, &d, platform)?.ok_or_else(|| Error::ImageNotFound {
+                reference: name.to_owned(),
+                hint: None,
+            })
+        });
         let found = match (found, self.registry, self.rt.as_ref()) {
             (Err(Error::ImageNotFound { .. }), Some(client), Some(handle)) => {
                 let reference: Reference = name.parse().map_err(|e| {
@@ -408,21 +529,23 @@ impl<'a> Build<'a> {
                 self.progress.emit(BuildEvent::Pulling {
                     reference: reference.to_string(),
                 });
-                let platform = self.platform.clone();
-                crate::registry::pull_blocking(
+                let digest = crate::registry::pull_blocking(
                     handle,
                     self.store,
                     client,
                     &reference,
-                    Some(&platform),
+                    Some(platform),
                 )
-                .map_err(|e| Error::Pull {
-                    file: self.file.clone(),
-                    line,
-                    reference: reference.to_string(),
-                    source: Box::new(e),
+                .map_err(|e| match e {
+                    e @ Error::NoPlatform { .. } => e,
+                    e => Error::Pull {
+                        file: self.file.clone(),
+                        line,
+                        reference: reference.to_string(),
+                        source: Box::new(e),
+                    },
                 })?;
-                image::resolve(self.store, name)
+                image::resolve(self.store, &digest.to_string())
             }
             (other, _, _) => other,
         };
@@ -431,11 +554,41 @@ impl<'a> Build<'a> {
                 line,
                 format!("image {reference} is not in the local store (build it, or pull it with `rbuild pull {reference}`)"),
             ),
+            Error::NoPlatform {
+                reference,
+                platform,
+                available,
+            } => self.err(
+                line,
+                format!(
+                    "image {reference} has no manifest for {platform} (it has: {})",
+                    available.join(", ")
+                ),
+            ),
             other => other,
         })?;
         let digest =
             Digest::try_from(desc.digest()).map_err(Error::op("read a manifest digest"))?;
         let img = image::load(self.store, &digest)?;
+        if !img.config.architecture.is_empty()
+            && !platform.matches(
+                &img.config.os,
+                &img.config.architecture,
+                img.config.variant.as_deref(),
+            )
+        {
+            let theirs = Platform {
+                os: img.config.os.clone(),
+                architecture: img.config.architecture.clone(),
+                variant: img.config.variant.clone(),
+            };
+            return Err(self.err(
+                line,
+                format!(
+                    "image {name} is for {theirs}, not {platform} (name an image or index that has {platform}, or use FROM --platform={theirs})"
+                ),
+            ));
+        }
         Ok(StageResult {
             config: img.config,
             layers: img.layers,
@@ -448,19 +601,20 @@ impl<'a> Build<'a> {
     fn stage_base(&self, idx: usize) -> Result<(StageResult, String)> {
         let from_line = self.df.stages[idx].from.span.start_line;
         let base_name = self.base_name_of(idx)?;
+        let platform = self.stage_platform(idx)?;
         Ok(if let Some(e) = self.stage_index(&base_name, idx) {
             (self.stage(e)?, format!("FROM {base_name}"))
         } else if base_name == "scratch" {
             (
                 StageResult {
-                    config: ImageConfig::scratch(&self.platform),
+                    config: ImageConfig::scratch(&platform),
                     layers: Vec::new(),
-                    key: crate::key::scratch(&self.platform).hex().to_owned(),
+                    key: crate::key::scratch(&platform).hex().to_owned(),
                 },
                 "FROM scratch".to_owned(),
             )
         } else {
-            let r = self.resolve_image(&base_name, from_line)?;
+            let r = self.resolve_image(&base_name, from_line, &platform)?;
             let shown = base_name
                 .parse::<Reference>()
                 .map_or_else(|_| base_name.clone(), |r| r.to_string());
@@ -508,6 +662,11 @@ impl<'a> Build<'a> {
         instructions.extend(stage.instructions.iter().cloned());
         let total = instructions.len() + 1;
         self.total.fetch_add(total, Ordering::Relaxed);
+        let shown = if self.opts.platforms.is_empty() {
+            None
+        } else {
+            Some(self.stage_platform(idx)?)
+        };
         self.progress.emit(BuildEvent::StepStarted {
             stage: idx,
             stage_name: stage.name.clone(),
@@ -515,6 +674,7 @@ impl<'a> Build<'a> {
             total,
             text: from_text,
             cached: false,
+            platform: shown.clone(),
         });
         let mut view = image::ensure_unpacked(self.store, &base.layers)?;
         let steps = self.plan(idx, &instructions, &base)?;
@@ -540,8 +700,13 @@ impl<'a> Build<'a> {
             }
             key = st.key.clone();
             let started = Instant::now();
-            let record =
-                self.step_result(idx, stage.name.as_deref(), total, st, no_cache, &view)?;
+            let record = self.step_result(
+                (idx, stage.name.as_deref(), shown.as_ref()),
+                total,
+                st,
+                no_cache,
+                &view,
+            )?;
             if let Ok(mut e) = self.exported.lock() {
                 e.push((st.key.clone(), record.clone()));
             }
@@ -584,13 +749,16 @@ impl<'a> Build<'a> {
     /// (and recorded in the cache); reports the step as it goes.
     fn step_result(
         &self,
-        idx: usize,
-        stage_name: Option<&str>,
+        (idx, stage_name, platform): (usize, Option<&str>, Option<&Platform>),
         total: usize,
         st: &Step,
         no_cache: bool,
         view: &LayerView,
     ) -> Result<StepRecord> {
+        let lock = self.inflight.of(&st.key);
+        let _running = lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut hit = if no_cache {
             None
         } else {
@@ -606,6 +774,7 @@ impl<'a> Build<'a> {
             total,
             text: st.display.clone(),
             cached: hit.is_some(),
+            platform: platform.cloned(),
         });
         if hit.is_none() && self.opts.explain {
             let prev = self

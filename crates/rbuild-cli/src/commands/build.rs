@@ -56,8 +56,9 @@ pub(crate) struct Args {
     /// An annotation on the image manifest (repeatable).
     #[arg(long = "annotation", value_name = "K=V")]
     annotations: Vec<String>,
-    /// Target platform (`os/arch`); only the host's can be built.
-    #[arg(long)]
+    /// Target platforms, comma-separated (`linux/amd64,linux/arm64`): more than one builds an
+    /// image index. A foreign architecture's RUN steps need QEMU registered with binfmt_misc.
+    #[arg(long, value_name = "OS/ARCH[/VARIANT],…")]
     platform: Option<String>,
     /// Image format: `oci` or `docker` (docker keeps HEALTHCHECK).
     #[arg(long, default_value = "oci")]
@@ -322,9 +323,8 @@ pub(crate) async fn run(
         other => anyhow::bail!("unknown --format `{other}` (expected oci or docker)"),
     });
     if let Some(p) = &args.platform {
-        opts = opts.platform(
-            p.parse()
-                .with_context(|| format!("invalid --platform `{p}`"))?,
+        opts = opts.platforms(
+            rbuild::Platform::parse_list(p).with_context(|| format!("invalid --platform `{p}`"))?,
         );
     }
     // ADD URLs follow the registry client's `--tls-verify`.

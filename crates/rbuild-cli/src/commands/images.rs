@@ -62,12 +62,30 @@ pub(crate) fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     ]];
     for (r, desc) in store.images()? {
         let digest = rbuild::Digest::try_from(desc.digest())?;
-        let (created, size) = match rbuild::image::load(&store, &digest) {
-            Ok(img) => (
-                human_age(img.config.created.as_deref()),
-                human_size(img.layers.iter().map(|l| l.size).sum::<u64>()),
-            ),
-            Err(_) => ("N/A".to_owned(), "N/A".to_owned()),
+        // An index shows its newest image and the size of the platforms in the store.
+        let manifests = if rbuild::oci::media_type::is_index(desc.media_type().as_ref()) {
+            rbuild::image::index_entries(&store, &digest)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(d, _)| rbuild::Digest::try_from(d.digest()).ok())
+                .filter(|d| store.has_blob(d))
+                .collect()
+        } else {
+            vec![digest.clone()]
+        };
+        let images: Vec<_> = manifests
+            .iter()
+            .filter_map(|d| rbuild::image::load(&store, d).ok())
+            .collect();
+        let (created, size) = if images.is_empty() {
+            ("N/A".to_owned(), "N/A".to_owned())
+        } else {
+            let newest = images.iter().filter_map(|i| i.config.created.clone()).max();
+            let total: u64 = images
+                .iter()
+                .flat_map(|i| i.layers.iter().map(|l| l.size))
+                .sum();
+            (human_age(newest.as_deref()), human_size(total))
         };
         let shown = if args.no_trunc {
             digest.to_string()

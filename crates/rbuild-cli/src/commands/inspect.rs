@@ -19,6 +19,10 @@ pub(crate) struct Args {
     /// for an image manifest, its config).
     #[arg(long)]
     remote: bool,
+    /// Show this platform's image of a multi-platform index (without it, an index is shown
+    /// as the index with its platforms).
+    #[arg(long)]
+    platform: Option<rbuild::Platform>,
 }
 
 /// The largest config blob `inspect --remote` reads into memory; real configs are a few KiB.
@@ -35,7 +39,31 @@ pub(crate) async fn run(
         return remote(flags, &args.reference).await;
     }
     let store = super::open_store(root)?;
-    let img = super::load_image(&store, &args.reference)?;
+    let desc = rbuild::image::resolve(&store, &args.reference)?;
+    let mt = desc.media_type().to_string();
+    if args.platform.is_none() && media_type::is_index(&mt) {
+        let digest = Digest::try_from(desc.digest())?;
+        let bytes = store.read_blob(&digest)?;
+        let manifest: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("the image index {digest} is not JSON"))?;
+        let platforms: Vec<serde_json::Value> = rbuild::image::index_entries(&store, &digest)?
+            .into_iter()
+            .map(|(d, p)| {
+                let child = d.digest().to_string();
+                let present = child.parse::<Digest>().is_ok_and(|c| store.has_blob(&c));
+                serde_json::json!({"platform": p.to_string(), "digest": child, "present": present})
+            })
+            .collect();
+        let out = serde_json::json!({
+            "digest": digest.to_string(),
+            "mediaType": mt,
+            "manifest": manifest,
+            "platforms": platforms,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let img = super::load_image_for(&store, &args.reference, args.platform.as_ref())?;
     let out = serde_json::json!({
         "digest": img.digest.to_string(),
         "manifest": img.manifest,

@@ -40,7 +40,17 @@ pub(crate) fn load_image(
     store: &Store,
     reference: &str,
 ) -> anyhow::Result<rbuild::image::LoadedImage> {
-    let desc = rbuild::image::resolve(store, reference)?;
+    load_image_for(store, reference, None)
+}
+
+/// Resolves and loads an image by reference or digest; from an image index, the manifest for
+/// `platform` (default: this machine's).
+pub(crate) fn load_image_for(
+    store: &Store,
+    reference: &str,
+    platform: Option<&rbuild::Platform>,
+) -> anyhow::Result<rbuild::image::LoadedImage> {
+    let desc = rbuild::image::resolve_for(store, reference, platform)?;
     let digest = rbuild::Digest::try_from(desc.digest())?;
     Ok(rbuild::image::load(store, &digest)?)
 }

@@ -20,6 +20,10 @@ pub(crate) struct Args {
     /// No network.
     #[arg(long)]
     no_network: bool,
+    /// The platform to run from a multi-platform image [default: this machine's]; a foreign
+    /// architecture runs through QEMU registered with binfmt_misc.
+    #[arg(long)]
+    platform: Option<rbuild::Platform>,
     /// Image reference or manifest digest.
     reference: String,
     /// Command and arguments (replace the image's CMD).
@@ -30,7 +34,15 @@ pub(crate) struct Args {
 /// Runs `rbuild run`, passing the container's exit status through.
 pub(crate) fn run(root: &Path, args: Args) -> anyhow::Result<ExitCode> {
     let store = super::open_store(root)?;
-    let img = super::load_image(&store, &args.reference)?;
+    let img = super::load_image_for(&store, &args.reference, args.platform.as_ref())?;
+    if let Some(p) = &args.platform {
+        use rbuild::executor::Executor as _;
+        if let Some(reason) = rbuild::executor::SandboxExecutor.missing_emulator(p) {
+            anyhow::bail!(
+                "cannot run {p} programs here: {reason}; install qemu-user-static and register it with binfmt_misc"
+            );
+        }
+    }
     let opts = RunOptions {
         command: args.command,
         entrypoint: args

@@ -75,7 +75,7 @@ pub(super) fn load(store: &rbuild::Store, image: &str) -> Result<Loaded, Error> 
         reference: image.to_owned(),
         source,
     };
-    let desc = rbuild::image::resolve(store, image).map_err(|e| load_error(e.into()))?;
+    let desc = rbuild::image::resolve_for(store, image, None).map_err(|e| load_error(e.into()))?;
     let digest = rbuild::Digest::try_from(desc.digest()).map_err(|e| load_error(e.into()))?;
     let img = rbuild::image::load(store, &digest).map_err(|e| load_error(e.into()))?;
     Ok(Loaded {
