@@ -178,6 +178,7 @@ impl Build<'_> {
                 inputs: &inputs,
                 platform: &self.platform,
                 compression: self.opts.compression,
+                compression_level: self.opts.layer_options().get_level(),
                 source_date_epoch: self.opts.source_date_epoch,
             }
             .digest()
