@@ -51,23 +51,23 @@ pub use error::{Error, Result};
 pub use unpack::{UnpackStats, apply_layer, unpack_layer};
 pub use write::{is_empty_diff, overlay_opaque_xattr, write_layer};
 
-/// The gzip level used when none is set.
+/// The gzip level used when none is set: 6, Go's default and so what docker and buildah use.
 ///
-/// Measured with flate2's zlib-rs backend on a busy 2-core machine (CPU time of the
-/// compressor alone; `benches/layer_write.rs` has the end-to-end numbers):
+/// Measured on a Debian bookworm minbase root filesystem (170 MB tar) with flate2's zlib-rs
+/// backend, `benches/scale.sh` (buildah's layer of the same tree: 63.3 MB):
 ///
-/// | level | random data | ratio | source text | ratio |
-/// |------:|------------:|------:|------------:|------:|
-/// | 1     | 95 MB/s     | 1.055 | 254 MB/s    | 0.334 |
-/// | 2     | 60 MB/s     | 1.000 | 177 MB/s    | 0.257 |
-/// | 3     | 54 MB/s     | 1.000 | 146 MB/s    | 0.236 |
-/// | 6     | 52 MB/s     | 1.000 | 73 MB/s     | 0.219 |
+/// | level | layer   |
+/// |------:|--------:|
+/// | 1     | 78.8 MB |
+/// | 2     | 65.6 MB |
+/// | 3     | 63.3 MB |
+/// | 6     | 61.6 MB |
 ///
-/// Level 6 is Go's default, what docker and buildah use. Level 1 (zlib-ng's `deflate_quick`)
-/// is nearly twice as fast on the incompressible content that dominates real layers
-/// (binaries, archives; the reference workload's 50 MiB random file) at the price of ~5 %
-/// expansion there and bigger text layers; pick 2 or 3 with [`LayerOptions::gzip_level`] when
-/// the upload link is slower than the compressor.
+/// zlib-rs' level 1 (`deflate_quick`) is much faster on text but 25 % larger; the build time
+/// barely differs, because compression runs on all cores in 1 MiB chunks and chunks that
+/// cannot shrink (random or already-compressed content) are stored without searching for
+/// matches at any level. Pick another level with [`LayerOptions::level`]
+/// (`rbuild build --compression-level N`).
 pub const DEFAULT_GZIP_LEVEL: u32 = 6;
 
 /// The zstd level used when none is set (zstd's own default).

@@ -73,6 +73,9 @@ pub(crate) struct HashCache {
     files: HashMap<String, (Identity, [u8; 32])>,
     /// Whether this build changed the cache (only then is it written back).
     dirty: bool,
+    /// How many entries this build looked up or added (each file is hashed at most once per
+    /// context): when that is all of them, none can be stale.
+    used: usize,
 }
 
 /// A walked build context.
@@ -357,28 +360,28 @@ impl Context {
         cache: &mut HashCache,
     ) -> Result<usize, ContextError> {
         let dirs: Vec<String> = prefixes.iter().map(|p| format!("{p}/")).collect();
-        let wanted: Vec<String> = self
-            .entries
-            .iter()
-            .filter(|(rel, e)| {
-                e.kind == EntryKind::File
-                    && e.sha256.is_none()
-                    && prefixes
-                        .iter()
-                        .zip(&dirs)
-                        .any(|(p, d)| p.is_empty() || *rel == p || rel.starts_with(d.as_str()))
-            })
-            .map(|(rel, _)| rel.clone())
-            .collect();
+        let by_host_path = self.root_fd.is_none();
+        // One pass over the entries: cache hits are filled in place, misses collected.
         let mut to_read = Vec::new();
-        for rel in &wanted {
-            let entry = &self.entries[rel];
-            match cache.files.get(&self.cache_key(rel, entry)) {
+        for (rel, entry) in &mut self.entries {
+            if entry.kind != EntryKind::File
+                || entry.sha256.is_some()
+                || !prefixes
+                    .iter()
+                    .zip(&dirs)
+                    .any(|(p, d)| p.is_empty() || rel == p || rel.starts_with(d.as_str()))
+            {
+                continue;
+            }
+            let hit = if by_host_path {
+                cache.files.get(entry.path.to_string_lossy().as_ref())
+            } else {
+                cache.files.get(rel.as_str())
+            };
+            match hit {
                 Some((id, hash)) if *id == entry.identity => {
-                    let hash = hex::encode(hash);
-                    if let Some(e) = self.entries.get_mut(rel) {
-                        e.sha256 = Some(hash);
-                    }
+                    entry.sha256 = Some(hex::encode(hash));
+                    cache.used += 1;
                 }
                 _ => to_read.push((rel.clone(), entry.path.clone(), entry.identity)),
             }
@@ -409,6 +412,7 @@ impl Context {
             if hex::decode_to_slice(&hash, &mut raw).is_ok() {
                 cache.files.insert(key, (id, raw));
                 cache.dirty = true;
+                cache.used += 1;
             }
             if let Some(e) = self.entries.get_mut(&rel) {
                 e.sha256 = Some(hash);
@@ -478,11 +482,16 @@ impl HashCache {
         Self {
             files: parse(bytes).unwrap_or_default(),
             dirty: false,
+            used: 0,
         }
     }
 
     /// Drops entries for files that are no longer in `context`.
     pub(crate) fn retain_present(&mut self, context: &Context) {
+        if self.used == self.files.len() {
+            // Every entry belongs to a file this build hashed or found: nothing to drop.
+            return;
+        }
         let before = self.files.len();
         self.files
             .retain(|rel, _| context.entries.contains_key(rel));
@@ -519,9 +528,11 @@ fn walk_dir(
     use std::os::unix::ffi::OsStrExt;
 
     let dir_path = || root.join(rel_dir);
-    let walk_err = |path: PathBuf| move |e: rustix::io::Errno| ContextError::Walk {
-        path,
-        source: e.into(),
+    let walk_err = |path: PathBuf| {
+        move |e: rustix::io::Errno| ContextError::Walk {
+            path,
+            source: e.into(),
+        }
     };
     let mut names = Vec::new();
     let mut d = rustix::fs::Dir::read_from(dir_fd).map_err(walk_err(dir_path()))?;
@@ -568,7 +579,8 @@ fn walk_dir(
         };
         let size = md.st_size.unsigned_abs();
         let mtime = (md.st_mtime, md.st_mtime_nsec as i64);
-        let link_id = (md.st_nlink > 1 && kind == EntryKind::File).then_some((md.st_dev, md.st_ino));
+        let link_id =
+            (md.st_nlink > 1 && kind == EntryKind::File).then_some((md.st_dev, md.st_ino));
         out.push((
             rel.clone(),
             Entry {
@@ -596,12 +608,11 @@ fn walk_dir(
         .map(|(rel, name)| {
             // Opened here, not while listing: only the directories being walked hold a
             // descriptor, however wide the tree.
-            let fd = crate::rootfs::open_dir_at(dir_fd, &name).map_err(|source| {
-                ContextError::Walk {
+            let fd =
+                crate::rootfs::open_dir_at(dir_fd, &name).map_err(|source| ContextError::Walk {
                     path: root.join(&rel),
                     source,
-                }
-            })?;
+                })?;
             let mut v = Vec::new();
             walk_dir(root, &fd, &rel, ignore, &mut v).map(|()| v)
         })
@@ -788,7 +799,11 @@ mod tests {
             ctx.entries()["y"].sha256.as_deref()
         );
         // A torn file, or an older rbuild's JSON, is an empty cache, not an error.
-        assert!(HashCache::from_bytes(&bytes[..bytes.len() - 1]).files.is_empty());
+        assert!(
+            HashCache::from_bytes(&bytes[..bytes.len() - 1])
+                .files
+                .is_empty()
+        );
         assert!(HashCache::from_bytes(b"{\"files\":{}}").files.is_empty());
     }
 
@@ -800,7 +815,11 @@ mod tests {
             fs::create_dir_all(p.parent().unwrap()).unwrap();
             fs::write(p, f).unwrap();
         }
-        fs::write(dir.path().join(".dockerignore"), "skip\n*/*.log\npart\n!part/y\n").unwrap();
+        fs::write(
+            dir.path().join(".dockerignore"),
+            "skip\n*/*.log\npart\n!part/y\n",
+        )
+        .unwrap();
         let ctx = Context::walk(dir.path()).unwrap();
         assert_eq!(
             ctx.entries().keys().collect::<Vec<_>>(),
