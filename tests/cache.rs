@@ -280,3 +280,107 @@ fn no_cache_filter_reruns_only_the_named_stage() {
     // The final stage's RUN still hits: the deps layer came out the same.
     assert!(out.contains("CACHED [3/3] RUN echo app"), "{out}");
 }
+
+#[test]
+fn a_hundred_thousand_file_context_rebuilds_from_cache_and_one_change_reruns_from_the_copy() {
+    if !can_build() {
+        return;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+    build_base(&root, work.path());
+    let ctx = work.path().join("ctx");
+    // 100,000 small files in 200 directories, and a Dockerfile that ships them all.
+    for d in 0..200 {
+        fs::create_dir_all(ctx.join(format!("d{d:03}"))).unwrap();
+    }
+    for i in 0..100_000 {
+        fs::write(
+            ctx.join(format!("d{:03}/f{i:06}", i % 200)),
+            format!("file {i}\n"),
+        )
+        .unwrap();
+    }
+    fs::write(
+        ctx.join("Dockerfile"),
+        "FROM localhost/busybox:test
+RUN echo before > /before
+COPY . /src
+RUN find /src -type f | wc -l > /count
+ENV DONE=1
+CMD [\"cat\", \"/count\"]
+",
+    )
+    .unwrap();
+    let first = build(
+        &root,
+        &ctx,
+        &[
+            "--source-date-epoch",
+            "1700000000",
+            "-t",
+            "localhost/many:1",
+        ],
+    );
+    assert_eq!(missed(&first), vec![2, 3, 4, 5, 6], "{first}");
+    let count = ok(&rbuild(&root, &["run", "localhost/many:1"]));
+    assert_eq!(
+        count.trim(),
+        "100001",
+        "every file and the Dockerfile landed"
+    );
+
+    let again = build(
+        &root,
+        &ctx,
+        &[
+            "--source-date-epoch",
+            "1700000000",
+            "-t",
+            "localhost/many:1",
+        ],
+    );
+    assert_eq!(
+        missed(&again),
+        Vec::<usize>::new(),
+        "fully cached:\n{again}"
+    );
+    assert_eq!(last_line(&again), last_line(&first), "the same image");
+
+    fs::write(ctx.join("d123/f050123"), "changed\n").unwrap();
+    let changed = build(
+        &root,
+        &ctx,
+        &[
+            "--source-date-epoch",
+            "1700000000",
+            "-t",
+            "localhost/many:1",
+        ],
+    );
+    assert_eq!(
+        missed(&changed),
+        vec![3, 4, 5, 6],
+        "the COPY and what follows it run, nothing before:\n{changed}"
+    );
+    assert!(
+        changed.contains("file d123/f050123: content changed"),
+        "--explain names the one file:\n{changed}"
+    );
+    assert_ne!(last_line(&changed), last_line(&first));
+
+    // Changing it back gives the first image again, from the cache.
+    fs::write(ctx.join("d123/f050123"), "file 50123\n").unwrap();
+    let back = build(
+        &root,
+        &ctx,
+        &[
+            "--source-date-epoch",
+            "1700000000",
+            "-t",
+            "localhost/many:1",
+        ],
+    );
+    assert_eq!(missed(&back), Vec::<usize>::new(), "{back}");
+    assert_eq!(last_line(&back), last_line(&first));
+}

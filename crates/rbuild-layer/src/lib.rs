@@ -51,24 +51,24 @@ pub use error::{Error, Result};
 pub use unpack::{UnpackStats, apply_layer, unpack_layer};
 pub use write::{is_empty_diff, overlay_opaque_xattr, write_layer};
 
-/// The gzip level used when none is set.
+/// The gzip level used when none is set: 6, Go's default and so what docker and buildah use.
 ///
-/// Measured with flate2's zlib-rs backend on a busy 2-core machine (CPU time of the
-/// compressor alone; `benches/layer_write.rs` has the end-to-end numbers):
+/// Measured on a Debian bookworm minbase root filesystem (170 MB tar) with flate2's zlib-rs
+/// backend, `benches/scale.sh` (buildah's layer of the same tree: 63.3 MB):
 ///
-/// | level | random data | ratio | source text | ratio |
-/// |------:|------------:|------:|------------:|------:|
-/// | 1     | 95 MB/s     | 1.055 | 254 MB/s    | 0.334 |
-/// | 2     | 60 MB/s     | 1.000 | 177 MB/s    | 0.257 |
-/// | 3     | 54 MB/s     | 1.000 | 146 MB/s    | 0.236 |
-/// | 6     | 52 MB/s     | 1.000 | 73 MB/s     | 0.219 |
+/// | level | layer   |
+/// |------:|--------:|
+/// | 1     | 78.8 MB |
+/// | 2     | 65.6 MB |
+/// | 3     | 63.3 MB |
+/// | 6     | 61.6 MB |
 ///
-/// Level 6 is Go's default, what docker and buildah use. Level 1 (zlib-ng's `deflate_quick`)
-/// is nearly twice as fast on the incompressible content that dominates real layers
-/// (binaries, archives; the reference workload's 50 MiB random file) at the price of ~5 %
-/// expansion there and bigger text layers; pick 2 or 3 with [`LayerOptions::gzip_level`] when
-/// the upload link is slower than the compressor.
-pub const DEFAULT_GZIP_LEVEL: u32 = 1;
+/// zlib-rs' level 1 (`deflate_quick`) is much faster on text but 25 % larger; the build time
+/// barely differs, because compression runs on all cores in 1 MiB chunks and chunks that
+/// cannot shrink (random or already-compressed content) are stored without searching for
+/// matches at any level. Pick another level with [`LayerOptions::level`]
+/// (`rbuild build --compression-level N`).
+pub const DEFAULT_GZIP_LEVEL: u32 = 6;
 
 /// The zstd level used when none is set (zstd's own default).
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
@@ -127,6 +127,15 @@ impl LayerOptions {
         self
     }
 
+    /// The level of whichever compression is used: gzip 0–9, zstd 1–22 (values outside are
+    /// clamped); no effect on an uncompressed layer.
+    #[must_use]
+    pub fn level(mut self, level: i32) -> Self {
+        self.gzip_level = Some(level.clamp(0, 9).unsigned_abs());
+        self.zstd_level = Some(level.clamp(1, 22));
+        self
+    }
+
     /// Clamp every mtime later than `epoch` (seconds since 1970) down to `epoch`, as
     /// `SOURCE_DATE_EPOCH` asks (reproducible-builds.org) and BuildKit's
     /// `rewrite-timestamp=true` does. Earlier mtimes are kept.
@@ -149,6 +158,15 @@ impl LayerOptions {
     /// The zstd level that will be used.
     pub fn get_zstd_level(&self) -> i32 {
         self.zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL)
+    }
+
+    /// The level of the compression that will be used (0 for none).
+    pub fn get_level(&self) -> i32 {
+        match self.compression {
+            Compression::None => 0,
+            Compression::Gzip => i32::try_from(self.get_gzip_level()).unwrap_or(9),
+            Compression::Zstd => self.get_zstd_level(),
+        }
     }
 
     /// The timestamp clamp, if any.
@@ -195,6 +213,12 @@ mod tests {
         assert_eq!(o.get_compression(), Compression::Zstd);
         assert_eq!(o.get_gzip_level(), 9);
         assert_eq!(o.get_source_date_epoch(), Some(5));
+        assert_eq!(o.get_level(), DEFAULT_ZSTD_LEVEL);
+        let o = o.level(19);
+        assert_eq!((o.get_level(), o.get_gzip_level()), (19, 9));
+        let o = o.compression(Compression::Gzip).level(-3);
+        assert_eq!(o.get_level(), 0);
+        assert_eq!(o.compression(Compression::None).level(5).get_level(), 0);
     }
 
     #[test]

@@ -19,6 +19,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::{OsStr, OsString};
+use std::fmt::Write as _;
 use std::fs;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -167,6 +168,8 @@ impl CopyPlan {
         ));
         // Hard-link groups are keyed by their first member, not by inode numbers.
         let mut groups: HashMap<(usize, u64, u64), String> = HashMap::new();
+        // One line per item, formatted into a reused buffer.
+        let mut line = String::new();
         for it in &self.items {
             let (kind, link) = match &it.kind {
                 EntryKind::File if it.extract => ("x", String::new()),
@@ -179,13 +182,17 @@ impl CopyPlan {
                 .map(|g| groups.entry(g).or_insert_with(|| it.sub.clone()).clone())
                 .unwrap_or_default();
             let (uid, gid) = it.owner.unwrap_or((0, 0));
-            h.update(format!(
-                "{}\0{}\0{kind}\0{:o}\0{uid}\0{gid}\0{link}\0{}\0{group}\n",
+            line.clear();
+            // Writing to a String cannot fail.
+            let _ = writeln!(
+                line,
+                "{}\0{}\0{kind}\0{:o}\0{uid}\0{gid}\0{link}\0{}\0{group}",
                 it.sub,
                 it.whole,
                 it.mode,
                 it.sha256.as_deref().unwrap_or("")
-            ));
+            );
+            h.update(line.as_bytes());
         }
         self.digest = hex::encode(h.finalize());
     }

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use crate::executor::{BindMount, ExecutorError, Network, RunStep};
 use rbuild_dockerfile::{Mount, MountType};
-use rbuild_layer::LayerOptions;
 use sha2::Digest as _;
 
 use crate::context::{Context, EntryKind, clean_rel};
@@ -202,9 +201,7 @@ impl Build<'_> {
         if empty {
             return Ok(None);
         }
-        let lopts = LayerOptions::default()
-            .compression(self.opts.compression)
-            .source_date_epoch(self.opts.source_date_epoch);
+        let lopts = self.opts.layer_options();
         let writer = store
             .blob_writer()
             .map_err(|e| (self.step_err(st.line, "write the layer"))(e.into()))?;

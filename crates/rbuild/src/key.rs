@@ -11,7 +11,7 @@ use rbuild_oci::{Digest, Platform};
 use serde::Serialize;
 
 /// The version of the step-key format; part of every key.
-pub(crate) const SCHEMA: &str = "rbuild-step-key/v3";
+pub(crate) const SCHEMA: &str = "rbuild-step-key/v4";
 
 /// Everything a step's result depends on.
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +37,10 @@ pub(crate) struct StepKey<'a> {
     /// How the step's layer is compressed (a different blob, so a different entry).
     #[serde(rename = "compression", serialize_with = "compression_name")]
     pub compression: Compression,
+    /// The compression level in effect (`--compression-level` or the default of
+    /// `compression`; 0 for none): a different level makes a different blob.
+    #[serde(rename = "compression_level")]
+    pub compression_level: i32,
     /// `--source-date-epoch` (timestamps in the layer and history).
     #[serde(rename = "source_date_epoch")]
     pub source_date_epoch: Option<i64>,
@@ -131,6 +135,7 @@ mod tests {
             inputs,
             platform,
             compression: Compression::Gzip,
+            compression_level: 6,
             source_date_epoch: None,
         }
     }
@@ -147,7 +152,7 @@ mod tests {
         assert_eq!(
             json,
             format!(
-                r#"{{"args":["A=1"],"compression":"gzip","inputs":[{{"digest":"d","kind":"copy"}},{{"kind":"network-none"}}],"instruction":"RUN make","parent":"sha256:parent","platform":"{p}","schema":"rbuild-step-key/v3","source_date_epoch":null}}"#
+                r#"{{"args":["A=1"],"compression":"gzip","compression_level":6,"inputs":[{{"digest":"d","kind":"copy"}},{{"kind":"network-none"}}],"instruction":"RUN make","parent":"sha256:parent","platform":"{p}","schema":"rbuild-step-key/v4","source_date_epoch":null}}"#
             )
         );
         assert_eq!(k.digest(), Digest::sha256_of(json.as_bytes()));
@@ -174,6 +179,10 @@ mod tests {
             key(&[], &args, &other),
             StepKey {
                 compression: Compression::Zstd,
+                ..key(&[], &args, &p)
+            },
+            StepKey {
+                compression_level: 9,
                 ..key(&[], &args, &p)
             },
             StepKey {

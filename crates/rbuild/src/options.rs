@@ -61,6 +61,8 @@ pub struct BuildOptions {
     pub(crate) secrets: BTreeMap<String, SecretSource>,
     /// Layer compression.
     pub(crate) compression: rbuild_layer::Compression,
+    /// Layer compression level (`None`: the compression's default).
+    pub(crate) compression_level: Option<i32>,
     /// Manifest annotations.
     pub(crate) annotations: BTreeMap<String, String>,
     /// Target platforms (empty: the host's). More than one builds an image index.
@@ -143,6 +145,7 @@ impl BuildOptions {
             no_cache_filter: Vec::new(),
             secrets: BTreeMap::new(),
             compression: rbuild_layer::Compression::Gzip,
+            compression_level: None,
             annotations: BTreeMap::new(),
             platforms: Vec::new(),
             format: ImageFormat::Oci,
@@ -228,6 +231,26 @@ impl BuildOptions {
     pub fn compression(mut self, c: rbuild_layer::Compression) -> Self {
         self.compression = c;
         self
+    }
+
+    /// Sets the layer compression level (gzip 0–9, zstd 1–22; `None`: the default, see
+    /// [`rbuild_layer::DEFAULT_GZIP_LEVEL`] and [`rbuild_layer::DEFAULT_ZSTD_LEVEL`]). The
+    /// level is part of every step's cache key.
+    #[must_use]
+    pub fn compression_level(mut self, level: Option<i32>) -> Self {
+        self.compression_level = level;
+        self
+    }
+
+    /// The layer options these build options ask for.
+    pub(crate) fn layer_options(&self) -> rbuild_layer::LayerOptions {
+        let o = rbuild_layer::LayerOptions::default()
+            .compression(self.compression)
+            .source_date_epoch(self.source_date_epoch);
+        match self.compression_level {
+            Some(l) => o.level(l),
+            None => o,
+        }
     }
 
     /// Adds a manifest annotation.

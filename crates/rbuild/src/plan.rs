@@ -179,6 +179,7 @@ impl Build<'_> {
                 inputs: &inputs,
                 platform: &platform,
                 compression: self.opts.compression,
+                compression_level: self.opts.layer_options().get_level(),
                 source_date_epoch: self.opts.source_date_epoch,
             }
             .digest()

@@ -254,11 +254,11 @@ impl<'a> Build<'a> {
             let st = &mut *st;
             if let Some(ctx) = &st.context {
                 st.hash_cache.retain_present(ctx);
-                if st.hash_cache.is_dirty()
-                    && let Ok(bytes) = serde_json::to_vec(&st.hash_cache)
-                {
+                if st.hash_cache.is_dirty() {
                     // A lost hash cache only costs re-reading files next time.
-                    let _ = self.store.state_put(&self.hash_cache_name, &bytes);
+                    let _ = self
+                        .store
+                        .state_put(&self.hash_cache_name, &st.hash_cache.to_bytes());
                 }
             }
             if let Some(h) = &mut st.layer_hashes
@@ -281,9 +281,7 @@ impl<'a> Build<'a> {
                         .entry(dir.clone())
                         .or_insert_with(|| layers.join(&dir).is_dir())
                 });
-                if let Ok(bytes) = serde_json::to_vec(&*h) {
-                    let _ = self.store.state_put(LAYER_HASHES, &bytes);
-                }
+                let _ = self.store.state_put(LAYER_HASHES, &h.to_bytes());
             }
         }
     }
@@ -298,7 +296,7 @@ impl<'a> Build<'a> {
                 .state_get(LAYER_HASHES)
                 .ok()
                 .flatten()
-                .and_then(|b| serde_json::from_slice(&b).ok())
+                .map(|b| HashCache::from_bytes(&b))
                 .unwrap_or_default()
         });
         Ok(f(cache))
@@ -317,7 +315,7 @@ impl<'a> Build<'a> {
             let ctx =
                 Context::walk(&self.opts.context).map_err(Error::op("read the build context"))?;
             if let Ok(Some(bytes)) = self.store.state_get(&self.hash_cache_name) {
-                st.hash_cache = serde_json::from_slice(&bytes).unwrap_or_default();
+                st.hash_cache = HashCache::from_bytes(&bytes);
             }
             st.context = Some(ctx);
         }

@@ -53,6 +53,10 @@ pub(crate) struct Args {
     /// Layer compression: `gzip` or `zstd`.
     #[arg(long, default_value = "gzip")]
     compression: String,
+    /// Layer compression level: gzip 0–9 (default 6, Go's and so docker's and buildah's),
+    /// zstd 1–22 (default 3). Part of every step's cache key.
+    #[arg(long = "compression-level", value_name = "N")]
+    compression_level: Option<i32>,
     /// An annotation on the image manifest (repeatable).
     #[arg(long = "annotation", value_name = "K=V")]
     annotations: Vec<String>,
@@ -317,6 +321,21 @@ pub(crate) async fn run(
         "zstd" => rbuild::layer::Compression::Zstd,
         other => anyhow::bail!("unknown --compression `{other}` (expected gzip or zstd)"),
     });
+    if let Some(level) = args.compression_level {
+        let range = if args.compression == "zstd" {
+            1..=22
+        } else {
+            0..=9
+        };
+        anyhow::ensure!(
+            range.contains(&level),
+            "invalid --compression-level {level}: {} takes {} to {}",
+            args.compression,
+            range.start(),
+            range.end()
+        );
+        opts = opts.compression_level(Some(level));
+    }
     opts = opts.format(match args.format.as_str() {
         "oci" => rbuild::ImageFormat::Oci,
         "docker" => rbuild::ImageFormat::Docker,
