@@ -186,9 +186,7 @@ impl Builder {
             .store
             .lock_shared()
             .map_err(Error::op("lock the store"))?;
-        self.store
-            .claim_layer_format(rbuild_layer::overlay_opaque_xattr())
-            .map_err(Error::op("open the store's layer directories"))?;
+        crate::image::claim_layer_format(&self.store)?;
         let (file, text) = read_dockerfile(opts)?;
         let df = rbuild_dockerfile::parse(&text).map_err(|e| Error::Dockerfile {
             file: file.clone(),

@@ -55,6 +55,7 @@ pub fn run(store: &Store, img: &LoadedImage, opts: &RunOptions) -> Result<i32> {
     rbuild_sandbox::check_support()
         .map_err(|e| Error::Executor(crate::executor::ExecutorError::Unavailable(e.into())))?;
     let _lock = store.lock_shared().map_err(Error::op("lock the store"))?;
+    image::claim_layer_format(store)?;
     let view = image::ensure_unpacked(store, &img.layers)?;
     let staging = store
         .staging()

@@ -174,7 +174,17 @@ pub fn load(store: &Store, manifest_digest: &Digest) -> Result<LoadedImage> {
 ///
 /// When a blob cannot be read or unpacked, or does not hash to its `diff_id`.
 pub fn unpacked_dirs(store: &Store, layers: &[LayerRecord]) -> Result<Vec<std::path::PathBuf>> {
+    claim_layer_format(store)?;
     Ok(ensure_unpacked(store, layers)?.dirs().to_vec())
+}
+
+/// Checks (and records, for a new store) that the store's layer directories use this process's
+/// opaque-directory marker: called where layer directories are made or used — a build's start,
+/// `run`, `unpacked_dirs`, each unpack — not for every layer of a stack.
+pub(crate) fn claim_layer_format(store: &Store) -> Result<()> {
+    store
+        .claim_layer_format(rbuild_layer::overlay_opaque_xattr())
+        .map_err(Error::op("open the store's layer directories"))
 }
 
 /// Makes sure every layer has its unpacked directory (unpacking blobs where needed) and returns
@@ -189,9 +199,6 @@ pub fn unpacked_dirs(store: &Store, layers: &[LayerRecord]) -> Result<Vec<std::p
 /// an error naming the operation when a blob cannot be read or unpacked, or does not hash to its
 /// `diff_id`.
 pub(crate) fn ensure_unpacked(store: &Store, layers: &[LayerRecord]) -> Result<LayerView> {
-    store
-        .claim_layer_format(rbuild_layer::overlay_opaque_xattr())
-        .map_err(Error::op("open the store's layer directories"))?;
     let mut dirs = Vec::with_capacity(layers.len());
     for layer in layers.iter().rev() {
         if !store.has_layer_dir(&layer.diff_id) {
@@ -215,6 +222,7 @@ pub(crate) fn ensure_unpacked(store: &Store, layers: &[LayerRecord]) -> Result<L
 ///
 /// an error naming the operation naming the layer's blob, with the expected and actual `diff_id`.
 pub fn unpack(store: &Store, layer: &LayerRecord) -> Result<()> {
+    claim_layer_format(store)?;
     let op = || format!("unpack layer {}", layer.digest);
     let blob = store.open_blob(&layer.digest).map_err(Error::op(op()))?;
     let staging = store.staging().map_err(Error::op(op()))?;
