@@ -494,6 +494,18 @@ fn prepare_rootfs(spec: &RunSpec, dir: &Path) -> Result<Rootfs> {
     })
 }
 
+/// Whether `setgroups` is denied and gid 5 is mapped in this process's user namespace: read
+/// once (the namespace does not change after `userns::enter`, which runs before any plan).
+fn namespace_facts() -> (bool, bool) {
+    static FACTS: OnceLock<(bool, bool)> = OnceLock::new();
+    *FACTS.get_or_init(|| {
+        (
+            crate::userns::setgroups_denied(),
+            crate::userns::gid_mapped(5),
+        )
+    })
+}
+
 /// Validates `spec` and prepares the scratch directory and the child's inputs.
 pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
     let Some(prog) = spec.args.first() else {
@@ -558,8 +570,8 @@ pub(crate) fn prepare(spec: &RunSpec) -> Result<Plan> {
         hostname: cstring("hostname", spec.hostname.as_bytes())?,
         network_none: spec.network == Network::None,
         user_namespace: !crate::userns::in_initial_user_namespace(),
-        setgroups_denied: crate::userns::setgroups_denied(),
-        tty_gid_mapped: crate::userns::gid_mapped(5),
+        setgroups_denied: namespace_facts().0,
+        tty_gid_mapped: namespace_facts().1,
         idmaps: idmaps
             .iter()
             .map(|(from, to)| {

@@ -26,7 +26,6 @@
 //! // … build
 //! ```
 
-use std::ffi::OsStr;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -177,17 +176,9 @@ impl fmt::Display for Mode {
 /// except through [`enter`], which runs before anything asks.
 pub fn in_initial_user_namespace() -> bool {
     static INITIAL: OnceLock<bool> = OnceLock::new();
-    *INITIAL.get_or_init(|| match std::fs::read_to_string("/proc/self/uid_map") {
-        Ok(map) => {
-            parse_map(&map)
-                == [IdRange {
-                    inside: 0,
-                    outside: 0,
-                    count: u32::MAX,
-                }]
-        }
-        // No /proc: assume the classic case.
-        Err(_) => true,
+    // No /proc: assume the classic case.
+    *INITIAL.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/uid_map").map_or(true, |map| is_identity(&map))
     })
 }
 
@@ -227,35 +218,48 @@ pub fn parse_subordinate(text: &str, user: &str, uid: u32) -> Vec<SubordinateRan
 pub fn detect() -> Mode {
     let read = |p: &str| std::fs::read_to_string(p).ok();
     let euid = nix::unistd::geteuid().as_raw();
-    let user = nix::unistd::User::from_uid(euid.into())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .unwrap_or_else(|| euid.to_string());
     // Read, not the cached `in_initial_user_namespace`: `enter` asks before it changes
     // namespaces, and a forked child must not inherit the answer.
     let uid_map = read("/proc/self/uid_map");
-    classify(&Facts {
+    let mut facts = Facts {
         euid,
         egid: nix::unistd::getegid().as_raw(),
-        initial_namespace: uid_map.as_deref().is_none_or(|m| {
-            parse_map(m)
-                == [IdRange {
-                    inside: 0,
-                    outside: 0,
-                    count: u32::MAX,
-                }]
-        }),
-        uid_map: uid_map.clone().unwrap_or_default(),
+        initial_namespace: uid_map.as_deref().is_none_or(is_identity),
+        uid_map: uid_map.unwrap_or_default(),
         gid_map: read("/proc/self/gid_map").unwrap_or_default(),
-        max_user_namespaces: read("/proc/sys/user/max_user_namespaces"),
-        unprivileged_userns_clone: read("/proc/sys/kernel/unprivileged_userns_clone"),
-        user,
-        subuid: read("/etc/subuid").unwrap_or_default(),
-        subgid: read("/etc/subgid").unwrap_or_default(),
-        newuidmap: find_program("newuidmap").is_some(),
-        newgidmap: find_program("newgidmap").is_some(),
-    })
+        max_user_namespaces: None,
+        unprivileged_userns_clone: None,
+        user: String::new(),
+        subuid: String::new(),
+        subgid: String::new(),
+        newuidmap: false,
+        newgidmap: false,
+    };
+    // Root (every build command's start) needs none of what an ordinary user's mode depends on.
+    if euid != 0 {
+        facts.max_user_namespaces = read("/proc/sys/user/max_user_namespaces");
+        facts.unprivileged_userns_clone = read("/proc/sys/kernel/unprivileged_userns_clone");
+        facts.user = nix::unistd::User::from_uid(euid.into())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| euid.to_string());
+        facts.subuid = read("/etc/subuid").unwrap_or_default();
+        facts.subgid = read("/etc/subgid").unwrap_or_default();
+        facts.newuidmap = find_program("newuidmap").is_some();
+        facts.newgidmap = find_program("newgidmap").is_some();
+    }
+    classify(&facts)
+}
+
+/// Whether a `uid_map` is the host's: the identity over every id.
+fn is_identity(map: &str) -> bool {
+    parse_map(map)
+        == [IdRange {
+            inside: 0,
+            outside: 0,
+            count: u32::MAX,
+        }]
 }
 
 /// What [`detect`] reads, so that [`classify`] is a pure function of it.
@@ -484,8 +488,8 @@ pub fn gid_mapped(id: u32) -> bool {
     mapped("/proc/self/gid_map", id)
 }
 
-fn mapped(path: impl AsRef<OsStr>, id: u32) -> bool {
-    match std::fs::read_to_string(Path::new(&path)) {
+fn mapped(path: &str, id: u32) -> bool {
+    match std::fs::read_to_string(path) {
         Ok(text) => parse_map(&text)
             .iter()
             .any(|r| id >= r.inside && u64::from(id) < u64::from(r.inside) + u64::from(r.count)),

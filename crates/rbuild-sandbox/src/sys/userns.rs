@@ -17,7 +17,7 @@
 )]
 
 use std::io::{self, Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 /// Which side of the fork this is.
 pub(crate) enum Side {
@@ -27,16 +27,9 @@ pub(crate) enum Side {
     Child,
 }
 
+/// A close-on-exec pipe as files (the forked sides read and write them with `std::io`).
 fn pipe() -> io::Result<(std::fs::File, std::fs::File)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: `fds` has room for the two descriptors pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 succeeded, so `fds[0]` is open and owned by nobody else.
-    let read = unsafe { OwnedFd::from_raw_fd(fds[0]) };
-    // SAFETY: likewise for `fds[1]`, a different descriptor.
-    let write = unsafe { OwnedFd::from_raw_fd(fds[1]) };
+    let (read, write) = super::pipe()?;
     Ok((read.into(), write.into()))
 }
 
