@@ -49,7 +49,7 @@ use rbuild_oci::{Digest, media_type};
 
 pub use error::{Error, Result};
 pub use unpack::{UnpackStats, apply_layer, unpack_layer};
-pub use write::{is_empty_diff, overlay_opaque_xattr, write_layer};
+pub use write::{is_empty_diff, is_overlay_xattr, overlay_opaque_xattr, write_layer};
 
 /// The gzip level used when none is set: 6, Go's default and so what docker and buildah use.
 ///

@@ -57,8 +57,9 @@ pub fn overlay_opaque_xattr() -> &'static str {
 /// overlayfs' private xattrs (`trusted.overlay.*`, and `user.overlay.*` of a `userxattr`
 /// mount): never part of image content, and never taken from a layer, which could otherwise
 /// forge opaque markers or redirects.
-pub(crate) fn is_overlay_xattr(name: &str) -> bool {
-    name.starts_with("trusted.overlay.") || name.starts_with("user.overlay.")
+pub fn is_overlay_xattr(name: impl AsRef<[u8]>) -> bool {
+    let name = name.as_ref();
+    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
 }
 
 /// Size of the copy buffer for file contents.

@@ -584,10 +584,7 @@ impl Node {
             return Vec::new();
         };
         names
-            .filter(|n| {
-                let b = n.as_bytes();
-                !b.starts_with(b"trusted.overlay.") && !b.starts_with(b"user.overlay.")
-            })
+            .filter(|n| !rbuild_layer::is_overlay_xattr(n.as_bytes()))
             .filter_map(|n| {
                 let v = xattr::get(&path, &n).ok().flatten()?;
                 Some((n, v))

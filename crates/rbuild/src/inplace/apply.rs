@@ -203,7 +203,7 @@ pub(super) fn copy_xattrs(from: &impl AsFd, to: &impl AsFd) -> io::Result<()> {
         Err(e) => return Err(e.into()),
     };
     for name in names[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        if name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.") {
+        if rbuild_layer::is_overlay_xattr(name) {
             continue;
         }
         let name = <OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(name);
