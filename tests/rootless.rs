@@ -167,6 +167,12 @@ fn build_both(
     )
 }
 
+/// The base and app digests of a rootful build of `W/base` and `W/app` into `W/rootful-root`.
+fn rootful_digests(w: &Path) -> (String, String) {
+    let root = w.join("rootful-root");
+    build_both(&|a| rbuild(&root, a), &w.join("base"), &w.join("app"))
+}
+
 #[test]
 fn a_rootless_build_gives_the_rootful_image_bit_for_bit() {
     if !ensure_users() || !have_tool("skopeo") || !have_tool("umoci") {
@@ -182,12 +188,7 @@ fn a_rootless_build_gives_the_rootful_image_bit_for_bit() {
     assert!(info.contains("65536 subordinate uids"), "{info}");
 
     let rootless = build_both(&|a| user.rbuild(a), &w.join("base"), &w.join("app"));
-    let rootful_root = w.join("rootful-root");
-    let rootful = build_both(
-        &|a| rbuild(&rootful_root, a),
-        &w.join("base"),
-        &w.join("app"),
-    );
+    let rootful = rootful_digests(w);
     assert_eq!(
         rootless, rootful,
         "rootless (left) and rootful (right) digests"
@@ -507,12 +508,7 @@ fn userns_auto_runs_steps_as_a_subordinate_root_with_the_same_image() {
         &w.join("base"),
         &w.join("app"),
     );
-    let rootful_root = w.join("rootful-root");
-    let rootful = build_both(
-        &|a| rbuild(&rootful_root, a),
-        &w.join("base"),
-        &w.join("app"),
-    );
+    let rootful = rootful_digests(w);
     assert_eq!(
         auto, rootful,
         "--userns=auto (left) and rootful (right) digests"
