@@ -312,16 +312,13 @@ CMD [\"cat\", \"/count\"]
 ",
     )
     .unwrap();
-    let first = build(
-        &root,
-        &ctx,
-        &[
-            "--source-date-epoch",
-            "1700000000",
-            "-t",
-            "localhost/many:1",
-        ],
-    );
+    let many = [
+        "--source-date-epoch",
+        "1700000000",
+        "-t",
+        "localhost/many:1",
+    ];
+    let first = build(&root, &ctx, &many);
     assert_eq!(missed(&first), vec![2, 3, 4, 5, 6], "{first}");
     let count = ok(&rbuild(&root, &["run", "localhost/many:1"]));
     assert_eq!(
@@ -330,16 +327,7 @@ CMD [\"cat\", \"/count\"]
         "every file and the Dockerfile landed"
     );
 
-    let again = build(
-        &root,
-        &ctx,
-        &[
-            "--source-date-epoch",
-            "1700000000",
-            "-t",
-            "localhost/many:1",
-        ],
-    );
+    let again = build(&root, &ctx, &many);
     assert_eq!(
         missed(&again),
         Vec::<usize>::new(),
@@ -348,16 +336,7 @@ CMD [\"cat\", \"/count\"]
     assert_eq!(last_line(&again), last_line(&first), "the same image");
 
     fs::write(ctx.join("d123/f050123"), "changed\n").unwrap();
-    let changed = build(
-        &root,
-        &ctx,
-        &[
-            "--source-date-epoch",
-            "1700000000",
-            "-t",
-            "localhost/many:1",
-        ],
-    );
+    let changed = build(&root, &ctx, &many);
     assert_eq!(
         missed(&changed),
         vec![3, 4, 5, 6],
@@ -371,16 +350,7 @@ CMD [\"cat\", \"/count\"]
 
     // Changing it back gives the first image again, from the cache.
     fs::write(ctx.join("d123/f050123"), "file 50123\n").unwrap();
-    let back = build(
-        &root,
-        &ctx,
-        &[
-            "--source-date-epoch",
-            "1700000000",
-            "-t",
-            "localhost/many:1",
-        ],
-    );
+    let back = build(&root, &ctx, &many);
     assert_eq!(missed(&back), Vec::<usize>::new(), "{back}");
     assert_eq!(last_line(&back), last_line(&first));
 }
